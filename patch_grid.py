@@ -1,0 +1,111 @@
+"""The patch grid: the one place where clip and patch geometry turn into token counts.
+
+Every part of PATCHES (models, masks, pixel targets, checkpoints, visualisation,
+benchmarks) takes a :class:`PatchGrid` instead of re-deriving sizes itself.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+
+class GridError(ValueError):
+    """An impossible combination of grid or mask flags."""
+
+
+@dataclass(frozen=True)
+class PatchGrid:
+    """A clip of ``num_frames`` x ``input_size`` pixels cut into tubelet x patch x patch cubes."""
+
+    num_frames: int
+    tubelet_size: int
+    input_size: tuple[int, int]
+    patch_size: int
+    in_chans: int = 3
+
+    @property
+    def t(self) -> int:
+        return self.num_frames // self.tubelet_size
+
+    @property
+    def h(self) -> int:
+        return self.input_size[0] // self.patch_size
+
+    @property
+    def w(self) -> int:
+        return self.input_size[1] // self.patch_size
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Token grid T' x H' x W'."""
+        return (self.t, self.h, self.w)
+
+    @property
+    def patches_per_frame(self) -> int:
+        return self.h * self.w
+
+    @property
+    def num_tokens(self) -> int:
+        return self.t * self.h * self.w
+
+    @property
+    def target_dim(self) -> int:
+        """Pixel values in one token: channels x tubelet x patch x patch."""
+        return self.in_chans * self.tubelet_size * self.patch_size * self.patch_size
+
+    def describe(self) -> str:
+        h, w = self.input_size
+        return (f"{self.num_frames} frames x {h}x{w} px, tubelet {self.tubelet_size}, "
+                f"patch {self.patch_size} -> {self.t} x {self.h} x {self.w} = {self.num_tokens} tokens "
+                f"({self.patches_per_frame} patches per frame), pixel target {self.target_dim} per token")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["input_size"] = list(self.input_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PatchGrid":
+        return make_grid(d["num_frames"], d["tubelet_size"], d["input_size"], d["patch_size"],
+                         d.get("in_chans", 3))
+
+
+def as_hw(size: int | Sequence[int], flag: str = "--input_size") -> tuple[int, int]:
+    """Accept one side (square) or ``H W``."""
+    if isinstance(size, int):
+        return (size, size)
+    size = [int(s) for s in size]
+    if len(size) == 1:
+        return (size[0], size[0])
+    if len(size) == 2:
+        return (size[0], size[1])
+    raise GridError(f"{flag} takes one value or two (H W), got {size}")
+
+
+def make_grid(num_frames: int, tubelet_size: int, input_size: int | Sequence[int],
+              patch_size: int, in_chans: int = 3) -> PatchGrid:
+    """Build a grid, refusing any combination that does not tile exactly."""
+    hw = as_hw(input_size)
+    problems = []
+    if num_frames < 1:
+        problems.append(f"--num_frames must be positive, got {num_frames}")
+    if tubelet_size < 1:
+        problems.append(f"--tubelet_size must be positive, got {tubelet_size}")
+    if patch_size < 1:
+        problems.append(f"--patch_size must be positive, got {patch_size}")
+    if min(hw) < 1:
+        problems.append(f"--input_size must be positive, got {hw[0]} {hw[1]}")
+    if not problems:
+        if num_frames % tubelet_size:
+            problems.append(f"--num_frames {num_frames} is not divisible by --tubelet_size {tubelet_size}")
+        for side, name in zip(hw, ("height", "width")):
+            if side % patch_size:
+                problems.append(f"--input_size {name} {side} is not divisible by --patch_size {patch_size}")
+    if problems:
+        raise GridError("impossible patch grid: " + "; ".join(problems))
+    return PatchGrid(num_frames, tubelet_size, hw, patch_size, in_chans)
+
+
+def grid_from_args(args: Any) -> PatchGrid:
+    """The grid named by an argparse namespace's --num_frames/--tubelet_size/--input_size/--patch_size."""
+    return make_grid(args.num_frames, args.tubelet_size, args.input_size, args.patch_size)
