@@ -1,0 +1,148 @@
+"""VideoMAE pre-training model: an encoder over the visible tokens, a light decoder that predicts pixels.
+
+Parameter layout is that of VideoMAE's released pre-training checkpoints: ``encoder.patch_embed.proj``,
+``encoder.blocks.N.*``, ``encoder.norm``, ``encoder_to_decoder``, ``mask_token``,
+``decoder.blocks.N.*``, ``decoder.norm``, ``decoder.head``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+from einops import rearrange
+from timm.layers import trunc_normal_
+from timm.models import register_model
+
+from modeling_finetune import (VIT_SIZES, LayerNorm, TransformerStack, VideoTransformer, build_pos_table,
+                               gather_tokens, init_vit_weights, resolve_grid, split_model_kwargs)
+from patch_grid import PatchGrid
+
+
+class PretrainEncoder(VideoTransformer):
+    """Trunk that sees only the visible tokens, then a final LayerNorm."""
+
+    def __init__(self, grid: PatchGrid, embed_dim: int, depth: int, num_heads: int, **kwargs: Any):
+        super().__init__(grid, embed_dim, depth, num_heads, **kwargs)
+        self.norm = LayerNorm(embed_dim)
+
+    def forward(self, x: torch.Tensor, visible_index: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.forward_tokens(x, visible_index))
+
+
+class PretrainDecoder(TransformerStack):
+    """Blocks over [visible tokens, mask tokens]; predicts pixels for the trailing mask tokens only."""
+
+    def __init__(self, dim: int, depth: int, num_heads: int, target_dim: int, **kwargs: Any):
+        super().__init__(dim, depth, num_heads, **kwargs)
+        self.norm = LayerNorm(dim)
+        self.head = nn.Linear(dim, target_dim)
+
+    def forward(self, x: torch.Tensor, num_predicted: int) -> torch.Tensor:
+        x = self.run_blocks(x)
+        return self.head(self.norm(x[:, -num_predicted:]))
+
+
+class PretrainVisionTransformer(nn.Module):
+    """Masked autoencoder for video. Call with the clip and per-sample token indices (see :func:`mask_to_index`)."""
+
+    def __init__(self, grid: PatchGrid, embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
+                 decoder_embed_dim: int = 384, decoder_depth: int = 4, decoder_num_heads: int = 6,
+                 mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_path_rate: float = 0.0,
+                 init_values: float = 0.0, pos_embed: str = "1d", use_checkpoint: bool = False):
+        super().__init__()
+        self.grid = grid
+        common = dict(mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, init_values=init_values,
+                      use_checkpoint=use_checkpoint)
+        self.encoder = PretrainEncoder(grid, embed_dim, depth, num_heads, pos_embed=pos_embed,
+                                       drop_path_rate=drop_path_rate, **common)
+        self.decoder = PretrainDecoder(decoder_embed_dim, decoder_depth, decoder_num_heads, grid.target_dim,
+                                       **common)
+        self.encoder_to_decoder = nn.Linear(embed_dim, decoder_embed_dim, bias=False)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
+        # The decoder's table is always fixed: it is thrown away after pre-training.
+        self.register_buffer("decoder_pos_embed", build_pos_table(grid, decoder_embed_dim,
+                                                                  "3d" if pos_embed == "3d" else "1d"),
+                             persistent=False)
+        self.apply(lambda m: init_vit_weights(m, "xavier"))
+        trunc_normal_(self.mask_token, std=0.02)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"encoder.pos_embed", "mask_token"}
+
+    def forward(self, x: torch.Tensor, visible_index: torch.Tensor, target_index: torch.Tensor) -> torch.Tensor:
+        """x [B, C, T, H, W]; indices [B, Nv] and [B, K] -> predicted pixels [B, K, target_dim]."""
+        latent = self.encoder_to_decoder(self.encoder(x, visible_index))
+        pos = self.decoder_pos_embed.to(latent.dtype)
+        visible = latent + gather_tokens(pos, visible_index)
+        masked = self.mask_token.to(latent.dtype) + gather_tokens(pos, target_index)
+        return self.decoder(torch.cat([visible, masked], dim=1), target_index.shape[1])
+
+
+def mask_to_index(mask: torch.Tensor, select: bool) -> torch.Tensor:
+    """Bool masks [B, N] -> indices [B, K] of the tokens equal to ``select``, in token order.
+
+    Every row must select the same number of tokens (the mask generator guarantees it). Run it where the
+    masks are (CPU, in the loader's process) so that no device sync is needed in the model.
+    """
+    counts = (mask == select).sum(1)
+    if counts.numel() and bool((counts != counts[0]).any()):
+        raise ValueError(f"masks select different numbers of tokens per sample: {counts.tolist()}")
+    k = int(counts[0]) if counts.numel() else 0
+    # Stable sort puts the selected tokens first, each group in token order.
+    key = (mask != select).to(torch.uint8)
+    return torch.sort(key, dim=1, stable=True).indices[:, :k]
+
+
+def patchify(videos: torch.Tensor, grid: PatchGrid) -> torch.Tensor:
+    """[B, C, T, H, W] -> [B, N, tubelet*p*p*C], tokens in (t, h, w) order, pixels channel-last."""
+    p, q = grid.patch_size, grid.tubelet_size
+    return rearrange(videos, "b c (t q) (h p1) (w p2) -> b (t h w) (q p1 p2 c)", q=q, p1=p, p2=p)
+
+
+def unpatchify(patches: torch.Tensor, grid: PatchGrid) -> torch.Tensor:
+    """Inverse of :func:`patchify`."""
+    p, q = grid.patch_size, grid.tubelet_size
+    return rearrange(patches, "b (t h w) (q p1 p2 c) -> b c (t q) (h p1) (w p2)",
+                     t=grid.t, h=grid.h, w=grid.w, q=q, p1=p, p2=p, c=grid.in_chans)
+
+
+def pixel_targets(videos: torch.Tensor, grid: PatchGrid, mean: torch.Tensor, std: torch.Tensor,
+                  normalize_target: bool = True, eps: float = 1e-6) -> torch.Tensor:
+    """Reconstruction targets [B, N, target_dim] from normalised clips, computed in fp32.
+
+    The clip is first un-normalised to [0, 1] pixels; with ``normalize_target`` each token's pixels are
+    then standardised per channel (VideoMAE's per-patch normalisation).
+    """
+    shape = (1, -1, 1, 1, 1)
+    pixels = videos.float() * std.view(shape).to(videos.device) + mean.view(shape).to(videos.device)
+    tokens = patchify(pixels, grid)
+    if not normalize_target:
+        return tokens
+    c = grid.in_chans
+    tokens = tokens.unflatten(-1, (-1, c))
+    tokens = (tokens - tokens.mean(dim=-2, keepdim=True)) / (tokens.var(dim=-2, unbiased=True, keepdim=True).sqrt() + eps)
+    return tokens.flatten(-2)
+
+
+def _pretrain_model(size: str, pretrained: bool = False, grid: PatchGrid | None = None,
+                    **kwargs: Any) -> PretrainVisionTransformer:
+    geometry, kwargs = split_model_kwargs(pretrained, kwargs)
+    dims = dict(VIT_SIZES[size])
+    for key in ("decoder_embed_dim", "decoder_num_heads"):
+        if kwargs.get(key) is not None:
+            dims[key] = kwargs.pop(key)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    return PretrainVisionTransformer(resolve_grid(grid, **geometry), **dims, **kwargs)
+
+
+def _register_pretrain_models() -> None:
+    for size in VIT_SIZES:
+        def fn(pretrained: bool = False, _size: str = size, **kwargs: Any) -> PretrainVisionTransformer:
+            return _pretrain_model(_size, pretrained, **kwargs)
+        fn.__name__ = f"pretrain_videomae_{size}_patch16_224"
+        fn.__module__ = __name__
+        register_model(fn)
+
+
+_register_pretrain_models()
