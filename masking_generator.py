@@ -39,7 +39,11 @@ class MaskCounts:
 
 def mask_counts(grid: PatchGrid, mask_type: str, mask_ratio: float,
                 decoder_mask_type: str = "none", decoder_mask_ratio: float = 0.0) -> MaskCounts:
-    """Token counts for these flags; raises :class:`GridError` naming the flag when impossible."""
+    """Token counts for these flags; raises :class:`GridError` naming the flag when impossible.
+
+    Counts are floored as in VideoMAE, so a ratio below 1 always leaves a visible token; a ratio too
+    small to hide a single token is refused.
+    """
     if mask_type not in MASK_TYPES:
         raise GridError(f"--mask_type must be one of {', '.join(MASK_TYPES)}, got {mask_type!r}")
     if decoder_mask_type not in DECODER_MASK_TYPES:
@@ -56,8 +60,6 @@ def mask_counts(grid: PatchGrid, mask_type: str, mask_ratio: float,
     if per_frame == 0:
         raise GridError(f"--mask_ratio {mask_ratio} masks no token of the {pool} in "
                         f"{'each frame' if mask_type == 'tube' else 'the clip'} ({grid.describe()})")
-    if (mask_type == "tube" and per_frame == pool) or masked == grid.num_tokens:
-        raise GridError(f"--mask_ratio {mask_ratio} leaves no visible token ({grid.describe()})")
     decoded = masked
     if decoder_mask_type != "none":
         if not 0.0 < decoder_mask_ratio < 1.0:

@@ -204,6 +204,11 @@ class VisionTransformer(VideoTransformer):
     def get_num_layers(self) -> int:
         return len(self.blocks)
 
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Layer ids for timm's layer-wise LR decay: stem 0, block i -> i + 1, final norms last."""
+        return dict(stem=r"^cls_token|^pos_embed|^patch_embed",
+                    blocks=[(r"^blocks\.(\d+)", None), (r"^norm|^fc_norm", (99999,))])
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.embed(x)
         if self.cls_token is not None:

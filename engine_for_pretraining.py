@@ -1,0 +1,106 @@
+"""One epoch of masked-video pre-training."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+from modeling_finetune import gather_tokens
+from modeling_pretrain import mask_to_index, pixel_targets
+from optim_factory import apply_schedules
+from patch_grid import PatchGrid
+from utils import ProgressLogger, TensorboardLogger
+
+PIXEL_MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN)
+PIXEL_STD = torch.tensor(IMAGENET_DEFAULT_STD)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the run stops before saving anything from this state."""
+
+
+@dataclass
+class PretrainStep:
+    """What a pre-training step needs besides the batch."""
+
+    grid: PatchGrid
+    device: torch.device
+    amp_dtype: torch.dtype | None = None
+    scaler: Any = None  # torch.amp.GradScaler for fp16
+    clip_grad: float | None = None
+    normalize_target: bool = True
+
+
+def prepare_batch(batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], device: torch.device
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Clips to the device, masks to indices on the host (no device sync), then to the device."""
+    videos, enc_mask, dec_mask = batch
+    visible = mask_to_index(enc_mask, select=False)
+    target = mask_to_index(dec_mask, select=True)
+    non_blocking = device.type == "cuda"
+    return (videos.to(device, non_blocking=non_blocking), visible.to(device, non_blocking=non_blocking),
+            target.to(device, non_blocking=non_blocking))
+
+
+def reconstruction_loss(model: torch.nn.Module, videos: torch.Tensor, visible: torch.Tensor, target: torch.Tensor,
+                        cfg: PretrainStep) -> torch.Tensor:
+    """Mean squared error between predicted and true pixels of the decoded tokens (in fp32)."""
+    with torch.no_grad():
+        targets = gather_tokens(pixel_targets(videos, cfg.grid, PIXEL_MEAN, PIXEL_STD, cfg.normalize_target), target)
+    with torch.autocast(cfg.device.type, dtype=cfg.amp_dtype or torch.float32, enabled=cfg.amp_dtype is not None):
+        prediction = model(videos, visible, target)
+    return F.mse_loss(prediction.float(), targets)
+
+
+def optimizer_step(loss: torch.Tensor, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                   cfg: PretrainStep) -> torch.Tensor | None:
+    """Backward, optional clipping, step. Returns the gradient norm when clipping."""
+    optimizer.zero_grad(set_to_none=True)
+    grad_norm = None
+    if cfg.scaler is not None:
+        cfg.scaler.scale(loss).backward()
+        if cfg.clip_grad:
+            cfg.scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+        cfg.scaler.step(optimizer)
+        cfg.scaler.update()
+    else:
+        loss.backward()
+        if cfg.clip_grad:
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+        optimizer.step()
+    return grad_norm
+
+
+def train_one_epoch(model: torch.nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, epoch: int,
+                    cfg: PretrainStep, lr_schedule: np.ndarray, wd_schedule: np.ndarray, start_step: int,
+                    header: str, print_freq: int = 10, tb_logger: TensorboardLogger | None = None,
+                    clips_per_step: int = 1) -> dict[str, float]:
+    """Train over ``loader`` once; ``start_step`` is the global step of its first batch."""
+    model.train()
+    progress = ProgressLogger(header, print_freq, clips_per_step)
+    for i, batch in enumerate(progress.log_every(loader)):
+        step = start_step + i
+        apply_schedules(optimizer, float(lr_schedule[step]), float(wd_schedule[step]))
+        videos, visible, target = prepare_batch(batch, cfg.device)
+        loss = reconstruction_loss(model, videos, visible, target, cfg)
+        grad_norm = optimizer_step(loss, model, optimizer, cfg)
+        # One host sync per step, after the update is queued: a bad value stops the run before any save.
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise NonFiniteLossError(f"loss is {loss_value} at epoch {epoch}, step {i} of the epoch (global step "
+                                     f"{step}); stopping without saving, the last checkpoint on disk is intact")
+        lrs = [g["lr"] for g in optimizer.param_groups]
+        metrics = dict(loss=loss_value, lr=max(lrs), min_lr=min(lrs), weight_decay=float(wd_schedule[step]),
+                       grad_norm=None if grad_norm is None else float(grad_norm),
+                       loss_scale=cfg.scaler.get_scale() if cfg.scaler is not None else None)
+        progress.update(loss=loss_value, lr=metrics["lr"], grad_norm=metrics["grad_norm"])
+        if tb_logger is not None:
+            tb_logger.set_step(step)
+            tb_logger.update("train", **metrics)
+    return progress.averages()

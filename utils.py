@@ -1,0 +1,362 @@
+"""Shared plumbing: devices, distributed setup, schedules, logging, progress, checkpoints."""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from patch_grid import PatchGrid
+
+CHECKPOINT_FORMAT = "patches-checkpoint-v1"
+
+
+# ---------------------------------------------------------------- flags and devices
+
+def str2bool(value: str | bool) -> bool:
+    """argparse type for on/off flags that, unlike ``type=bool``, reads 'False' as False."""
+    if isinstance(value, bool):
+        return value
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on", "y", "t"):
+        return True
+    if lowered in ("0", "false", "no", "off", "n", "f"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``--device``: cuda when present unless told otherwise."""
+    if not name:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    return device
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """``--amp`` -> the autocast dtype, refusing combinations the device cannot run."""
+    if amp == "none":
+        return None
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise ValueError(f"--amp fp16 needs a CUDA device (got --device {device}); use --amp bf16 on CPU")
+        return torch.float16
+    raise ValueError(f"--amp must be none, bf16 or fp16, got {amp!r}")
+
+
+def seed_everything(seed: int) -> None:
+    import random
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------- distributed
+
+def init_distributed_mode(args: argparse.Namespace) -> None:
+    """Set args.rank/world_size/gpu/distributed from torchrun's or Slurm's environment, or run alone."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        args.rank, args.world_size = int(env["RANK"]), int(env["WORLD_SIZE"])
+        args.gpu = int(env.get("LOCAL_RANK", 0))
+    elif "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        args.rank, args.world_size = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])
+        args.gpu = int(env.get("SLURM_LOCALID", 0))
+        env.setdefault("MASTER_ADDR", _slurm_master_addr())
+        env.setdefault("MASTER_PORT", str(getattr(args, "dist_port", 29500)))
+        env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"] = str(args.rank), str(args.world_size), str(args.gpu)
+    else:
+        args.rank, args.world_size, args.gpu, args.distributed = 0, 1, 0, False
+        return
+    args.distributed = True
+    use_cuda = torch.cuda.is_available() and getattr(args, "device", None) != "cpu"
+    if use_cuda:
+        torch.cuda.set_device(args.gpu)
+        args.device = f"cuda:{args.gpu}"
+    args.dist_backend = "nccl" if use_cuda else "gloo"
+    dist.init_process_group(backend=args.dist_backend, init_method="env://",
+                            world_size=args.world_size, rank=args.rank)
+    dist.barrier()
+
+
+def _slurm_master_addr() -> str:
+    nodes = os.environ.get("SLURM_STEP_NODELIST") or os.environ.get("SLURM_NODELIST", "localhost")
+    import subprocess
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True, check=True)
+        return out.stdout.split()[0]
+    except (OSError, subprocess.CalledProcessError, IndexError):
+        # "node[01-04]" -> "node01" without scontrol
+        head = nodes.split(",")[0]
+        if "[" in head:
+            prefix, rest = head.split("[", 1)
+            return prefix + rest.split("-")[0].split(",")[0].rstrip("]")
+        return head
+
+
+def is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_dist() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_dist() else 1
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def cleanup_distributed() -> None:
+    if is_dist():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def all_reduce_mean(value: float, device: torch.device) -> float:
+    if not is_dist():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item()) / get_world_size()
+
+
+# ---------------------------------------------------------------- schedules
+
+def cosine_scheduler(base_value: float, final_value: float, epochs: int, steps_per_epoch: int,
+                     warmup_epochs: int = 0, start_warmup_value: float = 0.0, warmup_steps: int = -1) -> np.ndarray:
+    """Per-step values: linear warmup to ``base_value``, then half-cosine down to ``final_value``."""
+    total = epochs * steps_per_epoch
+    warmup = warmup_steps if warmup_steps > 0 else warmup_epochs * steps_per_epoch
+    warmup = min(warmup, total)
+    ramp = np.linspace(start_warmup_value, base_value, warmup, endpoint=False) if warmup else np.array([])
+    steps = np.arange(total - warmup)
+    decay = final_value + 0.5 * (base_value - final_value) * (1 + np.cos(math.pi * steps / max(1, len(steps))))
+    return np.concatenate([ramp, decay])
+
+
+# ---------------------------------------------------------------- logging and progress
+
+class SmoothedValue:
+    """Running window and global average of a scalar."""
+
+    def __init__(self, window: int = 20):
+        self.values: list[float] = []
+        self.window = window
+        self.total, self.count = 0.0, 0
+
+    def update(self, value: float, n: int = 1) -> None:
+        self.values = (self.values + [value])[-self.window:]
+        self.total += value * n
+        self.count += n
+
+    @property
+    def avg(self) -> float:
+        return float(np.mean(self.values)) if self.values else float("nan")
+
+    @property
+    def global_avg(self) -> float:
+        return self.total / max(1, self.count)
+
+    @property
+    def last(self) -> float:
+        return self.values[-1] if self.values else float("nan")
+
+
+class ProgressLogger:
+    """Wraps an iterable; every ``print_freq`` steps prints metrics, clips/s and the epoch's ETA."""
+
+    def __init__(self, header: str, print_freq: int = 10, clips_per_step: int = 1):
+        self.header = header
+        self.print_freq = max(1, print_freq)
+        self.clips_per_step = clips_per_step
+        self.meters: dict[str, SmoothedValue] = defaultdict(SmoothedValue)
+
+    def update(self, **values: float) -> None:
+        for name, value in values.items():
+            if value is not None:
+                self.meters[name].update(float(value))
+
+    def averages(self) -> dict[str, float]:
+        return {name: meter.global_avg for name, meter in self.meters.items()}
+
+    def log_every(self, iterable: Iterable[Any], total: int | None = None) -> Iterator[Any]:
+        total = total if total is not None else len(iterable)  # type: ignore[arg-type]
+        start = last = time.time()
+        for i, item in enumerate(iterable):
+            yield item
+            done = i + 1
+            if done % self.print_freq == 0 or done == total:
+                now = time.time()
+                steps = self.print_freq if done % self.print_freq == 0 else done % self.print_freq
+                rate = steps * self.clips_per_step / max(now - last, 1e-9)
+                eta = (now - start) / done * (total - done)
+                last = now
+                metrics = "  ".join(f"{k} {m.last:.4g} ({m.global_avg:.4g})" if k == "loss" else f"{k} {m.last:.3g}"
+                                    for k, m in self.meters.items())
+                if is_main_process():
+                    print(f"{self.header} [{done}/{total}]  {metrics}  clips/s {rate:.1f}  "
+                          f"eta {datetime.timedelta(seconds=int(eta))}", flush=True)
+        if is_main_process():
+            elapsed = time.time() - start
+            print(f"{self.header} done in {datetime.timedelta(seconds=int(elapsed))} "
+                  f"({elapsed / max(1, total):.3f} s/step)", flush=True)
+
+
+class TensorboardLogger:
+    """tensorboardX writer with a global step, on the main process only."""
+
+    def __init__(self, log_dir: str | Path):
+        from tensorboardX import SummaryWriter
+        self.writer = SummaryWriter(logdir=str(log_dir))
+        self.step = 0
+
+    def set_step(self, step: int) -> None:
+        self.step = step
+
+    def update(self, head: str = "scalar", step: int | None = None, **values: float) -> None:
+        for name, value in values.items():
+            if value is not None:
+                self.writer.add_scalar(f"{head}/{name}", float(value), self.step if step is None else step)
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
+    """Append one JSON line to ``log.txt`` (main process only)."""
+    if not is_main_process():
+        return
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def plain_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Flags as plain values, so a checkpoint loads with ``weights_only=True``."""
+    def plain(v: Any) -> Any:
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return v
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {str(k): plain(x) for k, x in v.items()}
+        return str(v)
+    return {k: plain(v) for k, v in vars(args).items()}
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write atomically: temporary file in the same folder, fsync, then rename over the target.
+
+    A crash or kill while saving leaves the previous file untouched (at worst a stray ``.tmp``).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class CheckpointError(ValueError):
+    """A file that cannot be used as a checkpoint."""
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load with ``weights_only=True`` (no code from the file ever runs); clear message on bad files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 -- torch raises many types for bad files
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "Weights only load failed" in str(e) or "weights_only" in str(e):
+            raise CheckpointError(
+                f"refused to load {path}: it holds Python objects beyond tensors and plain values, and "
+                f"loading those could run code from the file (torch.load weights_only=True)") from None
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({reason})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint dictionary")
+    return obj
+
+
+def checkpoint_state(model: torch.nn.Module, grid: PatchGrid, args: argparse.Namespace, epoch: int,
+                     optimizer: torch.optim.Optimizer | None = None, scaler: Any = None,
+                     **extra: Any) -> dict[str, Any]:
+    """Everything a checkpoint holds: weights, training state, flags and the patch grid."""
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "model": unwrap_model(model).state_dict(),
+        "epoch": epoch,
+        "args": plain_args(args),
+        "grid": grid.to_dict(),
+    }
+    if optimizer is not None:
+        state["optimizer"] = optimizer.state_dict()
+    if scaler is not None:
+        state["scaler"] = scaler.state_dict()
+    state.update(extra)
+    return state
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare module inside DDP / torch.compile wrappers."""
+    while True:
+        if hasattr(model, "module"):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def epoch_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """``checkpoint-N.pth`` files in a folder, sorted by epoch."""
+    found = []
+    for p in Path(output_dir).glob("checkpoint-*.pth"):
+        stem = p.stem.split("-", 1)[1]
+        if stem.isdigit():
+            found.append((int(stem), p))
+    return sorted(found)
