@@ -1,0 +1,174 @@
+"""PATCHES benchmark: train-step time, FLOP/s against the measured matmul rate, peak memory.
+
+Each configuration runs in its own process, so peak memory (RSS on CPU, allocator peak on CUDA) is its own.
+Prints a markdown table and writes JSON.
+
+    python scripts/benchmark.py --models small --sizes 224 288 --dtypes fp32 bf16 --json bench.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+
+def matmul_rate(dtype: torch.dtype, device: torch.device, n: int = 2048, iters: int = 10) -> float:
+    """Dense n x n matmul FLOP/s: the ceiling a step's FLOP/s is compared with."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(iters):
+        sync(device)
+        t = time.perf_counter()
+        a @ b
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / statistics.median(times)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def pretrain_step_fn(cfg: dict, device: torch.device):
+    """A closure running one real pre-training step (the engine's own functions) on random clips."""
+    import numpy as np
+    from engine_for_pretraining import PretrainStep, optimizer_step, prepare_batch, reconstruction_loss
+    from masking_generator import MaskGenerator
+    from modeling_finetune import create_video_model
+    from optim_factory import build_optimizer
+    from patch_grid import make_grid
+
+    grid = make_grid(cfg["num_frames"], 2, cfg["size"], cfg["patch"])
+    model = create_video_model(f"pretrain_videomae_{cfg['model']}_patch16_224", grid=grid,
+                               decoder_depth=cfg["decoder_depth"]).to(device)
+    args = argparse.Namespace(opt="adamw", lr=1e-4, weight_decay=0.05, opt_eps=1e-8, opt_betas=[0.9, 0.95])
+    optimizer = build_optimizer(args, model)
+    gen = MaskGenerator(grid, "tube", cfg["mask_ratio"], cfg["decoder_mask"], 0.5, rng=np.random.default_rng(0))
+    masks = [gen() for _ in range(cfg["batch_size"])]
+    batch = (torch.randn(cfg["batch_size"], 3, grid.num_frames, *grid.input_size),
+             torch.stack([m[0] for m in masks]), torch.stack([m[1] for m in masks]))
+    step_cfg = PretrainStep(grid=grid, device=device, amp_dtype=torch.bfloat16 if cfg["dtype"] == "bf16" else None)
+    model.train()
+
+    def step() -> None:
+        videos, visible, target = prepare_batch(batch, device)
+        loss = reconstruction_loss(model, videos, visible, target, step_cfg)
+        optimizer_step(loss, model, optimizer, step_cfg)
+
+    def forward_backward() -> None:
+        videos, visible, target = prepare_batch(batch, device)
+        reconstruction_loss(model, videos, visible, target, step_cfg).backward()
+
+    return step, forward_backward, grid
+
+
+def measure(cfg: dict) -> dict:
+    """Run one configuration in this process and return its figures."""
+    torch.manual_seed(0)
+    device = torch.device(cfg["device"])
+    step, forward_backward, grid = pretrain_step_fn(cfg, device)
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        forward_backward()
+    flops = counter.get_total_flops()
+    for _ in range(cfg["warmup"]):
+        step()
+    times = []
+    for _ in range(cfg["iters"]):
+        sync(device)
+        t = time.perf_counter()
+        step()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    seconds = statistics.median(times)
+    rate = matmul_rate(torch.bfloat16 if cfg["dtype"] == "bf16" else torch.float32, device)
+    if device.type == "cuda":
+        peak_mem = torch.cuda.max_memory_allocated(device)
+    else:
+        peak_mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {**cfg, "patches_per_frame": grid.patches_per_frame, "tokens": grid.num_tokens,
+            "step_s": seconds, "clips_per_s": cfg["batch_size"] / seconds, "gflop_per_step": flops / 1e9,
+            "achieved_gflops": flops / seconds / 1e9, "matmul_gflops": rate / 1e9,
+            "fraction_of_matmul": flops / seconds / rate, "peak_mem_gb": peak_mem / 1e9}
+
+
+def configurations(args: argparse.Namespace) -> list[dict]:
+    configs = []
+    for model in args.models:
+        for size in args.sizes:
+            for dtype in args.dtypes:
+                for decoder_mask in args.decoder_masks:
+                    configs.append(dict(model=model, size=size, patch=args.patch_size, num_frames=args.num_frames,
+                                        dtype=dtype, decoder_mask=decoder_mask, mask_ratio=args.mask_ratio,
+                                        decoder_depth=args.decoder_depth, batch_size=args.batch_size,
+                                        warmup=args.warmup, iters=args.iters, device=args.device))
+    return configs
+
+
+def run_isolated(cfg: dict) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--one", json.dumps(cfg)], capture_output=True, text=True,
+                         cwd=ROOT)
+    if out.returncode != 0:
+        raise RuntimeError(f"benchmark configuration {cfg} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def markdown_table(rows: list[dict]) -> str:
+    head = ("| model | size/patch | patches/frame | dtype | decoder mask | step s | clips/s | GFLOP/step | "
+            "GFLOP/s | % of matmul | peak mem GB |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        lines.append(f"| ViT-{r['model'][0].upper()} | {r['size']}/{r['patch']} | {r['patches_per_frame']} | {r['dtype']} | "
+                     f"{r['decoder_mask']} | {r['step_s']:.3f} | {r['clips_per_s']:.2f} | {r['gflop_per_step']:.0f} | "
+                     f"{r['achieved_gflops']:.0f} | {100 * r['fraction_of_matmul']:.0f}% | {r['peak_mem_gb']:.2f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["small"], help="ViT sizes: micro tiny small base large huge")
+    p.add_argument("--sizes", nargs="+", type=int, default=[224, 288], help="input sizes (224 -> 196 patches/frame)")
+    p.add_argument("--patch_size", type=int, default=16)
+    p.add_argument("--num_frames", type=int, default=16)
+    p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    p.add_argument("--decoder_masks", nargs="+", default=["none"], choices=["none", "run_cell"])
+    p.add_argument("--mask_ratio", type=float, default=0.9)
+    p.add_argument("--decoder_depth", type=int, default=4)
+    p.add_argument("--batch_size", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    p.add_argument("--iters", type=int, default=5, help="timed steps; the median is reported")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--json", default=None, help="write all figures here")
+    p.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.one:
+        print(json.dumps(measure(json.loads(args.one))))
+        return
+    rows = []
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}", flush=True)
+    for cfg in configurations(args):
+        rows.append(run_isolated(cfg))
+        r = rows[-1]
+        print(f"  {cfg['model']} {cfg['size']}/{cfg['patch']} {cfg['dtype']} decoder mask {cfg['decoder_mask']}: "
+              f"{r['step_s']:.3f} s/step, {100 * r['fraction_of_matmul']:.0f}% of matmul", flush=True)
+    print(markdown_table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
