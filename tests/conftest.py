@@ -1,0 +1,22 @@
+"""Shared fixtures. ``demo_root`` is used across test files: keep its signature stable."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+# The project is a flat set of modules at the repo root; make them importable however pytest is started.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from demo_data import make_demo_dataset  # noqa: E402
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small demo dataset (16/8/8 clips of 32 frames at 64x64) made once per test session.
+
+    Holds ``train.csv``, ``val.csv``, ``test.csv`` (paths relative to the root), ``classes.txt``
+    and ``videos/``; its parameters are in ``.complete`` (JSON). Treat it as read-only.
+    """
+    return make_demo_dataset(tmp_path_factory.mktemp("demo"), seed=0, num_train=16, num_val=8, num_test=8,
+                             num_frames=32, size=(64, 64), verbose=False)["root"]
