@@ -14,7 +14,7 @@ from modeling_finetune import gather_tokens
 from modeling_pretrain import mask_to_index, pixel_targets
 from optim_factory import apply_schedules
 from patch_grid import PatchGrid
-from utils import ProgressLogger, TensorboardLogger
+from utils import ProgressLogger, TensorboardLogger, amp_autocast
 
 PIXEL_MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN)
 PIXEL_STD = torch.tensor(IMAGENET_DEFAULT_STD)
@@ -52,7 +52,7 @@ def reconstruction_loss(model: torch.nn.Module, videos: torch.Tensor, visible: t
     """Mean squared error between predicted and true pixels of the decoded tokens (in fp32)."""
     with torch.no_grad():
         targets = gather_tokens(pixel_targets(videos, cfg.grid, PIXEL_MEAN, PIXEL_STD, cfg.normalize_target), target)
-    with torch.autocast(cfg.device.type, dtype=cfg.amp_dtype or torch.float32, enabled=cfg.amp_dtype is not None):
+    with amp_autocast(cfg.device, cfg.amp_dtype):
         prediction = model(videos, visible, target)
     return F.mse_loss(prediction.float(), targets)
 

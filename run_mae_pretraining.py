@@ -12,12 +12,13 @@ from pathlib import Path
 
 import torch
 
+import cli_args
 import utils
 from engine_for_pretraining import NonFiniteLossError, PretrainStep, train_one_epoch
 from masking_generator import DECODER_MASK_TYPES, MASK_TYPES, build_mask_generator, mask_counts
-from modeling_finetune import POS_EMBED_TYPES, create_video_model
+from modeling_finetune import create_video_model
 from optim_factory import build_optimizer
-from patch_grid import GridError, grid_from_args
+from patch_grid import GridError
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -26,22 +27,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", default=64, type=int, help="clips per process per step (before --num_sample)")
     p.add_argument("--epochs", default=800, type=int, help="training epochs")
     p.add_argument("--save_ckpt_freq", default=50, type=int, help="save a checkpoint every N epochs (and at the end)")
-    p.add_argument("--print_freq", default=10, type=int, help="print a progress line every N steps")
 
-    g = p.add_argument_group("model and patch grid")
-    g.add_argument("--model", default="pretrain_videomae_base_patch16_224", type=str,
-                   help="model name; the grid flags below override the name's 16x224/16 geometry")
-    g.add_argument("--input_size", default=[224], type=int, nargs="+", metavar="SIZE",
-                   help="frame size in pixels: one value (square) or H W")
-    g.add_argument("--patch_size", default=16, type=int, help="patch side in pixels")
-    g.add_argument("--num_frames", default=16, type=int, help="frames per clip")
-    g.add_argument("--tubelet_size", default=2, type=int, help="frames per token (temporal patch size)")
-    g.add_argument("--pos_embed", default="1d", choices=POS_EMBED_TYPES,
-                   help="position table: VideoMAE's 1-D sin-cos over the token index, a factorised "
-                        "time/height/width 3-D sin-cos table, or a learned table")
+    g = cli_args.add_grid_args(p, "pretrain_videomae_base_patch16_224")
     g.add_argument("--decoder_depth", default=4, type=int, help="decoder blocks")
     g.add_argument("--drop_path", default=0.0, type=float, help="stochastic depth rate in the encoder")
-    g.add_argument("--use_checkpoint", action="store_true", help="activation checkpointing (less memory, ~30%% slower)")
 
     g = p.add_argument_group("masking")
     g.add_argument("--mask_type", default="tube", choices=MASK_TYPES,
@@ -54,92 +43,28 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--normlize_target", default=True, type=utils.str2bool, nargs="?", const=True,
                    help="per-patch normalised pixel targets (true/false)")
 
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--opt", default="adamw", type=str, help="optimizer (any timm name)")
-    g.add_argument("--opt_eps", default=1e-8, type=float, help="optimizer epsilon")
-    g.add_argument("--opt_betas", default=[0.9, 0.95], type=float, nargs=2, help="AdamW betas")
-    g.add_argument("--clip_grad", default=None, type=float, help="clip the gradient norm to this value")
-    g.add_argument("--momentum", default=0.9, type=float, help="SGD momentum")
-    g.add_argument("--weight_decay", default=0.05, type=float, help="weight decay at the start")
-    g.add_argument("--weight_decay_end", default=None, type=float,
-                   help="weight decay at the end of a cosine schedule (default: constant)")
-    g.add_argument("--lr", default=1.5e-4, type=float,
-                   help="base learning rate for a total batch of 256; scaled by total batch / 256")
-    g.add_argument("--warmup_lr", default=1e-6, type=float, help="learning rate at the start of warmup")
-    g.add_argument("--min_lr", default=1e-5, type=float, help="learning rate at the end of the cosine")
-    g.add_argument("--warmup_epochs", default=40, type=int, help="linear warmup epochs")
-    g.add_argument("--warmup_steps", default=-1, type=int, help="warmup steps (overrides --warmup_epochs when > 0)")
-    g.add_argument("--amp", default="auto", choices=["auto", "none", "bf16", "fp16"],
-                   help="mixed precision: auto = bf16 on CUDA, none on CPU")
-
-    g = p.add_argument_group("data")
-    g.add_argument("--data_path", default=None, type=str,
-                   help="list file of 'path' or 'path label' lines; default: the built-in demo dataset")
-    g.add_argument("--data_root", default=None, type=str, help="folder the list file's paths are relative to")
-    g.add_argument("--demo_root", default="data/demo", type=str, help="where the demo dataset is generated")
-    g.add_argument("--sampling_rate", default=4, type=int, help="frame stride inside a clip")
-    g.add_argument("--num_sample", default=1, type=int,
-                   help="clips cut from each decoded video (repeated augmentation, VideoMAE V2)")
-    g.add_argument("--num_workers", default=10, type=int, help="data loader worker processes")
-    g.add_argument("--pin_mem", default=True, type=utils.str2bool, nargs="?", const=True,
-                   help="pin host memory for faster copies to the GPU")
-
-    g = p.add_argument_group("run")
-    g.add_argument("--output_dir", default="output/pretrain", type=str, help="checkpoints and log.txt go here")
-    g.add_argument("--log_dir", default=None, type=str, help="TensorBoard folder (default: OUTPUT_DIR/tb)")
-    g.add_argument("--device", default=None, type=str, help="cuda or cpu (default: cuda when present)")
-    g.add_argument("--seed", default=0, type=int, help="random seed")
-    g.add_argument("--resume", default="", type=str, help="checkpoint to resume from")
-    g.add_argument("--auto_resume", default=True, type=utils.str2bool, nargs="?", const=True,
-                   help="resume from the newest checkpoint in --output_dir")
-    g.add_argument("--no_auto_resume", action="store_false", dest="auto_resume", help="start fresh")
-    g.add_argument("--start_epoch", default=0, type=int, help="first epoch (set by resuming)")
-    g.add_argument("--local_rank", "--local-rank", default=-1, type=int, help=argparse.SUPPRESS)
+    cli_args.add_optim_args(p, lr=1.5e-4, min_lr=1e-5, warmup_epochs=40, opt_betas=[0.9, 0.95])
+    cli_args.add_data_args(p, "list file of 'path' or 'path label' lines; default: the built-in demo dataset",
+                           num_sample=1)
+    cli_args.add_run_args(p, "output/pretrain")
     return p
 
 
 def validate_args(args: argparse.Namespace):
     """Every cheap check, before data or model are built. Returns the grid and mask counts."""
-    try:
-        grid = grid_from_args(args)
-        counts = mask_counts(grid, args.mask_type, args.mask_ratio, args.decoder_mask_type, args.decoder_mask_ratio)
-    except GridError as e:
-        raise SystemExit(f"error: {e}")
-    problems = []
-    for flag in ("batch_size", "epochs", "sampling_rate", "num_sample", "save_ckpt_freq", "print_freq"):
-        if getattr(args, flag) < 1:
-            problems.append(f"--{flag} must be at least 1, got {getattr(args, flag)}")
-    if args.num_workers < 0:
-        problems.append(f"--num_workers must be 0 or more, got {args.num_workers}")
+    grid, problems = cli_args.validate_common(
+        args, ("batch_size", "epochs", "sampling_rate", "num_sample", "save_ckpt_freq", "print_freq"))
+    counts = None
+    if grid is not None:
+        try:
+            counts = mask_counts(grid, args.mask_type, args.mask_ratio, args.decoder_mask_type,
+                                 args.decoder_mask_ratio)
+        except GridError as e:
+            problems.append(str(e))
     if args.data_path is not None and not Path(args.data_path).is_file():
         problems.append(f"--data_path {args.data_path} is not a file")
-    if args.data_root is not None and not Path(args.data_root).is_dir():
-        problems.append(f"--data_root {args.data_root} is not a folder")
-    if args.resume and not Path(args.resume).is_file():
-        problems.append(f"--resume {args.resume} does not exist")
-    try:
-        device = utils.resolve_device(args.device)
-        if args.amp == "auto":
-            args.amp = "bf16" if device.type == "cuda" else "none"
-        utils.autocast_dtype(args.amp, device)
-    except ValueError as e:
-        problems.append(str(e))
-    problems += writable_dir_problems(args.output_dir, "--output_dir")
-    if problems:
-        raise SystemExit("error: " + "\n       ".join(problems))
+    cli_args.fail_if(problems)
     return grid, counts
-
-
-def writable_dir_problems(folder: str, flag: str) -> list[str]:
-    path = Path(folder)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        return [f"{flag} {folder} is not writable ({e.strerror or e})"]
-    return []
 
 
 def build_loader(args: argparse.Namespace, grid, device: torch.device):
@@ -201,9 +126,7 @@ def main(args: argparse.Namespace) -> None:
 
     world = utils.get_world_size()
     clips_per_step = args.batch_size * args.num_sample * world
-    args.lr = args.lr * clips_per_step / 256
-    args.min_lr = args.min_lr * clips_per_step / 256
-    args.warmup_lr = args.warmup_lr * clips_per_step / 256
+    cli_args.scale_lr(args, clips_per_step)
     steps_per_epoch = len(loader)
     print(f"{len(dataset)} videos, {steps_per_epoch} steps per epoch of {clips_per_step} clips; lr {args.lr:.3g}")
 

@@ -57,6 +57,11 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     raise ValueError(f"--amp must be none, bf16 or fp16, got {amp!r}")
 
 
+def amp_autocast(device: torch.device, amp_dtype: torch.dtype | None) -> torch.autocast:
+    """Autocast context for ``--amp`` (a no-op when ``amp_dtype`` is None)."""
+    return torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+
+
 def seed_everything(seed: int) -> None:
     import random
     random.seed(seed)
