@@ -12,10 +12,12 @@ Usage: ``python demo_data.py --root data/demo`` or :func:`ensure_demo_dataset`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -28,7 +30,7 @@ CLASS_NAMES: list[str] = [
 SPLITS = ("train", "val", "test")
 MARKER = ".complete"
 # Bump whenever rendering changes, so datasets made by an older generator are rebuilt.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 _TRANSLATE_X, _TRANSLATE_Y, _ROTATE, _SCALE = range(4)
 
@@ -95,7 +97,8 @@ class _Scene:
         self.checker = rng.uniform(0.35, 0.6)  # checker period, in shape radii
         self.cy, self.cx = rng.uniform(0, h), rng.uniform(0, w)
         self.angle0 = rng.uniform(0, 2 * np.pi)
-        self.radius0 = rng.uniform(0.14, 0.32) * s
+        # Log-uniform over about the range grow/shrink sweeps, so shape size alone hints at no class.
+        self.radius0 = np.exp(rng.uniform(np.log(0.09), np.log(0.38))) * s
         self.move_speed = rng.uniform(1.6, 2.6) * px
         self.spin_speed = np.deg2rad(rng.uniform(5.0, 8.0))
         self.grow_from = rng.uniform(0.08, 0.13) * s
@@ -213,6 +216,22 @@ def _result(root: Path) -> dict[str, Path]:
     return {"root": root, **{split: root / f"{split}.csv" for split in SPLITS}}
 
 
+@contextlib.contextmanager
+def _exclusive(root: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``root`` so that processes started together (e.g. DDP ranks) make it once."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locking
+        yield
+        return
+    with open(root / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def make_demo_dataset(root: str | os.PathLike, seed: int = 0, num_train: int = 160, num_val: int = 40,
                       num_test: int = 40, num_frames: int = 48, size: tuple[int, int] = (96, 96),
                       verbose: bool = True) -> dict[str, Path]:
@@ -232,7 +251,15 @@ def make_demo_dataset(root: str | os.PathLike, seed: int = 0, num_train: int = 1
     params = _params(seed, counts, num_frames, size)
     if _read_marker(root) == params:
         return _result(root)
+    root.mkdir(parents=True, exist_ok=True)
+    with _exclusive(root):
+        if _read_marker(root) != params:  # another process may have made it while we waited
+            _generate(root, params, verbose)
+    return _result(root)
 
+
+def _generate(root: Path, params: dict, verbose: bool) -> None:
+    seed, counts, num_frames, size = params["seed"], params["counts"], params["num_frames"], tuple(params["size"])
     marker = root / MARKER
     marker.unlink(missing_ok=True)
     videos = root / "videos"
@@ -258,7 +285,6 @@ def make_demo_dataset(root: str | os.PathLike, seed: int = 0, num_train: int = 1
         (root / f"{split}.csv").write_text("".join(lines))
     (root / "classes.txt").write_text("".join(f"{name}\n" for name in CLASS_NAMES))
     marker.write_text(json.dumps(params))
-    return _result(root)
 
 
 def ensure_demo_dataset(root: str | os.PathLike | None = None, **kw) -> dict[str, Path]:

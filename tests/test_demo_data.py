@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +132,16 @@ def test_changed_parameters_regenerate_without_stale_clips(tmp_path: Path) -> No
     make_demo_dataset(tmp_path, num_train=4, **kw)
     assert len(list((tmp_path / "videos").glob("*.mp4"))) == 4
     assert len((tmp_path / "train.csv").read_text().splitlines()) == 4
+
+
+def test_concurrent_makers_generate_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    written = []
+    real_write = demo_data.write_mp4
+    monkeypatch.setattr(demo_data, "write_mp4", lambda path, frames: (written.append(path), real_write(path, frames)))
+    kw = dict(num_train=8, num_val=0, num_test=0, num_frames=4, size=(32, 32), verbose=False)
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda _: make_demo_dataset(tmp_path, **kw), range(3)))
+    assert len(written) == 8 and all(r == results[0] for r in results)
 
 
 def test_ensure_defaults_to_data_demo_under_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
