@@ -314,7 +314,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        # VideoMAE's own checkpoints store their flags as an argparse.Namespace: a plain attribute holder,
+        # safe to rebuild, so it is the one class allowed beyond tensors and plain values.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 -- torch raises many types for bad files
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "Weights only load failed" in str(e) or "weights_only" in str(e):
