@@ -95,7 +95,10 @@ def resume_if_possible(args, model, optimizer, scaler) -> None:
         path = str(found[-1][1]) if found else ""
     if not path:
         return
-    ckpt = utils.load_checkpoint(path)
+    try:
+        ckpt = utils.load_checkpoint(path)
+    except utils.CheckpointError as e:
+        raise SystemExit(f"error: {e}")
     missing, unexpected = utils.unwrap_model(model).load_state_dict(ckpt["model"], strict=False)
     if missing or unexpected:
         raise SystemExit(f"error: {path} does not fit --model {args.model} at this grid "
