@@ -1,12 +1,15 @@
-"""Video datasets: list files, clip sampling, and the masked-autoencoder pre-training dataset.
+"""Video datasets: list files, clip sampling, pre-training and fine-tuning datasets.
 
 List files follow VideoMAE: one video per line, ``path`` or ``path label``. See
-:func:`parse_list_file` for the exact rules. Fine-tuning datasets will live here too.
+:func:`parse_list_file` for the exact rules. Fine-tuning datasets come from
+:func:`build_dataset`, which also reads SSV2 frame-folder lists and the official
+UCF101 and HMDB51 split files.
 """
 from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -14,7 +17,7 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from patch_grid import PatchGrid
-from video_transforms import PRETRAIN_SCALES, PretrainTransform
+from video_transforms import PRETRAIN_SCALES, EvalTransform, PretrainTransform, RandomResizedCropTransform
 
 MaskGenerator = Callable[[], tuple[Any, Any]]
 
@@ -69,18 +72,23 @@ def parse_list_file(path: str | os.PathLike, data_root: str | os.PathLike | None
     line does not, and (naming the file) for a list with no entries.
     """
     path = os.fspath(path)
-    base = os.fspath(data_root) if data_root is not None else os.path.dirname(os.path.abspath(path))
-    with open(path, encoding="utf-8-sig", newline=None) as f:
-        lines = f.read().splitlines()
-    entries = []
-    for number, raw in enumerate(lines, start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        entries.append(_parse_line(line, base, f"{path}, line {number}"))
+    base = _list_base(path, data_root)
+    entries = [_parse_line(line, base, f"{path}, line {number}") for number, line in _list_lines(path)]
     if not entries:
         raise ValueError(f"{path}: list file has no entries")
     return entries
+
+
+def _list_base(path: str, data_root: str | os.PathLike | None) -> str:
+    return os.fspath(data_root) if data_root is not None else os.path.dirname(os.path.abspath(path))
+
+
+def _list_lines(path: str) -> list[tuple[int, str]]:
+    """``(1-based line number, stripped line)`` for every line that is neither blank nor a ``#`` comment."""
+    with open(path, encoding="utf-8-sig", newline=None) as f:
+        lines = f.read().splitlines()
+    return [(number, line) for number, line in ((n, raw.strip()) for n, raw in enumerate(lines, start=1))
+            if line and not line.startswith("#")]
 
 
 # ---- frame sampling -------------------------------------------------------------------------------
@@ -108,6 +116,25 @@ def sample_clip_indices(num_video_frames: int, num_frames: int, sampling_rate: i
     return (start + np.arange(num_frames, dtype=np.int64) * sampling_rate) % num_video_frames
 
 
+def segment_clip_indices(num_video_frames: int, num_frames: int, sampling_rate: int,
+                         num_segments: int = 1) -> list[np.ndarray]:
+    """Frame indices of ``num_segments`` evaluation clips spread evenly over the video.
+
+    Clip starts go evenly from frame 0 to the last start at which the clip's frames still
+    fit; one segment gives the centred clip. Videos shorter than a clip start every clip at
+    0 and loop as in :func:`sample_clip_indices`, so segments may coincide.
+    """
+    if num_video_frames < 1:
+        raise ValueError(f"video has no frames (num_video_frames={num_video_frames})")
+    if min(num_frames, sampling_rate, num_segments) < 1:
+        raise ValueError(f"num_frames, sampling_rate and num_segments must be >= 1, "
+                         f"got {num_frames}, {sampling_rate}, {num_segments}")
+    slack = max(num_video_frames - ((num_frames - 1) * sampling_rate + 1), 0)
+    starts = [slack // 2] if num_segments == 1 else np.round(np.linspace(0, slack, num_segments)).astype(int)
+    offsets = np.arange(num_frames, dtype=np.int64) * sampling_rate
+    return [(int(start) + offsets) % num_video_frames for start in starts]
+
+
 def torch_seeded_rng() -> np.random.Generator:
     """A numpy Generator seeded from torch's RNG, so torch.manual_seed and DataLoader worker seeds govern it."""
     return np.random.default_rng(int(torch.randint(0, 2 ** 62, (1,)).item()))
@@ -131,6 +158,53 @@ def read_frames(reader: Any, indices: np.ndarray, path: str) -> torch.Tensor:
         return torch.from_numpy(reader.get_batch(indices.tolist()).asnumpy())
     except Exception as e:
         raise VideoDecodeError(path, e) from e
+
+
+class VideoFile:
+    """A video file read with decord: ``len()`` frames, :meth:`read` decodes only the frames asked for."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.reader = open_video(path)
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def read(self, indices: np.ndarray) -> torch.Tensor:
+        """Frames ``indices`` (sorted, unique, 0-based) as uint8 ``[N, H, W, 3]``."""
+        return read_frames(self.reader, indices, self.path)
+
+
+class FrameFolder:
+    """A video as extracted JPEG frames ``folder/fname_tmpl.format(i)``, ``i`` from 1 (VideoMAE's SSV2 layout)."""
+
+    def __init__(self, folder: str, num_frames: int, fname_tmpl: str = "img_{:05}.jpg") -> None:
+        self.folder, self.num_frames, self.fname_tmpl = folder, num_frames, fname_tmpl
+
+    def __len__(self) -> int:
+        return self.num_frames
+
+    def read(self, indices: np.ndarray) -> torch.Tensor:
+        """Frames ``indices`` (sorted, unique, 0-based) as uint8 ``[N, H, W, 3]``; only those files are read."""
+        from torchvision.io import ImageReadMode, decode_jpeg, read_file
+
+        frames = []
+        for i in indices.tolist():
+            path = os.path.join(self.folder, self.fname_tmpl.format(i + 1))
+            try:
+                frames.append(decode_jpeg(read_file(path), mode=ImageReadMode.RGB))
+            except Exception as e:  # missing file, or not a JPEG
+                raise VideoDecodeError(path, e) from e
+        if len({tuple(f.shape) for f in frames}) > 1:
+            raise VideoDecodeError(self.folder, ValueError("frames differ in size"))
+        return torch.stack(frames).permute(0, 2, 3, 1)
+
+
+def decode_clips(source: VideoFile | FrameFolder, picks: Sequence[np.ndarray]) -> list[torch.Tensor]:
+    """uint8 ``THWC`` clips for each index array in ``picks``, decoding every needed frame once."""
+    needed = np.unique(np.concatenate(picks))
+    frames = source.read(needed)
+    return [frames[torch.from_numpy(np.searchsorted(needed, p))] for p in picks]
 
 
 # ---- pre-training -------------------------------------------------------------------------------
@@ -177,13 +251,10 @@ class VideoMAEPretrainDataset(Dataset):
 
     def load_clips(self, index: int, rng: np.random.Generator) -> list[torch.Tensor]:
         """``num_sample`` raw uint8 ``THWC`` clips of video ``index``, decoding each needed frame once."""
-        path = self.samples[index][0]
-        reader = open_video(path)
-        picks = [sample_clip_indices(len(reader), self.grid.num_frames, self.sampling_rate, rng)
+        video = VideoFile(self.samples[index][0])
+        picks = [sample_clip_indices(len(video), self.grid.num_frames, self.sampling_rate, rng)
                  for _ in range(self.num_sample)]
-        needed = np.unique(np.concatenate(picks))
-        frames = read_frames(reader, needed, path)
-        return [frames[torch.from_numpy(np.searchsorted(needed, p))] for p in picks]
+        return decode_clips(video, picks)
 
     def __getitem__(self, index: int):
         rng = self._rng(index)
@@ -233,3 +304,323 @@ def build_pretraining_dataset(args: Any, grid: PatchGrid,
         mask_generator=mask_generator,
         num_sample=getattr(args, "num_sample", 1),
     )
+
+
+# ---- fine-tuning ------------------------------------------------------------------------------------
+
+NB_CLASSES = {"Kinetics-400": 400, "Kinetics-600": 600, "Kinetics-700": 700, "SSV2": 174, "UCF101": 101,
+              "HMDB51": 51}
+DATA_SETS = (*NB_CLASSES, "custom")
+MODES = ("train", "validation", "test")
+LIST_FILES = {"train": "train.csv", "validation": "val.csv", "test": "test.csv"}
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    """One labelled video: a file, or (``num_frames`` set) a folder of extracted frames."""
+
+    path: str
+    label: int
+    list_file: str  # where it was listed, for error messages
+    line: int
+    num_frames: int | None = None
+
+    @property
+    def where(self) -> str:
+        return f"{self.list_file}, line {self.line}"
+
+    def open(self, fname_tmpl: str = "img_{:05}.jpg") -> VideoFile | FrameFolder:
+        if self.num_frames is None:
+            return VideoFile(self.path)
+        return FrameFolder(self.path, self.num_frames, fname_tmpl)
+
+
+def read_labelled_list(path: str | os.PathLike, data_root: str | os.PathLike | None = None,
+                       frame_folders: bool = False) -> list[VideoRecord]:
+    """A list file (rules of :func:`parse_list_file`) whose every line must have a label.
+
+    With ``frame_folders`` a line whose last two fields are integers is VideoMAE's frame
+    format ``folder num_frames label``; other lines are still ``video label``.
+    """
+    path = os.fspath(path)
+    base = _list_base(path, data_root)
+    records = []
+    for number, line in _list_lines(path):
+        where = f"{path}, line {number}"
+        video, label = _parse_line(line, base, where)
+        if label is None:
+            expected = "'path label' or 'folder num_frames label'" if frame_folders else "'path label'"
+            raise ValueError(f"{where}: no label in {line!r} (expected {expected})")
+        count = None
+        if frame_folders:
+            head = video.rsplit(None, 1)
+            if len(head) == 2 and _INT.fullmatch(head[1]):
+                video, count = head[0], int(head[1])
+                if count < 1:
+                    raise ValueError(f"{where}: frame folder with {count} frames")
+        records.append(VideoRecord(video, label, path, number, count))
+    if not records:
+        raise ValueError(f"{path}: list file has no entries")
+    return records
+
+
+def ucf101_records(split_dir: str | os.PathLike, data_root: str | os.PathLike | None, split: int,
+                   train: bool) -> list[VideoRecord]:
+    """Videos of UCF101's official ``trainlist0{split}.txt`` or ``testlist0{split}.txt`` in ``split_dir``.
+
+    Labels are 0-based: the train list's 1-based label minus one, or for label-less lines
+    (the test lists) the class folder looked up in ``classInd.txt``. Video paths are relative
+    to ``data_root``, or to ``split_dir`` when it is None.
+    """
+    split_dir = os.fspath(split_dir)
+    class_file = os.path.join(split_dir, "classInd.txt")
+    classes = {}
+    for number, line in _list_lines(_existing(class_file, "UCF101 class index")):
+        fields = line.split()
+        if len(fields) != 2 or not fields[0].isdigit() or int(fields[0]) < 1:
+            raise ValueError(f"{class_file}, line {number}: expected '<1-based index> <class name>', got {line!r}")
+        classes[fields[1]] = int(fields[0]) - 1
+    list_file = _existing(os.path.join(split_dir, f"{'train' if train else 'test'}list0{split}.txt"),
+                          f"UCF101 split {split} list")
+    base = split_dir if data_root is None else os.fspath(data_root)
+    records = []
+    for number, line in _list_lines(list_file):
+        where = f"{list_file}, line {number}"
+        fields = line.rsplit(None, 1)
+        if len(fields) == 2 and _INT.fullmatch(fields[1]):
+            video, label = fields[0], int(fields[1]) - 1
+            if label < 0:
+                raise ValueError(f"{where}: UCF101 labels are 1-based, got {fields[1]}")
+        else:
+            video = line
+            folder = video.replace("\\", "/").split("/")[0]
+            if folder not in classes:
+                raise ValueError(f"{where}: class folder {folder!r} of {video!r} is not in {class_file}")
+            label = classes[folder]
+        records.append(VideoRecord(_resolve(video, base), label, list_file, number))
+    if not records:
+        raise ValueError(f"{list_file}: list file has no entries")
+    return records
+
+
+def hmdb51_records(split_dir: str | os.PathLike, data_root: str | os.PathLike | None, split: int,
+                   train: bool) -> list[VideoRecord]:
+    """Videos of HMDB51's official split ``split``: lines ``video.avi 1`` (train) or ``2`` (test) of the
+    ``<class>_test_split{split}.txt`` files in ``split_dir`` (``0``: unused).
+
+    Labels index the sorted class names; videos are ``<data_root or split_dir>/<class>/<video>``.
+    """
+    split_dir = os.fspath(split_dir)
+    suffix = f"_test_split{split}.txt"
+    names = sorted(f for f in os.listdir(split_dir) if f.endswith(suffix))
+    if not names:
+        raise FileNotFoundError(f"no HMDB51 split files *{suffix} in {split_dir}")
+    base = split_dir if data_root is None else os.fspath(data_root)
+    wanted = "1" if train else "2"
+    records = []
+    for label, name in enumerate(names):
+        cls, list_file = name[:-len(suffix)], os.path.join(split_dir, name)
+        for number, line in _list_lines(list_file):
+            fields = line.rsplit(None, 1)
+            if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
+                raise ValueError(f"{list_file}, line {number}: expected 'video.avi 0|1|2', got {line!r}")
+            if fields[1] == wanted:
+                records.append(VideoRecord(_resolve(os.path.join(cls, fields[0]), base), label, list_file, number))
+    if not records:
+        raise ValueError(f"no {'training' if train else 'test'} videos (marked {wanted}) in the *{suffix} "
+                         f"files of {split_dir}")
+    return records
+
+
+def _existing(path: str, what: str) -> str:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} {path} not found")
+    return path
+
+
+class VideoClsTrainDataset(Dataset):
+    """Training clips for classification: item ``i`` is ``(video, label)``, video float32 ``[3, T, H, W]``.
+
+    Each clip is sampled with :func:`sample_clip_indices` and augmented by ``transform``
+    (a :class:`RandomResizedCropTransform`). With ``num_sample > 1`` the item is
+    ``([video] * num_sample, [label] * num_sample)``: independently sampled and augmented
+    clips of one video whose frames are decoded once; batch with :func:`multiple_samples_collate`.
+    Randomness as in :class:`VideoMAEPretrainDataset` (torch-seeded, or fixed with ``seed``).
+    """
+
+    def __init__(self, records: Sequence[VideoRecord], grid: PatchGrid, sampling_rate: int,
+                 transform: RandomResizedCropTransform, num_sample: int = 1, fname_tmpl: str = "img_{:05}.jpg",
+                 seed: int | None = None) -> None:
+        if num_sample < 1:
+            raise ValueError(f"num_sample must be >= 1, got {num_sample}")
+        self.records, self.grid, self.sampling_rate = list(records), grid, sampling_rate
+        self.transform, self.num_sample, self.fname_tmpl, self.seed = transform, num_sample, fname_tmpl, seed
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int):
+        rng = np.random.default_rng([self.seed, index]) if self.seed is not None else torch_seeded_rng()
+        record = self.records[index]
+        source = record.open(self.fname_tmpl)
+        picks = [sample_clip_indices(len(source), self.grid.num_frames, self.sampling_rate, rng)
+                 for _ in range(self.num_sample)]
+        videos = [self.transform(clip, rng) for clip in decode_clips(source, picks)]
+        if self.num_sample == 1:
+            return videos[0], record.label
+        return videos, [record.label] * self.num_sample
+
+    def __repr__(self) -> str:
+        return (f"VideoClsTrainDataset({len(self)} videos, {self.grid.describe()}, sampling_rate={self.sampling_rate}, "
+                f"num_sample={self.num_sample}, {self.transform})")
+
+
+class VideoClsEvalDataset(Dataset):
+    """Deterministic evaluation views: one item per (video, temporal segment, spatial crop).
+
+    Segments come from :func:`segment_clip_indices`, crops from :class:`EvalTransform`
+    (short side resized to ``short_side``, then ``num_crops`` crops spread along the axis with
+    slack). Item ``i`` is ``(video, label, video_index)``, plus ``view = segment * num_crops + crop``
+    when ``with_view``; ``len`` is videos x segments x crops.
+    """
+
+    def __init__(self, records: Sequence[VideoRecord], grid: PatchGrid, sampling_rate: int,
+                 short_side: int | None = None, num_segments: int = 1, num_crops: int = 1, with_view: bool = False,
+                 fname_tmpl: str = "img_{:05}.jpg") -> None:
+        if num_segments < 1 or num_crops < 1:
+            raise ValueError(f"num_segments and num_crops must be >= 1, got {num_segments}, {num_crops}")
+        self.records, self.grid, self.sampling_rate = list(records), grid, sampling_rate
+        self.num_segments, self.num_crops, self.with_view = num_segments, num_crops, with_view
+        self.fname_tmpl = fname_tmpl
+        self.transform = EvalTransform(grid.input_size, short_side, num_crops)
+
+    @property
+    def views_per_video(self) -> int:
+        return self.num_segments * self.num_crops
+
+    def __len__(self) -> int:
+        return len(self.records) * self.views_per_video
+
+    def __getitem__(self, index: int):
+        video_index, view = divmod(index, self.views_per_video)
+        segment, crop = divmod(view, self.num_crops)
+        record = self.records[video_index]
+        source = record.open(self.fname_tmpl)
+        indices = segment_clip_indices(len(source), self.grid.num_frames, self.sampling_rate,
+                                       self.num_segments)[segment]
+        video = self.transform.view(decode_clips(source, [indices])[0], crop)
+        if self.with_view:
+            return video, record.label, video_index, view
+        return video, record.label, video_index
+
+    def __repr__(self) -> str:
+        return (f"VideoClsEvalDataset({len(self.records)} videos x {self.num_segments} segments x {self.num_crops} "
+                f"crops, {self.grid.describe()}, sampling_rate={self.sampling_rate}, {self.transform})")
+
+
+def default_flip(data_set: str) -> bool:
+    """Horizontal flip in training: off for SSV2, whose classes include left/right pairs; on otherwise."""
+    return data_set != "SSV2"
+
+
+def train_flip(args: Any) -> bool:
+    """``args.flip`` when set (not None), else :func:`default_flip` of ``args.data_set``."""
+    flip = getattr(args, "flip", None)
+    return default_flip(args.data_set) if flip is None else bool(flip)
+
+
+def _eval_folder(args: Any) -> str:
+    return getattr(args, "eval_data_path", None) or args.data_path
+
+
+def _list_file_for(mode: str, args: Any) -> str:
+    folder, flag = (args.data_path, "--data_path") if mode == "train" else (_eval_folder(args), "--eval_data_path")
+    if not os.path.isdir(folder):
+        raise ValueError(f"{flag} {folder} is not a folder: for --data_set {args.data_set} it must hold "
+                         f"train.csv, val.csv and test.csv")
+    path = os.path.join(folder, LIST_FILES[mode])
+    if mode == "validation" and not os.path.isfile(path):
+        fallback = os.path.join(folder, LIST_FILES["test"])
+        if os.path.isfile(fallback):
+            print(f"note: no {path}; validating on {fallback}")
+            return fallback
+    return _existing(path, "list file")
+
+
+def _records_for(mode: str, args: Any) -> list[VideoRecord]:
+    data_root = getattr(args, "data_root", None)
+    if args.data_set in ("UCF101", "HMDB51"):
+        folder = args.data_path if mode == "train" else _eval_folder(args)
+        read = ucf101_records if args.data_set == "UCF101" else hmdb51_records
+        return read(folder, data_root, int(getattr(args, "split", 1)), train=mode == "train")
+    return read_labelled_list(_list_file_for(mode, args), data_root, frame_folders=args.data_set == "SSV2")
+
+
+def _nb_classes(mode: str, args: Any, records: list[VideoRecord]) -> tuple[int, str]:
+    """The class count and how to name where it came from in an error message."""
+    given = getattr(args, "nb_classes", None)
+    if given is not None:
+        return int(given), f"--nb_classes {given}"
+    if args.data_set in NB_CLASSES:
+        n = NB_CLASSES[args.data_set]
+        return n, f"--data_set {args.data_set}, which has {n} classes (set --nb_classes for another count)"
+    train = records
+    if mode != "train":
+        train_list = os.path.join(args.data_path, LIST_FILES["train"])
+        if os.path.isfile(train_list):
+            train = read_labelled_list(train_list, getattr(args, "data_root", None))
+    n = max(r.label for r in train) + 1
+    return n, f"the {n} classes found in {train[0].list_file} (set --nb_classes for more)"
+
+
+def _check_labels(records: list[VideoRecord], nb_classes: int, source: str) -> None:
+    for r in records:
+        if r.label >= nb_classes:
+            raise ValueError(f"{r.where}: label {r.label} is out of range for {source}; labels must be "
+                             f"0..{nb_classes - 1}")
+
+
+def build_dataset(mode: str, args: Any, grid: PatchGrid) -> tuple[Dataset, int]:
+    """The fine-tuning dataset for ``mode`` ("train", "validation" or "test") and the class count.
+
+    Reads from ``args``: ``data_set`` (one of :data:`DATA_SETS`), ``data_path`` (folder of
+    train.csv/val.csv/test.csv, or of the UCF101/HMDB51 split files), ``eval_data_path``,
+    ``data_root``, ``sampling_rate``; for training ``num_sample``, ``aa``,
+    ``train_interpolation``, ``reprob``, ``remode``, ``recount``, ``flip`` (None: per
+    data set, see :func:`train_flip`); for evaluation ``short_side_size``,
+    ``test_num_segment``, ``test_num_crop``; and ``nb_classes``, ``fname_tmpl``, ``split``.
+    Absent optional fields mean off (no augmentation beyond crop and flip, one clip, one view).
+
+    Items: train ``(video, label)`` (lists of ``num_sample`` when > 1), validation
+    ``(video, label, video_index)`` from the centre clip and crop, test ``(video, label,
+    video_index, view)`` over ``test_num_segment x test_num_crop`` views. Validation falls
+    back to test.csv when val.csv is missing; UCF101/HMDB51 validate and test on the test split.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if args.data_set not in DATA_SETS:
+        raise ValueError(f"--data_set must be one of {DATA_SETS}, got {args.data_set!r}")
+    records = _records_for(mode, args)
+    nb_classes, source = _nb_classes(mode, args, records)
+    _check_labels(records, nb_classes, source)
+    if mode == "train" and args.data_set == "custom" and getattr(args, "nb_classes", None) is not None:
+        used = len({r.label for r in records})
+        if used < nb_classes:
+            print(f"warning: --nb_classes {nb_classes} but {records[0].list_file} uses only {used} distinct "
+                  f"labels; the other classes are never trained")
+
+    fname_tmpl = getattr(args, "fname_tmpl", "img_{:05}.jpg")
+    if mode == "train":
+        transform = RandomResizedCropTransform(
+            grid.input_size, flip=train_flip(args), rand_augment=getattr(args, "aa", None),
+            interpolation=getattr(args, "train_interpolation", "bilinear"), reprob=getattr(args, "reprob", 0.0),
+            remode=getattr(args, "remode", "pixel"), recount=getattr(args, "recount", 1))
+        dataset: Dataset = VideoClsTrainDataset(records, grid, args.sampling_rate, transform,
+                                                getattr(args, "num_sample", 1), fname_tmpl)
+    else:
+        test = mode == "test"
+        dataset = VideoClsEvalDataset(
+            records, grid, args.sampling_rate, getattr(args, "short_side_size", None),
+            num_segments=getattr(args, "test_num_segment", 1) if test else 1,
+            num_crops=getattr(args, "test_num_crop", 1) if test else 1, with_view=test, fname_tmpl=fname_tmpl)
+    return dataset, nb_classes
