@@ -368,3 +368,52 @@ def epoch_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
         if stem.isdigit():
             found.append((int(stem), p))
     return sorted(found)
+
+
+# ---------------------------------------------------------------- safetensors
+
+SAFETENSORS_FORMAT = "patches-safetensors-v1"
+
+
+def save_safetensors(path: str | Path, state_dict: dict[str, torch.Tensor], grid: PatchGrid,
+                     args: argparse.Namespace | dict[str, Any]) -> Path:
+    """Model weights only, as safetensors, with the grid and the flags as JSON in the metadata; atomic."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flags = plain_args(args) if isinstance(args, argparse.Namespace) else plain_args(argparse.Namespace(**args))
+    metadata = {"format": "pt", "patches_format": SAFETENSORS_FORMAT, "grid": json.dumps(grid.to_dict()),
+                "args": json.dumps(flags)}
+    # safetensors refuses views into shared storage; plain contiguous CPU copies are what it stores anyway.
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def load_safetensors(path: str | Path) -> dict[str, Any]:
+    """A .safetensors file as a checkpoint dict: {"model"}, plus "grid" and "args" when ours wrote it."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        ckpt: dict[str, Any] = {"model": dict(load_file(str(path), device="cpu"))}
+        for key in ("grid", "args"):
+            if key in metadata:
+                ckpt[key] = json.loads(metadata[key])
+    except (OSError, ValueError, SafetensorError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"{path} is not a readable safetensors file ({reason})") from None
+    return ckpt

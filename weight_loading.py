@@ -14,6 +14,9 @@ What is adapted, and how:
 * patch embedding: a different kernel is resampled by :func:`resize_patch_embed`;
 * position table: fixed sin-cos tables are never loaded (they belong to the model's grid); a learned
   table is resampled to the model's token grid by :func:`interpolate_pos_embed`.
+
+Besides our ``.pth`` checkpoints this reads ``.safetensors`` files (the grid from our metadata when
+present) and transformers VideoMAE folders (config.json + model.safetensors, see hf_videomae.py).
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ import torch.nn.functional as F
 
 from modeling_finetune import DEFAULT_GRID, VisionTransformer, build_pos_table
 from patch_grid import GridError, PatchGrid, make_grid
-from utils import is_main_process, load_checkpoint, unwrap_model
+from utils import is_main_process, load_checkpoint, load_safetensors, unwrap_model
 
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")
 TRUNK_PREFIXES = ("encoder.", "backbone.")
@@ -284,12 +287,25 @@ class LoadReport:
 
 # ---------------------------------------------------------------- reading
 
+def read_hf_directory(path: Path) -> dict[str, Any]:
+    """A transformers VideoMAE folder (config.json + model.safetensors) as one of our checkpoints: tensors
+    renamed to ours, the grid from config.json (checked here, then against the patch-embedding kernel)."""
+    from hf_videomae import LAYER_NORM_EPS, grid_from_hf_config, hf_to_ours, read_hf_dir
+    cfg, tensors = read_hf_dir(path)
+    grid = grid_from_hf_config(cfg, str(path / "config.json"))
+    notes = []
+    if cfg.get("layer_norm_eps", 1e-12) != LAYER_NORM_EPS:
+        notes.append(f"config.json has layer_norm_eps {cfg.get('layer_norm_eps', 1e-12)}, our blocks use "
+                     f"{LAYER_NORM_EPS}: outputs differ very slightly from transformers'")
+    # transformers' VideoMAE always uses the fixed 1-D sin-cos table.
+    return {"model": hf_to_ours(tensors), "grid": grid.to_dict(), "args": {"pos_embed": "1d"}, "load_notes": notes}
+
+
 def _read(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        return read_hf_directory(path)
     if path.suffix == ".safetensors":
-        if not path.is_file():
-            raise ValueError(f"checkpoint {path} does not exist")
-        from safetensors.torch import load_file
-        return dict(load_file(str(path), device="cpu"))
+        return load_safetensors(path)  # {"model"}, with "grid"/"args" when PATCHES wrote the file
     return load_checkpoint(path)
 
 
@@ -525,6 +541,7 @@ def load_finetune_weights(model: VisionTransformer, path: str | Path, model_key:
     sd = _prepare(raw, model_prefix, report)
     target = model.state_dict()
     src = _source_grid(ckpt, sd, report)
+    report.notes.extend(ckpt.get("load_notes", []))
     to_load: dict[str, torch.Tensor] = {}
 
     # The encoder's final norm: into fc_norm for a mean-pooling model (see the module docstring).
