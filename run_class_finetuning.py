@@ -1,0 +1,359 @@
+"""Fine-tune and test a video action classifier, from any checkpoint, at any patch grid.
+
+Without --data_path it trains on the built-in demo dataset (generated on first use).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import time
+from pathlib import Path
+
+import torch
+
+import cli_args
+import utils
+from engine_for_finetuning import (FinetuneStep, evaluate, final_test, merge_test_results, train_one_epoch)
+from engine_for_pretraining import NonFiniteLossError
+from modeling_finetune import create_video_model
+from optim_factory import build_optimizer
+
+DATA_SETS = ("Kinetics-400", "Kinetics-600", "Kinetics-700", "SSV2", "UCF101", "HMDB51", "custom")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("PATCHES fine-tuning and testing", add_help=True,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--batch_size", default=64, type=int, help="clips per process per step (before --num_sample)")
+    p.add_argument("--epochs", default=30, type=int, help="training epochs")
+    p.add_argument("--update_freq", default=1, type=int, help="gradient accumulation: steps per optimizer update")
+    p.add_argument("--save_ckpt_freq", default=100, type=int, help="save a checkpoint every N epochs (and at the end)")
+
+    g = cli_args.add_grid_args(p, "vit_base_patch16_224")
+    g.add_argument("--nb_classes", default=None, type=int,
+                   help="classes; checked against the labels found (default: from --data_set, or inferred)")
+    g.add_argument("--drop", default=0.0, type=float, help="dropout after attention projection and MLP")
+    g.add_argument("--attn_drop_rate", default=0.0, type=float, help="attention dropout")
+    g.add_argument("--drop_path", default=0.1, type=float, help="stochastic depth rate")
+    g.add_argument("--fc_drop_rate", default=0.0, type=float, help="dropout before the classification head")
+    g.add_argument("--init_scale", default=0.001, type=float, help="scale of the new head's initial weights")
+    g.add_argument("--use_mean_pooling", action="store_true", default=True,
+                   help="classify the mean of all tokens through fc_norm (default)")
+    g.add_argument("--use_cls", action="store_false", dest="use_mean_pooling",
+                   help="classify a cls token instead of mean pooling")
+    g.add_argument("--model_ema", action="store_true", help="keep an exponential moving average of the weights")
+    g.add_argument("--model_ema_decay", default=0.9999, type=float, help="EMA decay per update")
+    g.add_argument("--model_ema_force_cpu", action="store_true", help="keep the EMA copy on the CPU")
+
+    g = p.add_argument_group("weights")
+    g.add_argument("--finetune", default="", type=str,
+                   help="start from this checkpoint (ours, or VideoMAE's release layout; grids may differ)")
+    g.add_argument("--model_key", default="model|module", type=str,
+                   help="key(s) of the state dict inside the checkpoint, '|'-separated, first found wins")
+    g.add_argument("--model_prefix", default="", type=str, help="prefix to strip from the checkpoint's keys")
+
+    cli_args.add_optim_args(p, lr=1e-3, min_lr=1e-6, warmup_epochs=5, opt_betas=[0.9, 0.999])
+    p.add_argument("--layer_decay", default=0.75, type=float,
+                   help="layer-wise LR decay: block i of L gets lr * layer_decay^(L - i)")
+
+    g = p.add_argument_group("augmentation and regularisation")
+    g.add_argument("--aa", default="rand-m7-n4-mstd0.5-inc1", type=str,
+                   help="video RandAugment policy (timm syntax), the same op on every frame; 'none' to disable")
+    g.add_argument("--smoothing", default=0.1, type=float, help="label smoothing")
+    g.add_argument("--train_interpolation", default="bilinear", type=str,
+                   help="RandAugment's interpolation for rotations and shears: bilinear or nearest (bicubic, "
+                        "VideoMAE's default, is accepted and runs as bilinear on tensors)")
+    g.add_argument("--reprob", default=0.25, type=float, help="random erasing probability")
+    g.add_argument("--remode", default="pixel", type=str, help="random erasing mode")
+    g.add_argument("--recount", default=1, type=int, help="random erasing count")
+    g.add_argument("--mixup", default=0.8, type=float, help="mixup alpha (0 disables)")
+    g.add_argument("--cutmix", default=1.0, type=float, help="cutmix alpha (0 disables)")
+    g.add_argument("--cutmix_minmax", default=None, type=float, nargs=2, help="cutmix box ratio range")
+    g.add_argument("--mixup_prob", default=1.0, type=float, help="probability of mixup or cutmix per batch")
+    g.add_argument("--mixup_switch_prob", default=0.5, type=float, help="probability of cutmix when both are on")
+    g.add_argument("--mixup_mode", default="batch", choices=["batch", "pair", "elem"], help="how mixup draws lambda")
+
+    g = cli_args.add_data_args(p, "folder with train.csv, val.csv and test.csv ('path label' lines); "
+                                  "default: the built-in demo dataset", num_sample=2)
+    g.add_argument("--data_set", default="Kinetics-400", choices=DATA_SETS, help="dataset kind")
+    g.add_argument("--eval_data_path", default=None, type=str, help="folder with val.csv/test.csv if not --data_path")
+    g.add_argument("--fname_tmpl", default="img_{:05}.jpg", type=str, help="frame file names for SSV2 frame folders")
+    g.add_argument("--split", default=1, type=int, help="official split (UCF101, HMDB51)")
+    g.add_argument("--short_side_size", default=None, type=int,
+                   help="short side of the resize before validation/test crops (default: the smaller input side)")
+    g.add_argument("--flip", default=None, type=utils.str2bool, nargs="?", const=True,
+                   help="horizontal flip in training (default: on, except SSV2 and the demo data, whose classes "
+                        "have a left and a right)")
+    g.add_argument("--test_num_segment", default=5, type=int, help="temporal clips per video at test")
+    g.add_argument("--test_num_crop", default=3, type=int, help="spatial crops per clip at test")
+
+    cli_args.add_run_args(p, "output/finetune")
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--eval", action="store_true", help="only test: the best (else newest) checkpoint in "
+                                                        "--output_dir, or --resume, or --finetune")
+    g.add_argument("--disable_eval_during_finetuning", action="store_true", help="no validation between epochs")
+    g.add_argument("--dist_eval", default=True, type=utils.str2bool, nargs="?", const=True,
+                   help="shard validation and test over processes")
+    return p
+
+
+def validate_args(args: argparse.Namespace):
+    grid, problems = cli_args.validate_common(
+        args, ("batch_size", "epochs", "update_freq", "sampling_rate", "num_sample", "save_ckpt_freq", "print_freq",
+               "test_num_segment", "test_num_crop"))
+    if args.short_side_size is not None and args.short_side_size < 1:
+        problems.append(f"--short_side_size must be at least 1, got {args.short_side_size}")
+    if args.finetune and not (Path(args.finetune).is_file() or Path(args.finetune).is_dir()):
+        problems.append(f"--finetune {args.finetune} does not exist")
+    for flag in ("data_path", "eval_data_path"):
+        value = getattr(args, flag)
+        if value is not None and not Path(value).exists():
+            problems.append(f"--{flag} {value} does not exist")
+    if not 0 < args.layer_decay <= 1:
+        problems.append(f"--layer_decay must be in (0, 1], got {args.layer_decay}")
+    if args.nb_classes is not None and args.nb_classes < 2:
+        problems.append(f"--nb_classes must be at least 2, got {args.nb_classes}")
+    for flag in ("mixup_prob", "mixup_switch_prob", "reprob", "smoothing"):
+        if not 0 <= getattr(args, flag) <= 1:
+            problems.append(f"--{flag} must be in [0, 1], got {getattr(args, flag)}")
+    cli_args.fail_if(problems)
+    return grid
+
+
+def use_demo_data_if_needed(args: argparse.Namespace) -> None:
+    if args.data_path is not None:
+        return
+    from demo_data import ensure_demo_dataset
+    demo = ensure_demo_dataset(args.demo_root)
+    args.data_path, args.data_set = str(demo["root"]), "custom"
+    if args.flip is None:
+        args.flip = False  # a mirrored "move left" clip is a "move right" clip
+    if args.data_root is None:
+        args.data_root = str(demo["root"])
+    print(f"No --data_path: using the demo dataset in {demo['root']}")
+
+
+def make_loader(dataset, args: argparse.Namespace, train: bool, device: torch.device):
+    from datasets import collate_fn_for
+    if args.distributed and (train or args.dist_eval):
+        sampler = torch.utils.data.DistributedSampler(dataset, shuffle=train, seed=args.seed)
+    else:
+        sampler = torch.utils.data.RandomSampler(dataset) if train else torch.utils.data.SequentialSampler(dataset)
+    return torch.utils.data.DataLoader(
+        dataset, sampler=sampler, batch_size=args.batch_size, num_workers=args.num_workers,
+        pin_memory=args.pin_mem and device.type == "cuda", drop_last=train,
+        collate_fn=collate_fn_for(args.num_sample if train else 1), persistent_workers=False)
+
+
+def build_mixup(args: argparse.Namespace, nb_classes: int):
+    if not (args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None):
+        return None
+    from timm.data import Mixup
+
+    mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
+                  prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
+                  label_smoothing=args.smoothing, num_classes=nb_classes)
+
+    def mix_video(videos: torch.Tensor, labels: torch.Tensor):
+        # timm's Mixup expects images: fold time into channels so cutmix cuts the same box from every frame.
+        b, c, t, h, w = videos.shape
+        mixed, soft = mixup(videos.reshape(b, c * t, h, w), labels)
+        return mixed.reshape(b, c, t, h, w), soft
+    return mix_video
+
+
+def build_criterion(args: argparse.Namespace, mixup_fn) -> torch.nn.Module:
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+    if mixup_fn is not None:
+        return SoftTargetCrossEntropy()
+    if args.smoothing > 0:
+        return LabelSmoothingCrossEntropy(smoothing=args.smoothing)
+    return torch.nn.CrossEntropyLoss()
+
+
+def checkpoint_to_evaluate(args: argparse.Namespace) -> str:
+    if args.resume:
+        return args.resume
+    best = Path(args.output_dir) / "checkpoint-best.pth"
+    if best.is_file():
+        return str(best)
+    found = utils.epoch_checkpoints(args.output_dir)
+    return str(found[-1][1]) if found else ""
+
+
+def load_model_weights(args, model, model_ema) -> tuple[int, float]:
+    """Resume (our full checkpoints) or start from --finetune. Returns (start epoch, best accuracy so far)."""
+    path = args.resume
+    if not path and args.auto_resume and not args.eval:
+        found = utils.epoch_checkpoints(args.output_dir)
+        path = str(found[-1][1]) if found else ""
+    if args.eval:
+        path = checkpoint_to_evaluate(args)
+    if path:
+        try:
+            ckpt = utils.load_checkpoint(path)
+        except utils.CheckpointError as e:
+            raise SystemExit(f"error: {e}")
+        missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
+        if missing or unexpected:
+            raise SystemExit(f"error: {path} does not fit --model {args.model} at this grid "
+                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        if model_ema is not None and "model_ema" in ckpt:
+            model_ema.module.load_state_dict(ckpt["model_ema"])
+        args._resume_state = ckpt
+        print(f"Loaded {path} (epoch {ckpt.get('epoch')})")
+        return int(ckpt.get("epoch", -1)) + 1, float(ckpt.get("best_acc1", 0.0))
+    if args.finetune:
+        from weight_loading import load_finetune_weights
+        try:
+            load_finetune_weights(model, args.finetune, model_key=args.model_key, model_prefix=args.model_prefix,
+                                  verbose=utils.is_main_process())
+        except ValueError as e:
+            raise SystemExit(f"error: --finetune: {e}")
+        if model_ema is not None:
+            model_ema.module.load_state_dict(model.state_dict())
+    return 0, 0.0
+
+
+def run_test(args, model, device, amp_dtype, grid) -> dict[str, float]:
+    from datasets import build_dataset
+    test_set, _ = build_dataset("test", args, grid)
+    loader = make_loader(test_set, args, train=False, device=device)
+    out_file = Path(args.output_dir) / f"test_results_rank{utils.get_rank()}.jsonl"
+    final_test(loader, model, device, out_file, amp_dtype)
+    if utils.is_dist():
+        torch.distributed.barrier()
+    files = [Path(args.output_dir) / f"test_results_rank{r}.jsonl" for r in range(utils.get_world_size())]
+    stats = merge_test_results(files)
+    if utils.is_main_process():
+        print(f"Test ({args.test_num_segment} x {args.test_num_crop} views per video, {stats['videos']} videos): "
+              f"acc@1 {stats['acc1']:.2f}  acc@5 {stats['acc5']:.2f}")
+    return stats
+
+
+def main(args: argparse.Namespace) -> dict[str, float]:
+    grid = validate_args(args)
+    use_demo_data_if_needed(args)
+    utils.init_distributed_mode(args)
+    device = utils.resolve_device(args.device)
+    amp_dtype = utils.autocast_dtype(args.amp, device)
+    utils.seed_everything(args.seed + utils.get_rank())
+    print(f"Patch grid: {grid.describe()}")
+
+    from datasets import build_dataset
+    train_set, nb_classes = build_dataset("train", args, grid)
+    args.nb_classes = nb_classes
+    model = create_video_model(args.model, grid=grid, num_classes=nb_classes, drop_rate=args.drop,
+                               attn_drop_rate=args.attn_drop_rate, drop_path_rate=args.drop_path,
+                               fc_drop_rate=args.fc_drop_rate, init_scale=args.init_scale,
+                               use_mean_pooling=args.use_mean_pooling, pos_embed=args.pos_embed,
+                               use_checkpoint=args.use_checkpoint).to(device)
+    model_ema = None
+    if args.model_ema:
+        from timm.utils import ModelEmaV3
+        model_ema = ModelEmaV3(model, decay=args.model_ema_decay,
+                               device=torch.device("cpu") if args.model_ema_force_cpu else None)
+    start_epoch, best_acc1 = load_model_weights(args, model, model_ema)
+    n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print(f"Model {args.model}: {n_parameters / 1e6:.2f} M parameters, {nb_classes} classes")
+    log_file = Path(args.output_dir) / "log.txt"
+
+    if args.eval:
+        stats = run_test(args, model, device, amp_dtype, grid)
+        utils.append_jsonl(log_file, {f"eval_test_{k}": v for k, v in stats.items()})
+        utils.cleanup_distributed()
+        return stats
+
+    train_loader = make_loader(train_set, args, train=True, device=device)
+    val_loader = None
+    if not args.disable_eval_during_finetuning:
+        val_set, _ = build_dataset("validation", args, grid)
+        val_loader = make_loader(val_set, args, train=False, device=device)
+    world = utils.get_world_size()
+    clips_per_step = args.batch_size * args.num_sample * world
+    cli_args.scale_lr(args, clips_per_step * args.update_freq)
+    steps_per_epoch = len(train_loader) // args.update_freq
+    if steps_per_epoch == 0:
+        raise SystemExit(f"error: --batch_size {args.batch_size} x --update_freq {args.update_freq} x {world} "
+                         f"processes is larger than the {len(train_set)} training videos")
+    print(f"{len(train_set)} training videos, {steps_per_epoch} updates per epoch of "
+          f"{clips_per_step * args.update_freq} clips; lr {args.lr:.3g}")
+
+    model_without_ddp = model
+    if args.distributed:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = build_optimizer(args, model_without_ddp, layer_decay=args.layer_decay)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    resume_state = getattr(args, "_resume_state", None)
+    if resume_state is not None:
+        if "optimizer" in resume_state:
+            optimizer.load_state_dict(resume_state["optimizer"])
+        if scaler is not None and "scaler" in resume_state:
+            scaler.load_state_dict(resume_state["scaler"])
+        del args._resume_state
+    lr_schedule = utils.cosine_scheduler(args.lr, args.min_lr, args.epochs, steps_per_epoch,
+                                         args.warmup_epochs, args.warmup_lr, args.warmup_steps)
+    wd_end = args.weight_decay if args.weight_decay_end is None else args.weight_decay_end
+    wd_schedule = utils.cosine_scheduler(args.weight_decay, wd_end, args.epochs, steps_per_epoch)
+    mixup_fn = build_mixup(args, nb_classes)
+    criterion = build_criterion(args, mixup_fn)
+    cfg = FinetuneStep(device=device, amp_dtype=amp_dtype, scaler=scaler, clip_grad=args.clip_grad,
+                       update_freq=args.update_freq, mixup_fn=mixup_fn, model_ema=model_ema)
+    tb_logger = utils.TensorboardLogger(args.log_dir or os.path.join(args.output_dir, "tb")) \
+        if utils.is_main_process() else None
+
+    def save(name: str, epoch: int) -> None:
+        if utils.is_main_process():
+            extra = {"best_acc1": best_acc1, "nb_classes": nb_classes}
+            if model_ema is not None:
+                extra["model_ema"] = model_ema.module.state_dict()
+            state = utils.checkpoint_state(model_without_ddp, grid, args, epoch, optimizer, scaler, **extra)
+            path = utils.save_checkpoint(Path(args.output_dir) / name, state)
+            print(f"Saved {path}")
+            if args.save_safetensors:
+                print(f"Saved {utils.save_safetensors(path.with_suffix('.safetensors'), state['model'], grid, args)}")
+
+    start = time.time()
+    try:
+        for epoch in range(start_epoch, args.epochs):
+            if args.distributed:
+                train_loader.sampler.set_epoch(epoch)
+            stats = train_one_epoch(model, criterion, train_loader, optimizer, epoch, cfg, lr_schedule, wd_schedule,
+                                    start_step=epoch * steps_per_epoch, header=f"Epoch [{epoch}/{args.epochs - 1}]",
+                                    print_freq=args.print_freq, tb_logger=tb_logger, clips_per_step=clips_per_step)
+            record = {**{f"train_{k}": v for k, v in stats.items()}, "epoch": epoch, "n_parameters": n_parameters}
+            if val_loader is not None:
+                val = evaluate(val_loader, model, device, amp_dtype)
+                record.update({f"val_{k}": v for k, v in val.items()})
+                if val["acc1"] > best_acc1:
+                    best_acc1 = val["acc1"]
+                    save("checkpoint-best.pth", epoch)
+                print(f"Best val acc@1 so far: {best_acc1:.2f}")
+                if tb_logger is not None:
+                    tb_logger.update("val", step=epoch, **{k: val[k] for k in ("acc1", "acc5", "loss")})
+            if (epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs:
+                save(f"checkpoint-{epoch}.pth", epoch)
+            utils.append_jsonl(log_file, record)
+            if tb_logger is not None:
+                tb_logger.update("epoch", step=epoch, **stats)
+                tb_logger.flush()
+    except NonFiniteLossError as e:
+        raise SystemExit(f"error: {e}")
+    print(f"Training time {datetime.timedelta(seconds=int(time.time() - start))}")
+
+    tested = checkpoint_to_evaluate(args)
+    if tested and tested.endswith("checkpoint-best.pth"):
+        model_without_ddp.load_state_dict(utils.load_checkpoint(tested)["model"])
+    test = run_test(args, model, device, amp_dtype, grid)
+    utils.append_jsonl(log_file, {**{f"test_{k}": v for k, v in test.items()}, "checkpoint": tested})
+    if tb_logger is not None:
+        tb_logger.update("test", step=args.epochs, acc1=test["acc1"], acc5=test["acc5"])
+        tb_logger.close()
+    utils.cleanup_distributed()
+    return test
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
