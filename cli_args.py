@@ -75,6 +75,8 @@ def add_run_args(p: argparse.ArgumentParser, output_dir: str) -> None:
     g.add_argument("--no_auto_resume", action="store_false", dest="auto_resume", help="start fresh")
     g.add_argument("--start_epoch", default=0, type=int, help="first epoch (set by resuming)")
     g.add_argument("--print_freq", default=10, type=int, help="print a progress line every N steps")
+    g.add_argument("--save_safetensors", action="store_true",
+                   help="also write the model weights alone as checkpoint-N.safetensors next to each .pth")
     g.add_argument("--local_rank", "--local-rank", default=-1, type=int, help=argparse.SUPPRESS)
 
 

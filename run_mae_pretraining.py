@@ -162,6 +162,8 @@ def main(args: argparse.Namespace) -> None:
                 state = utils.checkpoint_state(model_without_ddp, grid, args, epoch, optimizer, scaler)
                 path = utils.save_checkpoint(Path(args.output_dir) / f"checkpoint-{epoch}.pth", state)
                 print(f"Saved {path}")
+                if args.save_safetensors:
+                    print(f"Saved {utils.save_safetensors(path.with_suffix('.safetensors'), state['model'], grid, args)}")
             record = {**{f"train_{k}": v for k, v in stats.items()}, "epoch": epoch, "n_parameters": n_parameters}
             utils.append_jsonl(Path(args.output_dir) / "log.txt", record)
             if tb_logger is not None:
