@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -25,11 +26,48 @@ _INT = re.compile(r"[+-]?[0-9]+")
 
 
 class VideoDecodeError(RuntimeError):
-    """A video could not be opened or decoded; ``path`` names it."""
+    """A video could not be opened or decoded; ``path`` names it and ``reason`` says why in one line.
 
-    def __init__(self, path: str, cause: BaseException) -> None:
-        super().__init__(f"cannot decode video {path}: {cause}")
-        self.path = path
+    ``VideoDecodeError(message)`` alone (no cause) is also accepted, so that a DataLoader worker can
+    re-raise it in the main process.
+    """
+
+    def __init__(self, path: str, cause: BaseException | str | None = None) -> None:
+        if cause is None:
+            super().__init__(path)
+            self.path, self.reason = None, path
+            return
+        self.path, self.reason = path, decode_reason(cause)
+        super().__init__(f"cannot decode video {path}: {self.reason}")
+
+
+class UnreadableDataError(VideoDecodeError):
+    """No readable video was found for an item, even after trying replacements."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+
+
+class UnreadableVideoWarning(UserWarning):
+    """A video was skipped (and replaced by another) because it cannot be read."""
+
+
+# decord's C++ errors start with "[hh:mm:ss] /path/to/source.cc:123: "
+_DECORD_PREFIX = re.compile(r"^\[[0-9:]+\] \S+:[0-9]+: ")
+
+
+def decode_reason(cause: BaseException | str) -> str:
+    """A one-line, human reason for a decoding failure (decord's raw errors are cryptic or multi-line)."""
+    text = str(cause).strip() or type(cause).__name__
+    if "from_size == to_size" in text:
+        return ("decord returns frames of the wrong size for this frame width (a decord 0.6 bug, e.g. 48 or "
+                "72 px wide); re-encode the video at another width")
+    if text.startswith("Error reading"):
+        return "cannot be opened as a video (corrupt, truncated, or not a video file)"
+    line = _DECORD_PREFIX.sub("", text.splitlines()[0])
+    if "av_read_frame failed" in line:
+        return f"frames cannot be decoded, the file is probably truncated or corrupt ({line})"
+    return line[:300]
 
 
 # ---- list files -------------------------------------------------------------------------------------
@@ -54,8 +92,8 @@ def _parse_line(line: str, base: str, where: str) -> tuple[str, int | None]:
     return whole, None
 
 
-def parse_list_file(path: str | os.PathLike, data_root: str | os.PathLike | None = None
-                    ) -> list[tuple[str, int | None]]:
+def parse_list_file(path: str | os.PathLike, data_root: str | os.PathLike | None = None,
+                    errors: list[str] | None = None) -> list[tuple[str, int | None]]:
     """Read a VideoMAE-style list file into ``[(video_path, label or None), ...]``.
 
     Rules, per line (UTF-8, optional BOM, ``\\n`` or ``\\r\\n`` endings):
@@ -69,14 +107,33 @@ def parse_list_file(path: str | os.PathLike, data_root: str | os.PathLike | None
 
     Raises ``ValueError`` naming the file and the 1-based line number for a negative
     label, for a non-integer last field after a path that exists as a file while the whole
-    line does not, and (naming the file) for a list with no entries.
+    line does not, for text that is not UTF-8, and (naming the file) for a list with no
+    entries. With ``errors`` given, those messages are appended to it instead and the bad
+    lines skipped (to report them all, as ``--check_data`` does).
     """
+    return [(video, label) for _, video, label in numbered_list_entries(path, data_root, errors)]
+
+
+def numbered_list_entries(path: str | os.PathLike, data_root: str | os.PathLike | None = None,
+                          errors: list[str] | None = None) -> list[tuple[int, str, int | None]]:
+    """:func:`parse_list_file` with the 1-based line number first: ``[(line, video_path, label), ...]``."""
     path = os.fspath(path)
     base = _list_base(path, data_root)
-    entries = [_parse_line(line, base, f"{path}, line {number}") for number, line in _list_lines(path)]
-    if not entries:
-        raise ValueError(f"{path}: list file has no entries")
+    entries = []
+    for number, line in _list_lines(path):
+        try:
+            entries.append((number, *_parse_line(line, base, f"{path}, line {number}")))
+        except ValueError as e:
+            _raise_or_collect(e, errors)
+    if not entries and not errors:
+        _raise_or_collect(ValueError(f"{path}: list file has no entries"), errors)
     return entries
+
+
+def _raise_or_collect(error: Exception, errors: list[str] | None) -> None:
+    if errors is None:
+        raise error
+    errors.append(str(error))
 
 
 def _list_base(path: str, data_root: str | os.PathLike | None) -> str:
@@ -85,8 +142,15 @@ def _list_base(path: str, data_root: str | os.PathLike | None) -> str:
 
 def _list_lines(path: str) -> list[tuple[int, str]]:
     """``(1-based line number, stripped line)`` for every line that is neither blank nor a ``#`` comment."""
-    with open(path, encoding="utf-8-sig", newline=None) as f:
-        lines = f.read().splitlines()
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ValueError(f"{path}, line {line}: not UTF-8 text (byte {raw[e.start]:#04x}); save the list "
+                         f"file as UTF-8") from None
+    lines = text.splitlines()
     return [(number, line) for number, line in ((n, raw.strip()) for n, raw in enumerate(lines, start=1))
             if line and not line.startswith("#")]
 
@@ -143,13 +207,24 @@ def torch_seeded_rng() -> np.random.Generator:
 # ---- decoding -----------------------------------------------------------------------------------
 
 def open_video(path: str) -> Any:
-    """A decord VideoReader on ``path``, single-threaded (DataLoader workers give the parallelism)."""
+    """A decord VideoReader on ``path``, single-threaded (DataLoader workers give the parallelism).
+
+    Raises :class:`VideoDecodeError` for a missing or empty file, one decord cannot open, and one
+    without frames.
+    """
     import decord  # imported lazily so that parsing and sampling work without it
 
+    if not os.path.isfile(path):
+        raise VideoDecodeError(path, "is a folder, not a video file" if os.path.isdir(path) else "file not found")
+    if os.path.getsize(path) == 0:
+        raise VideoDecodeError(path, "empty file (0 bytes)")
     try:
-        return decord.VideoReader(path, num_threads=1)
-    except Exception as e:  # decord raises its own error types, and RuntimeError for missing files
+        reader = decord.VideoReader(path, num_threads=1)
+    except Exception as e:  # decord raises its own error types, and RuntimeError for unreadable files
         raise VideoDecodeError(path, e) from e
+    if len(reader) < 1:
+        raise VideoDecodeError(path, "the video has no frames")
+    return reader
 
 
 def read_frames(reader: Any, indices: np.ndarray, path: str) -> torch.Tensor:
@@ -194,7 +269,8 @@ class FrameFolder:
             try:
                 frames.append(decode_jpeg(read_file(path), mode=ImageReadMode.RGB))
             except Exception as e:  # missing file, or not a JPEG
-                raise VideoDecodeError(path, e) from e
+                # named by the folder: that is the listed entry, skipped and reported as one
+                raise VideoDecodeError(self.folder, f"frame {os.path.basename(path)}: {decode_reason(e)}") from e
         if len({tuple(f.shape) for f in frames}) > 1:
             raise VideoDecodeError(self.folder, ValueError("frames differ in size"))
         return torch.stack(frames).permute(0, 2, 3, 1)
@@ -207,9 +283,73 @@ def decode_clips(source: VideoFile | FrameFolder, picks: Sequence[np.ndarray]) -
     return [frames[torch.from_numpy(np.searchsorted(needed, p))] for p in picks]
 
 
+# ---- unreadable videos ----------------------------------------------------------------------------
+
+MAX_REPLACEMENTS = 10
+
+class SkipsUnreadableVideos:
+    """Mixin for datasets: an item whose video cannot be read is replaced by another item.
+
+    The replacement index comes from the item's own RNG (so runs stay reproducible), at most
+    :attr:`max_replacements` times in a row; then :class:`UnreadableDataError` names the files tried.
+    By default every skipped file is reported with an :class:`UnreadableVideoWarning` (shown once per
+    file and process). With :attr:`report_bad` set, items instead become ``(item, bad)`` where ``bad``
+    lists ``(path, reason)`` of the skipped files: batch those with :class:`CollateWithBad`, which
+    carries the list through DataLoader worker processes to the main process.
+    """
+
+    report_bad: bool = False
+    max_replacements: int = MAX_REPLACEMENTS
+
+    def _robust_item(self, index: int, load: Callable[[int], Any],
+                     replacement: Callable[[int], int | None]) -> Any:
+        bad: list[tuple[str, str]] = []
+        for _ in range(self.max_replacements + 1):
+            try:
+                item = load(index)
+            except VideoDecodeError as e:
+                bad.append((str(e.path), e.reason))
+                next_index = replacement(index)
+                if next_index is None:
+                    break
+                index = next_index
+                continue
+            if self.report_bad:
+                return item, tuple(bad)
+            for path, reason in bad:
+                # one fixed location: the warnings registry then shows each file's message once per process
+                warnings.warn(f"skipped unreadable video {path}: {reason}", UnreadableVideoWarning, stacklevel=2)
+            return item
+        tried = "; ".join(f"{path} ({reason})" for path, reason in bad[:5])
+        raise UnreadableDataError(f"no readable video for this item after trying {len(bad)}: {tried}; "
+                                  f"check the data with --check_data")
+
+
+def other_index(rng: np.random.Generator, index: int, size: int) -> int | None:
+    """A uniformly drawn index in ``[0, size)`` other than ``index``; None when there is no other."""
+    if size < 2:
+        return None
+    j = int(rng.integers(size - 1))
+    return j + (j >= index)
+
+
+class CollateWithBad:
+    """Collate ``(item, bad)`` pairs of a dataset with ``report_bad`` set into ``(batch, bad)``.
+
+    ``batch`` is what ``inner`` makes of the items, ``bad`` the concatenated ``(path, reason)`` list.
+    A plain class rather than a closure, so that it pickles into spawned worker processes.
+    """
+
+    def __init__(self, inner: Callable[[list], Any] = default_collate) -> None:
+        self.inner = inner
+
+    def __call__(self, batch: list) -> tuple[Any, list[tuple[str, str]]]:
+        return self.inner([item for item, _ in batch]), [b for _, bad in batch for b in bad]
+
+
 # ---- pre-training -------------------------------------------------------------------------------
 
-class VideoMAEPretrainDataset(Dataset):
+class VideoMAEPretrainDataset(SkipsUnreadableVideos, Dataset):
     """Clips for masked-autoencoder pre-training, labels ignored.
 
     Item ``i`` is ``(video, enc_mask, dec_mask)``: ``video`` float32 ``[3, T, H, W]`` with
@@ -223,6 +363,7 @@ class VideoMAEPretrainDataset(Dataset):
     ``torch.manual_seed`` and DataLoader worker seeding make runs reproducible. With
     ``seed`` set, item ``i`` instead always yields the same clip and crop (for
     visualisation and tests; the masks are still whatever ``mask_generator`` draws).
+    An unreadable video is replaced by another, see :class:`SkipsUnreadableVideos`.
     """
 
     def __init__(self, list_file: str | os.PathLike, data_root: str | os.PathLike | None, grid: PatchGrid,
@@ -258,6 +399,9 @@ class VideoMAEPretrainDataset(Dataset):
 
     def __getitem__(self, index: int):
         rng = self._rng(index)
+        return self._robust_item(index, lambda i: self._item(i, rng), lambda i: other_index(rng, i, len(self)))
+
+    def _item(self, index: int, rng: np.random.Generator):
         videos, enc_masks, dec_masks = [], [], []
         for clip in self.load_clips(index, rng):
             videos.append(self.transform(clip, rng))
@@ -336,32 +480,44 @@ class VideoRecord:
 
 
 def read_labelled_list(path: str | os.PathLike, data_root: str | os.PathLike | None = None,
-                       frame_folders: bool = False) -> list[VideoRecord]:
+                       frame_folders: bool = False, errors: list[str] | None = None) -> list[VideoRecord]:
     """A list file (rules of :func:`parse_list_file`) whose every line must have a label.
 
     With ``frame_folders`` a line whose last two fields are integers is VideoMAE's frame
-    format ``folder num_frames label``; other lines are still ``video label``.
+    format ``folder num_frames label``; other lines are still ``video label``. ``errors`` as in
+    :func:`parse_list_file`.
     """
     path = os.fspath(path)
     base = _list_base(path, data_root)
     records = []
     for number, line in _list_lines(path):
-        where = f"{path}, line {number}"
-        video, label = _parse_line(line, base, where)
-        if label is None:
-            expected = "'path label' or 'folder num_frames label'" if frame_folders else "'path label'"
-            raise ValueError(f"{where}: no label in {line!r} (expected {expected})")
-        count = None
-        if frame_folders:
-            head = video.rsplit(None, 1)
-            if len(head) == 2 and _INT.fullmatch(head[1]):
-                video, count = head[0], int(head[1])
-                if count < 1:
-                    raise ValueError(f"{where}: frame folder with {count} frames")
-        records.append(VideoRecord(video, label, path, number, count))
-    if not records:
-        raise ValueError(f"{path}: list file has no entries")
+        try:
+            records.append(_labelled_record(line, base, path, number, frame_folders))
+        except ValueError as e:
+            _raise_or_collect(e, errors)
+    if not records and not errors:
+        _raise_or_collect(ValueError(f"{path}: list file has no entries"), errors)
     return records
+
+
+def _labelled_record(line: str, base: str, path: str, number: int, frame_folders: bool) -> VideoRecord:
+    where = f"{path}, line {number}"
+    video, label = _parse_line(line, base, where)
+    if label is None:
+        expected = "'path label' or 'folder num_frames label'" if frame_folders else "'path label'"
+        fields = line.rsplit(None, 1)
+        if len(fields) == 2:
+            raise ValueError(f"{where}: the last field {fields[1]!r} of {line!r} is not an integer label "
+                             f"(expected {expected})")
+        raise ValueError(f"{where}: no label in {line!r} (expected {expected})")
+    count = None
+    if frame_folders:
+        head = video.rsplit(None, 1)
+        if len(head) == 2 and _INT.fullmatch(head[1]):
+            video, count = head[0], int(head[1])
+            if count < 1:
+                raise ValueError(f"{where}: frame folder with {count} frames")
+    return VideoRecord(video, label, path, number, count)
 
 
 def ucf101_records(split_dir: str | os.PathLike, data_root: str | os.PathLike | None, split: int,
@@ -438,14 +594,15 @@ def _existing(path: str, what: str) -> str:
     return path
 
 
-class VideoClsTrainDataset(Dataset):
+class VideoClsTrainDataset(SkipsUnreadableVideos, Dataset):
     """Training clips for classification: item ``i`` is ``(video, label)``, video float32 ``[3, T, H, W]``.
 
     Each clip is sampled with :func:`sample_clip_indices` and augmented by ``transform``
     (a :class:`RandomResizedCropTransform`). With ``num_sample > 1`` the item is
     ``([video] * num_sample, [label] * num_sample)``: independently sampled and augmented
     clips of one video whose frames are decoded once; batch with :func:`multiple_samples_collate`.
-    Randomness as in :class:`VideoMAEPretrainDataset` (torch-seeded, or fixed with ``seed``).
+    Randomness as in :class:`VideoMAEPretrainDataset` (torch-seeded, or fixed with ``seed``); an
+    unreadable video is replaced by another, see :class:`SkipsUnreadableVideos`.
     """
 
     def __init__(self, records: Sequence[VideoRecord], grid: PatchGrid, sampling_rate: int,
@@ -461,6 +618,9 @@ class VideoClsTrainDataset(Dataset):
 
     def __getitem__(self, index: int):
         rng = np.random.default_rng([self.seed, index]) if self.seed is not None else torch_seeded_rng()
+        return self._robust_item(index, lambda i: self._item(i, rng), lambda i: other_index(rng, i, len(self)))
+
+    def _item(self, index: int, rng: np.random.Generator):
         record = self.records[index]
         source = record.open(self.fname_tmpl)
         picks = [sample_clip_indices(len(source), self.grid.num_frames, self.sampling_rate, rng)
@@ -475,13 +635,15 @@ class VideoClsTrainDataset(Dataset):
                 f"num_sample={self.num_sample}, {self.transform})")
 
 
-class VideoClsEvalDataset(Dataset):
+class VideoClsEvalDataset(SkipsUnreadableVideos, Dataset):
     """Deterministic evaluation views: one item per (video, temporal segment, spatial crop).
 
     Segments come from :func:`segment_clip_indices`, crops from :class:`EvalTransform`
     (short side resized to ``short_side``, then ``num_crops`` crops spread along the axis with
     slack). Item ``i`` is ``(video, label, video_index)``, plus ``view = segment * num_crops + crop``
-    when ``with_view``; ``len`` is videos x segments x crops.
+    when ``with_view``; ``len`` is videos x segments x crops. An unreadable video's views are replaced
+    by the same views of other videos (with those videos' labels and indices, so a multi-view test
+    merges them as repeats and leaves the unreadable video out); see :class:`SkipsUnreadableVideos`.
     """
 
     def __init__(self, records: Sequence[VideoRecord], grid: PatchGrid, sampling_rate: int,
@@ -502,6 +664,17 @@ class VideoClsEvalDataset(Dataset):
         return len(self.records) * self.views_per_video
 
     def __getitem__(self, index: int):
+        rng = None
+
+        def replacement(i: int) -> int | None:  # the same view of another video, drawn from a per-index RNG
+            nonlocal rng
+            if rng is None:
+                rng = np.random.default_rng([index])
+            video = other_index(rng, i // self.views_per_video, len(self.records))
+            return None if video is None else video * self.views_per_video + i % self.views_per_video
+        return self._robust_item(index, self._item, replacement)
+
+    def _item(self, index: int):
         video_index, view = divmod(index, self.views_per_video)
         segment, crop = divmod(view, self.num_crops)
         record = self.records[video_index]
@@ -547,13 +720,14 @@ def _list_file_for(mode: str, args: Any) -> str:
     return _existing(path, "list file")
 
 
-def _records_for(mode: str, args: Any) -> list[VideoRecord]:
+def _records_for(mode: str, args: Any, errors: list[str] | None = None) -> list[VideoRecord]:
     data_root = getattr(args, "data_root", None)
     if args.data_set in ("UCF101", "HMDB51"):
         folder = args.data_path if mode == "train" else _eval_folder(args)
         read = ucf101_records if args.data_set == "UCF101" else hmdb51_records
         return read(folder, data_root, int(getattr(args, "split", 1)), train=mode == "train")
-    return read_labelled_list(_list_file_for(mode, args), data_root, frame_folders=args.data_set == "SSV2")
+    return read_labelled_list(_list_file_for(mode, args), data_root, frame_folders=args.data_set == "SSV2",
+                              errors=errors)
 
 
 def _nb_classes(mode: str, args: Any, records: list[VideoRecord]) -> tuple[int, str]:
@@ -569,15 +743,45 @@ def _nb_classes(mode: str, args: Any, records: list[VideoRecord]) -> tuple[int, 
         train_list = os.path.join(args.data_path, LIST_FILES["train"])
         if os.path.isfile(train_list):
             train = read_labelled_list(train_list, getattr(args, "data_root", None))
+    if not train:
+        raise ValueError("no usable labelled line to infer the class count from; set --nb_classes")
     n = max(r.label for r in train) + 1
     return n, f"the {n} classes found in {train[0].list_file} (set --nb_classes for more)"
 
 
-def _check_labels(records: list[VideoRecord], nb_classes: int, source: str) -> None:
-    for r in records:
-        if r.label >= nb_classes:
-            raise ValueError(f"{r.where}: label {r.label} is out of range for {source}; labels must be "
-                             f"0..{nb_classes - 1}")
+def _check_labels(records: list[VideoRecord], nb_classes: int, source: str, errors: list[str] | None = None
+                  ) -> list[VideoRecord]:
+    """The records whose label is in range; the others raise (or, with ``errors``, are reported there),
+    one message per list file naming the first bad line and counting the others."""
+    bad = [r for r in records if r.label >= nb_classes]
+    for list_file in dict.fromkeys(r.list_file for r in bad):
+        here = [r for r in bad if r.list_file == list_file]
+        more = f" (and {len(here) - 1} more lines, e.g. line {', line '.join(str(r.line) for r in here[1:4])})" \
+            if len(here) > 1 else ""
+        _raise_or_collect(ValueError(f"{here[0].where}: label {here[0].label} is out of range for {source}; labels "
+                                     f"must be 0..{nb_classes - 1}{more}"), errors)
+    return [r for r in records if r.label < nb_classes]
+
+
+def read_records(mode: str, args: Any, errors: list[str] | None = None) -> tuple[list[VideoRecord], int]:
+    """The videos :func:`build_dataset` would use for ``mode`` and the class count, after every list check.
+
+    Raises ``ValueError`` or ``FileNotFoundError`` naming the file (and line) of the first problem; with
+    ``errors`` given, every problem is appended there instead and the bad lines are left out.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if args.data_set not in DATA_SETS:
+        raise ValueError(f"--data_set must be one of {DATA_SETS}, got {args.data_set!r}")
+    try:
+        records = _records_for(mode, args, errors)
+        nb_classes, source = _nb_classes(mode, args, records)
+    except (ValueError, FileNotFoundError) as e:
+        if errors is None:
+            raise
+        errors.append(str(e))
+        return [], 0
+    return _check_labels(records, nb_classes, source, errors), nb_classes
 
 
 def build_dataset(mode: str, args: Any, grid: PatchGrid) -> tuple[Dataset, int]:
@@ -596,13 +800,7 @@ def build_dataset(mode: str, args: Any, grid: PatchGrid) -> tuple[Dataset, int]:
     video_index, view)`` over ``test_num_segment x test_num_crop`` views. Validation falls
     back to test.csv when val.csv is missing; UCF101/HMDB51 validate and test on the test split.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if args.data_set not in DATA_SETS:
-        raise ValueError(f"--data_set must be one of {DATA_SETS}, got {args.data_set!r}")
-    records = _records_for(mode, args)
-    nb_classes, source = _nb_classes(mode, args, records)
-    _check_labels(records, nb_classes, source)
+    records, nb_classes = read_records(mode, args)
     if mode == "train" and args.data_set == "custom" and getattr(args, "nb_classes", None) is not None:
         used = len({r.label for r in records})
         if used < nb_classes:
@@ -612,7 +810,8 @@ def build_dataset(mode: str, args: Any, grid: PatchGrid) -> tuple[Dataset, int]:
     fname_tmpl = getattr(args, "fname_tmpl", "img_{:05}.jpg")
     if mode == "train":
         transform = RandomResizedCropTransform(
-            grid.input_size, flip=train_flip(args), rand_augment=getattr(args, "aa", None),
+            grid.input_size, scale=tuple(getattr(args, "train_crop_scale", None) or (0.08, 1.0)),
+            flip=train_flip(args), rand_augment=getattr(args, "aa", None),
             interpolation=getattr(args, "train_interpolation", "bilinear"), reprob=getattr(args, "reprob", 0.0),
             remode=getattr(args, "remode", "pixel"), recount=getattr(args, "recount", 1))
         dataset: Dataset = VideoClsTrainDataset(records, grid, args.sampling_rate, transform,

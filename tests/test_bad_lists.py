@@ -1,0 +1,97 @@
+"""Bad list files: every malformed line is named by file and line, or handled as DATASET.md documents.
+
+The same checks run up front in both scripts (through the real CLI: see test_faults.py,
+``test_bad_list_lines_stop_both_scripts_up_front``) and in ``--check_data``, which collects them all.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from datasets import numbered_list_entries, parse_list_file, read_labelled_list, read_records
+
+
+def write(path: Path, text: str | bytes) -> Path:
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return path
+
+
+def finetune_args(folder: Path, **kw) -> SimpleNamespace:
+    args = dict(data_set="custom", data_path=str(folder), eval_data_path=None, data_root=None, nb_classes=None,
+                split=1)
+    args.update(kw)
+    return SimpleNamespace(**args)
+
+
+def test_tolerated_lines_are_read_as_documented(tmp_path: Path) -> None:
+    # BOM, Windows endings, a comment, blank and whitespace-only lines, spaces in a path, a tab, no label
+    lst = write(tmp_path / "list.csv", "\ufeff# header\r\n\r\nclips/my clip.mp4 3\r\n   \r\n\tclips/b.mp4\t7  \r\n"
+                                       "  # indented comment\r\nclips/c.mp4\r\n")
+    assert numbered_list_entries(lst) == [
+        (3, str(tmp_path / "clips" / "my clip.mp4"), 3),
+        (5, str(tmp_path / "clips" / "b.mp4"), 7),
+        (7, str(tmp_path / "clips" / "c.mp4"), None),
+    ]
+    labelled = read_labelled_list(write(tmp_path / "train.csv", "a b.mp4 1\r\nc.mp4 0\r\n"))
+    assert [(Path(r.path).name, r.label, r.line) for r in labelled] == [("a b.mp4", 1, 1), ("c.mp4", 0, 2)]
+
+
+@pytest.mark.parametrize("body, line, message", [
+    ("a.mp4 0\nb.mp4\n", 2, r"no label in 'b.mp4'"),
+    ("a.mp4 0\n\n# c\nb.mp4 abc\n", 4, r"the last field 'abc' of 'b.mp4 abc' is not an integer label"),
+    ("a.mp4 0\na.mp4 x7\n", 2, r"label 'x7' after 'a.mp4' is not a non-negative integer"),
+    ("a.mp4 -1\n", 1, r"negative label -1"),
+    ("a.mp4 1.5\n", 1, r"label '1.5' after 'a.mp4' is not a non-negative integer"),
+])
+def test_bad_labelled_lines_name_file_and_line(tmp_path: Path, body: str, line: int, message: str) -> None:
+    write(tmp_path / "a.mp4", b"")  # a listed file that exists, so a junk label after it is an error
+    lst = write(tmp_path / "train.csv", body)
+    with pytest.raises(ValueError, match=rf"train\.csv, line {line}: {message}"):
+        read_labelled_list(lst)
+
+
+def test_non_utf8_list_names_the_line(tmp_path: Path) -> None:
+    lst = write(tmp_path / "list.csv", b"a.mp4 0\nb.mp4 1\ncaf\xe9.mp4 2\n")
+    with pytest.raises(ValueError, match=r"list\.csv, line 3: not UTF-8 text \(byte 0xe9\)"):
+        parse_list_file(lst)
+
+
+def test_empty_list_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"empty\.csv: list file has no entries"):
+        parse_list_file(write(tmp_path / "empty.csv", "# only a comment\n\n"))
+
+
+def test_collecting_mode_reports_every_bad_line_and_keeps_the_good(tmp_path: Path) -> None:
+    write(tmp_path / "a.mp4", b"")
+    lst = write(tmp_path / "list.csv", "a.mp4 0\na.mp4 -3\nok.mp4 1\na.mp4 x\nlast.mp4\n")
+    errors: list[str] = []
+    entries = parse_list_file(lst, errors=errors)
+    assert [Path(p).name for p, _ in entries] == ["a.mp4", "ok.mp4", "last.mp4"]
+    assert [e.split(": ", 1)[0].rsplit(", ", 1)[1] for e in errors] == ["line 2", "line 4"]
+
+
+def test_labels_against_the_class_count(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    write(tmp_path / "train.csv", "a.mp4 0\nb.mp4 9\nc.mp4 1\nd.mp4 12\n")
+    write(tmp_path / "test.csv", "a.mp4 0\n")
+    # more labels than --nb_classes: the first bad line named, the others counted
+    with pytest.raises(ValueError, match=r"train\.csv, line 2: label 9 is out of range for --nb_classes 5; labels "
+                                         r"must be 0\.\.4 \(and 1 more lines, e.g\. line 4\)"):
+        read_records("train", finetune_args(tmp_path, nb_classes=5))
+    # without --nb_classes: the classes found in train.csv bound the test labels
+    write(tmp_path / "test.csv", "a.mp4 0\nb.mp4 13\n")
+    with pytest.raises(ValueError, match=r"test\.csv, line 2: label 13 is out of range for the 13 classes found"):
+        read_records("test", finetune_args(tmp_path))
+    # fewer labels used than --nb_classes: allowed, with a warning (build_dataset)
+    from datasets import build_dataset
+    from patch_grid import make_grid
+    build_dataset("train", SimpleNamespace(**vars(finetune_args(tmp_path, nb_classes=20)), sampling_rate=2),
+                  make_grid(4, 2, 32, 16))
+    assert "warning: --nb_classes 20 but" in capsys.readouterr().out
+
+
+def test_frame_folder_lines(tmp_path: Path) -> None:
+    lst = write(tmp_path / "train.csv", "frames/1 30 4\nframes/2 0 1\n")
+    with pytest.raises(ValueError, match=r"train\.csv, line 2: frame folder with 0 frames"):
+        read_labelled_list(lst, frame_folders=True)
