@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import errno
 import json
 import math
 import os
+import re
 import time
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -273,7 +276,9 @@ def plain_args(args: argparse.Namespace) -> dict[str, Any]:
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """Write atomically: temporary file in the same folder, fsync, then rename over the target.
 
-    A crash or kill while saving leaves the previous file untouched (at worst a stray ``.tmp``).
+    A crash or kill while saving leaves the previous file untouched (at worst a stray ``.tmp``). A
+    write that fails (no space left on the device, quota, I/O error) removes the temporary file and
+    raises :class:`CheckpointSaveError` saying so.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -284,11 +289,38 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        cause = _os_error_in_chain(e)
+        if cause is not None:
+            raise CheckpointSaveError(path, cause) from e
         raise
     _fsync_dir(path.parent)
     return path
+
+
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint could not be written; the file it was to replace (if any) is unchanged."""
+
+    def __init__(self, path: Path, cause: OSError) -> None:
+        self.path, self.errno = path, cause.errno
+        what = "no space left on the device" if cause.errno in (errno.ENOSPC, errno.EDQUOT) else \
+            (cause.strerror or str(cause))
+        kept = (f"the previous {path.name} is intact" if path.exists()
+                else f"nothing was replaced; checkpoints saved earlier in {path.parent} are intact")
+        super().__init__(f"could not save checkpoint {path}: {what}; {kept}. Free some space (or choose "
+                         f"another --output_dir) and run the same command again to resume")
+
+
+def _os_error_in_chain(e: BaseException) -> OSError | None:
+    """The OSError behind ``e``: torch.save reports a failed write as a RuntimeError whose context it is."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError) and e.errno is not None:
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -316,18 +348,59 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         # VideoMAE's own checkpoints store their flags as an argparse.Namespace: a plain attribute holder,
         # safe to rebuild, so it is the one class allowed beyond tensors and plain values.
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+            # a file of another pickle protocol is refused below with our message; torch's warning adds nothing
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
             obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 -- torch raises many types for bad files
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if "Weights only load failed" in str(e) or "weights_only" in str(e):
-            raise CheckpointError(
-                f"refused to load {path}: it holds Python objects beyond tensors and plain values, and "
-                f"loading those could run code from the file (torch.load weights_only=True)") from None
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({reason})") from None
+        raise CheckpointError(_load_failure_message(path, e)) from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint dictionary")
     return obj
+
+
+def _load_failure_message(path: Path, e: BaseException) -> str:
+    """Why torch.load refused ``path``, in words (its own messages are long and suggest unsafe loading)."""
+    text = str(e)
+    name = re.search(r"[Uu]nsupported (?:global: )?GLOBAL (\S+)", text)
+    if name or "Unsupported global" in text:
+        what = f" ({name.group(1)})" if name else ""
+        return (f"refused to load {path}: it refers to Python code or classes{what} that unpickling would run; "
+                f"checkpoints are loaded with torch.load(weights_only=True), which accepts only tensors and "
+                f"plain values, and nothing from the file was run. Re-save the weights from a trusted source")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        zipped = f.read(4) == b"PK\x03\x04"  # torch.save's archive format
+    if size == 0 or zipped:
+        reason = text.splitlines()[0].split(". ")[0][:160] if text else type(e).__name__
+        return (f"{path} is truncated or corrupt ({size} bytes{'' if size == 0 else '; ' + reason}); was it saved "
+                f"or copied completely?")
+    return (f"{path} is not a PyTorch checkpoint (neither a torch.save archive nor a pickle of tensors and plain "
+            f"values that weights_only loading accepts); nothing from it was run")
+
+
+def load_model_state(model: torch.nn.Module, ckpt: dict[str, Any], path: str | Path, model_name: str) -> None:
+    """Load ``ckpt["model"]`` into ``model`` exactly, or raise :class:`CheckpointError` saying what does not fit
+    (no state dict, tensors of another shape, missing or unexpected names) before anything is changed."""
+    sd = ckpt.get("model")
+    if not isinstance(sd, dict):
+        raise CheckpointError(f"{path} holds no 'model' state dict (keys: {sorted(ckpt)[:8]})")
+    own = unwrap_model(model).state_dict()
+    reshaped = [k for k, v in sd.items() if k in own and tuple(getattr(v, "shape", ())) != tuple(own[k].shape)]
+    missing, unexpected = [k for k in own if k not in sd], [k for k in sd if k not in own]
+    if reshaped or missing or unexpected:
+        details = []
+        if reshaped:
+            k = reshaped[0]
+            details.append(f"{len(reshaped)} tensors of another shape, e.g. {k} {tuple(sd[k].shape)} in the file vs "
+                           f"{tuple(own[k].shape)} in the model")
+        if missing:
+            details.append(f"{len(missing)} missing, e.g. {missing[:3]}")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected, e.g. {unexpected[:3]}")
+        raise CheckpointError(f"{path} does not fit --model {model_name} at this grid ({'; '.join(details)}); "
+                              f"is it from another model size or grid?")
+    unwrap_model(model).load_state_dict(sd)
 
 
 def checkpoint_state(model: torch.nn.Module, grid: PatchGrid, args: argparse.Namespace, epoch: int,
