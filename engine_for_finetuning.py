@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import utils
-from engine_for_pretraining import NonFiniteLossError
+from engine_for_pretraining import NonFiniteLossError, scaler_skipped_step
 from optim_factory import apply_schedules
 
 
@@ -37,6 +37,7 @@ def train_one_epoch(model: torch.nn.Module, criterion: torch.nn.Module, loader: 
     """One epoch; ``start_step`` is the global optimizer step of the first update of the epoch."""
     model.train()
     progress = utils.ProgressLogger(header, print_freq, clips_per_step)
+    skipped = 0
     optimizer.zero_grad(set_to_none=True)
     for i, (videos, labels) in enumerate(progress.log_every(loader)):
         step = start_step + i // cfg.update_freq
@@ -50,7 +51,11 @@ def train_one_epoch(model: torch.nn.Module, criterion: torch.nn.Module, loader: 
         with utils.amp_autocast(cfg.device, cfg.amp_dtype):
             logits = model(videos)
         loss = criterion(logits.float(), labels)
-        grad_norm = _backward(loss / cfg.update_freq, model, optimizer, cfg, update=(i + 1) % cfg.update_freq == 0)
+        update = (i + 1) % cfg.update_freq == 0
+        scale_before = cfg.scaler.get_scale() if cfg.scaler is not None and update else None
+        grad_norm = _backward(loss / cfg.update_freq, model, optimizer, cfg, update=update)
+        if scale_before is not None and scaler_skipped_step(scale_before, cfg.scaler.get_scale()):
+            skipped += 1  # fp16 overflow: the scaler skipped this update and lowered its scale
         loss_value = loss.item()
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(f"loss is {loss_value} at epoch {epoch}, step {i} of the epoch; stopping "
@@ -61,7 +66,13 @@ def train_one_epoch(model: torch.nn.Module, criterion: torch.nn.Module, loader: 
             tb_logger.set_step(step)
             tb_logger.update("train", loss=loss_value, lr=max(lrs), min_lr=min(lrs),
                              weight_decay=float(wd_schedule[step]), grad_norm=grad_norm)
-    return progress.averages()
+    stats = progress.averages()
+    if cfg.scaler is not None:
+        stats["skipped_steps"] = skipped
+        if skipped:
+            print(f"{header}: {skipped} skipped updates (fp16 gradient overflow; the scaler lowered the loss "
+                  f"scale to {cfg.scaler.get_scale():g})", flush=True)
+    return stats
 
 
 def _backward(loss: torch.Tensor, model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: FinetuneStep,

@@ -77,6 +77,12 @@ def optimizer_step(loss: torch.Tensor, model: torch.nn.Module, optimizer: torch.
     return grad_norm
 
 
+def scaler_skipped_step(scale_before: float, scale_after: float) -> bool:
+    """Whether an fp16 GradScaler step was skipped: it lowers the loss scale exactly when the gradients held
+    inf or NaN (and it then leaves the weights alone); a clean step keeps or raises the scale."""
+    return scale_after < scale_before
+
+
 def train_one_epoch(model: torch.nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, epoch: int,
                     cfg: PretrainStep, lr_schedule: np.ndarray, wd_schedule: np.ndarray, start_step: int,
                     header: str, print_freq: int = 10, tb_logger: TensorboardLogger | None = None,
@@ -84,11 +90,13 @@ def train_one_epoch(model: torch.nn.Module, loader: Iterable, optimizer: torch.o
     """Train over ``loader`` once; ``start_step`` is the global step of its first batch."""
     model.train()
     progress = ProgressLogger(header, print_freq, clips_per_step)
+    skipped = 0
     for i, batch in enumerate(progress.log_every(loader)):
         step = start_step + i
         apply_schedules(optimizer, float(lr_schedule[step]), float(wd_schedule[step]))
         videos, visible, target = prepare_batch(batch, cfg.device)
         loss = reconstruction_loss(model, videos, visible, target, cfg)
+        scale_before = cfg.scaler.get_scale() if cfg.scaler is not None else None
         grad_norm = optimizer_step(loss, model, optimizer, cfg)
         # One host sync per step, after the update is queued: a bad value stops the run before any save.
         loss_value = loss.item()
@@ -99,8 +107,18 @@ def train_one_epoch(model: torch.nn.Module, loader: Iterable, optimizer: torch.o
         metrics = dict(loss=loss_value, lr=max(lrs), min_lr=min(lrs), weight_decay=float(wd_schedule[step]),
                        grad_norm=None if grad_norm is None else float(grad_norm),
                        loss_scale=cfg.scaler.get_scale() if cfg.scaler is not None else None)
+        if scale_before is not None:
+            # fp16 overflow is expected now and then (the scaler backs off); count it rather than stop
+            metrics["skipped_step"] = float(scaler_skipped_step(scale_before, metrics["loss_scale"]))
+            skipped += int(metrics["skipped_step"])
         progress.update(loss=loss_value, lr=metrics["lr"], grad_norm=metrics["grad_norm"])
         if tb_logger is not None:
             tb_logger.set_step(step)
             tb_logger.update("train", **metrics)
-    return progress.averages()
+    stats = progress.averages()
+    if cfg.scaler is not None:
+        stats["skipped_steps"] = skipped
+        if skipped:
+            print(f"{header}: {skipped} skipped steps (fp16 gradient overflow; the scaler lowered the loss scale "
+                  f"to {cfg.scaler.get_scale():g})", flush=True)
+    return stats
