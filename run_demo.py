@@ -24,8 +24,10 @@ GRID = ["--input_size", "64", "--patch_size", "8", "--num_frames", "8", "--tubel
 
 
 def pretrain_flags(args: argparse.Namespace) -> list[str]:
+    # Raw-pixel targets: per-patch normalisation turns the demo's smooth backgrounds into noise that
+    # cannot be predicted, and the loss then stays near 1.
     return ["--model", "pretrain_videomae_micro_patch16_224", *GRID, "--mask_type", "tube", "--mask_ratio", "0.75",
-            "--decoder_depth", "2", "--batch_size", "16", "--num_sample", "2", "--epochs", str(args.pretrain_epochs),
+            "--normlize_target", "false", "--decoder_depth", "2", "--batch_size", "16", "--num_sample", "2", "--epochs", str(args.pretrain_epochs),
             "--warmup_epochs", "5", "--lr", "1.5e-3", "--min_lr", "1e-5", "--save_ckpt_freq", "20",
             "--num_workers", "1", "--print_freq", "50", "--demo_root", args.demo_root, "--device", "cpu",
             "--output_dir", str(Path(args.output_dir) / "pretrain")]
@@ -35,7 +37,7 @@ def finetune_flags(args: argparse.Namespace, name: str, checkpoint: str = "") ->
     flags = ["--model", "vit_micro_patch16_224", *GRID, "--batch_size", "16", "--num_sample", "1",
              "--epochs", str(args.finetune_epochs), "--warmup_epochs", "3", "--lr", "2e-3", "--layer_decay", "0.75",
              "--drop_path", "0.1", "--mixup", "0", "--cutmix", "0", "--smoothing", "0.1", "--aa", "none",
-             "--reprob", "0", "--test_num_segment", "2", "--test_num_crop", "1", "--num_workers", "1",
+             "--reprob", "0", "--train_crop_scale", "0.5", "1", "--test_num_segment", "2", "--test_num_crop", "1", "--num_workers", "1",
              "--print_freq", "50", "--demo_root", args.demo_root, "--device", "cpu",
              "--output_dir", str(Path(args.output_dir) / name)]
     return flags + (["--finetune", checkpoint] if checkpoint else [])
