@@ -5,6 +5,8 @@ import argparse
 import os
 from pathlib import Path
 
+import torch
+
 import utils
 from modeling_finetune import POS_EMBED_TYPES
 from patch_grid import GridError, PatchGrid, grid_from_args
@@ -60,6 +62,12 @@ def add_data_args(p: argparse.ArgumentParser, data_path_help: str, num_sample: i
     g.add_argument("--num_workers", default=10, type=int, help="data loader worker processes")
     g.add_argument("--pin_mem", default=True, type=utils.str2bool, nargs="?", const=True,
                    help="pin host memory for faster copies to the GPU")
+    g.add_argument("--max_bad_fraction", default=0.05, type=float,
+                   help="unreadable videos are skipped (each replaced by another, reported once); stop the run "
+                        "when more than this share of the videos cannot be read (0: stop at the first)")
+    g.add_argument("--check_data", action="store_true",
+                   help="only check the data: open every listed video, decode its first and last frame, report "
+                        "every bad list line and unreadable video, exit 0 when all is well (no model is built)")
     return g
 
 
@@ -102,10 +110,125 @@ def validate_common(args: argparse.Namespace, positive: tuple[str, ...]) -> tupl
         if args.amp == "auto":
             args.amp = "bf16" if device.type == "cuda" else "none"
         utils.autocast_dtype(args.amp, device)
+        if args.amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            problems.append(f"--amp bf16: {torch.cuda.get_device_name(device)} has no bfloat16 support; "
+                            f"use --amp fp16 or none")
     except ValueError as e:
         problems.append(str(e))
     problems += writable_dir_problems(args.output_dir, "--output_dir")
+    if args.log_dir:
+        problems += writable_dir_problems(args.log_dir, "--log_dir")
+    problems += _optim_problems(args)
+    if not 0 <= args.max_bad_fraction <= 1:
+        problems.append(f"--max_bad_fraction must be in [0, 1], got {args.max_bad_fraction}")
+    if args.check_data and args.data_path is None:
+        problems.append("--check_data checks the videos of --data_path: give one")
+    if args.start_epoch < 0:
+        problems.append(f"--start_epoch must be 0 or more, got {args.start_epoch}")
+    if not 0 <= args.drop_path < 1:
+        problems.append(f"--drop_path must be in [0, 1), got {args.drop_path}")
     return grid, problems
+
+
+def _optim_problems(args: argparse.Namespace) -> list[str]:
+    problems = []
+    if args.lr <= 0:
+        problems.append(f"--lr must be positive, got {args.lr}")
+    for flag in ("min_lr", "warmup_lr", "weight_decay", "warmup_epochs"):
+        if getattr(args, flag) < 0:
+            problems.append(f"--{flag} must be 0 or more, got {getattr(args, flag)}")
+    if args.weight_decay_end is not None and args.weight_decay_end < 0:
+        problems.append(f"--weight_decay_end must be 0 or more, got {args.weight_decay_end}")
+    if args.clip_grad is not None and args.clip_grad < 0:
+        problems.append(f"--clip_grad must be positive (0 or left out: no clipping), got {args.clip_grad}")
+    if args.opt_eps is not None and args.opt_eps <= 0:
+        problems.append(f"--opt_eps must be positive, got {args.opt_eps}")
+    from timm.optim import list_optimizers
+    known = list_optimizers()
+    # timm also accepts "fused"/"lookahead_" prefixes before the name
+    if args.opt.lower().split("_")[-1] not in known and args.opt.lower() not in known:
+        problems.append(f"--opt {args.opt!r} is not a timm optimizer (e.g. adamw, sgd, lamb)")
+    return problems
+
+
+def model_problems(name: str, pretraining: bool) -> list[str]:
+    """``--model`` must name a registered PATCHES model of the script's kind."""
+    import timm
+
+    import modeling_pretrain  # noqa: F401  (registers the pre-training names)
+    if pretraining:
+        if not (name.startswith("pretrain_videomae_") and timm.is_model(name)):
+            known = ", ".join(timm.list_models("pretrain_videomae_*"))
+            return [f"--model {name!r} is not a pre-training model; known: {known}"]
+        return []
+    full = "video_" + name if name.startswith("vit_") else name
+    if not (full.startswith("video_vit_") and timm.is_model(full)):
+        known = ", ".join(n.removeprefix("video_") for n in timm.list_models("video_vit_*"))
+        return [f"--model {name!r} is not a classifier; known: {known}"]
+    return []
+
+
+def expected_world_size() -> int:
+    """The process count torchrun or Slurm will give (before torch.distributed is set up)."""
+    env = os.environ
+    if "WORLD_SIZE" in env:
+        return int(env["WORLD_SIZE"])
+    return int(env.get("SLURM_NTASKS", "1"))
+
+
+def batch_problems(args: argparse.Namespace, num_videos: int, source: str, update_freq: int = 1) -> list[str]:
+    """One optimizer update must fit in an epoch (the last, partial batch of each epoch is dropped)."""
+    world = expected_world_size()
+    per_update = args.batch_size * update_freq * world
+    if per_update <= num_videos:
+        return []
+    parts = [f"--batch_size {args.batch_size}"] + ([f"--update_freq {update_freq}"] if update_freq > 1 else [])
+    return [f"{' x '.join(parts)} x {world} processes = {per_update} videos per update, more than the "
+            f"{num_videos} videos of {source}"]
+
+
+def pretraining_data_problems(args: argparse.Namespace) -> list[str]:
+    """``--data_path``'s list file parses, and holds at least one batch of videos."""
+    if args.data_path is None or not Path(args.data_path).is_file() or args.check_data:
+        return []  # no list (the demo data), already reported, or --check_data reports it all
+    from datasets import parse_list_file
+    errors: list[str] = []
+    try:
+        entries = parse_list_file(args.data_path, args.data_root, errors=errors)
+    except (OSError, ValueError) as e:
+        return [str(e)]
+    if errors:
+        return list_problems(errors)
+    return batch_problems(args, len(entries), args.data_path)
+
+
+def finetuning_data_problems(args: argparse.Namespace) -> list[str]:
+    """The train/validation/test lists the run will read parse, their labels fit the class count, and the
+    training list holds at least one update's worth of videos."""
+    if args.data_path is None or not Path(args.data_path).exists() or args.check_data:
+        return []  # the demo data, already reported, or --check_data reports it all
+    from datasets import read_records
+    if args.eval:
+        modes = ["test"]
+    else:
+        modes = ["train"] + ([] if args.disable_eval_during_finetuning else ["validation"]) + ["test"]
+    if args.eval_data_path is not None and not Path(args.eval_data_path).exists():
+        modes = [m for m in modes if m == "train"]  # the missing folder is reported already
+    errors: list[str] = []
+    counts = {mode: len(read_records(mode, args, errors)[0]) for mode in modes}
+    if errors:
+        return list_problems(list(dict.fromkeys(errors)))  # validation may read the test list again
+    if "train" in counts:
+        return batch_problems(args, counts["train"], f"the training list in {args.data_path}", args.update_freq)
+    return []
+
+
+def list_problems(errors: list[str], limit: int = 10) -> list[str]:
+    """Bad list lines as problems, the first ``limit`` of them and a count of the rest."""
+    shown = errors[:limit]
+    if len(errors) > limit:
+        shown.append(f"... and {len(errors) - limit} more bad lines (--check_data lists them all)")
+    return shown
 
 
 def fail_if(problems: list[str]) -> None:

@@ -13,7 +13,9 @@ from pathlib import Path
 import torch
 
 import cli_args
+import data_health
 import utils
+from datasets import UnreadableDataError
 from engine_for_finetuning import (FinetuneStep, evaluate, final_test, merge_test_results, train_one_epoch)
 from engine_for_pretraining import NonFiniteLossError
 from modeling_finetune import create_video_model
@@ -117,6 +119,18 @@ def validate_args(args: argparse.Namespace):
     for flag in ("mixup_prob", "mixup_switch_prob", "reprob", "smoothing"):
         if not 0 <= getattr(args, flag) <= 1:
             problems.append(f"--{flag} must be in [0, 1], got {getattr(args, flag)}")
+    for flag in ("mixup", "cutmix", "drop", "attn_drop_rate", "fc_drop_rate"):
+        if getattr(args, flag) < 0:
+            problems.append(f"--{flag} must be 0 or more, got {getattr(args, flag)}")
+    if not 0 < args.model_ema_decay < 1:
+        problems.append(f"--model_ema_decay must be in (0, 1), got {args.model_ema_decay}")
+    if args.data_set in ("UCF101", "HMDB51") and args.split not in (1, 2, 3):
+        problems.append(f"--split must be 1, 2 or 3 for --data_set {args.data_set}, got {args.split}")
+    if args.eval and not (args.resume or args.finetune or checkpoint_to_evaluate(args)):
+        problems.append(f"--eval has nothing to test: no --resume, no --finetune and no checkpoint in "
+                        f"--output_dir {args.output_dir}")
+    problems += cli_args.model_problems(args.model, pretraining=False)
+    problems += cli_args.finetuning_data_problems(args)
     cli_args.fail_if(problems)
     return grid
 
@@ -135,15 +149,20 @@ def use_demo_data_if_needed(args: argparse.Namespace) -> None:
 
 
 def make_loader(dataset, args: argparse.Namespace, train: bool, device: torch.device):
-    from datasets import collate_fn_for
-    if args.distributed and (train or args.dist_eval):
+    """The loader, wrapped to report unreadable videos (see data_health.BadVideoTracker)."""
+    from datasets import CollateWithBad, collate_fn_for
+    dataset.report_bad = True
+    source = f"the {'training' if train else 'evaluation'} list in {args.eval_data_path or args.data_path}"
+    sharded = args.distributed and (train or args.dist_eval)
+    if sharded:
         sampler = torch.utils.data.DistributedSampler(dataset, shuffle=train, seed=args.seed)
     else:
         sampler = torch.utils.data.RandomSampler(dataset) if train else torch.utils.data.SequentialSampler(dataset)
-    return torch.utils.data.DataLoader(
+    loader = torch.utils.data.DataLoader(
         dataset, sampler=sampler, batch_size=args.batch_size, num_workers=args.num_workers,
         pin_memory=args.pin_mem and device.type == "cuda", drop_last=train,
-        collate_fn=collate_fn_for(args.num_sample if train else 1), persistent_workers=False)
+        collate_fn=CollateWithBad(collate_fn_for(args.num_sample if train else 1)), persistent_workers=False)
+    return data_health.BadVideoTracker(loader, len(dataset.records), args.max_bad_fraction, source, sharded=sharded)
 
 
 def build_mixup(args: argparse.Namespace, nb_classes: int):
@@ -195,10 +214,10 @@ def load_model_weights(args, model, model_ema) -> tuple[int, float]:
             ckpt = utils.load_checkpoint(path)
         except utils.CheckpointError as e:
             raise SystemExit(f"error: {e}")
-        missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
-        if missing or unexpected:
-            raise SystemExit(f"error: {path} does not fit --model {args.model} at this grid "
-                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        try:
+            utils.load_model_state(model, ckpt, path, args.model)
+        except utils.CheckpointError as e:
+            raise SystemExit(f"error: {e}")
         if model_ema is not None and "model_ema" in ckpt:
             model_ema.module.load_state_dict(ckpt["model_ema"])
         args._resume_state = ckpt
@@ -221,11 +240,17 @@ def run_test(args, model, device, amp_dtype, grid) -> dict[str, float]:
     test_set, _ = build_dataset("test", args, grid)
     loader = make_loader(test_set, args, train=False, device=device)
     out_file = Path(args.output_dir) / f"test_results_rank{utils.get_rank()}.jsonl"
-    final_test(loader, model, device, out_file, amp_dtype)
+    try:
+        final_test(loader, model, device, out_file, amp_dtype)
+    except data_health.TooManyBadVideos as e:
+        raise SystemExit(f"error: {e}")
+    except UnreadableDataError as e:
+        raise SystemExit(f"error: {data_health.unreadable_data_message(e)}")
+    data = loader.end_epoch()
     if utils.is_dist():
         torch.distributed.barrier()
     files = [Path(args.output_dir) / f"test_results_rank{r}.jsonl" for r in range(utils.get_world_size())]
-    stats = merge_test_results(files)
+    stats = {**merge_test_results(files), **data}
     if utils.is_main_process():
         print(f"Test ({args.test_num_segment} x {args.test_num_crop} views per video, {stats['videos']} videos): "
               f"acc@1 {stats['acc1']:.2f}  acc@5 {stats['acc5']:.2f}")
@@ -234,6 +259,8 @@ def run_test(args, model, device, amp_dtype, grid) -> dict[str, float]:
 
 def main(args: argparse.Namespace) -> dict[str, float]:
     grid = validate_args(args)
+    if args.check_data:
+        data_health.run_check_data(args, finetuning=True)
     use_demo_data_if_needed(args)
     utils.init_distributed_mode(args)
     device = utils.resolve_device(args.device)
@@ -323,10 +350,11 @@ def main(args: argparse.Namespace) -> dict[str, float]:
             stats = train_one_epoch(model, criterion, train_loader, optimizer, epoch, cfg, lr_schedule, wd_schedule,
                                     start_step=epoch * steps_per_epoch, header=f"Epoch [{epoch}/{args.epochs - 1}]",
                                     print_freq=args.print_freq, tb_logger=tb_logger, clips_per_step=clips_per_step)
-            record = {**{f"train_{k}": v for k, v in stats.items()}, "epoch": epoch, "n_parameters": n_parameters}
+            record = {**{f"train_{k}": v for k, v in stats.items()}, **train_loader.end_epoch(), "epoch": epoch,
+                      "n_parameters": n_parameters}
             if val_loader is not None:
                 val = evaluate(val_loader, model, device, amp_dtype)
-                record.update({f"val_{k}": v for k, v in val.items()})
+                record.update({f"val_{k}": v for k, v in {**val, **val_loader.end_epoch()}.items()})
                 if val["acc1"] > best_acc1:
                     best_acc1 = val["acc1"]
                     save("checkpoint-best.pth", epoch)
@@ -339,8 +367,10 @@ def main(args: argparse.Namespace) -> dict[str, float]:
             if tb_logger is not None:
                 tb_logger.update("epoch", step=epoch, **stats)
                 tb_logger.flush()
-    except NonFiniteLossError as e:
+    except (NonFiniteLossError, data_health.TooManyBadVideos, utils.CheckpointSaveError) as e:
         raise SystemExit(f"error: {e}")
+    except UnreadableDataError as e:
+        raise SystemExit(f"error: {data_health.unreadable_data_message(e)}")
     print(f"Training time {datetime.timedelta(seconds=int(time.time() - start))}")
 
     tested = checkpoint_to_evaluate(args)

@@ -13,7 +13,9 @@ from pathlib import Path
 import torch
 
 import cli_args
+import data_health
 import utils
+from datasets import UnreadableDataError
 from engine_for_pretraining import NonFiniteLossError, PretrainStep, train_one_epoch
 from masking_generator import DECODER_MASK_TYPES, MASK_TYPES, build_mask_generator, mask_counts
 from modeling_finetune import create_video_model
@@ -63,25 +65,28 @@ def validate_args(args: argparse.Namespace):
             problems.append(str(e))
     if args.data_path is not None and not Path(args.data_path).is_file():
         problems.append(f"--data_path {args.data_path} is not a file")
+    problems += cli_args.model_problems(args.model, pretraining=True)
+    problems += cli_args.pretraining_data_problems(args)
     cli_args.fail_if(problems)
     return grid, counts
 
 
 def build_loader(args: argparse.Namespace, grid, device: torch.device):
-    from datasets import build_pretraining_dataset, multiple_samples_collate
+    from datasets import CollateWithBad, build_pretraining_dataset, collate_fn_for
     if args.data_path is None:
         from demo_data import ensure_demo_dataset
         demo = ensure_demo_dataset(args.demo_root)
         args.data_path, args.data_root = str(demo["train"]), str(demo["root"])
         print(f"No --data_path: using the demo dataset in {demo['root']}")
     dataset = build_pretraining_dataset(args, grid, build_mask_generator(args, grid))
+    dataset.report_bad = True  # unreadable videos travel with the batches to the tracker below
     sampler = (torch.utils.data.DistributedSampler(dataset, shuffle=True, seed=args.seed) if args.distributed
                else torch.utils.data.RandomSampler(dataset))
     loader = torch.utils.data.DataLoader(
         dataset, sampler=sampler, batch_size=args.batch_size, num_workers=args.num_workers,
         pin_memory=args.pin_mem and device.type == "cuda", drop_last=True,
-        collate_fn=multiple_samples_collate if args.num_sample > 1 else None,
-        persistent_workers=args.num_workers > 0)
+        collate_fn=CollateWithBad(collate_fn_for(args.num_sample)), persistent_workers=args.num_workers > 0)
+    loader = data_health.BadVideoTracker(loader, len(dataset), args.max_bad_fraction, args.data_path)
     if len(loader) == 0:
         raise SystemExit(f"error: --batch_size {args.batch_size} x {utils.get_world_size()} processes is larger "
                          f"than the {len(dataset)} videos in {args.data_path}")
@@ -99,10 +104,10 @@ def resume_if_possible(args, model, optimizer, scaler) -> None:
         ckpt = utils.load_checkpoint(path)
     except utils.CheckpointError as e:
         raise SystemExit(f"error: {e}")
-    missing, unexpected = utils.unwrap_model(model).load_state_dict(ckpt["model"], strict=False)
-    if missing or unexpected:
-        raise SystemExit(f"error: {path} does not fit --model {args.model} at this grid "
-                         f"(missing {len(missing)} keys, e.g. {missing[:3]}; unexpected {unexpected[:3]})")
+    try:
+        utils.load_model_state(model, ckpt, path, args.model)
+    except utils.CheckpointError as e:
+        raise SystemExit(f"error: {e}")
     if "optimizer" in ckpt:
         optimizer.load_state_dict(ckpt["optimizer"])
     if scaler is not None and "scaler" in ckpt:
@@ -113,6 +118,8 @@ def resume_if_possible(args, model, optimizer, scaler) -> None:
 
 def main(args: argparse.Namespace) -> None:
     grid, counts = validate_args(args)
+    if args.check_data:
+        data_health.run_check_data(args, finetuning=False)
     utils.init_distributed_mode(args)
     device = utils.resolve_device(args.device)
     amp_dtype = utils.autocast_dtype(args.amp, device)
@@ -157,6 +164,7 @@ def main(args: argparse.Namespace) -> None:
             stats = train_one_epoch(model, loader, optimizer, epoch, cfg, lr_schedule, wd_schedule,
                                     start_step=epoch * steps_per_epoch, header=f"Epoch [{epoch}/{args.epochs - 1}]",
                                     print_freq=args.print_freq, tb_logger=tb_logger, clips_per_step=clips_per_step)
+            data = loader.end_epoch()  # unreadable videos skipped this epoch, over all processes
             last = epoch + 1 == args.epochs
             if utils.is_main_process() and ((epoch + 1) % args.save_ckpt_freq == 0 or last):
                 state = utils.checkpoint_state(model_without_ddp, grid, args, epoch, optimizer, scaler)
@@ -164,13 +172,18 @@ def main(args: argparse.Namespace) -> None:
                 print(f"Saved {path}")
                 if args.save_safetensors:
                     print(f"Saved {utils.save_safetensors(path.with_suffix('.safetensors'), state['model'], grid, args)}")
-            record = {**{f"train_{k}": v for k, v in stats.items()}, "epoch": epoch, "n_parameters": n_parameters}
+            record = {**{f"train_{k}": v for k, v in stats.items()}, **data, "epoch": epoch,
+                      "n_parameters": n_parameters}
             utils.append_jsonl(Path(args.output_dir) / "log.txt", record)
             if tb_logger is not None:
                 tb_logger.update("epoch", step=epoch, **stats)
+                tb_logger.update("data", step=epoch, skipped_videos=data["skipped_videos"],
+                                 bad_video_files=data["bad_video_files"])
                 tb_logger.flush()
-    except NonFiniteLossError as e:
+    except (NonFiniteLossError, data_health.TooManyBadVideos, utils.CheckpointSaveError) as e:
         raise SystemExit(f"error: {e}")
+    except UnreadableDataError as e:
+        raise SystemExit(f"error: {data_health.unreadable_data_message(e)}")
     finally:
         if tb_logger is not None:
             tb_logger.close()
