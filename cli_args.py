@@ -169,11 +169,13 @@ def model_problems(name: str, pretraining: bool) -> list[str]:
 
 
 def expected_world_size() -> int:
-    """The process count torchrun or Slurm will give (before torch.distributed is set up)."""
+    """The process count utils.init_distributed_mode will set up, read from the same environment."""
     env = os.environ
-    if "WORLD_SIZE" in env:
+    if "RANK" in env and "WORLD_SIZE" in env:
         return int(env["WORLD_SIZE"])
-    return int(env.get("SLURM_NTASKS", "1"))
+    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        return int(env["SLURM_NTASKS"])
+    return 1
 
 
 def batch_problems(args: argparse.Namespace, num_videos: int, source: str, update_freq: int = 1) -> list[str]:
