@@ -75,7 +75,13 @@ def seed_everything(seed: int) -> None:
 # ---------------------------------------------------------------- distributed
 
 def init_distributed_mode(args: argparse.Namespace) -> None:
-    """Set args.rank/world_size/gpu/distributed from torchrun's or Slurm's environment, or run alone."""
+    """Set args.rank/world_size/gpu/distributed from torchrun's or Slurm's environment, or run alone.
+
+    torchrun (and the deepspeed launcher) set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT.
+    Under ``srun`` with more than one task, SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID give the rank, the first
+    node of the allocation is the master, and the port is derived from the job id (MASTER_PORT overrides).
+    The backend is nccl on GPUs and gloo on the CPU. Other ranks' ``print`` output is silenced.
+    """
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:
         args.rank, args.world_size = int(env["RANK"]), int(env["WORLD_SIZE"])
@@ -84,7 +90,8 @@ def init_distributed_mode(args: argparse.Namespace) -> None:
         args.rank, args.world_size = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])
         args.gpu = int(env.get("SLURM_LOCALID", 0))
         env.setdefault("MASTER_ADDR", _slurm_master_addr())
-        env.setdefault("MASTER_PORT", str(getattr(args, "dist_port", 29500)))
+        # Two jobs sharing a node must not share a port: derive it from the job id.
+        env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "9500")) % 20000))
         env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"] = str(args.rank), str(args.world_size), str(args.gpu)
     else:
         args.rank, args.world_size, args.gpu, args.distributed = 0, 1, 0, False
@@ -98,6 +105,21 @@ def init_distributed_mode(args: argparse.Namespace) -> None:
     dist.init_process_group(backend=args.dist_backend, init_method="env://",
                             world_size=args.world_size, rank=args.rank)
     dist.barrier()
+    _print_on_main_only(args.rank == 0)
+
+
+def _print_on_main_only(is_main: bool) -> None:
+    """Silence ``print`` on the other ranks (``print(..., force=True)`` still prints), as VideoMAE does."""
+    import builtins
+
+    builtin_print = getattr(builtins.print, "_patches_original", builtins.print)
+
+    def print_main(*a: Any, force: bool = False, **kw: Any) -> None:
+        if is_main or force:
+            builtin_print(*a, **kw)
+
+    print_main._patches_original = builtin_print  # type: ignore[attr-defined]
+    builtins.print = print_main
 
 
 def _slurm_master_addr() -> str:
@@ -131,9 +153,12 @@ def is_main_process() -> bool:
     return get_rank() == 0
 
 
-def cleanup_distributed() -> None:
+def cleanup_distributed(barrier: bool = True) -> None:
+    """Leave the process group. Pass ``barrier=False`` on error paths: a failed rank must not wait for
+    peers that may never arrive."""
     if is_dist():
-        dist.barrier()
+        if barrier:
+            dist.barrier()
         dist.destroy_process_group()
 
 
