@@ -95,6 +95,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="torch threads for every stage and the benchmark (default: torch's; demo: 1, which on a "
                         "shared 2-core machine leaves the other core to the data loader and is much faster)")
     p.add_argument("--skip_training", action="store_true", help="only benchmark (no accuracy columns)")
+    p.add_argument("--plot_only", action="store_true",
+                   help="only remake sweep.md and sweep.png from OUTPUT_DIR/sweep.json (e.g. of an unfinished sweep)")
     return p
 
 
@@ -246,6 +248,10 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
         ax.plot(x, y, "o-", color="tab:blue")
         for xi, yi, r in zip(x, y, rows):
             ax.annotate(r["grid"], (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        if key == "acc1":
+            ax.set_ylim(0, max(100.0 if max(y) > 50 else 50.0, max(y) * 1.1))  # a wide axis: small gaps are noise
+        else:
+            ax.set_ylim(bottom=0)
         ax.set_xlabel("patches per frame")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -265,7 +271,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by the benchmark's processes
     rows = []
     start = time.time()
-    for size, patch in args.grids:
+    if args.plot_only:
+        rows = json.loads((args.output_dir / "sweep.json").read_text())
+    for size, patch in [] if args.plot_only else args.grids:
         rows.append(sweep_one(args, size, patch))
         (args.output_dir / "sweep.json").write_text(json.dumps(rows, indent=2))  # partial results survive a stop
     table = markdown_table(rows)
