@@ -88,6 +88,24 @@ def add_run_args(p: argparse.ArgumentParser, output_dir: str) -> None:
     g.add_argument("--local_rank", "--local-rank", default=-1, type=int, help=argparse.SUPPRESS)
 
 
+def add_scale_args(p: argparse.ArgumentParser) -> None:
+    """Flags for many processes, DeepSpeed, and checkpoints that survive kills and preemption."""
+    g = p.add_argument_group("scaling out and resuming")
+    g.add_argument("--save_ckpt_every_steps", default=0, type=int, metavar="K",
+                   help="also save checkpoint-latest every K optimizer steps inside an epoch (0: only at epoch ends)")
+    g.add_argument("--keep_ckpts", default=0, type=int, metavar="N",
+                   help="keep only the newest N checkpoint-EPOCH files (0: keep all); best and latest are never "
+                        "deleted")
+    g.add_argument("--deterministic", action="store_true",
+                   help="deterministic kernels (torch.use_deterministic_algorithms, no cuDNN autotuning), so that "
+                        "a resumed run repeats an uninterrupted one bit for bit; can be slower")
+    g.add_argument("--enable_deepspeed", action="store_true",
+                   help="train through DeepSpeed (config generated from --zero_stage, --amp, --clip_grad and "
+                        "--update_freq); checkpoints become folders checkpoint-N/")
+    g.add_argument("--zero_stage", default=1, type=int, choices=[0, 1, 2],
+                   help="DeepSpeed ZeRO stage: 0 plain data parallel, 1 shards optimizer states, 2 also gradients")
+
+
 def validate_common(args: argparse.Namespace, positive: tuple[str, ...]) -> tuple[PatchGrid, list[str]]:
     """Checks both scripts share. Returns the grid and the problems found (an empty list when all is well)."""
     problems: list[str] = []
@@ -103,8 +121,17 @@ def validate_common(args: argparse.Namespace, positive: tuple[str, ...]) -> tupl
         problems.append(f"--num_workers must be 0 or more, got {args.num_workers}")
     if args.data_root is not None and not Path(args.data_root).is_dir():
         problems.append(f"--data_root {args.data_root} is not a folder")
-    if args.resume and not Path(args.resume).is_file():
+    deepspeed = getattr(args, "enable_deepspeed", False)
+    if args.resume and not (Path(args.resume).is_file() or (deepspeed and Path(args.resume).is_dir())):
         problems.append(f"--resume {args.resume} does not exist")
+    for flag in ("save_ckpt_every_steps", "keep_ckpts"):
+        if getattr(args, flag, 0) < 0:
+            problems.append(f"--{flag} must be 0 or more, got {getattr(args, flag)}")
+    if deepspeed:
+        import importlib.util
+        if importlib.util.find_spec("deepspeed") is None:
+            from ds_utils import MISSING
+            problems.append(MISSING)
     try:
         device = utils.resolve_device(args.device)
         if args.amp == "auto":

@@ -28,18 +28,25 @@ class FinetuneStep:
     update_freq: int = 1
     mixup_fn: Callable | None = None
     model_ema: Any = None
+    deepspeed: bool = False  # the model is a DeepSpeed engine: it does backward, accumulation, clipping and step
 
 
 def train_one_epoch(model: torch.nn.Module, criterion: torch.nn.Module, loader: Iterable,
                     optimizer: torch.optim.Optimizer, epoch: int, cfg: FinetuneStep, lr_schedule: np.ndarray,
                     wd_schedule: np.ndarray, start_step: int, header: str, print_freq: int = 10,
-                    tb_logger: utils.TensorboardLogger | None = None, clips_per_step: int = 1) -> dict[str, float]:
-    """One epoch; ``start_step`` is the global optimizer step of the first update of the epoch."""
+                    tb_logger: utils.TensorboardLogger | None = None, clips_per_step: int = 1,
+                    first_batch: int = 0, on_update: Callable[[int], None] | None = None) -> dict[str, float]:
+    """One epoch; ``start_step`` is the global optimizer step of the first update of the epoch.
+
+    ``first_batch``: batches of the epoch already trained before a resume (a multiple of ``update_freq``;
+    the loader starts after them). ``on_update(batches_done)`` runs after every optimizer update.
+    """
     model.train()
     progress = utils.ProgressLogger(header, print_freq, clips_per_step)
     skipped = 0
-    optimizer.zero_grad(set_to_none=True)
-    for i, (videos, labels) in enumerate(progress.log_every(loader)):
+    if not cfg.deepspeed:
+        optimizer.zero_grad(set_to_none=True)
+    for i, (videos, labels) in enumerate(progress.log_every(loader), start=first_batch):
         step = start_step + i // cfg.update_freq
         if i % cfg.update_freq == 0:
             apply_schedules(optimizer, float(lr_schedule[step]), float(wd_schedule[step]))
@@ -53,10 +60,10 @@ def train_one_epoch(model: torch.nn.Module, criterion: torch.nn.Module, loader: 
         loss = criterion(logits.float(), labels)
         update = (i + 1) % cfg.update_freq == 0
         scale_before = cfg.scaler.get_scale() if cfg.scaler is not None and update else None
-        grad_norm = _backward(loss / cfg.update_freq, model, optimizer, cfg, update=update)
+        grad_norm = _backward(loss, model, optimizer, cfg, update)
         if scale_before is not None and scaler_skipped_step(scale_before, cfg.scaler.get_scale()):
             skipped += 1  # fp16 overflow: the scaler skipped this update and lowered its scale
-        loss_value = loss.item()
+        loss_value = utils.all_reduce_mean(loss.item(), cfg.device)  # global batch's loss; all ranks stop together
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(f"loss is {loss_value} at epoch {epoch}, step {i} of the epoch; stopping "
                                      f"without saving, the last checkpoint on disk is intact")
@@ -66,6 +73,8 @@ def train_one_epoch(model: torch.nn.Module, criterion: torch.nn.Module, loader: 
             tb_logger.set_step(step)
             tb_logger.update("train", loss=loss_value, lr=max(lrs), min_lr=min(lrs),
                              weight_decay=float(wd_schedule[step]), grad_norm=grad_norm)
+        if update and on_update is not None:
+            on_update(i + 1)
     stats = progress.averages()
     if cfg.scaler is not None:
         stats["skipped_steps"] = skipped
@@ -77,7 +86,20 @@ def train_one_epoch(model: torch.nn.Module, criterion: torch.nn.Module, loader: 
 
 def _backward(loss: torch.Tensor, model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: FinetuneStep,
               update: bool) -> float | None:
-    scaled = cfg.scaler.scale(loss) if cfg.scaler is not None else loss
+    """Accumulate ``loss``'s gradient; on ``update`` also clip, step, and update the EMA. Returns the grad norm."""
+    if cfg.deepspeed:
+        # DeepSpeed divides by its gradient_accumulation_steps (= update_freq) and steps on the boundary.
+        model.set_gradient_accumulation_boundary(update)
+        model.backward(loss)
+        model.step()
+        if not update:
+            return None
+        if cfg.model_ema is not None:
+            cfg.model_ema.update(utils.unwrap_model(model))
+        norm = model.get_global_grad_norm() if cfg.clip_grad else None
+        return None if norm is None else float(norm)
+    scaled = loss / cfg.update_freq
+    scaled = cfg.scaler.scale(scaled) if cfg.scaler is not None else scaled
     scaled.backward()
     if not update:
         return None
@@ -107,8 +129,9 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...]
 
 @torch.no_grad()
 def evaluate(loader: Iterable, model: torch.nn.Module, device: torch.device, amp_dtype: torch.dtype | None = None,
-             header: str = "Val") -> dict[str, float]:
-    """Single-view accuracy and loss over ``loader`` (summed over processes when distributed)."""
+             header: str = "Val", sharded: bool = True) -> dict[str, float]:
+    """Single-view accuracy and loss over ``loader``; when distributed and ``sharded`` (each process holds
+    its share of the data) summed over processes."""
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top1, top5, count
     progress = utils.ProgressLogger(header, print_freq=max(1, len(loader) // 4 if hasattr(loader, "__len__") else 20))
@@ -119,7 +142,7 @@ def evaluate(loader: Iterable, model: torch.nn.Module, device: torch.device, amp
         top1, top5 = topk_correct(logits, labels)
         totals += torch.tensor([F.cross_entropy(logits, labels, reduction="sum").item(), top1, top5, len(labels)],
                                dtype=torch.float64, device=device)
-    if utils.is_dist():
+    if sharded and utils.is_dist():
         torch.distributed.all_reduce(totals)
     loss, top1, top5, n = totals.tolist()
     n = max(n, 1)

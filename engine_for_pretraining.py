@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -14,7 +14,7 @@ from modeling_finetune import gather_tokens
 from modeling_pretrain import mask_to_index, pixel_targets
 from optim_factory import apply_schedules
 from patch_grid import PatchGrid
-from utils import ProgressLogger, TensorboardLogger, amp_autocast
+from utils import ProgressLogger, TensorboardLogger, all_reduce_mean, amp_autocast
 
 PIXEL_MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN)
 PIXEL_STD = torch.tensor(IMAGENET_DEFAULT_STD)
@@ -34,6 +34,7 @@ class PretrainStep:
     scaler: Any = None  # torch.amp.GradScaler for fp16
     clip_grad: float | None = None
     normalize_target: bool = True
+    deepspeed: bool = False  # the model is a DeepSpeed engine: it does backward, clipping, scaling and step
 
 
 def prepare_batch(batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], device: torch.device
@@ -60,6 +61,10 @@ def reconstruction_loss(model: torch.nn.Module, videos: torch.Tensor, visible: t
 def optimizer_step(loss: torch.Tensor, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                    cfg: PretrainStep) -> torch.Tensor | None:
     """Backward, optional clipping, step. Returns the gradient norm when clipping."""
+    if cfg.deepspeed:
+        model.backward(loss)
+        model.step()
+        return model.get_global_grad_norm() if cfg.clip_grad else None
     optimizer.zero_grad(set_to_none=True)
     grad_norm = None
     if cfg.scaler is not None:
@@ -86,12 +91,17 @@ def scaler_skipped_step(scale_before: float, scale_after: float) -> bool:
 def train_one_epoch(model: torch.nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, epoch: int,
                     cfg: PretrainStep, lr_schedule: np.ndarray, wd_schedule: np.ndarray, start_step: int,
                     header: str, print_freq: int = 10, tb_logger: TensorboardLogger | None = None,
-                    clips_per_step: int = 1) -> dict[str, float]:
-    """Train over ``loader`` once; ``start_step`` is the global step of its first batch."""
+                    clips_per_step: int = 1, first_batch: int = 0,
+                    on_update: Callable[[int], None] | None = None) -> dict[str, float]:
+    """Train over ``loader`` once; ``start_step`` is the global step of the epoch's first batch.
+
+    ``first_batch``: batches of the epoch already trained before a resume (the loader starts after them).
+    ``on_update(batches_done)`` runs after every update (checkpointing, stop signals).
+    """
     model.train()
     progress = ProgressLogger(header, print_freq, clips_per_step)
     skipped = 0
-    for i, batch in enumerate(progress.log_every(loader)):
+    for i, batch in enumerate(progress.log_every(loader), start=first_batch):
         step = start_step + i
         apply_schedules(optimizer, float(lr_schedule[step]), float(wd_schedule[step]))
         videos, visible, target = prepare_batch(batch, cfg.device)
@@ -99,7 +109,8 @@ def train_one_epoch(model: torch.nn.Module, loader: Iterable, optimizer: torch.o
         scale_before = cfg.scaler.get_scale() if cfg.scaler is not None else None
         grad_norm = optimizer_step(loss, model, optimizer, cfg)
         # One host sync per step, after the update is queued: a bad value stops the run before any save.
-        loss_value = loss.item()
+        # Averaged over processes: the logged loss is the global batch's, and all ranks stop together.
+        loss_value = all_reduce_mean(loss.item(), cfg.device)
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(f"loss is {loss_value} at epoch {epoch}, step {i} of the epoch (global step "
                                      f"{step}); stopping without saving, the last checkpoint on disk is intact")
@@ -115,6 +126,8 @@ def train_one_epoch(model: torch.nn.Module, loader: Iterable, optimizer: torch.o
         if tb_logger is not None:
             tb_logger.set_step(step)
             tb_logger.update("train", **metrics)
+        if on_update is not None:
+            on_update(i + 1)
     stats = progress.averages()
     if cfg.scaler is not None:
         stats["skipped_steps"] = skipped

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 import cli_args
 import data_health
+import resume
 import utils
 from datasets import UnreadableDataError
 from engine_for_finetuning import (FinetuneStep, evaluate, final_test, merge_test_results, train_one_epoch)
@@ -91,12 +94,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--test_num_crop", default=3, type=int, help="spatial crops per clip at test")
 
     cli_args.add_run_args(p, "output/finetune")
+    cli_args.add_scale_args(p)
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval", action="store_true", help="only test: the best (else newest) checkpoint in "
                                                         "--output_dir, or --resume, or --finetune")
     g.add_argument("--disable_eval_during_finetuning", action="store_true", help="no validation between epochs")
     g.add_argument("--dist_eval", default=True, type=utils.str2bool, nargs="?", const=True,
-                   help="shard validation and test over processes")
+                   help="shard validation and test over processes (without padding: every view counted once)")
     return p
 
 
@@ -153,16 +157,19 @@ def make_loader(dataset, args: argparse.Namespace, train: bool, device: torch.de
     from datasets import CollateWithBad, collate_fn_for
     dataset.report_bad = True
     source = f"the {'training' if train else 'evaluation'} list in {args.eval_data_path or args.data_path}"
-    sharded = args.distributed and (train or args.dist_eval)
-    if sharded:
-        sampler = torch.utils.data.DistributedSampler(dataset, shuffle=train, seed=args.seed)
+    if train:
+        loader = resume.train_loader(dataset, args, CollateWithBad(collate_fn_for(args.num_sample)), device,
+                                     batches_multiple=args.update_freq)
+        return data_health.BadVideoTracker(loader, len(dataset.records), args.max_bad_fraction, source)
+    if args.distributed and args.dist_eval:
+        sampler = resume.ShardSampler(len(dataset), utils.get_world_size(), utils.get_rank())
     else:
-        sampler = torch.utils.data.RandomSampler(dataset) if train else torch.utils.data.SequentialSampler(dataset)
+        sampler = torch.utils.data.SequentialSampler(dataset)
     loader = torch.utils.data.DataLoader(
         dataset, sampler=sampler, batch_size=args.batch_size, num_workers=args.num_workers,
-        pin_memory=args.pin_mem and device.type == "cuda", drop_last=train,
-        collate_fn=CollateWithBad(collate_fn_for(args.num_sample if train else 1)), persistent_workers=False)
-    return data_health.BadVideoTracker(loader, len(dataset.records), args.max_bad_fraction, source, sharded=sharded)
+        pin_memory=args.pin_mem and device.type == "cuda", collate_fn=CollateWithBad(collate_fn_for(1)))
+    return data_health.BadVideoTracker(loader, len(dataset.records), args.max_bad_fraction, source,
+                                       sharded=args.distributed and args.dist_eval)
 
 
 def build_mixup(args: argparse.Namespace, nb_classes: int):
@@ -192,47 +199,42 @@ def build_criterion(args: argparse.Namespace, mixup_fn) -> torch.nn.Module:
 
 
 def checkpoint_to_evaluate(args: argparse.Namespace) -> str:
+    """--resume, else checkpoint-best.pth, else the newest epoch checkpoint ('' when there is none)."""
     if args.resume:
-        return args.resume
+        return str(Path(args.resume) / "checkpoint.pth") if Path(args.resume).is_dir() else args.resume
     best = Path(args.output_dir) / "checkpoint-best.pth"
     if best.is_file():
         return str(best)
-    found = utils.epoch_checkpoints(args.output_dir)
+    found = resume.epoch_checkpoint_files(args.output_dir, folders=args.enable_deepspeed)
     return str(found[-1][1]) if found else ""
 
 
-def load_model_weights(args, model, model_ema) -> tuple[int, float]:
-    """Resume (our full checkpoints) or start from --finetune. Returns (start epoch, best accuracy so far)."""
-    path = args.resume
-    if not path and args.auto_resume and not args.eval:
-        found = utils.epoch_checkpoints(args.output_dir)
-        path = str(found[-1][1]) if found else ""
-    if args.eval:
-        path = checkpoint_to_evaluate(args)
-    if path:
-        try:
-            ckpt = utils.load_checkpoint(path)
-        except utils.CheckpointError as e:
-            raise SystemExit(f"error: {e}")
-        try:
-            utils.load_model_state(model, ckpt, path, args.model)
-        except utils.CheckpointError as e:
-            raise SystemExit(f"error: {e}")
-        if model_ema is not None and "model_ema" in ckpt:
-            model_ema.module.load_state_dict(ckpt["model_ema"])
-        args._resume_state = ckpt
-        print(f"Loaded {path} (epoch {ckpt.get('epoch')})")
-        return int(ckpt.get("epoch", -1)) + 1, float(ckpt.get("best_acc1", 0.0))
-    if args.finetune:
-        from weight_loading import load_finetune_weights
-        try:
-            load_finetune_weights(model, args.finetune, model_key=args.model_key, model_prefix=args.model_prefix,
-                                  verbose=utils.is_main_process())
-        except ValueError as e:
-            raise SystemExit(f"error: --finetune: {e}")
-        if model_ema is not None:
-            model_ema.module.load_state_dict(model.state_dict())
-    return 0, 0.0
+def load_weights(path: str, model: torch.nn.Module, model_ema, args: argparse.Namespace) -> dict[str, Any]:
+    """Our checkpoint's model (and EMA) weights into ``model`` (``model_ema``). Returns the checkpoint."""
+    try:
+        ckpt = utils.load_checkpoint(path)
+    except utils.CheckpointError as e:
+        raise SystemExit(f"error: {e}")
+    try:
+        utils.load_model_state(model, ckpt, path, args.model)
+    except utils.CheckpointError as e:
+        raise SystemExit(f"error: {e}")
+    if model_ema is not None and "model_ema" in ckpt:
+        model_ema.module.load_state_dict(ckpt["model_ema"])
+    print(f"Loaded {path} (epoch {ckpt.get('epoch')})")
+    return ckpt
+
+
+def load_finetune(args: argparse.Namespace, model: torch.nn.Module, model_ema) -> None:
+    """Start from --finetune (any supported layout, any grid)."""
+    from weight_loading import load_finetune_weights
+    try:
+        load_finetune_weights(model, args.finetune, model_key=args.model_key, model_prefix=args.model_prefix,
+                              verbose=utils.is_main_process())
+    except ValueError as e:
+        raise SystemExit(f"error: --finetune: {e}")
+    if model_ema is not None:
+        model_ema.module.load_state_dict(model.state_dict())
 
 
 def run_test(args, model, device, amp_dtype, grid) -> dict[str, float]:
@@ -240,12 +242,7 @@ def run_test(args, model, device, amp_dtype, grid) -> dict[str, float]:
     test_set, _ = build_dataset("test", args, grid)
     loader = make_loader(test_set, args, train=False, device=device)
     out_file = Path(args.output_dir) / f"test_results_rank{utils.get_rank()}.jsonl"
-    try:
-        final_test(loader, model, device, out_file, amp_dtype)
-    except data_health.TooManyBadVideos as e:
-        raise SystemExit(f"error: {e}")
-    except UnreadableDataError as e:
-        raise SystemExit(f"error: {data_health.unreadable_data_message(e)}")
+    final_test(loader, model, device, out_file, amp_dtype)
     data = loader.end_epoch()
     if utils.is_dist():
         torch.distributed.barrier()
@@ -262,9 +259,32 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     if args.check_data:
         data_health.run_check_data(args, finetuning=True)
     use_demo_data_if_needed(args)
+    if args.enable_deepspeed and not args.eval:
+        import ds_utils
+        ds_utils.prepare_environment(args.device)
     utils.init_distributed_mode(args)
+    clean = False
+    try:
+        result = run(args, grid)
+        clean = True
+        return result
+    except resume.Interrupted as e:
+        print(f"{e}; exiting with status {resume.EXIT_REQUEUE}: run the same command again to resume")
+        clean = True
+        raise SystemExit(resume.EXIT_REQUEUE) from None
+    except (data_health.TooManyBadVideos, utils.CheckpointSaveError) as e:
+        raise SystemExit(f"error: {e}") from None
+    except UnreadableDataError as e:
+        raise SystemExit(f"error: {data_health.unreadable_data_message(e)}") from None
+    finally:
+        # On an error a peer may never reach the barrier: only leave through it when all ranks agree.
+        utils.cleanup_distributed(barrier=clean)
+
+
+def run(args: argparse.Namespace, grid) -> dict[str, float]:
     device = utils.resolve_device(args.device)
     amp_dtype = utils.autocast_dtype(args.amp, device)
+    resume.set_deterministic(args.deterministic)
     utils.seed_everything(args.seed + utils.get_rank())
     print(f"Patch grid: {grid.describe()}")
 
@@ -281,16 +301,23 @@ def main(args: argparse.Namespace) -> dict[str, float]:
         from timm.utils import ModelEmaV3
         model_ema = ModelEmaV3(model, decay=args.model_ema_decay,
                                device=torch.device("cpu") if args.model_ema_force_cpu else None)
-    start_epoch, best_acc1 = load_model_weights(args, model, model_ema)
     n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"Model {args.model}: {n_parameters / 1e6:.2f} M parameters, {nb_classes} classes")
     log_file = Path(args.output_dir) / "log.txt"
 
     if args.eval:
+        path = checkpoint_to_evaluate(args)
+        if path:
+            load_weights(path, model, model_ema, args)
+        elif args.finetune:
+            load_finetune(args, model, model_ema)
         stats = run_test(args, model, device, amp_dtype, grid)
         utils.append_jsonl(log_file, {f"eval_test_{k}": v for k, v in stats.items()})
-        utils.cleanup_distributed()
         return stats
+
+    found = resume.choose_checkpoint(args, folders=args.enable_deepspeed)
+    if found is None and args.finetune:
+        load_finetune(args, model, model_ema)
 
     train_loader = make_loader(train_set, args, train=True, device=device)
     val_loader = None
@@ -300,7 +327,8 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     world = utils.get_world_size()
     clips_per_step = args.batch_size * args.num_sample * world
     cli_args.scale_lr(args, clips_per_step * args.update_freq)
-    steps_per_epoch = len(train_loader) // args.update_freq
+    batches_per_epoch = train_loader.sampler.batches_per_epoch
+    steps_per_epoch = batches_per_epoch // args.update_freq
     if steps_per_epoch == 0:
         raise SystemExit(f"error: --batch_size {args.batch_size} x --update_freq {args.update_freq} x {world} "
                          f"processes is larger than the {len(train_set)} training videos")
@@ -308,18 +336,39 @@ def main(args: argparse.Namespace) -> dict[str, float]:
           f"{clips_per_step * args.update_freq} clips; lr {args.lr:.3g}")
 
     model_without_ddp = model
-    if args.distributed:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = build_optimizer(args, model_without_ddp, layer_decay=args.layer_decay)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    resume_state = getattr(args, "_resume_state", None)
-    if resume_state is not None:
-        if "optimizer" in resume_state:
-            optimizer.load_state_dict(resume_state["optimizer"])
-        if scaler is not None and "scaler" in resume_state:
-            scaler.load_state_dict(resume_state["scaler"])
-        del args._resume_state
+    scaler = None
+    engine = None
+    if args.enable_deepspeed:
+        import ds_utils
+        engine, optimizer = ds_utils.initialize(args, model_without_ddp, optimizer,
+                                                micro_batch=args.batch_size * args.num_sample,
+                                                update_freq=args.update_freq)
+        model = engine
+    else:
+        if args.distributed:
+            model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
+        scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+
+    start_epoch, start_batch, best_acc1 = args.start_epoch, 0, 0.0
+    if found is not None:
+        path, ckpt = found
+        if engine is not None:
+            import ds_utils
+            ds_utils.load_folder(engine, path.parent)
+            if model_ema is not None and "model_ema" in ckpt:
+                model_ema.module.load_state_dict(ckpt["model_ema"])
+        else:
+            load_weights(str(path), model_without_ddp, model_ema, args)
+            if "optimizer" in ckpt:
+                optimizer.load_state_dict(ckpt["optimizer"])
+            if scaler is not None and "scaler" in ckpt:
+                scaler.load_state_dict(ckpt["scaler"])
+        best_acc1 = float(ckpt.get("best_acc1", 0.0))
+        start_epoch, start_batch = resume.start_position(path, ckpt, batches_per_epoch)
+        print(f"Resumed from {path} (epoch {ckpt['epoch']}); continuing at epoch {start_epoch}"
+              + (f", batch {start_batch}" if start_batch else ""))
     lr_schedule = utils.cosine_scheduler(args.lr, args.min_lr, args.epochs, steps_per_epoch,
                                          args.warmup_epochs, args.warmup_lr, args.warmup_steps)
     wd_end = args.weight_decay if args.weight_decay_end is None else args.weight_decay_end
@@ -327,61 +376,89 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     mixup_fn = build_mixup(args, nb_classes)
     criterion = build_criterion(args, mixup_fn)
     cfg = FinetuneStep(device=device, amp_dtype=amp_dtype, scaler=scaler, clip_grad=args.clip_grad,
-                       update_freq=args.update_freq, mixup_fn=mixup_fn, model_ema=model_ema)
+                       update_freq=args.update_freq, mixup_fn=mixup_fn, model_ema=model_ema,
+                       deepspeed=engine is not None)
     tb_logger = utils.TensorboardLogger(args.log_dir or os.path.join(args.output_dir, "tb")) \
         if utils.is_main_process() else None
 
+    def make_state(epoch: int, next_epoch: int = -1, next_batch: int = 0, full: bool = True) -> dict[str, Any]:
+        extra: dict[str, Any] = {"best_acc1": best_acc1, "nb_classes": nb_classes}
+        if model_ema is not None:
+            extra["model_ema"] = model_ema.module.state_dict()
+        if not full:
+            return utils.checkpoint_state(model_without_ddp, grid, args, epoch, **extra)
+        extra.update(resume.position_fields(next_epoch, next_batch, batches_per_epoch, args.update_freq))
+        return utils.checkpoint_state(model_without_ddp, grid, args, epoch, None if engine else optimizer, scaler,
+                                      deepspeed=engine is not None, **extra)
+
     def save(name: str, epoch: int) -> None:
+        # checkpoint-best holds what testing needs (weights, EMA, accuracy), never used to resume.
         if utils.is_main_process():
-            extra = {"best_acc1": best_acc1, "nb_classes": nb_classes}
-            if model_ema is not None:
-                extra["model_ema"] = model_ema.module.state_dict()
-            state = utils.checkpoint_state(model_without_ddp, grid, args, epoch, optimizer, scaler, **extra)
+            state = make_state(epoch, full=False)
             path = utils.save_checkpoint(Path(args.output_dir) / name, state)
             print(f"Saved {path}")
             if args.save_safetensors:
                 print(f"Saved {utils.save_safetensors(path.with_suffix('.safetensors'), state['model'], grid, args)}")
 
+    checkpoints = resume.Checkpointing(args.output_dir, make_state, batches_per_epoch, args.update_freq,
+                                       every_steps=args.save_ckpt_every_steps, keep=args.keep_ckpts, device=device,
+                                       engine=engine)
+    if found is not None:
+        resume.restore_rng_states(found[1])
+        del found, ckpt
     start = time.time()
     try:
-        for epoch in range(start_epoch, args.epochs):
-            if args.distributed:
-                train_loader.sampler.set_epoch(epoch)
-            stats = train_one_epoch(model, criterion, train_loader, optimizer, epoch, cfg, lr_schedule, wd_schedule,
-                                    start_step=epoch * steps_per_epoch, header=f"Epoch [{epoch}/{args.epochs - 1}]",
-                                    print_freq=args.print_freq, tb_logger=tb_logger, clips_per_step=clips_per_step)
-            record = {**{f"train_{k}": v for k, v in stats.items()}, **train_loader.end_epoch(), "epoch": epoch,
-                      "n_parameters": n_parameters}
-            if val_loader is not None:
-                val = evaluate(val_loader, model, device, amp_dtype)
-                record.update({f"val_{k}": v for k, v in {**val, **val_loader.end_epoch()}.items()})
-                if val["acc1"] > best_acc1:
-                    best_acc1 = val["acc1"]
-                    save("checkpoint-best.pth", epoch)
-                print(f"Best val acc@1 so far: {best_acc1:.2f}")
+        with checkpoints.stop:
+            for epoch in range(start_epoch, args.epochs):
+                first = start_batch if epoch == start_epoch else 0
+                train_loader.sampler.set_epoch(epoch, first)
+                stats = train_one_epoch(model, criterion, train_loader, optimizer, epoch, cfg, lr_schedule,
+                                        wd_schedule, start_step=epoch * steps_per_epoch,
+                                        header=f"Epoch [{epoch}/{args.epochs - 1}]", print_freq=args.print_freq,
+                                        tb_logger=tb_logger, clips_per_step=clips_per_step, first_batch=first,
+                                        on_update=functools.partial(checkpoints.after_update, epoch))
+                record = {**{f"train_{k}": v for k, v in stats.items()}, **train_loader.end_epoch(), "epoch": epoch,
+                          "n_parameters": n_parameters}
+                if val_loader is not None:
+                    val = evaluate(val_loader, model_without_ddp, device, amp_dtype, sharded=args.dist_eval)
+                    record.update({f"val_{k}": v for k, v in {**val, **val_loader.end_epoch()}.items()})
+                    if val["acc1"] > best_acc1:
+                        best_acc1 = val["acc1"]
+                        save("checkpoint-best.pth", epoch)
+                    print(f"Best val acc@1 so far: {best_acc1:.2f}")
+                    if tb_logger is not None:
+                        tb_logger.update("val", step=epoch, **{k: val[k] for k in ("acc1", "acc5", "loss")})
+                last = epoch + 1 == args.epochs
+                due = (epoch + 1) % args.save_ckpt_freq == 0 or last
+                path, state = checkpoints.end_of_epoch(epoch, epoch_file=due)
+                if due and utils.is_main_process():
+                    print(f"Saved {path}")
+                    if args.save_safetensors:
+                        weights = utils.save_safetensors(path.with_suffix(".safetensors"), state["model"], grid, args)
+                        print(f"Saved {weights}")
+                utils.append_jsonl(log_file, record)
                 if tb_logger is not None:
-                    tb_logger.update("val", step=epoch, **{k: val[k] for k in ("acc1", "acc5", "loss")})
-            if (epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs:
-                save(f"checkpoint-{epoch}.pth", epoch)
-            utils.append_jsonl(log_file, record)
-            if tb_logger is not None:
-                tb_logger.update("epoch", step=epoch, **stats)
-                tb_logger.flush()
-    except (NonFiniteLossError, data_health.TooManyBadVideos, utils.CheckpointSaveError) as e:
+                    tb_logger.update("epoch", step=epoch, **stats)
+                    tb_logger.flush()
+                if not last:
+                    checkpoints.stop_if_requested()
+    except NonFiniteLossError as e:
         raise SystemExit(f"error: {e}")
-    except UnreadableDataError as e:
-        raise SystemExit(f"error: {data_health.unreadable_data_message(e)}")
+    finally:
+        if tb_logger is not None:
+            tb_logger.flush()
     print(f"Training time {datetime.timedelta(seconds=int(time.time() - start))}")
+    if utils.is_dist():
+        torch.distributed.barrier()  # rank 0's last saves are on disk before any rank looks for the best
 
     tested = checkpoint_to_evaluate(args)
     if tested and tested.endswith("checkpoint-best.pth"):
         model_without_ddp.load_state_dict(utils.load_checkpoint(tested)["model"])
-    test = run_test(args, model, device, amp_dtype, grid)
+    test = run_test(args, model_without_ddp, device, amp_dtype, grid)
     utils.append_jsonl(log_file, {**{f"test_{k}": v for k, v in test.items()}, "checkpoint": tested})
     if tb_logger is not None:
         tb_logger.update("test", step=args.epochs, acc1=test["acc1"], acc5=test["acc5"])
         tb_logger.close()
-    utils.cleanup_distributed()
     return test
 
 

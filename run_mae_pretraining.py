@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 import cli_args
 import data_health
+import resume
 import utils
 from datasets import UnreadableDataError
 from engine_for_pretraining import NonFiniteLossError, PretrainStep, train_one_epoch
@@ -49,6 +52,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     cli_args.add_data_args(p, "list file of 'path' or 'path label' lines; default: the built-in demo dataset",
                            num_sample=1)
     cli_args.add_run_args(p, "output/pretrain")
+    cli_args.add_scale_args(p)
     return p
 
 
@@ -80,30 +84,23 @@ def build_loader(args: argparse.Namespace, grid, device: torch.device):
         print(f"No --data_path: using the demo dataset in {demo['root']}")
     dataset = build_pretraining_dataset(args, grid, build_mask_generator(args, grid))
     dataset.report_bad = True  # unreadable videos travel with the batches to the tracker below
-    sampler = (torch.utils.data.DistributedSampler(dataset, shuffle=True, seed=args.seed) if args.distributed
-               else torch.utils.data.RandomSampler(dataset))
-    loader = torch.utils.data.DataLoader(
-        dataset, sampler=sampler, batch_size=args.batch_size, num_workers=args.num_workers,
-        pin_memory=args.pin_mem and device.type == "cuda", drop_last=True,
-        collate_fn=CollateWithBad(collate_fn_for(args.num_sample)), persistent_workers=args.num_workers > 0)
+    loader = resume.train_loader(dataset, args, CollateWithBad(collate_fn_for(args.num_sample)), device,
+                                 persistent_workers=True)
     loader = data_health.BadVideoTracker(loader, len(dataset), args.max_bad_fraction, args.data_path)
-    if len(loader) == 0:
+    if loader.sampler.batches_per_epoch == 0:
         raise SystemExit(f"error: --batch_size {args.batch_size} x {utils.get_world_size()} processes is larger "
                          f"than the {len(dataset)} videos in {args.data_path}")
-    return dataset, sampler, loader
+    return dataset, loader
 
 
-def resume_if_possible(args, model, optimizer, scaler) -> None:
-    path = args.resume
-    if not path and args.auto_resume:
-        found = utils.epoch_checkpoints(args.output_dir)
-        path = str(found[-1][1]) if found else ""
-    if not path:
+def restore(found: tuple[Path, dict[str, Any]], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+            scaler: Any, engine: Any, args: argparse.Namespace) -> None:
+    """Load a checkpoint's weights and optimizer state (from the DeepSpeed folder when ``engine`` is set)."""
+    path, ckpt = found
+    if engine is not None:
+        import ds_utils
+        ds_utils.load_folder(engine, path.parent)
         return
-    try:
-        ckpt = utils.load_checkpoint(path)
-    except utils.CheckpointError as e:
-        raise SystemExit(f"error: {e}")
     try:
         utils.load_model_state(model, ckpt, path, args.model)
     except utils.CheckpointError as e:
@@ -112,23 +109,39 @@ def resume_if_possible(args, model, optimizer, scaler) -> None:
         optimizer.load_state_dict(ckpt["optimizer"])
     if scaler is not None and "scaler" in ckpt:
         scaler.load_state_dict(ckpt["scaler"])
-    args.start_epoch = int(ckpt["epoch"]) + 1
-    print(f"Resumed from {path} (epoch {ckpt['epoch']}); continuing at epoch {args.start_epoch}")
 
 
 def main(args: argparse.Namespace) -> None:
     grid, counts = validate_args(args)
     if args.check_data:
         data_health.run_check_data(args, finetuning=False)
+    if args.enable_deepspeed:
+        import ds_utils
+        ds_utils.prepare_environment(args.device)
     utils.init_distributed_mode(args)
+    clean = False
+    try:
+        train(args, grid, counts)
+        clean = True
+    except resume.Interrupted as e:
+        print(f"{e}; exiting with status {resume.EXIT_REQUEUE}: run the same command again to resume")
+        clean = True
+        raise SystemExit(resume.EXIT_REQUEUE) from None
+    finally:
+        # On an error a peer may never reach the barrier: only leave through it when all ranks agree.
+        utils.cleanup_distributed(barrier=clean)
+
+
+def train(args: argparse.Namespace, grid, counts) -> None:
     device = utils.resolve_device(args.device)
     amp_dtype = utils.autocast_dtype(args.amp, device)
+    resume.set_deterministic(args.deterministic)
     utils.seed_everything(args.seed + utils.get_rank())
     print(f"Patch grid: {grid.describe()}")
     print(f"Masking: {args.mask_type} {args.mask_ratio}: {counts.num_visible} visible, {counts.num_masked} masked, "
           f"decoder reconstructs {counts.num_decoded}")
 
-    dataset, sampler, loader = build_loader(args, grid, device)
+    dataset, loader = build_loader(args, grid, device)
     model = create_video_model(args.model, grid=grid, decoder_depth=args.decoder_depth, drop_path_rate=args.drop_path,
                                pos_embed=args.pos_embed, use_checkpoint=args.use_checkpoint).to(device)
     n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -137,49 +150,79 @@ def main(args: argparse.Namespace) -> None:
     world = utils.get_world_size()
     clips_per_step = args.batch_size * args.num_sample * world
     cli_args.scale_lr(args, clips_per_step)
-    steps_per_epoch = len(loader)
+    steps_per_epoch = loader.sampler.batches_per_epoch
     print(f"{len(dataset)} videos, {steps_per_epoch} steps per epoch of {clips_per_step} clips; lr {args.lr:.3g}")
 
     model_without_ddp = model
-    if args.distributed:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = build_optimizer(args, model_without_ddp)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    scaler = None
+    engine = None
+    if args.enable_deepspeed:
+        import ds_utils
+        engine, optimizer = ds_utils.initialize(args, model_without_ddp, optimizer,
+                                                micro_batch=args.batch_size * args.num_sample)
+        model = engine
+    else:
+        if args.distributed:
+            model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
+        scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     lr_schedule = utils.cosine_scheduler(args.lr, args.min_lr, args.epochs, steps_per_epoch,
                                          args.warmup_epochs, args.warmup_lr, args.warmup_steps)
     wd_end = args.weight_decay if args.weight_decay_end is None else args.weight_decay_end
     wd_schedule = utils.cosine_scheduler(args.weight_decay, wd_end, args.epochs, steps_per_epoch)
-    resume_if_possible(args, model, optimizer, scaler)
+
+    start_epoch, start_batch = args.start_epoch, 0
+    found = resume.choose_checkpoint(args, folders=engine is not None)
+    if found is not None:
+        restore(found, model, optimizer, scaler, engine, args)
+        start_epoch, start_batch = resume.start_position(found[0], found[1], steps_per_epoch)
+        print(f"Resumed from {found[0]} (epoch {found[1]['epoch']}); continuing at epoch {start_epoch}"
+              + (f", batch {start_batch}" if start_batch else ""))
+
+    def make_state(epoch: int, next_epoch: int, next_batch: int) -> dict[str, Any]:
+        return utils.checkpoint_state(model_without_ddp, grid, args, epoch, None if engine else optimizer, scaler,
+                                      deepspeed=engine is not None,
+                                      **resume.position_fields(next_epoch, next_batch, steps_per_epoch))
 
     log_dir = args.log_dir or os.path.join(args.output_dir, "tb")
     tb_logger = utils.TensorboardLogger(log_dir) if utils.is_main_process() else None
     cfg = PretrainStep(grid=grid, device=device, amp_dtype=amp_dtype, scaler=scaler, clip_grad=args.clip_grad,
-                       normalize_target=args.normlize_target)
+                       normalize_target=args.normlize_target, deepspeed=engine is not None)
+    checkpoints = resume.Checkpointing(args.output_dir, make_state, steps_per_epoch,
+                                       every_steps=args.save_ckpt_every_steps, keep=args.keep_ckpts, device=device,
+                                       engine=engine)
+    if found is not None:
+        resume.restore_rng_states(found[1])
+        del found
     start = time.time()
     try:
-        for epoch in range(args.start_epoch, args.epochs):
-            if args.distributed:
-                sampler.set_epoch(epoch)
-            stats = train_one_epoch(model, loader, optimizer, epoch, cfg, lr_schedule, wd_schedule,
-                                    start_step=epoch * steps_per_epoch, header=f"Epoch [{epoch}/{args.epochs - 1}]",
-                                    print_freq=args.print_freq, tb_logger=tb_logger, clips_per_step=clips_per_step)
-            data = loader.end_epoch()  # unreadable videos skipped this epoch, over all processes
-            last = epoch + 1 == args.epochs
-            if utils.is_main_process() and ((epoch + 1) % args.save_ckpt_freq == 0 or last):
-                state = utils.checkpoint_state(model_without_ddp, grid, args, epoch, optimizer, scaler)
-                path = utils.save_checkpoint(Path(args.output_dir) / f"checkpoint-{epoch}.pth", state)
-                print(f"Saved {path}")
-                if args.save_safetensors:
-                    print(f"Saved {utils.save_safetensors(path.with_suffix('.safetensors'), state['model'], grid, args)}")
-            record = {**{f"train_{k}": v for k, v in stats.items()}, **data, "epoch": epoch,
-                      "n_parameters": n_parameters}
-            utils.append_jsonl(Path(args.output_dir) / "log.txt", record)
-            if tb_logger is not None:
-                tb_logger.update("epoch", step=epoch, **stats)
-                tb_logger.update("data", step=epoch, skipped_videos=data["skipped_videos"],
-                                 bad_video_files=data["bad_video_files"])
-                tb_logger.flush()
+        with checkpoints.stop:
+            for epoch in range(start_epoch, args.epochs):
+                first = start_batch if epoch == start_epoch else 0
+                loader.sampler.set_epoch(epoch, first)
+                stats = train_one_epoch(model, loader, optimizer, epoch, cfg, lr_schedule, wd_schedule,
+                                        start_step=epoch * steps_per_epoch, header=f"Epoch [{epoch}/{args.epochs - 1}]",
+                                        print_freq=args.print_freq, tb_logger=tb_logger, clips_per_step=clips_per_step,
+                                        first_batch=first, on_update=functools.partial(checkpoints.after_update, epoch))
+                data = loader.end_epoch()  # unreadable videos skipped this epoch, over all processes
+                last = epoch + 1 == args.epochs
+                due = (epoch + 1) % args.save_ckpt_freq == 0 or last
+                path, state = checkpoints.end_of_epoch(epoch, epoch_file=due)
+                if due and utils.is_main_process():
+                    print(f"Saved {path}")
+                    if args.save_safetensors:
+                        print(f"Saved {utils.save_safetensors(path.with_suffix('.safetensors'), state['model'], grid, args)}")
+                record = {**{f"train_{k}": v for k, v in stats.items()}, **data, "epoch": epoch,
+                          "n_parameters": n_parameters}
+                utils.append_jsonl(Path(args.output_dir) / "log.txt", record)
+                if tb_logger is not None:
+                    tb_logger.update("epoch", step=epoch, **stats)
+                    tb_logger.update("data", step=epoch, skipped_videos=data["skipped_videos"],
+                                     bad_video_files=data["bad_video_files"])
+                    tb_logger.flush()
+                if not last:
+                    checkpoints.stop_if_requested()
     except (NonFiniteLossError, data_health.TooManyBadVideos, utils.CheckpointSaveError) as e:
         raise SystemExit(f"error: {e}")
     except UnreadableDataError as e:
@@ -187,7 +230,6 @@ def main(args: argparse.Namespace) -> None:
     finally:
         if tb_logger is not None:
             tb_logger.close()
-        utils.cleanup_distributed()
     print(f"Training time {datetime.timedelta(seconds=int(time.time() - start))}")
 
 

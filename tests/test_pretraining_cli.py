@@ -48,7 +48,7 @@ def test_loss_falls_well_below_its_start(trained):
 def test_checkpoint_holds_the_grid_of_the_flags(trained):
     out, stdout = trained
     assert sorted(p.name for p in out.glob("checkpoint-*.pth")) == ["checkpoint-11.pth", "checkpoint-4.pth",
-                                                                    "checkpoint-9.pth"]
+                                                                    "checkpoint-9.pth", "checkpoint-latest.pth"]
     ckpt = load_checkpoint(out / "checkpoint-11.pth")
     assert ckpt["grid"] == make_grid(8, 2, (32, 48), 8).to_dict()
     assert ckpt["epoch"] == 11

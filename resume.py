@@ -1,0 +1,496 @@
+"""Exact resume: data order and per-item randomness as functions of (seed, epoch, index), RNG states in
+checkpoints, finding the newest checkpoint that loads, step-level saves, and stopping on SIGTERM/SIGUSR1.
+
+The contract: a run killed at any point and restarted with the same command continues from its newest
+good checkpoint and ends with the weights an uninterrupted run would have (bit for bit on the CPU with
+``--deterministic``), because
+
+* the sampler's order is a pure function of ``(seed, epoch)`` and a resumed epoch skips the batches
+  already trained without decoding them (:class:`ResumableSampler`);
+* every training item is produced with torch's, numpy's and Python's global RNGs seeded from
+  ``(seed, epoch, index)`` (:class:`SeededItems`), so crops, flips, RandAugment, erasing and masks
+  do not depend on worker count, process count or what came before;
+* the main process's RNG states (dropout, stochastic depth, mixup) are saved per rank and restored.
+"""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+import utils
+
+# Exit status of a run stopped by SIGTERM/SIGUSR1 after saving checkpoint-latest: EX_TEMPFAIL from
+# sysexits.h ("try again later"); the sbatch launchers requeue the job when they see it.
+EXIT_REQUEUE = 75
+LATEST = "checkpoint-latest"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+# ---------------------------------------------------------------- data order and per-item seeds
+
+def _entropy(*values: int) -> list[int]:
+    return [int(v) % 2 ** 63 for v in values]
+
+
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of item ``index`` in ``epoch``: a hash of the three, so nearby triples give unrelated streams."""
+    words = np.random.SeedSequence(_entropy(seed, epoch, index)).generate_state(2, np.uint32)
+    return (int(words[0]) << 31) ^ int(words[1])
+
+
+class ResumableSampler(Sampler[tuple[int, int]]):
+    """Training order as a pure function of ``(seed, epoch)``, sharded over processes, resumable mid-epoch.
+
+    Each epoch permutes all items with a generator seeded from ``(seed, epoch)``. Global batch ``b``
+    is items ``[b * B * W, (b + 1) * B * W)`` of that permutation (``B`` items per process, ``W``
+    processes) and process ``r`` takes the ``r``-th block of ``B``; so one process with batch
+    ``B * W`` sees exactly the same global batches. The tail that does not fill a global batch is
+    dropped, and the batch count is rounded down to a multiple of ``batches_multiple`` (gradient
+    accumulation). Keys are ``(epoch, index)`` pairs for :class:`SeededItems`.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, num_replicas: int = 1, rank: int = 0, seed: int = 0,
+                 shuffle: bool = True, batches_multiple: int = 1) -> None:
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
+        self.num_items, self.batch_size = num_items, batch_size
+        self.num_replicas, self.rank, self.seed, self.shuffle = num_replicas, rank, seed, shuffle
+        full = num_items // (batch_size * num_replicas)
+        self.batches_per_epoch = full - full % max(1, batches_multiple)
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Iterate ``epoch`` from local batch ``start_batch`` on (the batches before it are skipped unread)."""
+        if not 0 <= start_batch <= self.batches_per_epoch:
+            raise ValueError(f"start_batch {start_batch} is outside the epoch's {self.batches_per_epoch} batches")
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The epoch's permutation of all item indices."""
+        if not self.shuffle:
+            return np.arange(self.num_items)
+        return np.random.default_rng(_entropy(self.seed, epoch)).permutation(self.num_items)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = self.order(self.epoch)
+        per_global = self.batch_size * self.num_replicas
+        for b in range(self.start_batch, self.batches_per_epoch):
+            first = b * per_global + self.rank * self.batch_size
+            for index in order[first:first + self.batch_size]:
+                yield self.epoch, int(index)
+
+    def __len__(self) -> int:
+        return (self.batches_per_epoch - self.start_batch) * self.batch_size
+
+
+class SeededItems(Dataset):
+    """``dataset[index]`` computed with the global RNGs seeded from ``(seed, epoch, index)``, restored after.
+
+    The wrapped datasets draw their clip positions, crops, flips, augmentations and masks from torch's
+    RNG (and the transforms from Python's ``random``); seeding all three per item makes the item a
+    function of its key alone, whichever process or DataLoader worker computes it.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        epoch, index = key
+        seed = item_seed(self.seed, epoch, index)
+        py_state, np_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed % 2 ** 32)
+            try:
+                return self.dataset[index]
+            finally:
+                random.setstate(py_state)
+                np.random.set_state(np_state)
+
+    def __repr__(self) -> str:
+        return f"SeededItems({self.dataset!r}, seed={self.seed})"
+
+
+class ShardSampler(Sampler[int]):
+    """Evaluation sharding without padding: process ``r`` of ``W`` takes items ``r, r + W, ...``.
+
+    Unlike DistributedSampler nothing is repeated to even out the shards, so sums over processes
+    count every item exactly once.
+    """
+
+    def __init__(self, num_items: int, num_replicas: int = 1, rank: int = 0) -> None:
+        self.indices = range(rank, num_items, num_replicas)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def _worker_init(_: int) -> None:
+    # Slurm signals every process of a job step, DataLoader workers included: the main process
+    # decides when to stop, a worker killed by the signal would crash it before it can save.
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def train_loader(dataset: Dataset, args: Any, collate_fn: Callable | None, device: torch.device,
+                 batches_multiple: int = 1, persistent_workers: bool = False) -> DataLoader:
+    """The training DataLoader: :class:`SeededItems` in :class:`ResumableSampler` order, ``args.batch_size``
+    items per process. The loader has its own generator, so iterating it never draws from torch's global RNG."""
+    sampler = ResumableSampler(len(dataset), args.batch_size, utils.get_world_size(),  # type: ignore[arg-type]
+                               utils.get_rank(), seed=args.seed, batches_multiple=batches_multiple)
+    return DataLoader(SeededItems(dataset, args.seed), sampler=sampler, batch_size=args.batch_size,
+                      num_workers=args.num_workers, pin_memory=args.pin_mem and device.type == "cuda",
+                      drop_last=True, collate_fn=collate_fn, worker_init_fn=_worker_init,
+                      generator=torch.Generator().manual_seed(args.seed),
+                      persistent_workers=persistent_workers and args.num_workers > 0)
+
+
+# ---------------------------------------------------------------- RNG states
+
+def rng_state() -> dict[str, Any]:
+    """This process's torch (CPU and CUDA), numpy and Python RNG states as tensors, lists and numbers,
+    so that a checkpoint holding them still loads with ``weights_only=True``."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Undo :func:`rng_state`."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def gather_rng_states() -> list[dict[str, Any]]:
+    """Every rank's :func:`rng_state`, in rank order (a collective call under torch.distributed)."""
+    mine = rng_state()
+    if not utils.is_dist():
+        return [mine]
+    states: list[Any] = [None] * utils.get_world_size()
+    dist.all_gather_object(states, mine)
+    return states
+
+
+def restore_rng_states(ckpt: dict[str, Any]) -> None:
+    """Set this rank's RNGs from a checkpoint's ``rng_states`` (saved by the same number of processes)."""
+    states = ckpt.get("rng_states")
+    if not states:
+        return
+    if len(states) != utils.get_world_size():
+        print(f"warning: the checkpoint holds RNG states of {len(states)} processes, this run has "
+              f"{utils.get_world_size()}: dropout and mixup draws will differ from an uninterrupted run")
+        return
+    set_rng_state(states[utils.get_rank()])
+
+
+def set_deterministic(enabled: bool) -> None:
+    """``--deterministic``: deterministic kernels where torch has them (a warning names any op without one)."""
+    if not enabled:
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for reproducible matmuls
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def position_fields(next_epoch: int, next_batch: int, batches_per_epoch: int, update_freq: int = 1
+                    ) -> dict[str, Any]:
+    """The checkpoint entries that locate it in training, and every rank's RNG states (a collective call)."""
+    return {"next_epoch": next_epoch, "next_batch": next_batch, "batches_per_epoch": batches_per_epoch,
+            "global_step": (next_epoch * batches_per_epoch + next_batch) // update_freq,
+            "world_size": utils.get_world_size(), "rng_states": gather_rng_states()}
+
+
+def start_position(path: Path, ckpt: dict[str, Any], batches_per_epoch: int) -> tuple[int, int]:
+    """Where a resumed run starts: the checkpoint's position, or the start of its epoch when the epoch's
+    batches changed (another batch size or process count) so that the batch index means something else."""
+    epoch, batch = resume_position(ckpt)
+    saved = ckpt.get("batches_per_epoch", batches_per_epoch)
+    if batch and saved != batches_per_epoch:
+        print(f"warning: {path} was saved {batch} of {saved} batches into epoch {epoch}, but this run has "
+              f"{batches_per_epoch} batches per epoch; epoch {epoch} starts over")
+        batch = 0
+    if batch >= batches_per_epoch:
+        epoch, batch = epoch + 1, 0
+    return epoch, batch
+
+
+# ---------------------------------------------------------------- stopping on signals
+
+class Interrupted(Exception):
+    """Training stopped on a signal after saving ``path``."""
+
+    def __init__(self, signum: int, path: Path) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name} after saving {path}")
+        self.signum, self.path = signum, path
+
+
+class StopSignals:
+    """Record SIGTERM/SIGUSR1 instead of dying; :meth:`agreed` tells every rank whether any rank got one."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = self.received or signum
+
+    def agreed(self, device: torch.device) -> int:
+        """The signal any rank received (0 if none): all ranks stop at the same step."""
+        if not utils.is_dist():
+            return self.received
+        flag = torch.tensor([self.received], dtype=torch.int64, device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item())
+
+
+# ---------------------------------------------------------------- checkpoint files
+
+def resume_position(ckpt: dict[str, Any]) -> tuple[int, int]:
+    """(epoch, batch) to continue from: mid-epoch checkpoints say so, epoch checkpoints mean the next epoch."""
+    if "next_epoch" in ckpt:
+        return int(ckpt["next_epoch"]), int(ckpt.get("next_batch", 0))
+    return int(ckpt["epoch"]) + 1, 0
+
+
+def _epoch_of(name: str) -> int | None:
+    """N for ``checkpoint-N``, also with the ``.tmp``/``.old`` suffixes of an interrupted folder swap."""
+    stem = name.split(".", 1)[0]
+    tail = stem.split("-", 1)[1] if stem.startswith("checkpoint-") else ""
+    return int(tail) if tail.isdigit() else None
+
+
+def _candidates(output_dir: Path, folders: bool) -> list[tuple[Path, tuple[int, int] | None]]:
+    """Checkpoints in ``output_dir`` with their position when the name tells it (None: read the file)."""
+    found: list[tuple[Path, tuple[int, int] | None]] = []
+    if folders:
+        for d in output_dir.glob("checkpoint-*"):
+            if not d.is_dir():
+                continue
+            epoch = _epoch_of(d.name)
+            if epoch is not None or d.name.split(".", 1)[0] == LATEST:
+                found.append((d / "checkpoint.pth", None if epoch is None else (epoch + 1, 0)))
+    else:
+        latest = output_dir / f"{LATEST}.pth"
+        if latest.is_file():
+            found.append((latest, None))
+        found += [(p, (n + 1, 0)) for n, p in utils.epoch_checkpoints(output_dir)]
+    return found
+
+
+def epoch_checkpoint_files(output_dir: str | Path, folders: bool = False) -> list[tuple[int, Path]]:
+    """``checkpoint-N.pth`` files, or with ``folders`` the ``checkpoint-N/checkpoint.pth`` of complete
+    DeepSpeed folders, sorted by epoch."""
+    if not folders:
+        return utils.epoch_checkpoints(output_dir)
+    found = []
+    for meta in Path(output_dir).glob("checkpoint-*/checkpoint.pth"):
+        name = meta.parent.name
+        if "." not in name and (n := _epoch_of(name)) is not None:
+            found.append((n, meta))
+    return sorted(found)
+
+
+def find_checkpoint(output_dir: str | Path, folders: bool = False) -> tuple[Path, dict[str, Any]] | None:
+    """The checkpoint furthest into training that loads, and its contents.
+
+    ``checkpoint-latest`` is preferred unless an epoch checkpoint is further on; a file that does not
+    load (truncated, corrupt) is skipped with a warning naming it. With ``folders`` the candidates are
+    DeepSpeed checkpoint folders, judged by the ``checkpoint.pth`` written last into each.
+    """
+    unknown, known = [], []
+    for path, pos in _candidates(Path(output_dir), folders):
+        (unknown if pos is None else known).append((path, pos))
+    best: tuple[tuple[int, int], Path, dict[str, Any]] | None = None
+
+    def try_load(path: Path) -> dict[str, Any] | None:
+        if folders and not path.exists():
+            print(f"warning: skipping {path.parent}: it has no {path.name} (a save that did not finish)")
+            return None
+        try:
+            return utils.load_checkpoint(path)
+        except utils.CheckpointError as e:
+            print(f"warning: skipping {path}: {e}")
+            return None
+
+    for path, _ in unknown:
+        ckpt = try_load(path)
+        if ckpt is not None and (best is None or resume_position(ckpt) > best[0]):
+            best = (resume_position(ckpt), path, ckpt)
+    for path, pos in sorted(known, key=lambda c: c[1], reverse=True):  # type: ignore[arg-type, return-value]
+        if best is not None and pos <= best[0]:
+            break
+        ckpt = try_load(path)
+        if ckpt is not None:
+            best = (resume_position(ckpt), path, ckpt)
+            break
+    return None if best is None else (best[1], best[2])
+
+
+def choose_checkpoint(args: Any, folders: bool = False) -> tuple[Path, dict[str, Any]] | None:
+    """``--resume`` if given, else (``--auto_resume``) the newest good checkpoint in ``--output_dir``.
+
+    Rank 0 chooses and tells the others, so all ranks load the same file.
+    """
+    choice: list[Any] = [None]
+    if utils.is_main_process():
+        if args.resume:
+            path = Path(args.resume)
+            choice[0] = str(path / "checkpoint.pth" if path.is_dir() else path)
+        elif args.auto_resume:
+            found = find_checkpoint(args.output_dir, folders)
+            choice[0] = str(found[0]) if found else None
+    if utils.is_dist():
+        dist.broadcast_object_list(choice, src=0)
+    if choice[0] is None:
+        return None
+    try:
+        return Path(choice[0]), utils.load_checkpoint(choice[0])
+    except utils.CheckpointError as e:
+        raise SystemExit(f"error: {e}")
+
+
+def link_atomically(src: Path, dst: Path) -> None:
+    """Make ``dst`` a hard link to ``src`` (a copy where links are impossible), replacing it atomically."""
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        import shutil
+        shutil.copyfile(src, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+    os.replace(tmp, dst)
+
+
+def prune_epoch_checkpoints(output_dir: str | Path, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` ``checkpoint-N`` files or folders; best and latest are never touched."""
+    if keep <= 0:
+        return []
+    import shutil
+    out = Path(output_dir)
+    numbered = sorted((n, p) for p in out.glob("checkpoint-*")
+                      if (n := _epoch_of(p.name)) is not None and (p.suffix == ".pth" or p.is_dir())
+                      and "." not in p.name.removesuffix(".pth"))
+    removed = [p for _, p in numbered[:-keep]]
+    for p in removed:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return removed
+
+
+class Checkpointing:
+    """A run's saves: ``checkpoint-N`` at epoch ends, ``checkpoint-latest`` at every save and every
+    ``every_steps`` optimizer steps, pruning to ``keep`` epoch checkpoints, and the stop on signals.
+
+    ``make_state(epoch, next_epoch, next_batch)`` builds the checkpoint dict on every rank (it gathers
+    RNG states, a collective). With a DeepSpeed ``engine`` checkpoints are folders (see ds_utils).
+    """
+
+    def __init__(self, output_dir: str | Path, make_state: Callable[[int, int, int], dict[str, Any]],
+                 batches_per_epoch: int, update_freq: int = 1, every_steps: int = 0, keep: int = 0,
+                 device: torch.device = torch.device("cpu"), engine: Any = None,
+                 stop: StopSignals | None = None) -> None:
+        self.output_dir, self.make_state = Path(output_dir), make_state
+        self.batches_per_epoch, self.update_freq = batches_per_epoch, update_freq
+        self.steps_per_epoch = batches_per_epoch // update_freq
+        self.every_steps, self.keep, self.device, self.engine = every_steps, keep, device, engine
+        self.stop = stop or StopSignals()
+
+    def _write(self, name: str, state: dict[str, Any]) -> Path:
+        if self.engine is not None:
+            import ds_utils
+            return ds_utils.save_folder(self.engine, self.output_dir, name, state)
+        path = self.output_dir / f"{name}.pth"
+        if utils.is_main_process():
+            utils.save_checkpoint(path, state)
+        return path
+
+    def _link_latest(self, src: Path) -> None:
+        if self.engine is not None:
+            import ds_utils
+            ds_utils.link_folder(self.output_dir, src.name, LATEST)
+        elif utils.is_main_process():
+            link_atomically(src, self.output_dir / f"{LATEST}.pth")
+
+    def save_latest(self, epoch: int, batches_done: int) -> Path:
+        """``checkpoint-latest`` at ``batches_done`` batches into ``epoch``."""
+        state = self.make_state(epoch, epoch, batches_done)
+        return self._write(LATEST, state)
+
+    def end_of_epoch(self, epoch: int, epoch_file: bool) -> tuple[Path, dict[str, Any]]:
+        """Save after a finished epoch: ``checkpoint-{epoch}`` when ``epoch_file``, ``checkpoint-latest`` always."""
+        state = self.make_state(epoch, epoch + 1, 0)
+        if not epoch_file:
+            return self._write(LATEST, state), state
+        path = self._write(f"checkpoint-{epoch}", state)
+        self._link_latest(path)
+        if utils.is_main_process():
+            for p in prune_epoch_checkpoints(self.output_dir, self.keep):
+                print(f"Removed {p} (--keep_ckpts {self.keep})")
+        return path, state
+
+    @property
+    def latest(self) -> Path:
+        return self.output_dir / (LATEST if self.engine is not None else f"{LATEST}.pth")
+
+    def stop_if_requested(self) -> None:
+        """At an epoch end, after its save: stop now if a signal came in during the epoch's last steps."""
+        signum = self.stop.agreed(self.device)
+        if signum:
+            raise Interrupted(signum, self.latest)
+
+    def after_update(self, epoch: int, batches_done: int) -> None:
+        """The engines' per-update hook: stop on a signal, or save every ``every_steps`` steps mid-epoch."""
+        signum = self.stop.agreed(self.device)
+        if signum:
+            path = self.save_latest(epoch, batches_done)
+            raise Interrupted(signum, path)
+        step = epoch * self.steps_per_epoch + batches_done // self.update_freq
+        if self.every_steps and step % self.every_steps == 0 and batches_done < self.batches_per_epoch:
+            path = self.save_latest(epoch, batches_done)
+            print(f"Saved {path} (epoch {epoch}, batch {batches_done}, step {step})")
