@@ -1,0 +1,254 @@
+"""Checkpoints that survive: exact resume after SIGKILL, crashes while saving, SIGTERM/SIGUSR1, pruning.
+
+Every run is a real process on the demo videos with a micro model (4 frames of 32x32); weights are
+compared bit for bit, which ``--deterministic`` and per-item seeding make possible on the CPU.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import resume
+from launch_helpers import FINETUNE, PRETRAIN, ROOT, assert_same_weights, run, run_and_signal, weights
+from utils import load_checkpoint, save_checkpoint
+
+
+def pretrain_flags(demo_root: Path, out: Path, *extra: str) -> list[str]:
+    # 16 videos, 4 per step: 4 steps per epoch, 2 epochs; checkpoint-latest after every step.
+    return [*PRETRAIN, "--data_path", str(demo_root / "train.csv"), "--data_root", str(demo_root), "--batch_size", "4",
+            "--epochs", "2", "--save_ckpt_every_steps", "1", "--save_ckpt_freq", "1", "--keep_ckpts", "1",
+            "--output_dir", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def reference(demo_root, tmp_path_factory) -> Path:
+    """An uninterrupted pre-training run (one worker process)."""
+    out = tmp_path_factory.mktemp("reference") / "out"
+    run("run_mae_pretraining.py", pretrain_flags(demo_root, out, "--num_workers", "0"))
+    return out
+
+
+def test_keep_ckpts_keeps_the_newest_epoch_file_and_latest(reference):
+    assert sorted(p.name for p in reference.glob("checkpoint-*")) == ["checkpoint-1.pth", "checkpoint-latest.pth"]
+    latest = load_checkpoint(reference / "checkpoint-latest.pth")
+    assert (latest["next_epoch"], latest["next_batch"], latest["global_step"]) == (2, 0, 8)
+    assert_same_weights(latest["model"], weights(reference / "checkpoint-1.pth"))
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_sigkill_mid_epoch_then_same_command_ends_with_the_same_weights(reference, demo_root, tmp_path, workers):
+    out = tmp_path / "out"
+    flags = pretrain_flags(demo_root, out, "--num_workers", workers)
+    status, _ = run_and_signal("run_mae_pretraining.py", flags, "checkpoint-latest.pth (epoch 0, batch 2,",
+                               signal.SIGKILL)
+    assert status == -signal.SIGKILL
+    killed_at = load_checkpoint(out / "checkpoint-latest.pth")
+    assert killed_at["next_epoch"] == 0 and 2 <= killed_at["next_batch"] < 4, "killed inside epoch 0"
+    assert not (out / "checkpoint-1.pth").exists()
+
+    again = run("run_mae_pretraining.py", flags)
+    assert f"Resumed from {out / 'checkpoint-latest.pth'} (epoch 0); continuing at epoch 0, batch " in again.stdout
+    assert_same_weights(weights(out / "checkpoint-1.pth"), weights(reference / "checkpoint-1.pth"))
+    # The optimizer state matches too, so training would go on identically.
+    a, b = (load_checkpoint(d / "checkpoint-1.pth")["optimizer"] for d in (out, reference))
+    for key in a["state"]:
+        assert_same_weights(a["state"][key], b["state"][key])
+
+
+def test_sigterm_under_torchrun_saves_latest_and_the_run_resumes(reference, demo_root, tmp_path):
+    out = tmp_path / "out"
+    # Two processes of 2 clips: the same global batches as the one-process reference of 4.
+    flags = pretrain_flags(demo_root, out, "--num_workers", "0", "--batch_size", "2", "--save_ckpt_every_steps", "0")
+    status, text = run_and_signal("run_mae_pretraining.py", flags, "Epoch [0/1] [1/4]", signal.SIGTERM, nproc=2)
+    assert status != 0  # torchrun reports its own SIGTERM as a failure; the workers exited with 75
+    assert f"exiting with status {resume.EXIT_REQUEUE}" in text
+    saved = load_checkpoint(out / "checkpoint-latest.pth")
+    assert saved["world_size"] == 2 and len(saved["rng_states"]) == 2
+    assert saved["next_epoch"] == 0 and 1 <= saved["next_batch"] < 4
+
+    again = run("run_mae_pretraining.py", flags, nproc=2)
+    assert f"continuing at epoch 0, batch {saved['next_batch']}" in again.stdout
+    assert_same_weights(weights(out / "checkpoint-1.pth"), weights(reference / "checkpoint-1.pth"), atol=1e-6)
+
+
+def test_sigusr1_exits_75_with_a_checkpoint_to_resume_from(demo_root, tmp_path):
+    out = tmp_path / "out"
+    flags = pretrain_flags(demo_root, out, "--num_workers", "1", "--save_ckpt_every_steps", "0", "--epochs", "1")
+    status, text = run_and_signal("run_mae_pretraining.py", flags, "Epoch [0/0] [1/4]", signal.SIGUSR1)
+    assert status == resume.EXIT_REQUEUE, text[-2000:]
+    assert "stopped by SIGUSR1 after saving" in text
+    assert load_checkpoint(out / "checkpoint-latest.pth")["next_batch"] >= 1
+    again = run("run_mae_pretraining.py", flags)
+    assert "continuing at epoch 0, batch" in again.stdout and (out / "checkpoint-0.pth").is_file()
+
+
+SLOW_SAVE = """
+import sys, torch
+sys.path.insert(0, {root!r})
+import utils
+# Many small tensors: pickling them keeps torch.save busy for a while, so the kill lands mid-write.
+state = {{"model": {{f"w{{i}}": torch.full((64,), float(i)) for i in range(300_000)}}}}
+print("writing", flush=True)
+utils.save_checkpoint({target!r}, state)
+print("done", flush=True)
+"""
+
+
+def test_kill_during_a_save_leaves_the_previous_checkpoint_chosen_by_auto_resume(reference, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("checkpoint-1.pth", "checkpoint-latest.pth"):
+        (out / name).write_bytes((reference / name).read_bytes())
+    before = weights(out / "checkpoint-latest.pth")
+    script = SLOW_SAVE.format(root=str(ROOT), target=str(out / "checkpoint-latest.pth"))
+    writer = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline().strip() == "writing"
+    deadline = time.time() + 120
+    while not list(out.glob(".checkpoint-latest.pth.*.tmp")) and time.time() < deadline:
+        time.sleep(0.001)
+    writer.kill()
+    writer.wait()
+    assert list(out.glob(".checkpoint-latest.pth.*.tmp")), "the kill landed mid-write: the temporary file is left"
+
+    path, ckpt = resume.find_checkpoint(out)
+    assert path == out / "checkpoint-latest.pth"
+    assert_same_weights(ckpt["model"], before)
+
+
+def test_unreadable_newest_checkpoints_are_skipped_with_a_warning(tmp_path, capsys):
+    def state(epoch: int, **position: int) -> dict:
+        return {"model": {"w": torch.tensor([float(epoch)])}, "epoch": epoch, **position}
+
+    save_checkpoint(tmp_path / "checkpoint-0.pth", state(0))
+    save_checkpoint(tmp_path / "checkpoint-1.pth", state(1))
+    save_checkpoint(tmp_path / "checkpoint-latest.pth", state(2, next_epoch=2, next_batch=3))
+    assert resume.find_checkpoint(tmp_path)[0].name == "checkpoint-latest.pth"
+
+    # A truncated latest (say a copy cut short) and a corrupt checkpoint-1: checkpoint-0 is the newest good one.
+    data = (tmp_path / "checkpoint-latest.pth").read_bytes()
+    (tmp_path / "checkpoint-latest.pth").write_bytes(data[:len(data) // 2])
+    (tmp_path / "checkpoint-1.pth").write_bytes(b"not a checkpoint")
+    path, ckpt = resume.find_checkpoint(tmp_path)
+    assert path.name == "checkpoint-0.pth" and resume.resume_position(ckpt) == (1, 0)
+    warnings = capsys.readouterr().out
+    assert f"warning: skipping {tmp_path / 'checkpoint-latest.pth'}" in warnings
+    assert f"warning: skipping {tmp_path / 'checkpoint-1.pth'}" in warnings
+
+    # An epoch file further on than latest wins over it.
+    save_checkpoint(tmp_path / "checkpoint-latest.pth", state(0, next_epoch=0, next_batch=2))
+    save_checkpoint(tmp_path / "checkpoint-1.pth", state(1))
+    assert resume.find_checkpoint(tmp_path)[0].name == "checkpoint-1.pth"
+
+
+def test_deepspeed_folders_are_judged_by_the_checkpoint_pth_written_last(tmp_path, capsys):
+    save_checkpoint(tmp_path / "checkpoint-0" / "checkpoint.pth", {"epoch": 0})
+    # A save into checkpoint-latest died before its checkpoint.pth; the previous latest had been moved
+    # aside to checkpoint-latest.old by the folder swap and is still complete.
+    (tmp_path / "checkpoint-latest").mkdir()
+    (tmp_path / "checkpoint-latest" / "mp_rank_00_model_states.pt").write_bytes(b"partial")
+    save_checkpoint(tmp_path / "checkpoint-latest.old" / "checkpoint.pth", {"epoch": 1, "next_epoch": 1,
+                                                                          "next_batch": 2})
+    path, ckpt = resume.find_checkpoint(tmp_path, folders=True)
+    assert path == tmp_path / "checkpoint-latest.old" / "checkpoint.pth"
+    assert f"warning: skipping {tmp_path / 'checkpoint-latest'}: it has no checkpoint.pth" in capsys.readouterr().out
+    assert [n for n, _ in resume.epoch_checkpoint_files(tmp_path, folders=True)] == [0]
+
+
+def test_rng_states_survive_a_weights_only_checkpoint(tmp_path):
+    import random
+    torch.manual_seed(1)
+    np.random.seed(2)
+    random.seed(3)
+    np.random.standard_normal()  # leaves numpy with a cached gaussian
+    save_checkpoint(tmp_path / "c.pth", {"rng_states": [resume.rng_state()]})
+    expected = (torch.rand(3), np.random.standard_normal(3), [random.random() for _ in range(3)])
+    resume.set_rng_state(load_checkpoint(tmp_path / "c.pth")["rng_states"][0])
+    assert torch.equal(torch.rand(3), expected[0])
+    assert np.array_equal(np.random.standard_normal(3), expected[1])
+    assert [random.random() for _ in range(3)] == expected[2]
+
+
+def test_sampler_order_is_a_function_of_seed_and_epoch_and_shards_global_batches():
+    one = resume.ResumableSampler(50, batch_size=6, seed=7)
+    two = [resume.ResumableSampler(50, batch_size=3, num_replicas=2, rank=r, seed=7) for r in range(2)]
+    assert one.batches_per_epoch == two[0].batches_per_epoch == 8
+    for epoch in (0, 1):
+        one.set_epoch(epoch)
+        whole = [i for _, i in one]
+        assert whole == [i for _, i in one], "the same order every time"
+        parts = []
+        for s in two:
+            s.set_epoch(epoch)
+            parts.append([i for _, i in s])
+        for b in range(8):  # each global batch holds the same items as the one-process batch
+            assert parts[0][3 * b:3 * b + 3] + parts[1][3 * b:3 * b + 3] == whole[6 * b:6 * b + 6]
+        one.set_epoch(epoch, start_batch=5)
+        assert [i for _, i in one] == whole[30:] and len(one) == 18
+    one.set_epoch(0)
+    first = [i for _, i in one]
+    one.set_epoch(1)
+    assert first != [i for _, i in one]
+    assert resume.ResumableSampler(50, 6, seed=7, batches_multiple=3).batches_per_epoch == 6
+
+
+def test_items_depend_only_on_their_key():
+    class Draw(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 4
+
+        def __getitem__(self, i: int) -> torch.Tensor:
+            return torch.rand(2)
+
+    items = resume.SeededItems(Draw(), seed=0)
+    first = items[(3, 1)]
+    torch.rand(5)  # whatever ran before
+    assert torch.equal(items[(3, 1)], first)
+    assert not torch.equal(items[(3, 2)], first) and not torch.equal(items[(4, 1)], first)
+    state = torch.get_rng_state()
+    items[(0, 0)]
+    assert torch.equal(torch.get_rng_state(), state), "the caller's RNG stream is left alone"
+
+
+# ---------------------------------------------------------------- fine-tuning
+
+def finetune_flags(demo_root: Path, out: Path) -> list[str]:
+    # 16 videos, 2 per step, 2 steps per update: 4 updates per epoch; EMA, mixup, RandAugment, erasing and
+    # stochastic depth all draw random numbers that a resume must repeat.
+    return [*FINETUNE, "--data_path", str(demo_root), "--batch_size", "2", "--update_freq", "2", "--epochs", "2",
+            "--model_ema", "--model_ema_decay", "0.9", "--mixup", "0.8", "--cutmix", "1.0", "--aa", "rand-m7-n2",
+            "--reprob", "0.25", "--drop_path", "0.1", "--lr", "0.05", "--num_workers", "1",
+            "--save_ckpt_every_steps", "1", "--save_ckpt_freq", "1", "--keep_ckpts", "1", "--test_num_segment", "1",
+            "--test_num_crop", "1", "--output_dir", str(out)]
+
+
+def test_finetuning_killed_mid_epoch_resumes_to_the_same_weights_and_ema(demo_root, tmp_path):
+    reference = tmp_path / "reference"
+    run("run_class_finetuning.py", finetune_flags(demo_root, reference))
+    out = tmp_path / "out"
+    flags = finetune_flags(demo_root, out)
+    status, _ = run_and_signal("run_class_finetuning.py", flags, "checkpoint-latest.pth (epoch 1, batch 2,",
+                               signal.SIGKILL)
+    assert status == -signal.SIGKILL
+    killed_at = load_checkpoint(out / "checkpoint-latest.pth")
+    assert killed_at["next_epoch"] == 1 and killed_at["next_batch"] in (2, 4, 6)
+    assert "model_ema" in killed_at
+
+    again = run("run_class_finetuning.py", flags)
+    assert "continuing at epoch 1, batch" in again.stdout
+    for key in ("model", "model_ema"):
+        assert_same_weights(weights(out / "checkpoint-1.pth", key), weights(reference / "checkpoint-1.pth", key))
+    logs = [[json.loads(line) for line in (d / "log.txt").read_text().splitlines()] for d in (reference, out)]
+    assert logs[0][-1]["test_acc1"] == logs[1][-1]["test_acc1"]
+    # --keep_ckpts 1 removed checkpoint-0, never the best or the latest.
+    names = sorted(p.name for p in out.glob("checkpoint-*.pth"))
+    assert names == sorted(["checkpoint-1.pth", "checkpoint-latest.pth"] +
+                           (["checkpoint-best.pth"] if (out / "checkpoint-best.pth").exists() else []))
+    assert (reference / "checkpoint-best.pth").exists() == (out / "checkpoint-best.pth").exists()
