@@ -65,6 +65,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("augmentation and regularisation")
     g.add_argument("--aa", default="rand-m7-n4-mstd0.5-inc1", type=str,
                    help="video RandAugment policy (timm syntax), the same op on every frame; 'none' to disable")
+    g.add_argument("--train_crop_scale", default=[0.08, 1.0], type=float, nargs=2, metavar=("MIN", "MAX"),
+                   help="area range of the training random resized crop, as a share of the frame")
     g.add_argument("--smoothing", default=0.1, type=float, help="label smoothing")
     g.add_argument("--train_interpolation", default="bilinear", type=str,
                    help="RandAugment's interpolation for rotations and shears: bilinear or nearest (bicubic, "
