@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import utils
-from engine_for_pretraining import NonFiniteLossError, scaler_skipped_step
+from engine_for_pretraining import NonFiniteLossError, clip_and_step, report_skipped, scaler_skipped_step
 from optim_factory import apply_schedules
 
 
@@ -76,11 +76,7 @@ def train_one_epoch(model: torch.nn.Module, criterion: torch.nn.Module, loader: 
         if update and on_update is not None:
             on_update(i + 1)
     stats = progress.averages()
-    if cfg.scaler is not None:
-        stats["skipped_steps"] = skipped
-        if skipped:
-            print(f"{header}: {skipped} skipped updates (fp16 gradient overflow; the scaler lowered the loss "
-                  f"scale to {cfg.scaler.get_scale():g})", flush=True)
+    report_skipped(stats, header, cfg.scaler, skipped, unit="updates")
     return stats
 
 
@@ -103,21 +99,11 @@ def _backward(loss: torch.Tensor, model: torch.nn.Module, optimizer: torch.optim
     scaled.backward()
     if not update:
         return None
-    grad_norm = None
-    if cfg.scaler is not None:
-        if cfg.clip_grad:
-            cfg.scaler.unscale_(optimizer)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad))
-        cfg.scaler.step(optimizer)
-        cfg.scaler.update()
-    else:
-        if cfg.clip_grad:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad))
-        optimizer.step()
+    grad_norm = clip_and_step(model, optimizer, cfg.scaler, cfg.clip_grad)
     optimizer.zero_grad(set_to_none=True)
     if cfg.model_ema is not None:
         cfg.model_ema.update(model)
-    return grad_norm
+    return None if grad_norm is None else float(grad_norm)
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:

@@ -66,20 +66,38 @@ def optimizer_step(loss: torch.Tensor, model: torch.nn.Module, optimizer: torch.
         model.step()
         return model.get_global_grad_norm() if cfg.clip_grad else None
     optimizer.zero_grad(set_to_none=True)
+    (cfg.scaler.scale(loss) if cfg.scaler is not None else loss).backward()
+    return clip_and_step(model, optimizer, cfg.scaler, cfg.clip_grad)
+
+
+def clip_and_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any,
+                  clip_grad: float | None) -> torch.Tensor | None:
+    """After backward: optional gradient clipping (unscaled first under fp16), then the optimizer step.
+
+    Returns the gradient norm when clipping. Shared by pre-training and fine-tuning.
+    """
     grad_norm = None
-    if cfg.scaler is not None:
-        cfg.scaler.scale(loss).backward()
-        if cfg.clip_grad:
-            cfg.scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-        cfg.scaler.step(optimizer)
-        cfg.scaler.update()
+    if scaler is not None:
+        if clip_grad:
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+        scaler.step(optimizer)
+        scaler.update()
     else:
-        loss.backward()
-        if cfg.clip_grad:
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+        if clip_grad:
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
         optimizer.step()
     return grad_norm
+
+
+def report_skipped(stats: dict[str, float], header: str, scaler: Any, skipped: int, unit: str = "steps") -> None:
+    """Add an fp16 run's count of skipped optimizer steps to the epoch's stats, and say so when there were any."""
+    if scaler is None:
+        return
+    stats["skipped_steps"] = skipped
+    if skipped:
+        print(f"{header}: {skipped} skipped {unit} (fp16 gradient overflow; the scaler lowered the loss scale "
+              f"to {scaler.get_scale():g})", flush=True)
 
 
 def scaler_skipped_step(scale_before: float, scale_after: float) -> bool:
@@ -129,9 +147,5 @@ def train_one_epoch(model: torch.nn.Module, loader: Iterable, optimizer: torch.o
         if on_update is not None:
             on_update(i + 1)
     stats = progress.averages()
-    if cfg.scaler is not None:
-        stats["skipped_steps"] = skipped
-        if skipped:
-            print(f"{header}: {skipped} skipped steps (fp16 gradient overflow; the scaler lowered the loss scale "
-                  f"to {cfg.scaler.get_scale():g})", flush=True)
+    report_skipped(stats, header, cfg.scaler, skipped)
     return stats
