@@ -398,9 +398,7 @@ def run(args: argparse.Namespace, grid) -> dict[str, float]:
         if utils.is_main_process():
             state = make_state(epoch, full=False)
             path = utils.save_checkpoint(Path(args.output_dir) / name, state)
-            print(f"Saved {path}")
-            if args.save_safetensors:
-                print(f"Saved {utils.save_safetensors(path.with_suffix('.safetensors'), state['model'], grid, args)}")
+            utils.announce_saved(path, state, grid, args)
 
     checkpoints = resume.Checkpointing(args.output_dir, make_state, batches_per_epoch, args.update_freq,
                                        every_steps=args.save_ckpt_every_steps, keep=args.keep_ckpts, device=device,
@@ -434,10 +432,7 @@ def run(args: argparse.Namespace, grid) -> dict[str, float]:
                 due = (epoch + 1) % args.save_ckpt_freq == 0 or last
                 path, state = checkpoints.end_of_epoch(epoch, epoch_file=due)
                 if due and utils.is_main_process():
-                    print(f"Saved {path}")
-                    if args.save_safetensors:
-                        weights = utils.save_safetensors(path.with_suffix(".safetensors"), state["model"], grid, args)
-                        print(f"Saved {weights}")
+                    utils.announce_saved(path, state, grid, args)
                 utils.append_jsonl(log_file, record)
                 if tb_logger is not None:
                     tb_logger.update("epoch", step=epoch, **stats)

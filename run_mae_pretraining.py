@@ -210,9 +210,7 @@ def train(args: argparse.Namespace, grid, counts) -> None:
                 due = (epoch + 1) % args.save_ckpt_freq == 0 or last
                 path, state = checkpoints.end_of_epoch(epoch, epoch_file=due)
                 if due and utils.is_main_process():
-                    print(f"Saved {path}")
-                    if args.save_safetensors:
-                        print(f"Saved {utils.save_safetensors(path.with_suffix('.safetensors'), state['model'], grid, args)}")
+                    utils.announce_saved(path, state, grid, args)
                 record = {**{f"train_{k}": v for k, v in stats.items()}, **data, "epoch": epoch,
                           "n_parameters": n_parameters}
                 utils.append_jsonl(Path(args.output_dir) / "log.txt", record)

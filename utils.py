@@ -473,6 +473,13 @@ def epoch_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
 SAFETENSORS_FORMAT = "patches-safetensors-v1"
 
 
+def announce_saved(path: Path, state: dict[str, Any], grid: PatchGrid, args: argparse.Namespace) -> None:
+    """Print a saved checkpoint's path; with ``--save_safetensors`` also write its weights beside it."""
+    print(f"Saved {path}")
+    if getattr(args, "save_safetensors", False):
+        print(f"Saved {save_safetensors(path.with_suffix('.safetensors'), state['model'], grid, args)}")
+
+
 def save_safetensors(path: str | Path, state_dict: dict[str, torch.Tensor], grid: PatchGrid,
                      args: argparse.Namespace | dict[str, Any]) -> Path:
     """Model weights only, as safetensors, with the grid and the flags as JSON in the metadata; atomic."""
