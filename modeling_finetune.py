@@ -12,7 +12,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torch.utils.checkpoint
+from einops import rearrange
 from timm.layers import trunc_normal_
 from timm.models import register_model
 from timm.models.beit import Block
@@ -57,13 +59,28 @@ class PatchEmbed(nn.Module):
         kernel = (grid.tubelet_size, grid.patch_size, grid.patch_size)
         self.proj = nn.Conv3d(grid.in_chans, embed_dim, kernel_size=kernel, stride=kernel)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def check_input(self, x: torch.Tensor) -> None:
         g = self.grid
         expected = (g.in_chans, g.num_frames, *g.input_size)
         if tuple(x.shape[1:]) != expected:
             raise ValueError(f"model expects clips of shape [B, {', '.join(map(str, expected))}] "
                              f"({g.describe()}), got {list(x.shape)}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
         return self.proj(x).flatten(2).transpose(1, 2)
+
+    def embed_selected(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Tokens [B, K, D] of only the tubelets in ``index`` [B, K]: the same as ``forward(x)`` then a gather.
+
+        The MAE encoder sees ~10% of the tubelets, so projecting only those (a matmul over the gathered
+        pixel cubes) skips ~90% of the embedding's work, forward and backward.
+        """
+        self.check_input(x)
+        g = self.grid
+        cubes = rearrange(x, "b c (t q) (h p1) (w p2) -> b (t h w) (c q p1 p2)",
+                          q=g.tubelet_size, p1=g.patch_size, p2=g.patch_size)
+        return F.linear(gather_tokens(cubes, index), self.proj.weight.flatten(1), self.proj.bias)
 
 
 def sincos_1d_table(positions: np.ndarray, dim: int) -> np.ndarray:
@@ -150,9 +167,11 @@ class VideoTransformer(TransformerStack):
 
     def forward_tokens(self, x: torch.Tensor, keep_index: torch.Tensor | None = None) -> torch.Tensor:
         """Clip [B, C, T, H, W] -> tokens [B, N or K, D] after the blocks; ``keep_index`` picks K tokens."""
-        tokens = self.embed(x)
-        if keep_index is not None:
-            tokens = gather_tokens(tokens, keep_index)
+        if keep_index is None:
+            tokens = self.embed(x)
+        else:
+            tokens = self.patch_embed.embed_selected(x, keep_index)
+            tokens = tokens + gather_tokens(self.pos_embed.to(tokens.dtype), keep_index)
         return self.run_blocks(tokens)
 
 
@@ -175,6 +194,29 @@ def set_fused_attention(model: nn.Module, fused: bool) -> None:
     for m in model.modules():
         if hasattr(m, "fused_attn"):
             m.fused_attn = fused
+
+
+ATTN_IMPLS = ("auto", "sdpa", "math")
+
+
+def attention_path(impl: str, device: torch.device, amp_dtype: torch.dtype | None) -> str:
+    """Resolve ``--attn_impl``: 'sdpa' (torch's fused kernels) or 'math' (matmul, softmax, matmul).
+
+    ``auto`` follows scripts/benchmark.py's measurements: on CPU with 16-bit autocast torch's flash kernel
+    is the slowest part of the step, and plain matmul + softmax is faster; everywhere else SDPA wins.
+    """
+    if impl not in ATTN_IMPLS:
+        raise ValueError(f"--attn_impl must be one of {', '.join(ATTN_IMPLS)}, got {impl!r}")
+    if impl != "auto":
+        return impl
+    return "math" if device.type == "cpu" and amp_dtype is not None else "sdpa"
+
+
+def configure_attention(model: nn.Module, impl: str, device: torch.device, amp_dtype: torch.dtype | None) -> str:
+    """Set every block's attention path for ``--attn_impl``; returns the path chosen."""
+    path = attention_path(impl, device, amp_dtype)
+    set_fused_attention(model, path == "sdpa")
+    return path
 
 
 class VisionTransformer(VideoTransformer):

@@ -116,13 +116,15 @@ def pixel_targets(videos: torch.Tensor, grid: PatchGrid, mean: torch.Tensor, std
     """
     shape = (1, -1, 1, 1, 1)
     pixels = videos.float() * std.view(shape).to(videos.device) + mean.view(shape).to(videos.device)
-    tokens = patchify(pixels, grid)
     if not normalize_target:
-        return tokens
-    c = grid.in_chans
-    tokens = tokens.unflatten(-1, (-1, c))
-    tokens = (tokens - tokens.mean(dim=-2, keepdim=True)) / (tokens.var(dim=-2, unbiased=True, keepdim=True).sqrt() + eps)
-    return tokens.flatten(-2)
+        return patchify(pixels, grid)
+    p, q = grid.patch_size, grid.tubelet_size
+    # Statistics over a contiguous last axis (one channel of one token) are much faster than over a
+    # strided one; the result is then laid out channel-last like patchify's.
+    tokens = rearrange(pixels, "b c (t q) (h p1) (w p2) -> b (t h w) c (q p1 p2)", q=q, p1=p, p2=p)
+    var, mu = torch.var_mean(tokens, dim=-1, keepdim=True, correction=1)
+    tokens = (tokens - mu) / (var.sqrt() + eps)
+    return rearrange(tokens, "b n c k -> b n (k c)")
 
 
 def _pretrain_model(size: str, pretrained: bool = False, grid: PatchGrid | None = None,
