@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 import utils
-from modeling_finetune import POS_EMBED_TYPES
+from modeling_finetune import ATTN_IMPLS, POS_EMBED_TYPES
 from patch_grid import GridError, PatchGrid, grid_from_args
 
 
@@ -26,6 +26,12 @@ def add_grid_args(p: argparse.ArgumentParser, model: str) -> argparse._ArgumentG
                         "time/height/width 3-D sin-cos table, or a learned table")
     g.add_argument("--use_checkpoint", action="store_true",
                    help="activation checkpointing (less memory, about a third slower)")
+    g.add_argument("--attn_impl", default="auto", choices=ATTN_IMPLS,
+                   help="attention kernel: sdpa (torch's fused scaled_dot_product_attention), math (matmul + "
+                        "softmax), or auto: math for bf16/fp16 on CPU, where it is faster, sdpa elsewhere")
+    g.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                   help="torch.compile the model (backend inductor unless named; the first steps are slow while "
+                        "it compiles, and inductor on CPU needs a C++ compiler; see PERFORMANCE.md)")
     return g
 
 
@@ -140,6 +146,7 @@ def validate_common(args: argparse.Namespace, positive: tuple[str, ...]) -> tupl
         if args.amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
             problems.append(f"--amp bf16: {torch.cuda.get_device_name(device)} has no bfloat16 support; "
                             f"use --amp fp16 or none")
+        problems += _compile_problems(args.compile, device)
     except ValueError as e:
         problems.append(str(e))
     problems += writable_dir_problems(args.output_dir, "--output_dir")
@@ -155,6 +162,22 @@ def validate_common(args: argparse.Namespace, positive: tuple[str, ...]) -> tupl
     if not 0 <= args.drop_path < 1:
         problems.append(f"--drop_path must be in [0, 1), got {args.drop_path}")
     return grid, problems
+
+
+def _compile_problems(backend: str | None, device: torch.device) -> list[str]:
+    if not backend:
+        return []
+    import torch._dynamo
+    known = torch._dynamo.list_backends(exclude_tags=())
+    if backend not in known:
+        return [f"--compile {backend}: not a torch.compile backend; known: {', '.join(known)}"]
+    if backend == "inductor" and device.type == "cpu":
+        import os
+        import shutil
+        if not any(shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "c++", "clang++") if c):
+            return ["--compile: inductor on CPU needs a C++ compiler (g++ or clang++, or $CXX) and none was "
+                    "found; install one, or run without --compile"]
+    return []
 
 
 def _optim_problems(args: argparse.Namespace) -> list[str]:

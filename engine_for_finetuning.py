@@ -55,12 +55,10 @@ def train_one_epoch(model: torch.nn.Module, criterion: torch.nn.Module, loader: 
         labels = labels.to(cfg.device, non_blocking=non_blocking)
         if cfg.mixup_fn is not None:
             videos, labels = cfg.mixup_fn(videos, labels)
-        with utils.amp_autocast(cfg.device, cfg.amp_dtype):
-            logits = model(videos)
-        loss = criterion(logits.float(), labels)
+        loss = classification_loss(model, criterion, videos, labels, cfg)
         update = (i + 1) % cfg.update_freq == 0
         scale_before = cfg.scaler.get_scale() if cfg.scaler is not None and update else None
-        grad_norm = _backward(loss, model, optimizer, cfg, update)
+        grad_norm = backward_and_update(loss, model, optimizer, cfg, update)
         if scale_before is not None and scaler_skipped_step(scale_before, cfg.scaler.get_scale()):
             skipped += 1  # fp16 overflow: the scaler skipped this update and lowered its scale
         loss_value = utils.all_reduce_mean(loss.item(), cfg.device)  # global batch's loss; all ranks stop together
@@ -80,8 +78,16 @@ def train_one_epoch(model: torch.nn.Module, criterion: torch.nn.Module, loader: 
     return stats
 
 
-def _backward(loss: torch.Tensor, model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: FinetuneStep,
-              update: bool) -> float | None:
+def classification_loss(model: torch.nn.Module, criterion: torch.nn.Module, videos: torch.Tensor,
+                        labels: torch.Tensor, cfg: FinetuneStep) -> torch.Tensor:
+    """The model under autocast; the loss in fp32."""
+    with utils.amp_autocast(cfg.device, cfg.amp_dtype):
+        logits = model(videos)
+    return criterion(logits.float(), labels)
+
+
+def backward_and_update(loss: torch.Tensor, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                        cfg: FinetuneStep, update: bool) -> float | None:
     """Accumulate ``loss``'s gradient; on ``update`` also clip, step, and update the EMA. Returns the grad norm."""
     if cfg.deepspeed:
         # DeepSpeed divides by its gradient_accumulation_steps (= update_freq) and steps on the boundary.

@@ -21,7 +21,7 @@ import utils
 from datasets import UnreadableDataError
 from engine_for_finetuning import (FinetuneStep, evaluate, final_test, merge_test_results, train_one_epoch)
 from engine_for_pretraining import NonFiniteLossError
-from modeling_finetune import create_video_model
+from modeling_finetune import configure_attention, create_video_model
 from optim_factory import build_optimizer
 
 DATA_SETS = ("Kinetics-400", "Kinetics-600", "Kinetics-700", "SSV2", "UCF101", "HMDB51", "custom")
@@ -298,11 +298,15 @@ def run(args: argparse.Namespace, grid) -> dict[str, float]:
                                fc_drop_rate=args.fc_drop_rate, init_scale=args.init_scale,
                                use_mean_pooling=args.use_mean_pooling, pos_embed=args.pos_embed,
                                use_checkpoint=args.use_checkpoint).to(device)
+    attention = configure_attention(model, args.attn_impl, device, amp_dtype)
     model_ema = None
     if args.model_ema:
         from timm.utils import ModelEmaV3
         model_ema = ModelEmaV3(model, decay=args.model_ema_decay,
                                device=torch.device("cpu") if args.model_ema_force_cpu else None)
+    if args.compile:  # after the EMA copy: a deep copy of a compiled module would call the original
+        model.compile(backend=args.compile)
+    print(f"Attention: {attention}" + (f"; compiled with {args.compile}" if args.compile else ""))
     n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"Model {args.model}: {n_parameters / 1e6:.2f} M parameters, {nb_classes} classes")
     log_file = Path(args.output_dir) / "log.txt"

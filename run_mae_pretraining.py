@@ -21,7 +21,7 @@ import utils
 from datasets import UnreadableDataError
 from engine_for_pretraining import NonFiniteLossError, PretrainStep, train_one_epoch
 from masking_generator import DECODER_MASK_TYPES, MASK_TYPES, build_mask_generator, mask_counts
-from modeling_finetune import create_video_model
+from modeling_finetune import configure_attention, create_video_model
 from optim_factory import build_optimizer
 from patch_grid import GridError
 
@@ -144,6 +144,10 @@ def train(args: argparse.Namespace, grid, counts) -> None:
     dataset, loader = build_loader(args, grid, device)
     model = create_video_model(args.model, grid=grid, decoder_depth=args.decoder_depth, drop_path_rate=args.drop_path,
                                pos_embed=args.pos_embed, use_checkpoint=args.use_checkpoint).to(device)
+    attention = configure_attention(model, args.attn_impl, device, amp_dtype)
+    if args.compile:  # in place, so the state dict keeps its names
+        model.compile(backend=args.compile)
+    print(f"Attention: {attention}" + (f"; compiled with {args.compile}" if args.compile else ""))
     n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"Model {args.model}: {n_parameters / 1e6:.2f} M parameters")
 
