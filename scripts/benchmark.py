@@ -44,47 +44,107 @@ def sync(device: torch.device) -> None:
 
 
 def pretrain_step_fn(cfg: dict, device: torch.device):
-    """A closure running one real pre-training step (the engine's own functions) on random clips."""
+    """Closures running one real pre-training step (the engine's own functions) on random clips."""
     import numpy as np
     from engine_for_pretraining import PretrainStep, optimizer_step, prepare_batch, reconstruction_loss
     from masking_generator import MaskGenerator
-    from modeling_finetune import create_video_model
-    from optim_factory import build_optimizer
     from patch_grid import make_grid
 
     grid = make_grid(cfg["num_frames"], 2, cfg["size"], cfg["patch"])
-    model = create_video_model(f"pretrain_videomae_{cfg['model']}_patch16_224", grid=grid,
-                               decoder_depth=cfg["decoder_depth"]).to(device)
-    args = argparse.Namespace(opt="adamw", lr=1e-4, weight_decay=0.05, opt_eps=1e-8, opt_betas=[0.9, 0.95])
-    optimizer = build_optimizer(args, model)
+    model = build_model(f"pretrain_videomae_{cfg['model']}_patch16_224", cfg, device, grid=grid,
+                        decoder_depth=cfg["decoder_depth"])
+    optimizer = build_benchmark_optimizer(model)
     gen = MaskGenerator(grid, "tube", cfg["mask_ratio"], cfg["decoder_mask"], 0.5, rng=np.random.default_rng(0))
     masks = [gen() for _ in range(cfg["batch_size"])]
     batch = (torch.randn(cfg["batch_size"], 3, grid.num_frames, *grid.input_size),
              torch.stack([m[0] for m in masks]), torch.stack([m[1] for m in masks]))
-    step_cfg = PretrainStep(grid=grid, device=device, amp_dtype=torch.bfloat16 if cfg["dtype"] == "bf16" else None)
+    step_cfg = PretrainStep(grid=grid, device=device, amp_dtype=amp_dtype_of(cfg))
     model.train()
 
+    def loss() -> torch.Tensor:
+        videos, visible, target = prepare_batch(batch, device)
+        return reconstruction_loss(model, videos, visible, target, step_cfg)
+
     def step() -> None:
-        videos, visible, target = prepare_batch(batch, device)
-        loss = reconstruction_loss(model, videos, visible, target, step_cfg)
-        optimizer_step(loss, model, optimizer, step_cfg)
+        optimizer_step(loss(), model, optimizer, step_cfg)
 
-    def forward_backward() -> None:
-        videos, visible, target = prepare_batch(batch, device)
-        reconstruction_loss(model, videos, visible, target, step_cfg).backward()
+    return step, lambda: loss().backward(), grid, model
 
-    return step, forward_backward, grid
+
+def finetune_step_fn(cfg: dict, device: torch.device):
+    """Closures running one real fine-tuning step (the engine's own functions) on random clips."""
+    from engine_for_finetuning import FinetuneStep, backward_and_update, classification_loss
+    from patch_grid import make_grid
+
+    grid = make_grid(cfg["num_frames"], 2, cfg["size"], cfg["patch"])
+    model = build_model(f"vit_{cfg['model']}_patch16_224", cfg, device, grid=grid, num_classes=400)
+    optimizer = build_benchmark_optimizer(model, layer_decay=0.75)
+    videos = torch.randn(cfg["batch_size"], 3, grid.num_frames, *grid.input_size, device=device)
+    labels = torch.randint(0, 400, (cfg["batch_size"],), device=device)
+    criterion = torch.nn.CrossEntropyLoss()
+    step_cfg = FinetuneStep(device=device, amp_dtype=amp_dtype_of(cfg))
+    model.train()
+
+    def loss() -> torch.Tensor:
+        return classification_loss(model, criterion, videos, labels, step_cfg)
+
+    def step() -> None:
+        backward_and_update(loss(), model, optimizer, step_cfg, update=True)
+
+    return step, lambda: loss().backward(), grid, model
+
+
+def amp_dtype_of(cfg: dict) -> torch.dtype | None:
+    return torch.bfloat16 if cfg["dtype"] == "bf16" else None
+
+
+def build_model(name: str, cfg: dict, device: torch.device, **kwargs) -> torch.nn.Module:
+    """The model as the run scripts build it, with the same --attn_impl and --compile handling."""
+    from modeling_finetune import configure_attention, create_video_model
+    model = create_video_model(name, **kwargs).to(device)
+    cfg["attention"] = configure_attention(model, cfg["attn_impl"], device, amp_dtype_of(cfg))
+    if cfg["compile"]:
+        model.compile(backend=cfg["compile"])
+    return model
+
+
+def build_benchmark_optimizer(model: torch.nn.Module, layer_decay: float | None = None) -> torch.optim.Optimizer:
+    from optim_factory import build_optimizer
+    args = argparse.Namespace(opt="adamw", lr=1e-4, weight_decay=0.05, opt_eps=1e-8, opt_betas=[0.9, 0.95])
+    return build_optimizer(args, model, layer_decay=layer_decay)
+
+
+def count_model_flops(model: torch.nn.Module, forward_backward, attention: str) -> int:
+    """FLOPs of one forward + backward, counted on the eager model with matmul + softmax attention.
+
+    The same count for every attention path and for compiled models: the flop counter charges SDPA's CPU
+    flash backward for the recomputation it does, which would flatter the fused path's FLOP/s.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from modeling_finetune import set_fused_attention
+    compiled = getattr(model, "_compiled_call_impl", None)
+    model._compiled_call_impl = None
+    set_fused_attention(model, False)
+    try:
+        with FlopCounterMode(display=False) as counter:
+            forward_backward()
+    finally:
+        set_fused_attention(model, attention == "sdpa")
+        model._compiled_call_impl = compiled
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+STEP_FNS = {"pretrain": pretrain_step_fn, "finetune": finetune_step_fn}
 
 
 def measure(cfg: dict) -> dict:
     """Run one configuration in this process and return its figures."""
     torch.manual_seed(0)
     device = torch.device(cfg["device"])
-    step, forward_backward, grid = pretrain_step_fn(cfg, device)
-    from torch.utils.flop_counter import FlopCounterMode
-    with FlopCounterMode(display=False) as counter:
-        forward_backward()
-    flops = counter.get_total_flops()
+    step, forward_backward, grid, model = STEP_FNS[cfg["task"]](cfg, device)
+    flops = count_model_flops(model, forward_backward, cfg["attention"])
     for _ in range(cfg["warmup"]):
         step()
     times = []
@@ -108,14 +168,20 @@ def measure(cfg: dict) -> dict:
 
 def configurations(args: argparse.Namespace) -> list[dict]:
     configs = []
-    for model in args.models:
-        for size in args.sizes:
-            for dtype in args.dtypes:
-                for decoder_mask in args.decoder_masks:
-                    configs.append(dict(model=model, size=size, patch=args.patch_size, num_frames=args.num_frames,
-                                        dtype=dtype, decoder_mask=decoder_mask, mask_ratio=args.mask_ratio,
-                                        decoder_depth=args.decoder_depth, batch_size=args.batch_size,
-                                        warmup=args.warmup, iters=args.iters, device=args.device))
+    for task in args.tasks:
+        for model in args.models:
+            for size in args.sizes:
+                for dtype in args.dtypes:
+                    for attn_impl in args.attn_impls:
+                        for compile_backend in args.compile:
+                            for decoder_mask in args.decoder_masks if task == "pretrain" else ["-"]:
+                                configs.append(dict(
+                                    task=task, model=model, size=size, patch=args.patch_size,
+                                    num_frames=args.num_frames, dtype=dtype, attn_impl=attn_impl,
+                                    compile=None if compile_backend == "none" else compile_backend,
+                                    decoder_mask=decoder_mask, mask_ratio=args.mask_ratio,
+                                    decoder_depth=args.decoder_depth, batch_size=args.batch_size,
+                                    warmup=args.warmup, iters=args.iters, device=args.device))
     return configs
 
 
@@ -128,23 +194,30 @@ def run_isolated(cfg: dict) -> dict:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    head = ("| model | size/patch | patches/frame | dtype | decoder mask | step s | clips/s | GFLOP/step | "
-            "GFLOP/s | % of matmul | peak mem GB |")
+    head = ("| task | model | size/patch | patches/frame | dtype | attention | decoder mask | step s | clips/s | "
+            "GFLOP/step | GFLOP/s | % of matmul | peak mem GB |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
-        lines.append(f"| ViT-{r['model'][0].upper()} | {r['size']}/{r['patch']} | {r['patches_per_frame']} | {r['dtype']} | "
-                     f"{r['decoder_mask']} | {r['step_s']:.3f} | {r['clips_per_s']:.2f} | {r['gflop_per_step']:.0f} | "
-                     f"{r['achieved_gflops']:.0f} | {100 * r['fraction_of_matmul']:.0f}% | {r['peak_mem_gb']:.2f} |")
+        attention = r["attention"] + (f" + compile ({r['compile']})" if r["compile"] else "")
+        lines.append(f"| {r['task']} | ViT-{r['model'][0].upper()} | {r['size']}/{r['patch']} | {r['patches_per_frame']} | "
+                     f"{r['dtype']} | {attention} | {r['decoder_mask']} | {r['step_s']:.3f} | {r['clips_per_s']:.2f} | "
+                     f"{r['gflop_per_step']:.0f} | {r['achieved_gflops']:.0f} | {100 * r['fraction_of_matmul']:.0f}% | "
+                     f"{r['peak_mem_gb']:.2f} |")
     return "\n".join(lines)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tasks", nargs="+", default=["pretrain", "finetune"], choices=sorted(STEP_FNS))
     p.add_argument("--models", nargs="+", default=["small"], help="ViT sizes: micro tiny small base large huge")
     p.add_argument("--sizes", nargs="+", type=int, default=[224, 288], help="input sizes (224 -> 196 patches/frame)")
     p.add_argument("--patch_size", type=int, default=16)
     p.add_argument("--num_frames", type=int, default=16)
     p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    p.add_argument("--attn_impls", nargs="+", default=["auto"], choices=["auto", "sdpa", "math"],
+                   help="attention paths to compare (auto: what the run scripts choose)")
+    p.add_argument("--compile", nargs="+", default=["none"], metavar="BACKEND",
+                   help="torch.compile backends to compare; none = eager")
     p.add_argument("--decoder_masks", nargs="+", default=["none"], choices=["none", "run_cell"])
     p.add_argument("--mask_ratio", type=float, default=0.9)
     p.add_argument("--decoder_depth", type=int, default=4)
@@ -163,8 +236,9 @@ def main() -> None:
     for cfg in configurations(args):
         rows.append(run_isolated(cfg))
         r = rows[-1]
-        print(f"  {cfg['model']} {cfg['size']}/{cfg['patch']} {cfg['dtype']} decoder mask {cfg['decoder_mask']}: "
-              f"{r['step_s']:.3f} s/step, {100 * r['fraction_of_matmul']:.0f}% of matmul", flush=True)
+        print(f"  {cfg['task']} {cfg['model']} {cfg['size']}/{cfg['patch']} {cfg['dtype']} {r['attention']} "
+              f"compile {cfg['compile']} decoder mask {cfg['decoder_mask']}: {r['step_s']:.3f} s/step, "
+              f"{100 * r['fraction_of_matmul']:.0f}% of matmul", flush=True)
     print(markdown_table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))

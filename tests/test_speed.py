@@ -1,0 +1,154 @@
+"""The speed features keep results unchanged: visible-only patch embedding, attention paths, fused AdamW,
+fast target normalisation, --compile, and the benchmark script itself (no timing assertions here)."""
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from masking_generator import MaskGenerator
+from modeling_finetune import attention_path, configure_attention, create_video_model
+from modeling_pretrain import mask_to_index, pixel_targets
+from optim_factory import build_optimizer
+from patch_grid import make_grid
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def visible_index(grid, batch: int) -> torch.Tensor:
+    gen = MaskGenerator(grid, "tube", 0.75, "none", 0.5, rng=np.random.default_rng(0))
+    return mask_to_index(torch.stack([gen()[0] for _ in range(batch)]), select=False)
+
+
+@pytest.mark.parametrize("frames,tubelet,size,patch", [(4, 2, 32, 8), (4, 1, (32, 48), 8), (6, 3, 36, 12)])
+def test_embedding_only_visible_tubelets_equals_embedding_all_then_gathering(frames, tubelet, size, patch):
+    g = make_grid(frames, tubelet, size, patch)
+    torch.manual_seed(0)
+    embed = create_video_model("pretrain_videomae_micro_patch16_224", grid=g).encoder.patch_embed
+    x = torch.randn(2, 3, frames, *g.input_size)
+    index = visible_index(g, 2)
+    full = embed(x)
+    expected = full.gather(1, index.unsqueeze(-1).expand(-1, -1, full.shape[-1]))
+    assert torch.allclose(embed.embed_selected(x, index), expected, atol=1e-5)
+
+
+def test_auto_attention_path_per_device_and_dtype():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert attention_path("auto", cpu, torch.bfloat16) == "math"
+    assert attention_path("auto", cpu, None) == "sdpa"
+    assert attention_path("auto", cuda, torch.bfloat16) == "sdpa"
+    assert attention_path("math", cuda, None) == "math"
+    with pytest.raises(ValueError, match="--attn_impl"):
+        attention_path("flash", cpu, None)
+
+
+def test_attention_paths_give_the_same_bf16_outputs_and_gradients():
+    g = make_grid(4, 2, 32, 8)
+    torch.manual_seed(0)
+    model = create_video_model("vit_micro_patch16_224", grid=g, num_classes=3)
+    x = torch.randn(2, 3, 4, 32, 32)
+    results = []
+    for impl in ("sdpa", "math"):
+        assert configure_attention(model, impl, torch.device("cpu"), torch.bfloat16) == impl
+        assert all(b.attn.fused_attn == (impl == "sdpa") for b in model.blocks)
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+        out.float().sum().backward()
+        results.append((out.float(), model.blocks[0].attn.qkv.weight.grad.clone()))
+    assert torch.allclose(results[0][0], results[1][0], atol=3e-2)
+    assert torch.allclose(results[0][1], results[1][1], atol=3e-2, rtol=5e-2)
+
+
+def test_adamw_uses_the_fused_kernel_and_matches_the_plain_update():
+    torch.manual_seed(0)
+    models = [torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8)) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    args = argparse.Namespace(opt="adamw", lr=1e-2, weight_decay=0.05, opt_eps=1e-8, opt_betas=[0.9, 0.95])
+    fused = build_optimizer(args, models[0])
+    assert fused.defaults["fused"] is True
+    plain = torch.optim.AdamW([
+        {"params": [p for n, p in models[1].named_parameters() if p.ndim > 1], "weight_decay": 0.05},
+        {"params": [p for n, p in models[1].named_parameters() if p.ndim <= 1], "weight_decay": 0.0}],
+        lr=1e-2, betas=(0.9, 0.95), eps=1e-8, foreach=False)
+    x = torch.randn(16, 8)
+    for _ in range(5):
+        for model, opt in zip(models, (fused, plain)):
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        assert (a - b).abs().max() < 2e-5  # the fused kernel rounds differently; each step moves ~1e-2
+    assert not torch.equal(models[0][0].weight, torch.nn.Linear(8, 8).weight)
+
+
+def test_normalised_targets_match_the_per_patch_channel_formula():
+    g = make_grid(4, 2, (32, 48), 8)
+    mean, std = torch.tensor([0.5, 0.4, 0.3]), torch.tensor([0.2, 0.25, 0.3])
+    x = torch.randn(2, 3, 4, 32, 48)
+    pixels = x * std.view(1, 3, 1, 1, 1) + mean.view(1, 3, 1, 1, 1)
+    # VideoMAE's formula: tokens [B, N, q*p*p, C], statistics over the pixels of each channel
+    tokens = pixels.unfold(2, 2, 2).unfold(3, 8, 8).unfold(4, 8, 8)  # b c t h w q p1 p2
+    tokens = tokens.permute(0, 2, 3, 4, 5, 6, 7, 1).reshape(2, g.num_tokens, -1, 3)
+    expected = (tokens - tokens.mean(-2, keepdim=True)) / (tokens.var(-2, unbiased=True, keepdim=True).sqrt() + 1e-6)
+    got = pixel_targets(x, g, mean, std, normalize_target=True)
+    assert torch.allclose(got, expected.flatten(-2), atol=1e-5)
+
+
+def run_pretraining(demo_root: Path, out: Path, *flags: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(ROOT / "run_mae_pretraining.py"), "--model", "pretrain_videomae_micro_patch16_224",
+           "--decoder_depth", "1", "--num_workers", "0", "--device", "cpu", "--data_path", str(demo_root / "train.csv"),
+           "--data_root", str(demo_root), "--input_size", "32", "--patch_size", "8", "--num_frames", "4",
+           "--batch_size", "4", "--epochs", "1", "--warmup_epochs", "0", "--output_dir", str(out), *flags]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+def losses(out: Path) -> list[float]:
+    return [json.loads(line)["train_loss"] for line in (out / "log.txt").read_text().splitlines()]
+
+
+def test_compiled_pretraining_matches_eager_and_bf16_picks_math_attention(demo_root, tmp_path):
+    eager = run_pretraining(demo_root, tmp_path / "eager", "--amp", "bf16")
+    assert eager.returncode == 0, eager.stderr[-3000:]
+    assert "Attention: math" in eager.stdout
+    compiled = run_pretraining(demo_root, tmp_path / "compiled", "--amp", "bf16", "--compile", "aot_eager")
+    assert compiled.returncode == 0, compiled.stderr[-3000:]
+    assert "Attention: math; compiled with aot_eager" in compiled.stdout
+    assert losses(tmp_path / "compiled") == pytest.approx(losses(tmp_path / "eager"), rel=2e-2)
+    fp32 = run_pretraining(demo_root, tmp_path / "fp32")
+    assert "Attention: sdpa" in fp32.stdout
+
+
+def test_unknown_compile_backend_is_refused_before_any_work(tmp_path):
+    cmd = [sys.executable, str(ROOT / "run_mae_pretraining.py"), "--compile", "nonsense", "--device", "cpu",
+           "--output_dir", str(tmp_path / "o")]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "--compile nonsense: not a torch.compile backend" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "o" / "log.txt").exists()
+
+
+def test_benchmark_writes_pretraining_and_finetuning_rows(tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--tasks", "pretrain", "finetune",
+           "--models", "micro", "--sizes", "32", "--patch_size", "8", "--num_frames", "4", "--dtypes", "fp32", "bf16",
+           "--decoder_masks", "none", "run_cell", "--iters", "1", "--warmup", "0", "--no_loader", "--json", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert sorted({(r["task"], r["dtype"], r["decoder_mask"]) for r in rows}) == sorted(
+        [("pretrain", d, m) for d in ("fp32", "bf16") for m in ("none", "run_cell")]
+        + [("finetune", d, "-") for d in ("fp32", "bf16")])
+    for r in rows:
+        assert r["patches_per_frame"] == 16 and r["step_s"] > 0 and r["gflop_per_step"] > 0
+        assert r["peak_mem_gb"] > 0 and 0 < r["fraction_of_matmul"]
+        assert r["attention"] == ("math" if r["dtype"] == "bf16" else "sdpa")
+    # the same model FLOPs whatever the attention path; decoder masking lowers them
+    pre = {(r["dtype"], r["decoder_mask"]): r["gflop_per_step"] for r in rows if r["task"] == "pretrain"}
+    assert pre[("fp32", "none")] == pytest.approx(pre[("bf16", "none")], rel=1e-6)
+    assert pre[("fp32", "run_cell")] < pre[("fp32", "none")]
+    assert "| pretrain | ViT-M | 32/8 | 16 |" in result.stdout
