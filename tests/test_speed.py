@@ -152,3 +152,20 @@ def test_benchmark_writes_pretraining_and_finetuning_rows(tmp_path):
     assert pre[("fp32", "none")] == pytest.approx(pre[("bf16", "none")], rel=1e-6)
     assert pre[("fp32", "run_cell")] < pre[("fp32", "none")]
     assert "| pretrain | ViT-M | 32/8 | 16 |" in result.stdout
+
+
+def test_bf16_autocast_layer_norm_and_loss_are_computed_in_fp32():
+    """On CPU autocast leaves LayerNorm to the input's dtype; torch's kernel then still computes the statistics
+    in fp32, so its bf16 output is the fp32 result rounded once, as the next linear would round it anyway."""
+    torch.manual_seed(0)
+    model = create_video_model("vit_micro_patch16_224", grid=make_grid(4, 2, 32, 8), num_classes=3)
+    norm = model.blocks[0].norm1
+    x = (torch.randn(2, 16, 128) * 30 + 100).bfloat16()  # a large mean: bf16 statistics would lose it
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = norm(x)
+    expected = torch.nn.functional.layer_norm(x.float(), (128,), norm.weight, norm.bias, norm.eps)
+    assert torch.equal(got.float(), expected.bfloat16().float())
+    from engine_for_finetuning import FinetuneStep, classification_loss
+    loss = classification_loss(model, torch.nn.CrossEntropyLoss(), torch.randn(2, 3, 4, 32, 32), torch.tensor([0, 2]),
+                               FinetuneStep(device=torch.device("cpu"), amp_dtype=torch.bfloat16))
+    assert loss.dtype == torch.float32
