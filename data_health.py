@@ -126,7 +126,8 @@ class Entry:
 def check_video(path: str, num_frames: int | None = None, fname_tmpl: str = "img_{:05}.jpg") -> str | None:
     """None when the video opens and its first and last frames decode to RGB frames; else the reason."""
     try:
-        source = VideoFile(path) if num_frames is None else FrameFolder(path, num_frames, fname_tmpl)
+        # decord, the stricter reader (run_videomae_vis.py uses it too; training reads with PyAV where it can)
+        source = VideoFile(path, backend="decord") if num_frames is None else FrameFolder(path, num_frames, fname_tmpl)
         frames = source.read(np.unique(np.array([0, len(source) - 1])))
     except VideoDecodeError as e:
         return e.reason

@@ -235,18 +235,132 @@ def read_frames(reader: Any, indices: np.ndarray, path: str) -> torch.Tensor:
         raise VideoDecodeError(path, e) from e
 
 
-class VideoFile:
-    """A video file read with decord: ``len()`` frames, :meth:`read` decodes only the frames asked for."""
+class PyAVVideo:
+    """A fast reader for the common case (mp4-style files whose container counts the frames), with PyAV.
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.reader = open_video(path)
+    Frame ``i`` is the ``i``-th smallest packet timestamp, exactly as decord numbers frames, and the RGB
+    conversion is the same, so both give identical frames. Reading seeks to the last keyframe before the
+    first frame asked for and decodes from there on, but tells the decoder to drop (not decode) the
+    non-reference frames that are not asked for, and converts to RGB only the frames asked for: for an
+    H.264 file with B-frames about half the decoding work of reading every frame of the span. Single-
+    threaded, as DataLoader workers give the parallelism.
+
+    :meth:`open` returns None when PyAV is missing, cannot open the file or index it, or the frame count
+    it finds differs from the container's (e.g. a truncated file); :meth:`read` returns None when
+    anything goes wrong. The caller then reads with decord, which names the problem.
+    """
+
+    def __init__(self, container: Any, stream: Any, pts: np.ndarray, seek_to: np.ndarray) -> None:
+        self.container, self.stream, self.pts, self.seek_to = container, stream, pts, seek_to
+
+    @classmethod
+    def open(cls, path: str) -> "PyAVVideo | None":
+        try:
+            import av
+        except ImportError:
+            return None
+        container = None
+        try:
+            container = av.open(path)
+            stream = container.streams.video[0]
+            stream.codec_context.thread_count = 1
+            pts, seek, key = [], [], []
+            for packet in container.demux(stream):
+                if packet.size == 0 and packet.pts is None:  # the flush packet at the end
+                    continue
+                if packet.pts is None:
+                    raise ValueError("a packet without timestamp")
+                pts.append(packet.pts)
+                seek.append(packet.pts if packet.dts is None else min(packet.pts, packet.dts))
+                key.append(packet.is_keyframe)
+            order = np.argsort(np.asarray(pts, dtype=np.int64), kind="stable")
+            pts_sorted = np.asarray(pts, dtype=np.int64)[order]
+            if (not pts or stream.frames != len(pts) or not key[0] or len(np.unique(pts_sorted)) != len(pts)):
+                raise ValueError("frame count or timestamps differ from the container's")
+            # where to seek for frame i: the keyframe with the largest timestamp <= frame i's (its dts if smaller)
+            key_pts = np.asarray(pts, dtype=np.int64)[np.asarray(key)]
+            key_seek = np.asarray(seek, dtype=np.int64)[np.asarray(key)]
+            by_pts = np.argsort(key_pts, kind="stable")
+            key_pts, key_seek = key_pts[by_pts], key_seek[by_pts]
+            slot = np.searchsorted(key_pts, pts_sorted, side="right") - 1
+            seek_to = np.where(slot >= 0, key_seek[np.maximum(slot, 0)], min(seek))
+            return cls(container, stream, pts_sorted, seek_to)
+        except Exception:
+            if container is not None:
+                container.close()
+            return None
 
     def __len__(self) -> int:
-        return len(self.reader)
+        return len(self.pts)
+
+    def read(self, indices: np.ndarray) -> np.ndarray | None:
+        """Frames ``indices`` (sorted, unique) as uint8 ``[N, H, W, 3]``, or None if they cannot all be read."""
+        try:
+            wanted = {int(p): k for k, p in enumerate(self.pts[indices])}
+            out: list[Any] = [None] * len(wanted)
+            missing = len(wanted)
+            codec = self.stream.codec_context
+            self.container.seek(int(self.seek_to[indices[0]]), stream=self.stream, backward=True)
+            mode = None
+            for packet in self.container.demux(self.stream):
+                want = packet.pts is None or packet.pts in wanted
+                if want != mode:  # decode every frame we need, and every reference frame (others need them)
+                    codec.skip_frame = "DEFAULT" if want else "NONREF"
+                    mode = want
+                for frame in codec.decode(packet):
+                    k = wanted.get(frame.pts)
+                    if k is not None and out[k] is None:
+                        out[k] = frame.to_ndarray(format="rgb24")
+                        missing -= 1
+                if missing == 0:
+                    break
+            codec.skip_frame = "DEFAULT"
+            if missing:
+                return None
+            return np.stack(out)
+        except Exception:
+            return None
+
+    def close(self) -> None:
+        self.container.close()
+
+
+BACKENDS = ("auto", "decord")
+
+
+class VideoFile:
+    """A video file: ``len()`` frames, :meth:`read` decodes only the frames asked for.
+
+    ``backend="auto"`` reads with :class:`PyAVVideo` where it can (the same frames as decord, about twice
+    as fast) and with decord otherwise, and whenever PyAV fails, so that errors are decord's;
+    ``"decord"`` always uses decord.
+    """
+
+    def __init__(self, path: str, backend: str = "auto") -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.path = path
+        self.fast = PyAVVideo.open(path) if backend == "auto" and os.path.isfile(path) else None
+        self._reader = None if self.fast is not None else open_video(path)
+
+    @property
+    def reader(self) -> Any:
+        """The decord VideoReader (opened on first use when PyAV reads the file)."""
+        if self._reader is None:
+            self._reader = open_video(self.path)
+        return self._reader
+
+    def __len__(self) -> int:
+        return len(self.fast) if self.fast is not None else len(self.reader)
 
     def read(self, indices: np.ndarray) -> torch.Tensor:
         """Frames ``indices`` (sorted, unique, 0-based) as uint8 ``[N, H, W, 3]``."""
+        if self.fast is not None:
+            frames = self.fast.read(indices)
+            if frames is not None:
+                return torch.from_numpy(frames)
+            self.fast.close()
+            self.fast = None
         return read_frames(self.reader, indices, self.path)
 
 
@@ -280,7 +394,13 @@ def decode_clips(source: VideoFile | FrameFolder, picks: Sequence[np.ndarray]) -
     """uint8 ``THWC`` clips for each index array in ``picks``, decoding every needed frame once."""
     needed = np.unique(np.concatenate(picks))
     frames = source.read(needed)
-    return [frames[torch.from_numpy(np.searchsorted(needed, p))] for p in picks]
+    clips = []
+    for p in picks:
+        if len(p) == len(needed) and np.array_equal(p, needed):
+            clips.append(frames)  # the one clip, or clips that coincide: no copy
+        else:  # numpy's gather is several times faster than torch's advanced indexing on uint8
+            clips.append(torch.from_numpy(frames.numpy()[np.searchsorted(needed, p)]))
+    return clips
 
 
 # ---- unreadable videos ----------------------------------------------------------------------------
