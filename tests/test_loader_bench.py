@@ -1,0 +1,82 @@
+"""scripts/loader_bench.py on two tiny generated videos: both pipelines deliver clips of the right shape,
+and the JSON and the table are written. No timing is checked (figures depend on the machine)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import loader_bench  # noqa: E402
+from datasets import PyAVVideo, VideoFile  # noqa: E402
+
+# 8 frames at sampling rate 2, 32 px, patch 8: what the tiny videos can hold
+SMALL = ["--model", "pretrain_videomae_micro_patch16_224", "--input_size", "32", "--patch_size", "8",
+         "--num_frames", "8", "--sampling_rate", "2"]
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    return loader_bench.make_videos(tmp_path_factory.mktemp("lb"), 2, short_side=64, seconds=1.6, fps=25)
+
+
+def test_videos_are_h264_of_the_asked_size_and_cached(videos: list[str]) -> None:
+    import av
+    with av.open(videos[0]) as c:
+        s = c.streams.video[0]
+        assert (s.codec_context.name, s.width, s.height, s.frames) == ("h264", 114, 64, 40)
+        frames = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(s)])
+    assert frames.std(axis=0).mean() > 1, "the content moves"
+    mtime = Path(videos[0]).stat().st_mtime_ns
+    assert loader_bench.make_videos(Path(videos[0]).parent, 2, short_side=64, seconds=1.6) == videos
+    assert Path(videos[0]).stat().st_mtime_ns == mtime, "reused, not rewritten"
+
+
+def test_fast_reader_gives_decords_frames(videos: list[str]) -> None:
+    import decord
+    fast, reader = PyAVVideo.open(videos[1]), decord.VideoReader(videos[1], num_threads=1)
+    assert fast is not None and len(fast) == len(reader) == len(VideoFile(videos[1]))
+    for indices in (np.array([0, 1, 2]), np.array([5, 9, 13, 17]), np.array([3, 20, 39])):
+        assert np.array_equal(fast.read(indices), reader.get_batch(indices.tolist()).asnumpy())
+
+
+@pytest.mark.parametrize("pipeline", loader_bench.PIPELINES)
+@pytest.mark.parametrize("num_sample", [1, 2])
+def test_both_pipelines_deliver_clips(videos: list[str], pipeline: str, num_sample: int) -> None:
+    row = loader_bench.measure_loader(videos, 0, num_sample, pipeline, batch_size=2, seconds=0, min_batches=2,
+                                      warmup_batches=1, extra_args=SMALL)
+    assert row["batch_shape"] == [2 * num_sample, 3, 8, 32, 32] and row["dtype"] == "float32"
+    assert row["clips"] == 2 * 2 * num_sample and row["clips_per_s"] > 0 and row["clips_per_cpu_s"] > 0
+
+
+def test_baseline_clip_matches_the_reference_recipe(videos: list[str]) -> None:
+    from masking_generator import MaskGenerator
+    from patch_grid import make_grid
+    grid = make_grid(8, 2, 32, 8)
+    ds = loader_bench.ReferencePretrainDataset(videos, grid, 2, MaskGenerator(grid, "tube", 0.9), num_sample=2)
+    torch.manual_seed(0)
+    (clips, enc, dec), bad = ds[0]
+    assert bad == () and len(clips) == len(enc) == 2
+    assert all(c.shape == (3, 8, 32, 32) and c.dtype == torch.float32 for c in clips)
+    assert -2.2 < clips[0].min() and clips[0].max() < 2.7 and clips[0].std() > 0.05  # normalised
+
+
+def test_run_writes_json_and_table(videos: list[str], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "loader.json"
+    argv = ["--workers", "0", "1", "--num_sample", "1", "--videos", "2", "--video_dir", str(Path(videos[0]).parent),
+            "--short_side", "64", "--seconds", "1.6", "--batch_size", "2", "--time", "0", "--json", str(out),
+            "--extra_args", *SMALL]
+    loader_bench.main(argv)
+    rows = json.loads(out.read_text())
+    assert [(r["pipeline"], r["workers"]) for r in rows] == [("baseline", 0), ("ours", 0), ("baseline", 1), ("ours", 1)]
+    assert all(r["speedup"] > 0 for r in rows if r["pipeline"] == "ours")
+    assert rows[2]["clips_per_cpu_s"] is None and rows[2]["clips_per_s_per_worker"] == rows[2]["clips_per_s"]
+    table = capsys.readouterr().out
+    assert "| pipeline | workers | num_sample | clips/s | clips/s per worker | speed-up over baseline" in table
+    assert table.count("| ours |") == 2 and "wrote" in table
