@@ -1,9 +1,11 @@
-"""PATCHES benchmark: train-step time, FLOP/s against the measured matmul rate, peak memory.
+"""PATCHES benchmark: train-step time, FLOP/s against the measured matmul rate, peak memory, loader clips/s.
 
-Each configuration runs in its own process, so peak memory (RSS on CPU, allocator peak on CUDA) is its own.
-Prints a markdown table and writes JSON.
+Each step configuration runs in its own process, so peak memory (RSS on CPU, allocator peak on CUDA) is its
+own. The data loader is measured by scripts/loader_bench.py (our loader against a VideoMAE-style baseline on
+generated 320p, 10 s mp4s). Prints markdown tables and writes JSON. The full table of PERFORMANCE.md:
 
-    python scripts/benchmark.py --models small --sizes 224 288 --dtypes fp32 bf16 --json bench.json
+    python scripts/benchmark.py --tasks pretrain finetune --models small base --sizes 224 288 \
+        --dtypes fp32 bf16 --decoder_masks none run_cell --json bench.json
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 import torch  # noqa: E402
 
@@ -225,6 +228,11 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--iters", type=int, default=5, help="timed steps; the median is reported")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--no_loader", action="store_true", help="skip the data-loader measurement")
+    p.add_argument("--loader_workers", type=int, nargs="+", default=[0, 1, 2], help="DataLoader worker counts")
+    p.add_argument("--loader_num_sample", type=int, nargs="+", default=[1, 2], help="clips per decoded video")
+    p.add_argument("--loader_repeats", type=int, default=1,
+                   help="loader runs per configuration; the best counts (for a machine with other load)")
     p.add_argument("--json", default=None, help="write all figures here")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -240,8 +248,37 @@ def main() -> None:
               f"compile {cfg['compile']} decoder mask {cfg['decoder_mask']}: {r['step_s']:.3f} s/step, "
               f"{100 * r['fraction_of_matmul']:.0f}% of matmul", flush=True)
     print(markdown_table(rows))
+    loader_rows = [] if args.no_loader else measure_loaders(args)
+    if loader_rows:
+        import loader_bench
+        print(f"\nData loader ({loader_rows[0]['videos']}; 16 frames at stride 4 -> 224 px):")
+        print(loader_bench.markdown_table(loader_rows))
+        print("\nWhich bounds a run: step clips/s against our loader's clips/s (pre-training, --num_sample 1)")
+        print(bound_table(rows, loader_rows))
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+        Path(args.json).write_text(json.dumps(rows + loader_rows, indent=2))
+
+
+def measure_loaders(args: argparse.Namespace) -> list[dict]:
+    """scripts/loader_bench.py's rows: our loader and the per-frame-PIL baseline on generated 320p mp4s."""
+    import loader_bench
+    argv = ["--workers", *map(str, args.loader_workers), "--num_sample", *map(str, args.loader_num_sample),
+            "--repeats", str(args.loader_repeats), "--device", args.device]
+    return [{"task": "loader", **r} for r in loader_bench.run(loader_bench.parse_args(argv))]
+
+
+def bound_table(step_rows: list[dict], loader_rows: list[dict]) -> str:
+    ours = {r["workers"]: r["clips_per_s"] for r in loader_rows if r["pipeline"] == "ours" and r["num_sample"] == 1}
+    workers = sorted(ours)
+    lines = ["| step | step clips/s | " + " | ".join(f"loader, {w} workers" for w in workers) + " |",
+             "|" + "---|" * (2 + len(workers))]
+    for r in step_rows:
+        if r["task"] != "pretrain":
+            continue
+        cells = [f"{ours[w]:.1f} ({'loader' if ours[w] < r['clips_per_s'] else 'step'} bound)" for w in workers]
+        lines.append(f"| ViT-{r['model'][0].upper()} {r['patches_per_frame']} {r['dtype']} {r['decoder_mask']} | "
+                     f"{r['clips_per_s']:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -169,3 +169,16 @@ def test_bf16_autocast_layer_norm_and_loss_are_computed_in_fp32():
     loss = classification_loss(model, torch.nn.CrossEntropyLoss(), torch.randn(2, 3, 4, 32, 32), torch.tensor([0, 2]),
                                FinetuneStep(device=torch.device("cpu"), amp_dtype=torch.bfloat16))
     assert loss.dtype == torch.float32
+
+
+def test_bound_table_says_whether_the_loader_or_the_step_is_slower():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import benchmark
+    step = [dict(task="pretrain", model="small", patches_per_frame=196, dtype="bf16", decoder_mask="none",
+                 clips_per_s=5.0), dict(task="finetune", clips_per_s=1.0)]
+    loader = [dict(pipeline="ours", workers=0, num_sample=1, clips_per_s=3.0),
+              dict(pipeline="ours", workers=2, num_sample=1, clips_per_s=9.0),
+              dict(pipeline="baseline", workers=2, num_sample=1, clips_per_s=1.0)]
+    table = benchmark.bound_table(step, loader)
+    assert "| ViT-S 196 bf16 none | 5.00 | 3.0 (loader bound) | 9.0 (step bound) |" in table
+    assert "finetune" not in table and table.count("\n") == 2
