@@ -28,6 +28,8 @@ CLASS_NAMES: list[str] = [
     "grow", "shrink",
 ]
 SPLITS = ("train", "val", "test")
+# Clips without labels, for pre-training only: the label-efficient setting that masked pre-training is for.
+UNLABELED = "unlabeled"
 MARKER = ".complete"
 # Bump whenever rendering changes, so datasets made by an older generator are rebuilt.
 GENERATOR_VERSION = 2
@@ -197,7 +199,7 @@ def _check_decodable(path: Path, shape: tuple[int, ...]) -> None:
 
 
 def _clip_seed(seed: int, split: str, index: int) -> int:
-    return int(np.random.SeedSequence([seed, SPLITS.index(split), index]).generate_state(1)[0])
+    return int(np.random.SeedSequence([seed, (*SPLITS, UNLABELED).index(split), index]).generate_state(1)[0])
 
 
 def _params(seed: int, counts: dict[str, int], num_frames: int, size: tuple[int, int]) -> dict:
@@ -213,7 +215,7 @@ def _read_marker(root: Path) -> dict | None:
 
 
 def _result(root: Path) -> dict[str, Path]:
-    return {"root": root, **{split: root / f"{split}.csv" for split in SPLITS}}
+    return {"root": root, **{split: root / f"{split}.csv" for split in SPLITS}, "pretrain": root / "pretrain.csv"}
 
 
 @contextlib.contextmanager
@@ -234,18 +236,20 @@ def _exclusive(root: Path) -> Iterator[None]:
 
 def make_demo_dataset(root: str | os.PathLike, seed: int = 0, num_train: int = 160, num_val: int = 40,
                       num_test: int = 40, num_frames: int = 48, size: tuple[int, int] = (96, 96),
-                      verbose: bool = True) -> dict[str, Path]:
+                      verbose: bool = True, num_unlabeled: int = 0) -> dict[str, Path]:
     """Write the demo dataset under ``root`` unless an identical one is already complete there.
 
     Writes ``videos/<split>_<index>_<class>.mp4``, ``train.csv``/``val.csv``/``test.csv``
     (lines ``videos/x.mp4 label``, relative to ``root``) and ``classes.txt``. Labels are
-    balanced (cycled over the classes). The marker file ``.complete`` holding the parameters
-    is written last, so an interrupted run is redone rather than trusted.
-    Returns ``{"root", "train", "val", "test"}`` as paths.
+    balanced (cycled over the classes). ``num_unlabeled`` more clips, drawn the same way,
+    go to ``videos/unlabeled_<index>.mp4`` with no label, not even in the name; ``pretrain.csv``
+    lists the training clips and these (paths only): the videos to pre-train on. The marker
+    file ``.complete`` holding the parameters is written last, so an interrupted run is redone
+    rather than trusted. Returns ``{"root", "train", "val", "test", "pretrain"}`` as paths.
     """
     root = Path(root)
     size = (int(size[0]), int(size[1]))
-    counts = {"train": int(num_train), "val": int(num_val), "test": int(num_test)}
+    counts = {"train": int(num_train), "val": int(num_val), "test": int(num_test), UNLABELED: int(num_unlabeled)}
     if min(counts.values()) < 0:
         raise ValueError(f"clip counts must be >= 0, got {counts}")
     params = _params(seed, counts, num_frames, size)
@@ -264,25 +268,30 @@ def _generate(root: Path, params: dict, verbose: bool) -> None:
     marker.unlink(missing_ok=True)
     videos = root / "videos"
     videos.mkdir(parents=True, exist_ok=True)
-    for split in SPLITS:  # only our own files: stale clips from other parameters must not linger
+    for split in (*SPLITS, UNLABELED):  # only our own files: stale clips from other parameters must not linger
         for old in videos.glob(f"{split}_*.mp4"):
             old.unlink()
 
     total, done, start = sum(counts.values()), 0, time.perf_counter()
-    for split in SPLITS:
-        lines = []
-        for i in range(counts[split]):
+    lists: dict[str, list[str]] = {}
+    for split in (*SPLITS, UNLABELED):
+        lines = lists[split] = []
+        for i in range(counts.get(split, 0)):
             label = i % len(CLASS_NAMES)
-            rel = f"videos/{split}_{i:05d}_{CLASS_NAMES[label]}.mp4"
+            name = f"{split}_{i:05d}" if split == UNLABELED else f"{split}_{i:05d}_{CLASS_NAMES[label]}"
+            rel = f"videos/{name}.mp4"
             write_mp4(root / rel, render_clip(label, _clip_seed(seed, split, i), num_frames, size))
             if done == 0:
                 _check_decodable(root / rel, (*size, 3))
-            lines.append(f"{rel} {label}\n")
+            lines.append(rel if split == UNLABELED else f"{rel} {label}")
             done += 1
             if verbose and (done % 40 == 0 or done == total):
                 print(f"demo data: {done}/{total} clips in {time.perf_counter() - start:.1f}s -> {root}",
                       flush=True)
-        (root / f"{split}.csv").write_text("".join(lines))
+        if split != UNLABELED:
+            (root / f"{split}.csv").write_text("".join(f"{line}\n" for line in lines))
+    pretrain = [line.split()[0] for line in lists["train"]] + lists[UNLABELED]
+    (root / "pretrain.csv").write_text("".join(f"{line}\n" for line in pretrain))
     (root / "classes.txt").write_text("".join(f"{name}\n" for name in CLASS_NAMES))
     marker.write_text(json.dumps(params))
 
@@ -299,11 +308,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--num_train", type=int, default=160)
     p.add_argument("--num_val", type=int, default=40)
     p.add_argument("--num_test", type=int, default=40)
+    p.add_argument("--num_unlabeled", type=int, default=0, help="clips without labels, listed in pretrain.csv")
     p.add_argument("--num_frames", type=int, default=48)
     p.add_argument("--size", type=int, nargs=2, default=[96, 96], metavar=("H", "W"))
     a = p.parse_args(argv)
-    out = make_demo_dataset(a.root, a.seed, a.num_train, a.num_val, a.num_test, a.num_frames, tuple(a.size))
-    print(f"demo dataset ready: {out['root']} (train/val/test lists and classes.txt)")
+    out = make_demo_dataset(a.root, a.seed, a.num_train, a.num_val, a.num_test, a.num_frames, tuple(a.size),
+                            num_unlabeled=a.num_unlabeled)
+    print(f"demo dataset ready: {out['root']} (train/val/test/pretrain lists and classes.txt)")
 
 
 if __name__ == "__main__":

@@ -89,7 +89,9 @@ def _made_with(root: Path) -> dict:
 def test_list_files_counts_and_balance(demo_root: Path) -> None:
     counts = _made_with(demo_root)["counts"]
     assert (demo_root / "classes.txt").read_text().split() == CLASS_NAMES
-    for split, n in counts.items():
+    assert counts["unlabeled"] == 0 and not list((demo_root / "videos").glob("unlabeled_*"))
+    for split in demo_data.SPLITS:
+        n = counts[split]
         lines = (demo_root / f"{split}.csv").read_text().splitlines()
         assert len(lines) == n
         labels = [int(line.split()[-1]) for line in lines]
@@ -113,8 +115,8 @@ def _age(path: Path) -> None:
 def test_make_is_idempotent_and_recovers_from_missing_marker(tmp_path: Path) -> None:
     kw = dict(num_train=8, num_val=0, num_test=0, num_frames=8, size=(32, 32), verbose=False)
     out = make_demo_dataset(tmp_path, **kw)
-    assert out == {"root": tmp_path, "train": tmp_path / "train.csv",
-                   "val": tmp_path / "val.csv", "test": tmp_path / "test.csv"}
+    assert out == {"root": tmp_path, "train": tmp_path / "train.csv", "val": tmp_path / "val.csv",
+                   "test": tmp_path / "test.csv", "pretrain": tmp_path / "pretrain.csv"}
     video = tmp_path / (tmp_path / "train.csv").read_text().split()[0]
     _age(video)
     make_demo_dataset(tmp_path, **kw)
@@ -132,6 +134,28 @@ def test_changed_parameters_regenerate_without_stale_clips(tmp_path: Path) -> No
     make_demo_dataset(tmp_path, num_train=4, **kw)
     assert len(list((tmp_path / "videos").glob("*.mp4"))) == 4
     assert len((tmp_path / "train.csv").read_text().splitlines()) == 4
+
+
+def test_unlabeled_clips_go_to_the_pretraining_list_only(tmp_path: Path) -> None:
+    kw = dict(num_val=0, num_test=0, num_frames=4, size=(32, 32), verbose=False)
+    out = make_demo_dataset(tmp_path / "a", num_train=8, num_unlabeled=16, **kw)
+    train = out["train"].read_text().splitlines()
+    pretrain = out["pretrain"].read_text().splitlines()
+    # The pre-training list: the training clips, then the unlabelled ones; paths only, and no class in the names.
+    assert len(pretrain) == 24 and pretrain[:8] == [line.split()[0] for line in train]
+    assert all(len(line.split()) == 1 for line in pretrain)
+    assert all(not any(name in line for name in CLASS_NAMES) for line in pretrain[8:])
+    assert all((out["root"] / line).is_file() for line in pretrain)
+    assert all(line not in out["test"].read_text() + out["val"].read_text() for line in pretrain)
+    # The labelled splits are the same clips with or without an unlabelled pool.
+    plain = make_demo_dataset(tmp_path / "b", num_train=8, **kw)
+    assert plain["train"].read_text() == out["train"].read_text()
+    assert plain["pretrain"].read_text().splitlines() == [line.split()[0] for line in train]
+    rel = train[3].split()[0]
+    np.testing.assert_array_equal(_decode_all(out["root"] / rel), _decode_all(plain["root"] / rel))
+    # Changing only the pool size regenerates, without stale unlabelled clips.
+    make_demo_dataset(tmp_path / "a", num_train=8, num_unlabeled=4, **kw)
+    assert len(list((tmp_path / "a" / "videos").glob("unlabeled_*.mp4"))) == 4
 
 
 def test_concurrent_makers_generate_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
