@@ -304,7 +304,7 @@ def run(args: argparse.Namespace, grid) -> dict[str, float]:
         from timm.utils import ModelEmaV3
         model_ema = ModelEmaV3(model, decay=args.model_ema_decay,
                                device=torch.device("cpu") if args.model_ema_force_cpu else None)
-    if args.compile:  # after the EMA copy: a deep copy of a compiled module would call the original
+    if args.compile:  # after the EMA copy, so that the EMA is the plain module
         model.compile(backend=args.compile)
     print(f"Attention: {attention}" + (f"; compiled with {args.compile}" if args.compile else ""))
     n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
