@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from modeling_finetune import gather_tokens
 from modeling_pretrain import mask_to_index, pixel_targets
 from optim_factory import apply_schedules
 from patch_grid import PatchGrid
@@ -52,7 +51,7 @@ def reconstruction_loss(model: torch.nn.Module, videos: torch.Tensor, visible: t
                         cfg: PretrainStep) -> torch.Tensor:
     """Mean squared error between predicted and true pixels of the decoded tokens (in fp32)."""
     with torch.no_grad():
-        targets = gather_tokens(pixel_targets(videos, cfg.grid, PIXEL_MEAN, PIXEL_STD, cfg.normalize_target), target)
+        targets = pixel_targets(videos, cfg.grid, PIXEL_MEAN, PIXEL_STD, cfg.normalize_target, index=target)
     with amp_autocast(cfg.device, cfg.amp_dtype):
         prediction = model(videos, visible, target)
     return F.mse_loss(prediction.float(), targets)

@@ -108,23 +108,40 @@ def unpatchify(patches: torch.Tensor, grid: PatchGrid) -> torch.Tensor:
 
 
 def pixel_targets(videos: torch.Tensor, grid: PatchGrid, mean: torch.Tensor, std: torch.Tensor,
-                  normalize_target: bool = True, eps: float = 1e-6) -> torch.Tensor:
+                  normalize_target: bool = True, eps: float = 1e-6,
+                  index: torch.Tensor | None = None) -> torch.Tensor:
     """Reconstruction targets [B, N, target_dim] from normalised clips, computed in fp32.
 
     The clip is first un-normalised to [0, 1] pixels; with ``normalize_target`` each token's pixels are
-    then standardised per channel (VideoMAE's per-patch normalisation).
+    then standardised per channel (VideoMAE's per-patch normalisation). With ``index`` [B, K], only those
+    tokens are made: [B, K, target_dim], the same as indexing the full result.
     """
     shape = (1, -1, 1, 1, 1)
     pixels = videos.float() * std.view(shape).to(videos.device) + mean.view(shape).to(videos.device)
     if not normalize_target:
-        return patchify(pixels, grid)
+        tokens = patchify(pixels, grid)
+        return tokens if index is None else gather_tokens(tokens, index)
     p, q = grid.patch_size, grid.tubelet_size
     # Statistics over a contiguous last axis (one channel of one token) are much faster than over a
     # strided one; the result is then laid out channel-last like patchify's.
     tokens = rearrange(pixels, "b c (t q) (h p1) (w p2) -> b (t h w) c (q p1 p2)", q=q, p1=p, p2=p)
-    var, mu = torch.var_mean(tokens, dim=-1, keepdim=True, correction=1)
+    if index is not None:
+        tokens = gather_tokens(tokens.flatten(2), index).view(*index.shape, *tokens.shape[2:])
+    mu, var = per_row_mean_var(tokens)
     tokens = (tokens - mu) / (var.sqrt() + eps)
     return rearrange(tokens, "b n c k -> b n (k c)")
+
+
+def per_row_mean_var(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and unbiased variance over the last axis (keepdim), for values of order 1 such as pixels.
+
+    The sum of squares minus n * mean^2 is ~30x faster on CPU than ``torch.var_mean``; for pixels in
+    [0, 1] its fp32 error (~1e-7) is far below the variance of one 8-bit grey level (~1.5e-5).
+    """
+    n = x.shape[-1]
+    mu = x.mean(-1, keepdim=True)
+    sum_sq = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square()
+    return mu, (sum_sq - n * mu.square()).clamp_(min=0) / (n - 1)
 
 
 def _pretrain_model(size: str, pretrained: bool = False, grid: PatchGrid | None = None,

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from masking_generator import MaskGenerator
-from modeling_finetune import attention_path, configure_attention, create_video_model
+from modeling_finetune import (BlockAttention, attention_path, configure_attention, create_video_model,
+                               gather_tokens)
 from modeling_pretrain import mask_to_index, pixel_targets
 from optim_factory import build_optimizer
 from patch_grid import make_grid
@@ -109,6 +110,53 @@ def run_pretraining(demo_root: Path, out: Path, *flags: str) -> subprocess.Compl
 
 def losses(out: Path) -> list[float]:
     return [json.loads(line)["train_loss"] for line in (out / "log.txt").read_text().splitlines()]
+
+
+def test_blocks_explicit_attention_equals_timms_and_keeps_parameter_names():
+    from timm.models.beit import Attention
+    model = create_video_model("vit_micro_patch16_224", num_classes=3, input_size=32, patch_size=8, num_frames=4)
+    attn = model.blocks[0].attn
+    assert type(attn) is BlockAttention
+    assert {"qkv.weight", "q_bias", "v_bias", "proj.weight"} <= set(dict(attn.named_parameters()))
+    torch.nn.init.normal_(attn.q_bias)
+    torch.nn.init.normal_(attn.v_bias)
+    x = torch.randn(2, 16, attn.qkv.in_features, requires_grad=True)
+    attn.fused_attn = False
+    ours = attn(x)
+    (grad_ours,) = torch.autograd.grad(ours.sum(), x)
+    attn.__class__ = Attention  # timm's own forward on the same parameters
+    theirs = attn(x)
+    (grad_theirs,) = torch.autograd.grad(theirs.sum(), x)
+    assert torch.allclose(ours, theirs, atol=1e-6) and torch.allclose(grad_ours, grad_theirs, atol=1e-5)
+
+
+@pytest.mark.parametrize("x_batch, index_batch", [(3, 3), (1, 3), (3, 1)])
+def test_gather_tokens_equals_torch_gather_and_broadcasts(x_batch, index_batch):
+    x = torch.randn(x_batch, 10, 6, requires_grad=True)
+    index = torch.stack([torch.randperm(10)[:4] for _ in range(index_batch)])
+    batch = max(x_batch, index_batch)
+    expected = x.expand(batch, -1, -1).gather(1, index.expand(batch, -1).unsqueeze(-1).expand(-1, -1, 6))
+    got = gather_tokens(x, index)
+    assert torch.equal(got, expected)
+    (grad,) = torch.autograd.grad(got.square().sum(), x)
+    (expected_grad,) = torch.autograd.grad(expected.square().sum(), x)
+    assert torch.allclose(grad, expected_grad)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_targets_of_selected_tokens_equal_selecting_from_all_targets(normalize):
+    g = make_grid(4, 2, 32, 8)
+    mean, std = torch.tensor([0.5, 0.4, 0.3]), torch.tensor([0.2, 0.25, 0.3])
+    x = torch.randn(2, 3, 4, 32, 32)
+    x[:, :, :2, :8, :8] = 0.0  # one token of constant pixels per channel: variance 0, targets 0, not noise
+    index = torch.stack([torch.randperm(g.num_tokens)[:20] for _ in range(2)])
+    index[:, 0] = 0
+    full = pixel_targets(x, g, mean, std, normalize_target=normalize)
+    got = pixel_targets(x, g, mean, std, normalize_target=normalize, index=index)
+    expected = full.gather(1, index.unsqueeze(-1).expand(-1, -1, full.shape[-1]))
+    assert torch.allclose(got, expected, atol=1e-6)
+    if normalize:
+        assert got[:, 0].abs().max() < 0.1  # the mean rounds (VideoMAE's formula too): ~1e-8 / eps, not noise
 
 
 def test_compiled_pretraining_matches_eager_and_bf16_picks_math_attention(demo_root, tmp_path):
