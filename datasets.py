@@ -7,6 +7,7 @@ UCF101 and HMDB51 split files.
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 import warnings
@@ -235,6 +236,15 @@ def read_frames(reader: Any, indices: np.ndarray, path: str) -> torch.Tensor:
         raise VideoDecodeError(path, e) from e
 
 
+@functools.lru_cache(maxsize=1)
+def _rgb_reformatter() -> Any:
+    """One PyAV reformatter per process: it keeps its swscale context between frames and files of the same
+    size, where ``frame.to_ndarray(format="rgb24")`` sets one up for every frame (64x64: 1.4 ms a frame,
+    against 0.06 ms for the conversion itself). Readers in a process run one at a time."""
+    from av.video.reformatter import VideoReformatter
+    return VideoReformatter()
+
+
 class PyAVVideo:
     """A fast reader for the common case (mp4-style files whose container counts the frames), with PyAV.
 
@@ -310,7 +320,7 @@ class PyAVVideo:
                 for frame in codec.decode(packet):
                     k = wanted.get(frame.pts)
                     if k is not None and out[k] is None:
-                        out[k] = frame.to_ndarray(format="rgb24")
+                        out[k] = _rgb_reformatter().reformat(frame, format="rgb24").to_ndarray()
                         missing -= 1
                 if missing == 0:
                     break

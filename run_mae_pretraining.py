@@ -80,7 +80,8 @@ def build_loader(args: argparse.Namespace, grid, device: torch.device):
     if args.data_path is None:
         from demo_data import ensure_demo_dataset
         demo = ensure_demo_dataset(args.demo_root)
-        args.data_path, args.data_root = str(demo["train"]), str(demo["root"])
+        # The labelled training clips and the unlabelled ones: pre-training needs no labels.
+        args.data_path, args.data_root = str(demo["pretrain"]), str(demo["root"])
         print(f"No --data_path: using the demo dataset in {demo['root']}")
     dataset = build_pretraining_dataset(args, grid, build_mask_generator(args, grid))
     dataset.report_bad = True  # unreadable videos travel with the batches to the tracker below
