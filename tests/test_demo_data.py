@@ -46,7 +46,8 @@ def test_eight_classes_in_four_pairs() -> None:
 
 def test_frame_widths_decord_cannot_read_fail_early(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="decord"):
-        make_demo_dataset(tmp_path, num_train=1, num_val=0, num_test=0, num_frames=2, size=(32, 48), verbose=False)
+        make_demo_dataset(tmp_path, num_train=1, num_val=0, num_test=0, num_frames=2, size=(32, 48), verbose=False,
+                          num_unlabeled=0)
     assert not (tmp_path / demo_data.MARKER).exists()
 
 
@@ -71,8 +72,28 @@ def test_motion_is_large_enough_for_strided_sampling() -> None:
     assert np.abs(clip[4:] - clip[:-4]).mean() > 5.0
 
 
+def _best_shift(a: np.ndarray, b: np.ndarray, r: int = 6) -> tuple[int, int]:
+    """The integer (dy, dx) that best maps frame ``a`` onto frame ``b`` (b[y + dy, x + dx] ~ a[y, x])."""
+    h, w = a.shape[:2]
+    core = a[r:h - r, r:w - r].astype(np.float32)
+    errors = {(dy, dx): np.abs(b[r + dy:h - r + dy, r + dx:w - r + dx] - core).mean()
+              for dy in range(-r, r + 1) for dx in range(-r, r + 1)}
+    return min(errors, key=errors.get)
+
+
+@pytest.mark.parametrize("label", range(8))
+def test_the_texture_moves_the_way_the_class_name_says(label: int) -> None:
+    clip = render_clip(label, 3, num_frames=8, size=(64, 64)).astype(np.float32)
+    dy, dx = _best_shift(clip[0], clip[4])
+    name = CLASS_NAMES[label]
+    assert (dx > 0) == ("right" in name) and (dx < 0) == ("left" in name), (name, dy, dx)
+    assert (dy < 0) == ("up" in name) and (dy > 0) == ("down" in name), (name, dy, dx)
+
+
 def test_mp4_round_trip(tmp_path: Path) -> None:
-    frames = render_clip(5, 2, num_frames=16, size=(64, 64))
+    # Every 4th frame: 4-6 px of motion between frames, well above the codec's error, so a dropped or
+    # reordered frame cannot hide.
+    frames = np.ascontiguousarray(render_clip(5, 2, num_frames=64, size=(64, 64))[::4])
     write_mp4(tmp_path / "clip.mp4", frames)
     _assert_close_to_rendered(_decode_all(tmp_path / "clip.mp4"), frames)
 
@@ -113,7 +134,7 @@ def _age(path: Path) -> None:
 
 
 def test_make_is_idempotent_and_recovers_from_missing_marker(tmp_path: Path) -> None:
-    kw = dict(num_train=8, num_val=0, num_test=0, num_frames=8, size=(32, 32), verbose=False)
+    kw = dict(num_train=8, num_val=0, num_test=0, num_frames=8, size=(32, 32), verbose=False, num_unlabeled=0)
     out = make_demo_dataset(tmp_path, **kw)
     assert out == {"root": tmp_path, "train": tmp_path / "train.csv", "val": tmp_path / "val.csv",
                    "test": tmp_path / "test.csv", "pretrain": tmp_path / "pretrain.csv"}
@@ -129,7 +150,7 @@ def test_make_is_idempotent_and_recovers_from_missing_marker(tmp_path: Path) -> 
 
 
 def test_changed_parameters_regenerate_without_stale_clips(tmp_path: Path) -> None:
-    kw = dict(num_val=0, num_test=0, num_frames=8, size=(32, 32), verbose=False)
+    kw = dict(num_val=0, num_test=0, num_frames=8, size=(32, 32), verbose=False, num_unlabeled=0)
     make_demo_dataset(tmp_path, num_train=8, **kw)
     make_demo_dataset(tmp_path, num_train=4, **kw)
     assert len(list((tmp_path / "videos").glob("*.mp4"))) == 4
@@ -148,7 +169,7 @@ def test_unlabeled_clips_go_to_the_pretraining_list_only(tmp_path: Path) -> None
     assert all((out["root"] / line).is_file() for line in pretrain)
     assert all(line not in out["test"].read_text() + out["val"].read_text() for line in pretrain)
     # The labelled splits are the same clips with or without an unlabelled pool.
-    plain = make_demo_dataset(tmp_path / "b", num_train=8, **kw)
+    plain = make_demo_dataset(tmp_path / "b", num_train=8, num_unlabeled=0, **kw)
     assert plain["train"].read_text() == out["train"].read_text()
     assert plain["pretrain"].read_text().splitlines() == [line.split()[0] for line in train]
     rel = train[3].split()[0]
@@ -162,7 +183,7 @@ def test_concurrent_makers_generate_once(tmp_path: Path, monkeypatch: pytest.Mon
     written = []
     real_write = demo_data.write_mp4
     monkeypatch.setattr(demo_data, "write_mp4", lambda path, frames: (written.append(path), real_write(path, frames)))
-    kw = dict(num_train=8, num_val=0, num_test=0, num_frames=4, size=(32, 32), verbose=False)
+    kw = dict(num_train=8, num_val=0, num_test=0, num_frames=4, size=(32, 32), verbose=False, num_unlabeled=0)
     with ThreadPoolExecutor(3) as pool:
         results = list(pool.map(lambda _: make_demo_dataset(tmp_path, **kw), range(3)))
     assert len(written) == 8 and all(r == results[0] for r in results)
@@ -170,13 +191,14 @@ def test_concurrent_makers_generate_once(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_ensure_defaults_to_data_demo_under_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    out = ensure_demo_dataset(num_train=8, num_val=8, num_test=0, num_frames=4, size=(16, 32), verbose=False)
+    out = ensure_demo_dataset(num_train=8, num_val=8, num_test=0, num_frames=4, size=(16, 32), verbose=False,
+                              num_unlabeled=0)
     assert out["root"] == tmp_path / "data" / "demo"
     assert out["val"].is_file() and (out["root"] / demo_data.MARKER).is_file()
 
 
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     demo_data.main(["--root", str(tmp_path), "--num_train", "8", "--num_val", "0", "--num_test", "0",
-                    "--num_frames", "4", "--size", "16", "40"])
+                    "--num_frames", "4", "--size", "16", "40", "--num_unlabeled", "0"])
     assert "ready" in capsys.readouterr().out
     assert _decode_all(tmp_path / (tmp_path / "train.csv").read_text().split()[0]).shape == (4, 16, 40, 3)
