@@ -357,7 +357,8 @@ def run(args: argparse.Namespace, grid) -> dict[str, float]:
                 model, device_ids=[device.index] if device.type == "cuda" else None)
         scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
 
-    start_epoch, start_batch, best_acc1 = args.start_epoch, 0, 0.0
+    # Below any accuracy, so the first validation always writes checkpoint-best.pth, even at 0%.
+    start_epoch, start_batch, best_acc1 = args.start_epoch, 0, -1.0
     if found is not None:
         path, ckpt = found
         if engine is not None:
@@ -371,7 +372,7 @@ def run(args: argparse.Namespace, grid) -> dict[str, float]:
                 optimizer.load_state_dict(ckpt["optimizer"])
             if scaler is not None and "scaler" in ckpt:
                 scaler.load_state_dict(ckpt["scaler"])
-        best_acc1 = float(ckpt.get("best_acc1", 0.0))
+        best_acc1 = float(ckpt.get("best_acc1", -1.0))
         start_epoch, start_batch = resume.start_position(path, ckpt, batches_per_epoch)
         print(f"Resumed from {path} (epoch {ckpt['epoch']}); continuing at epoch {start_epoch}"
               + (f", batch {start_batch}" if start_batch else ""))

@@ -110,7 +110,8 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> Path:
     whole = (encode(d / "whole.mp4", clip)).read_bytes()  # index (moov) at the end, as written by default
     (d / "cut_index_lost.mp4").write_bytes(whole[:len(whole) // 2])
     faststart = encode(d / "faststart.mp4", clip, faststart=True).read_bytes()  # index first: opens, then fails
-    (d / "cut_midstream.mp4").write_bytes(faststart[:int(len(faststart) * 0.3)])
+    media_data = faststart.index(b"mdat")  # cut a third into the frames themselves, past the whole index
+    (d / "cut_midstream.mp4").write_bytes(faststart[:media_data + (len(faststart) - media_data) // 3])
     write_mp4(d / "width48.mp4", render_clip(0, 7, num_frames=16, size=(64, 48)))
     (d / "a_folder.mp4").mkdir()
     return d
@@ -261,7 +262,7 @@ def cli(media: Path, broken_list: Path, demo_root: Path, evil: SimpleNamespace,
         "--batch_size", "4", "--resume", evil.shell_file, "--output_dir", tmp / "evil_resume")
     if (ROOT / "run_videomae_vis.py").is_file():
         jobs["evil_vis"] = pool.submit(
-            run, "run_videomae_vis.py", "--img_path", demo_root / "videos" / "train_00000_move_left.mp4",
+            run, "run_videomae_vis.py", "--img_path", demo_root / "videos" / "train_00000_move_right.mp4",
             "--model_path", evil.torch_file, "--save_path", tmp / "vis", "--device", "cpu")
     after_training("nan", nan_run)
     after_training("disk_full", disk_full_run)

@@ -77,9 +77,9 @@ def hidden_mse_from_png(png: Path, mask: torch.Tensor) -> tuple[float, float]:
     return float((masked - original).pow(2).mean()), float((recon - original).pow(2).mean())
 
 
-# Training clips (under a fresh mask) and one clip never trained on; train clip 2 is nearly grey all over,
-# so grey hidden patches are already close to it and it tells nothing.
-@pytest.mark.parametrize("split,index", [("train", 0), ("train", 1), ("train", 3), ("test", 0)])
+# Training clips (under a fresh mask) and one clip never trained on. Train clip 0's mean colour is nearly
+# grey (grey is as close to it as its own mean colour is), so grey hidden patches tell nothing there.
+@pytest.mark.parametrize("split,index", [("train", 1), ("train", 2), ("train", 3), ("test", 0)])
 def test_reconstruction_is_closer_than_the_masked_input(trained, demo_root, tmp_path, split, index):
     result = run_vis(trained, clip(demo_root, split, index), tmp_path / "r.png", "--seed", str(index))
     mask = MaskGenerator(GRID, "tube", 0.75, rng=np.random.default_rng(index))()[0]
