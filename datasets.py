@@ -65,7 +65,8 @@ def decode_reason(cause: BaseException | str) -> str:
     if text.startswith("Error reading"):
         return "cannot be opened as a video (corrupt, truncated, or not a video file)"
     line = _DECORD_PREFIX.sub("", text.splitlines()[0])
-    # The second: cut inside the first frames, decord cannot even learn the stream's size and format.
+    # "Cannot create buffer source": the file was cut inside its first frames, so decord cannot even learn the
+    # stream's size and format.
     if "av_read_frame failed" in line or "Cannot create buffer source" in line:
         return f"frames cannot be decoded, the file is probably truncated or corrupt ({line})"
     return line[:300]

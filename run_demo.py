@@ -1,8 +1,8 @@
 """The PATCHES demo on CPU: pre-train on the built-in demo videos, fine-tune, test, and compare with
 fine-tuning from scratch on the same budget.
 
-    python run_demo.py                 # about 10 minutes on 2 CPU cores
-    python run_demo.py --output_dir output/demo --pretrain_epochs 60 --finetune_epochs 30
+    python run_demo.py                 # about 7 minutes on 2 CPU cores
+    python run_demo.py --output_dir output/demo --pretrain_epochs 80 --finetune_epochs 30
 
 Each stage is an ordinary run of run_mae_pretraining.py / run_class_finetuning.py; the commands are
 printed so they can be re-run or changed one by one. Re-running resumes finished stages from their
