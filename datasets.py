@@ -479,8 +479,9 @@ class CollateWithBad:
 class VideoMAEPretrainDataset(SkipsUnreadableVideos, Dataset):
     """Clips for masked-autoencoder pre-training, labels ignored.
 
-    Item ``i`` is ``(video, enc_mask, dec_mask)``: ``video`` float32 ``[3, T, H, W]`` with
-    ``T, (H, W) = grid.num_frames, grid.input_size``, and the two masks as returned by one
+    Item ``i`` is ``(video, enc_mask, dec_mask)``: ``video`` uint8 ``[3, T, H, W]`` with
+    ``T, (H, W) = grid.num_frames, grid.input_size`` (the training step normalises it on its device,
+    see ``video_transforms.normalize_batch``), and the two masks as returned by one
     call of ``mask_generator()`` (passed through untouched). With ``num_sample > 1`` each of
     the three is a list of ``num_sample`` independently sampled and augmented clips of the
     same video (repeated augmentation; the needed frames are decoded once); batch those

@@ -14,6 +14,7 @@ from modeling_pretrain import mask_to_index, pixel_targets
 from optim_factory import apply_schedules
 from patch_grid import PatchGrid
 from utils import ProgressLogger, TensorboardLogger, all_reduce_mean, amp_autocast
+from video_transforms import normalize_batch
 
 PIXEL_MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN)
 PIXEL_STD = torch.tensor(IMAGENET_DEFAULT_STD)
@@ -38,13 +39,16 @@ class PretrainStep:
 
 def prepare_batch(batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], device: torch.device
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Clips to the device, masks to indices on the host (no device sync), then to the device."""
+    """Clips to the device and normalised there (uint8 from the loader; float clips are taken as already
+    normalised), masks to indices on the host (no device sync), then to the device."""
     videos, enc_mask, dec_mask = batch
     visible = mask_to_index(enc_mask, select=False)
     target = mask_to_index(dec_mask, select=True)
     non_blocking = device.type == "cuda"
-    return (videos.to(device, non_blocking=non_blocking), visible.to(device, non_blocking=non_blocking),
-            target.to(device, non_blocking=non_blocking))
+    videos = videos.to(device, non_blocking=non_blocking)
+    if videos.dtype == torch.uint8:
+        videos = normalize_batch(videos)
+    return videos, visible.to(device, non_blocking=non_blocking), target.to(device, non_blocking=non_blocking)
 
 
 def reconstruction_loss(model: torch.nn.Module, videos: torch.Tensor, visible: torch.Tensor, target: torch.Tensor,

@@ -6,6 +6,10 @@ times faster than float on CPU. The pipeline is
     decoded uint8 [T, H, W, C] -> crop (a view) -> bilinear resize of the crop only
     -> horizontal flip -> float32, normalised, [C, T, H, W]
 
+Pre-training stops one step short: its clips stay uint8 ``[C, T, H, W]`` through collation, pinning
+and the copy to the device, and the step normalises the batch there (:func:`normalize_batch`): a
+quarter of the bytes to collate and move, and no float work in the loader's workers.
+
 Layouts: decoded clips are ``THWC``; after :func:`crop_resize` or :func:`short_side_resize`
 clips are ``TCHW`` (the layout ``interpolate`` wants); :func:`normalize` returns ``CTHW``.
 A crop box is ``(top, left, height, width)`` in pixels of the frame it is cut from.
@@ -173,15 +177,36 @@ def hflip(video: torch.Tensor) -> torch.Tensor:
     return video.flip(-1)
 
 
+def _scale_and_shift(mean: Sequence[float], std: Sequence[float], shape: tuple[int, ...],
+                     device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x * scale - shift`` equals ``(x / 255 - mean) / std`` per channel, as tensors of ``shape``."""
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std], dtype=torch.float32, device=device).view(shape)
+    shift = torch.tensor([m / s for m, s in zip(mean, std)], dtype=torch.float32, device=device).view(shape)
+    return scale, shift
+
+
 def normalize(video: torch.Tensor, mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
               std: Sequence[float] = IMAGENET_DEFAULT_STD) -> torch.Tensor:
     """uint8 (0..255) ``TCHW`` clip -> float32 ``CTHW``, ``(x / 255 - mean) / std`` per channel."""
     c = video.shape[1]
-    scale = torch.tensor([1.0 / (255.0 * s) for s in std], dtype=torch.float32).view(c, 1, 1, 1)
-    shift = torch.tensor([m / s for m, s in zip(mean, std)], dtype=torch.float32).view(c, 1, 1, 1)
+    scale, shift = _scale_and_shift(mean, std, (c, 1, 1, 1))
     out = torch.empty((c, video.shape[0], *video.shape[2:]), dtype=torch.float32)
     out.copy_(video.permute(1, 0, 2, 3))
     return out.mul_(scale).sub_(shift)
+
+
+def normalize_batch(videos: torch.Tensor, mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+                    std: Sequence[float] = IMAGENET_DEFAULT_STD) -> torch.Tensor:
+    """uint8 ``[B, C, T, H, W]`` clips -> float32, normalised as :func:`normalize`, on their own device."""
+    if videos.dtype != torch.uint8 or videos.ndim != 5:
+        raise ValueError(f"expected uint8 [B, C, T, H, W] clips, got {videos.dtype} {tuple(videos.shape)}")
+    scale, shift = _scale_and_shift(mean, std, (1, videos.shape[1], 1, 1, 1), videos.device)
+    return videos.to(torch.float32).mul_(scale).sub_(shift)
+
+
+def to_cthw(video: torch.Tensor) -> torch.Tensor:
+    """A ``TCHW`` clip as a contiguous ``CTHW`` one, dtype kept."""
+    return video.permute(1, 0, 2, 3).contiguous()
 
 
 def denormalize(video: torch.Tensor, mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
@@ -319,9 +344,10 @@ def seeded_global_rngs(rng: np.random.Generator) -> Iterator[None]:
 # ---- whole-clip transforms ------------------------------------------------------------------------
 
 class PretrainTransform:
-    """Pre-training augmentation: multi-scale crop, resize to ``input_hw``, random flip, normalise.
+    """Pre-training augmentation: multi-scale crop, resize to ``input_hw``, random flip.
 
-    Call with a uint8 ``THWC`` clip and a numpy Generator; returns float32 ``[C, T, H, W]``.
+    Call with a uint8 ``THWC`` clip and a numpy Generator; returns uint8 ``[C, T, H, W]``, which the
+    training step normalises on its device (:func:`normalize_batch`).
     """
 
     def __init__(self, input_hw: tuple[int, int], scales: Sequence[float] = PRETRAIN_SCALES,
@@ -339,7 +365,7 @@ class PretrainTransform:
         clip = crop_resize(video, box, self.input_hw)
         if self.flip and rng.random() < 0.5:
             clip = hflip(clip)
-        return normalize(clip)
+        return to_cthw(clip)
 
     def __repr__(self) -> str:
         return (f"PretrainTransform(input_hw={self.input_hw}, scales={self.scales}, flip={self.flip}, "

@@ -59,7 +59,8 @@ def pretrain_step_fn(cfg: dict, device: torch.device):
     optimizer = build_benchmark_optimizer(model)
     gen = MaskGenerator(grid, "tube", cfg["mask_ratio"], cfg["decoder_mask"], 0.5, rng=np.random.default_rng(0))
     masks = [gen() for _ in range(cfg["batch_size"])]
-    batch = (torch.randn(cfg["batch_size"], 3, grid.num_frames, *grid.input_size),
+    # uint8, as the loader delivers them: the step's own normalisation on the device is timed too
+    batch = (torch.randint(0, 256, (cfg["batch_size"], 3, grid.num_frames, *grid.input_size), dtype=torch.uint8),
              torch.stack([m[0] for m in masks]), torch.stack([m[1] for m in masks]))
     step_cfg = PretrainStep(grid=grid, device=device, amp_dtype=amp_dtype_of(cfg))
     model.train()

@@ -14,11 +14,9 @@ from datasets import (VideoDecodeError, VideoMAEPretrainDataset, build_pretraini
 from demo_data import render_clip, write_mp4
 from patch_grid import make_grid
 from video_transforms import (EvalTransform, PretrainTransform, RandomResizedCropTransform, crop_resize,
-                              hflip, multi_scale_crop_params, normalize, random_resized_crop_params,
-                              uniform_crop_boxes)
+                              hflip, multi_scale_crop_params, normalize, normalize_batch, random_resized_crop_params,
+                              to_cthw, uniform_crop_boxes)
 
-LOW = min((0 - m) / s for m, s in zip(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD))
-HIGH = max((1 - m) / s for m, s in zip(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD))
 
 
 def _write(path: Path, text: str | bytes) -> Path:
@@ -113,8 +111,9 @@ def test_transforms_treat_every_frame_alike() -> None:
         outputs.append(PretrainTransform((32, 48))(video, rng))
         outputs.append(RandomResizedCropTransform((32, 32))(video, rng))
     outputs += EvalTransform((32, 32), num_crops=3)(video)
-    for out in outputs:
-        assert out.dtype == torch.float32 and out.shape[:2] == (3, 5)
+    for i, out in enumerate(outputs):
+        # pre-training clips stay uint8 for the step to normalise on its device
+        assert out.dtype == (torch.uint8 if i < 12 and i % 2 == 0 else torch.float32) and out.shape[:2] == (3, 5)
         assert torch.equal(out, out[:, :1].expand_as(out))
     assert not torch.equal(outputs[0], outputs[2])  # but clips do get different crops
 
@@ -123,9 +122,9 @@ def test_pretrain_transform_is_crop_resize_then_optional_flip() -> None:
     video = torch.from_numpy(render_clip(2, 0, num_frames=4, size=(48, 64)))
     for seed in range(8):
         box = multi_scale_crop_params(48, 64, (32, 32), rng=np.random.default_rng(seed))
-        plain = normalize(crop_resize(video, box, (32, 32)))
+        plain = crop_resize(video, box, (32, 32)).permute(1, 0, 2, 3)
         out = PretrainTransform((32, 32))(video, np.random.default_rng(seed))
-        assert torch.equal(out, plain) or torch.equal(out, hflip(plain))
+        assert out.is_contiguous() and (torch.equal(out, plain) or torch.equal(out, hflip(plain)))
 
 
 def _grid_position(box: tuple[int, int, int, int], h: int, w: int) -> tuple[int, int] | None:
@@ -179,6 +178,27 @@ def test_uniform_crops_and_normalize() -> None:
     torch.testing.assert_close(out[:, 0, 0, 0], torch.tensor([-m[0] / s[0], (1 - m[1]) / s[1], -m[2] / s[2]]))
 
 
+def test_normalize_batch_equals_normalize_of_each_clip() -> None:
+    clips = torch.randint(0, 256, (3, 4, 3, 8, 6), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    batch = torch.stack([to_cthw(c) for c in clips])  # what pre-training's loader collates
+    expected = torch.stack([normalize(c) for c in clips])
+    assert torch.equal(normalize_batch(batch), expected)
+    with pytest.raises(ValueError, match="uint8"):
+        normalize_batch(expected)
+
+
+def test_pretraining_step_normalises_uint8_batches_on_its_device() -> None:
+    from engine_for_pretraining import prepare_batch
+    clips = torch.randint(0, 256, (2, 3, 4, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    masks = torch.zeros(2, 8, dtype=torch.bool)
+    masks[:, ::2] = True
+    videos, visible, target = prepare_batch((clips, masks, masks), torch.device("cpu"))
+    assert videos.dtype == torch.float32 and torch.equal(videos, normalize_batch(clips))
+    assert torch.equal(visible, torch.tensor([[1, 3, 5, 7]] * 2)) and torch.equal(target, torch.tensor([[0, 2, 4, 6]] * 2))
+    already = prepare_batch((videos, masks, masks), torch.device("cpu"))[0]
+    assert torch.equal(already, videos)  # float clips are taken as already normalised
+
+
 # ---- pre-training dataset ---------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -213,8 +233,8 @@ def test_pretrain_dataset_items(tiny_videos: Path, input_size) -> None:
     torch.manual_seed(0)
     for i in range(len(ds)):
         video, enc, dec = ds[i]
-        assert video.dtype == torch.float32 and video.shape == (3, grid.num_frames, *grid.input_size)
-        assert LOW - 1e-4 <= video.min() and video.max() <= HIGH + 1e-4 and video.std() > 0.1
+        assert video.dtype == torch.uint8 and video.shape == (3, grid.num_frames, *grid.input_size)
+        assert video.float().std() > 20
         assert torch.equal(enc, torch.full((6,), i + 1)) and torch.equal(dec, torch.full((2,), -(i + 1)))
 
 

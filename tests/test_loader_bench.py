@@ -51,7 +51,9 @@ def test_fast_reader_gives_decords_frames(videos: list[str]) -> None:
 def test_both_pipelines_deliver_clips(videos: list[str], pipeline: str, num_sample: int) -> None:
     row = loader_bench.measure_loader(videos, 0, num_sample, pipeline, batch_size=2, seconds=0, min_batches=2,
                                       warmup_batches=1, extra_args=SMALL)
-    assert row["batch_shape"] == [2 * num_sample, 3, 8, 32, 32] and row["dtype"] == "float32"
+    # ours hands uint8 clips to the step, which normalises them on its device; the baseline normalises here
+    assert row["batch_shape"] == [2 * num_sample, 3, 8, 32, 32]
+    assert row["dtype"] == ("uint8" if pipeline == "ours" else "float32")
     assert row["clips"] == 2 * 2 * num_sample and row["clips_per_s"] > 0 and row["clips_per_cpu_s"] > 0
 
 
