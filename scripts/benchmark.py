@@ -165,7 +165,8 @@ def measure(cfg: dict) -> dict:
     else:
         peak_mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {**cfg, "patches_per_frame": grid.patches_per_frame, "tokens": grid.num_tokens,
-            "step_s": seconds, "clips_per_s": cfg["batch_size"] / seconds, "gflop_per_step": flops / 1e9,
+            "step_s": seconds, "step_s_each": times, "clips_per_s": cfg["batch_size"] / seconds,
+            "gflop_per_step": flops / 1e9,
             "achieved_gflops": flops / seconds / 1e9, "matmul_gflops": rate / 1e9,
             "fraction_of_matmul": flops / seconds / rate, "peak_mem_gb": peak_mem / 1e9}
 
