@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cpu_memory  # (before torch: allocator settings torch reads once, see cpu_memory.py)
 import torch
 
 import cli_args
@@ -306,7 +307,8 @@ def run(args: argparse.Namespace, grid) -> dict[str, float]:
                                device=torch.device("cpu") if args.model_ema_force_cpu else None)
     if args.compile:  # after the EMA copy, so that the EMA is the plain module
         model.compile(backend=args.compile)
-    print(f"Attention: {attention}" + (f"; compiled with {args.compile}" if args.compile else ""))
+    print(f"Attention: {attention}" + (f"; compiled with {args.compile}" if args.compile else "")
+          + (f"; CPU allocator: {cpu_memory.allocator_settings()}" if device.type == "cpu" else ""))
     n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"Model {args.model}: {n_parameters / 1e6:.2f} M parameters, {nb_classes} classes")
     log_file = Path(args.output_dir) / "log.txt"

@@ -15,6 +15,7 @@ import shlex
 import time
 from pathlib import Path
 
+import cpu_memory  # noqa: F401  (before torch: allocator settings torch reads once, see cpu_memory.py)
 import torch
 
 import run_class_finetuning

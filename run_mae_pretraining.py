@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cpu_memory  # (before torch: allocator settings torch reads once, see cpu_memory.py)
 import torch
 
 import cli_args
@@ -148,7 +149,8 @@ def train(args: argparse.Namespace, grid, counts) -> None:
     attention = configure_attention(model, args.attn_impl, device, amp_dtype)
     if args.compile:  # in place, so the state dict keeps its names
         model.compile(backend=args.compile)
-    print(f"Attention: {attention}" + (f"; compiled with {args.compile}" if args.compile else ""))
+    print(f"Attention: {attention}" + (f"; compiled with {args.compile}" if args.compile else "")
+          + (f"; CPU allocator: {cpu_memory.allocator_settings()}" if device.type == "cpu" else ""))
     n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"Model {args.model}: {n_parameters / 1e6:.2f} M parameters")
 

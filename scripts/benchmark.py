@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+import cpu_memory  # noqa: E402  (before torch: allocator settings torch reads once, see cpu_memory.py)
 import torch  # noqa: E402
 
 
@@ -172,7 +173,8 @@ def measure(cfg: dict) -> dict:
             "step_s": seconds, "step_s_each": times, "clips_per_s": cfg["batch_size"] / seconds,
             "gflop_per_step": flops / 1e9,
             "achieved_gflops": flops / seconds / 1e9, "matmul_gflops": rate / 1e9,
-            "fraction_of_matmul": flops / seconds / rate, "peak_mem_gb": peak_mem / 1e9}
+            "fraction_of_matmul": flops / seconds / rate, "peak_mem_gb": peak_mem / 1e9,
+            "cpu_allocator": cpu_memory.allocator_settings()}
 
 
 def configurations(args: argparse.Namespace) -> list[dict]:
@@ -246,7 +248,8 @@ def main() -> None:
         print(json.dumps(measure(json.loads(args.one))))
         return
     rows = []
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}", flush=True)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
+          f"CPU allocator: {cpu_memory.allocator_settings()}", flush=True)
     for cfg in configurations(args):
         rows.append(run_isolated(cfg))
         r = rows[-1]

@@ -9,6 +9,7 @@ import pytest
 # The project is a flat set of modules at the repo root; make them importable however pytest is started.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import cpu_memory  # noqa: E402,F401  (before torch, as in the run scripts: the same allocator settings)
 from demo_data import make_demo_dataset  # noqa: E402
 
 @pytest.fixture(scope="session")
