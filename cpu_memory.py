@@ -12,7 +12,7 @@ PERFORMANCE.md):
   back to the system when freed instead of fragmenting the heap.
 
 A value the user set in the environment (``THP_MEM_ALLOC_ENABLE``, ``MALLOC_MMAP_THRESHOLD_``) is left
-as it is; ``PATCHES_CPU_ALLOCATOR=default`` turns both off.
+as it is; ``PATCHES_CPU_ALLOCATOR=default`` turns both off (``tuned``, the default, keeps them).
 """
 from __future__ import annotations
 
@@ -27,7 +27,11 @@ _M_MMAP_THRESHOLD = -3  # mallopt's parameter number in glibc's malloc.h
 
 def tune_cpu_allocator() -> dict[str, str]:
     """Apply the settings above where they are not already chosen; returns what this call set."""
-    if os.environ.get("PATCHES_CPU_ALLOCATOR", "") == "default" or not sys.platform.startswith("linux"):
+    choice = os.environ.get("PATCHES_CPU_ALLOCATOR", "tuned")
+    if choice not in ("tuned", "default"):
+        raise ValueError(f"PATCHES_CPU_ALLOCATOR={choice!r}: use 'tuned' (the default) or 'default' (the system "
+                         "allocator's own settings)")
+    if choice == "default" or not sys.platform.startswith("linux"):
         return {}
     applied = {}
     if "THP_MEM_ALLOC_ENABLE" not in os.environ:
@@ -58,4 +62,4 @@ def allocator_settings() -> str:
     return ", ".join(chosen) if chosen else "allocator defaults"
 
 
-APPLIED = tune_cpu_allocator()
+tune_cpu_allocator()

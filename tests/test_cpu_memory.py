@@ -35,11 +35,15 @@ print(json.dumps({{"small_mapped": mapped(4 << 20), "large_mapped": mapped(24 <<
 """
 
 
-def probe(imports: str, env: dict[str, str] | None = None) -> dict:
+def run_probe(imports: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items()
              if k not in ("THP_MEM_ALLOC_ENABLE", "MALLOC_MMAP_THRESHOLD_", "PATCHES_CPU_ALLOCATOR")}
-    out = subprocess.run([sys.executable, "-W", "error", "-c", PROBE.format(imports=imports)],
-                         cwd=ROOT, env={**clean, **(env or {})}, capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-W", "error", "-c", PROBE.format(imports=imports)],
+                          cwd=ROOT, env={**clean, **(env or {})}, capture_output=True, text=True)
+
+
+def probe(imports: str, env: dict[str, str] | None = None) -> dict:
+    out = run_probe(imports, env)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -60,6 +64,13 @@ def test_user_choices_win() -> None:
     assert off["small_mapped"] and off["thp"] is None and off["mmap"] is None
     own = probe("import cpu_memory", {"THP_MEM_ALLOC_ENABLE": "0"})
     assert own["thp"] == "0" and not own["small_mapped"]
+    explicit = probe("import cpu_memory", {"PATCHES_CPU_ALLOCATOR": "tuned"})
+    assert explicit["thp"] == "1" and not explicit["small_mapped"]
+
+
+def test_a_misspelt_choice_is_refused_by_name() -> None:
+    out = run_probe("import cpu_memory", {"PATCHES_CPU_ALLOCATOR": "defualt"})
+    assert out.returncode != 0 and "PATCHES_CPU_ALLOCATOR='defualt'" in out.stderr
 
 
 @pytest.mark.parametrize("entry", ["run_mae_pretraining", "run_class_finetuning", "run_demo"])
