@@ -25,26 +25,22 @@ MMAP_THRESHOLD_BYTES = 16 * 1024 * 1024
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter number in glibc's malloc.h
 
 
-def tune_cpu_allocator() -> dict[str, str]:
-    """Apply the settings above where they are not already chosen; returns what this call set."""
+def tune_cpu_allocator() -> None:
+    """Apply the settings above where they are not already chosen."""
     choice = os.environ.get("PATCHES_CPU_ALLOCATOR", "tuned")
     if choice not in ("tuned", "default"):
         raise ValueError(f"PATCHES_CPU_ALLOCATOR={choice!r}: use 'tuned' (the default) or 'default' (the system "
                          "allocator's own settings)")
     if choice == "default" or not sys.platform.startswith("linux"):
-        return {}
-    applied = {}
+        return
     if "THP_MEM_ALLOC_ENABLE" not in os.environ:
         if "torch" in sys.modules:
             warnings.warn("cpu_memory was imported after torch: torch may already have read THP_MEM_ALLOC_ENABLE "
                           "(import cpu_memory first)", stacklevel=2)
         os.environ["THP_MEM_ALLOC_ENABLE"] = "1"
-        applied["THP_MEM_ALLOC_ENABLE"] = "1"
     if "MALLOC_MMAP_THRESHOLD_" not in os.environ and _set_mmap_threshold(MMAP_THRESHOLD_BYTES):
         # exported too, so that DataLoader workers and other child processes get the same allocator
         os.environ["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD_BYTES)
-        applied["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD_BYTES)
-    return applied
 
 
 def _set_mmap_threshold(nbytes: int) -> bool:
