@@ -126,12 +126,48 @@ def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x.reshape(batch * n, dim).index_select(0, rows).view(batch, -1, dim)
 
 
-class BlockAttention(BeitAttention):
-    """timm's BEiT attention (VideoMAE's layout) whose matmul + softmax path runs softmax on a 3-D view.
+class MatmulSoftmaxAttention(torch.autograd.Function):
+    """softmax(q k^T * scale) v over [B, H, N, d] on CPU, with one [B*H, N, N] buffer each way, filled in place.
 
-    On CPU, torch's bf16 softmax over the last axis of a 4-D tensor is much slower than over a 3-D view
-    of it (the pre-training decoder's [2, 3, 1568, 1568] scores: forward + backward 20.7 against 7.5 ms),
-    and that softmax is a large part of a bf16 step. Every other path is timm's own.
+    The plain ops allocate the scores, then the probabilities, and in backward two more N x N gradients:
+    at the pre-training decoder's 1568 tokens each is 30 MB in bf16, fresh from the system every time.
+    Here the scale rides on the matmul, softmax and its backward overwrite their input, and softmax runs on
+    a 3-D view (on CPU, bf16 softmax over the last axis of a 4-D tensor is several times slower). One ViT-S
+    decoder layer's attention, forward + backward in bf16: 42-46 against 50-58 ms; see PERFORMANCE.md for steps.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        b, h, n, d = q.shape
+        q, k, v = (t.reshape(b * h, n, d) for t in (q, k, v))
+        with torch.autocast(q.device.type, enabled=False):  # inputs come in one dtype; out= needs no casts
+            probs = torch.baddbmm(q.new_empty(()).expand(b * h, n, n), q, k.transpose(1, 2), beta=0, alpha=scale)
+            torch.softmax(probs, dim=-1, out=probs)
+            out = torch.bmm(probs, v)
+        ctx.save_for_backward(q, k, v, probs)
+        ctx.scale = scale
+        return out.view(b, h, n, d)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        q, k, v, probs = ctx.saved_tensors
+        shape = grad_out.shape
+        grad_out = grad_out.reshape(q.shape)
+        with torch.autocast(q.device.type, enabled=False):
+            grad_scores = torch.bmm(grad_out, v.transpose(1, 2))
+            grad_v = torch.bmm(probs.transpose(1, 2), grad_out)
+            torch._softmax_backward_data(grad_scores, probs, -1, probs.dtype, grad_input=grad_scores)
+            grad_q = torch.bmm(grad_scores, k).mul_(ctx.scale)
+            grad_k = torch.bmm(grad_scores.transpose(1, 2), q).mul_(ctx.scale)
+        return grad_q.view(shape), grad_k.view(shape), grad_v.view(shape), None
+
+
+class BlockAttention(BeitAttention):
+    """timm's BEiT attention (VideoMAE's layout) whose matmul + softmax path is :class:`MatmulSoftmaxAttention`.
+
+    The plain matmul + softmax ops remain for CUDA (whose autocast runs softmax in fp32), compiled graphs
+    (inductor fuses them itself) and dropout on the attention map; every other path is timm's own.
     """
 
     def forward(self, x: torch.Tensor, shared_rel_pos_bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -142,9 +178,13 @@ class BlockAttention(BeitAttention):
         bias = None if self.q_bias is None else torch.cat((self.q_bias, self.k_bias, self.v_bias))
         qkv = F.linear(x, self.qkv.weight, bias).reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        scores = (q * self.scale) @ k.transpose(-2, -1)
-        attn = self.attn_drop(scores.flatten(0, 1).softmax(dim=-1).view_as(scores))
-        return self.proj_drop(self.proj((attn @ v).transpose(1, 2).reshape(b, n, c)))
+        if q.device.type != "cpu" or torch.compiler.is_compiling() or (self.training and self.attn_drop.p > 0):
+            scores = (q * self.scale) @ k.transpose(-2, -1)
+            attn = self.attn_drop(scores.flatten(0, 1).softmax(dim=-1).view_as(scores))
+            out = attn @ v
+        else:
+            out = MatmulSoftmaxAttention.apply(q, k, v, self.scale)
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, c)))
 
 
 class TransformerStack(nn.Module):

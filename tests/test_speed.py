@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from masking_generator import MaskGenerator
-from modeling_finetune import (BlockAttention, attention_path, configure_attention, create_video_model,
-                               gather_tokens)
+from modeling_finetune import (BlockAttention, MatmulSoftmaxAttention, attention_path, configure_attention,
+                               create_video_model, gather_tokens)
 from modeling_pretrain import mask_to_index, pixel_targets
 from optim_factory import build_optimizer
 from patch_grid import make_grid
@@ -128,6 +128,33 @@ def test_blocks_explicit_attention_equals_timms_and_keeps_parameter_names():
     theirs = attn(x)
     (grad_theirs,) = torch.autograd.grad(theirs.sum(), x)
     assert torch.allclose(ours, theirs, atol=1e-6) and torch.allclose(grad_ours, grad_theirs, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_in_place_attention_matches_plain_ops_forward_and_backward(dtype, tol):
+    # head dim 24: a scale that is not a power of two, so scaling in the matmul is really checked
+    q, k, v = (torch.randn(2, 3, 50, 24, dtype=torch.float64) for _ in range(3))
+    grad_out = torch.randn(2, 3, 50, 24, dtype=torch.float64)
+    scale = 24 ** -0.5
+
+    def plain(q, k, v):
+        return ((q @ k.transpose(-2, -1)) * scale).softmax(-1) @ v
+
+    def run(fn, dtype):
+        inputs = [t.to(dtype).requires_grad_() for t in (q, k, v)]
+        out = fn(*inputs)
+        out.backward(grad_out.to(dtype))
+        return [out.float()] + [t.grad.float() for t in inputs]
+
+    ours = run(lambda q, k, v: MatmulSoftmaxAttention.apply(q, k, v, scale), dtype)
+    # fp32 against float64; bf16 against the same plain ops in bf16, as a bf16 step ran them before
+    reference = run(plain, torch.float64 if dtype == torch.float32 else dtype)
+    for name, got, want in zip(("output", "grad q", "grad k", "grad v"), ours, reference):
+        err = (got - want.float()).abs().max() / want.abs().max()
+        assert err < tol, f"{name}: relative error {err:.2e}"
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as in a bf16 step: bf16 inputs, bf16 result
+        inputs = [t.bfloat16().requires_grad_() for t in (q, k, v)]
+        assert MatmulSoftmaxAttention.apply(*inputs, scale).dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("x_batch, index_batch", [(3, 3), (1, 3), (3, 1)])
