@@ -157,6 +157,19 @@ def test_in_place_attention_matches_plain_ops_forward_and_backward(dtype, tol):
         assert MatmulSoftmaxAttention.apply(*inputs, scale).dtype == torch.bfloat16
 
 
+def test_attention_dropout_still_applies_on_the_explicit_path():
+    model = create_video_model("vit_micro_patch16_224", num_classes=3, input_size=32, patch_size=8, num_frames=4,
+                               attn_drop_rate=0.5)
+    attn = model.blocks[0].attn
+    attn.fused_attn = False
+    x = torch.randn(2, 16, attn.qkv.in_features)
+    torch.manual_seed(0)
+    first = attn(x)
+    assert not torch.allclose(first, attn(x)), "attention dropout was skipped in training"
+    attn.eval()
+    assert torch.equal(attn(x), attn(x))
+
+
 @pytest.mark.parametrize("x_batch, index_batch", [(3, 3), (1, 3), (3, 1)])
 def test_gather_tokens_equals_torch_gather_and_broadcasts(x_batch, index_batch):
     x = torch.randn(x_batch, 10, 6, requires_grad=True)
