@@ -69,6 +69,18 @@ class PatchGrid:
         return make_grid(d["num_frames"], d["tubelet_size"], d["input_size"], d["patch_size"],
                          d.get("in_chans", 3))
 
+    def differences(self, other: "PatchGrid") -> list[str]:
+        """Where ``other`` differs from this grid, one ``"--flag mine vs theirs"`` entry per flag."""
+        flags = {"num_frames": "--num_frames", "tubelet_size": "--tubelet_size", "input_size": "--input_size",
+                 "patch_size": "--patch_size", "in_chans": "input channels"}
+        mine, theirs = self.to_dict(), other.to_dict()
+        return [f"{flag} {_flag_value(mine[k])} vs {_flag_value(theirs[k])}" for k, flag in flags.items()
+                if mine[k] != theirs[k]]
+
+
+def _flag_value(value: Any) -> str:
+    return " ".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+
 
 def as_hw(size: int | Sequence[int], flag: str = "--input_size") -> tuple[int, int]:
     """Accept one side (square) or ``H W``."""

@@ -27,6 +27,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 import utils
+from patch_grid import PatchGrid
 
 # Exit status of a run stopped by SIGTERM/SIGUSR1 after saving checkpoint-latest: EX_TEMPFAIL from
 # sysexits.h ("try again later"); the sbatch launchers requeue the job when they see it.
@@ -370,10 +371,12 @@ def find_checkpoint(output_dir: str | Path, folders: bool = False) -> tuple[Path
     return None if best is None else (best[1], best[2])
 
 
-def choose_checkpoint(args: Any, folders: bool = False) -> tuple[Path, dict[str, Any]] | None:
+def choose_checkpoint(args: Any, grid: PatchGrid, folders: bool = False,
+                      other_grid_hint: str = "") -> tuple[Path, dict[str, Any]] | None:
     """``--resume`` if given, else (``--auto_resume``) the newest good checkpoint in ``--output_dir``.
 
-    Rank 0 chooses and tells the others, so all ranks load the same file.
+    Rank 0 chooses and tells the others, so all ranks load the same file. A checkpoint made at another
+    patch grid than ``grid`` is refused; ``other_grid_hint`` ends that message.
     """
     choice: list[Any] = [None]
     if utils.is_main_process():
@@ -388,9 +391,13 @@ def choose_checkpoint(args: Any, folders: bool = False) -> tuple[Path, dict[str,
     if choice[0] is None:
         return None
     try:
-        return Path(choice[0]), utils.load_checkpoint(choice[0])
+        ckpt = utils.load_checkpoint(choice[0])
+        fresh = "leave out --resume" if args.resume else "use another --output_dir or --no_auto_resume"
+        utils.check_checkpoint_grid(ckpt, grid, choice[0], f"A resumed run keeps its grid: pass the file's values, "
+                                    f"or {fresh} to start afresh.{other_grid_hint}")
     except utils.CheckpointError as e:
         raise SystemExit(f"error: {e}")
+    return Path(choice[0]), ckpt
 
 
 def link_atomically(src: Path, dst: Path) -> None:

@@ -9,6 +9,7 @@ import datetime
 import functools
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,12 @@ from engine_for_finetuning import (FinetuneStep, evaluate, final_test, merge_tes
 from engine_for_pretraining import NonFiniteLossError
 from modeling_finetune import configure_attention, create_video_model
 from optim_factory import build_optimizer
+from patch_grid import PatchGrid
 
 DATA_SETS = ("Kinetics-400", "Kinetics-600", "Kinetics-700", "SSV2", "UCF101", "HMDB51", "custom")
+
+
+FINETUNE_HINT = " To fine-tune from its weights at this run's grid, pass it to --finetune instead."
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -212,13 +217,14 @@ def checkpoint_to_evaluate(args: argparse.Namespace) -> str:
     return str(found[-1][1]) if found else ""
 
 
-def load_weights(path: str, model: torch.nn.Module, model_ema, args: argparse.Namespace) -> dict[str, Any]:
-    """Our checkpoint's model (and EMA) weights into ``model`` (``model_ema``). Returns the checkpoint."""
+def load_weights(path: str, model: torch.nn.Module, model_ema, args: argparse.Namespace,
+                 grid: PatchGrid) -> dict[str, Any]:
+    """Our checkpoint's model (and EMA) weights into ``model`` (``model_ema``), at this run's patch grid.
+    Returns the checkpoint."""
     try:
         ckpt = utils.load_checkpoint(path)
-    except utils.CheckpointError as e:
-        raise SystemExit(f"error: {e}")
-    try:
+        utils.check_checkpoint_grid(ckpt, grid, path, "Evaluating keeps a checkpoint's grid: pass the file's "
+                                                      f"values.{FINETUNE_HINT}")
         utils.load_model_state(model, ckpt, path, args.model)
     except utils.CheckpointError as e:
         raise SystemExit(f"error: {e}")
@@ -226,6 +232,39 @@ def load_weights(path: str, model: torch.nn.Module, model_ema, args: argparse.Na
         model_ema.module.load_state_dict(ckpt["model_ema"])
     print(f"Loaded {path} (epoch {ckpt.get('epoch')})")
     return ckpt
+
+
+def shared_run_id(found: tuple[Path, dict[str, Any]] | None) -> str:
+    """A name for this training run, kept across its resumes and the same on every rank.
+
+    ``checkpoint-best.pth`` carries it, so the final test never takes a best file an earlier run left behind.
+    """
+    run_id = [str(found[1]["run_id"]) if found is not None and found[1].get("run_id") else uuid.uuid4().hex]
+    if utils.is_dist():
+        torch.distributed.broadcast_object_list(run_id, src=0)
+    return run_id[0]
+
+
+def load_best_of_run(args: argparse.Namespace, model: torch.nn.Module, run_id: str, grid: PatchGrid) -> str:
+    """Load this run's ``checkpoint-best.pth`` into ``model`` for the final test; returns what is tested.
+
+    Without validation, or when the file in ``--output_dir`` is another run's, the final weights are tested.
+    """
+    path = Path(args.output_dir) / "checkpoint-best.pth"
+    if not path.is_file():
+        return "final weights"
+    try:
+        ckpt = utils.load_checkpoint(path)
+        if ckpt.get("run_id") != run_id:
+            print(f"{path} is another run's (val acc@1 {ckpt.get('best_acc1')}, epoch {ckpt.get('epoch')}); "
+                  f"testing this run's final weights")
+            return "final weights"
+        utils.check_checkpoint_grid(ckpt, grid, path, "")
+        utils.load_model_state(model, ckpt, path, args.model)
+    except utils.CheckpointError as e:
+        raise SystemExit(f"error: {e}")
+    print(f"Testing {path} (epoch {ckpt.get('epoch')}, val acc@1 {float(ckpt.get('best_acc1', -1.0)):.2f})")
+    return str(path)
 
 
 def load_finetune(args: argparse.Namespace, model: torch.nn.Module, model_ema) -> None:
@@ -290,6 +329,9 @@ def run(args: argparse.Namespace, grid) -> dict[str, float]:
     resume.set_deterministic(args.deterministic)
     utils.seed_everything(args.seed + utils.get_rank())
     print(f"Patch grid: {grid.describe()}")
+    # before data and model, so that a checkpoint of another grid is refused before any heavy work
+    found = None if args.eval else resume.choose_checkpoint(args, grid, folders=args.enable_deepspeed,
+                                                            other_grid_hint=FINETUNE_HINT)
 
     from datasets import build_dataset
     train_set, nb_classes = build_dataset("train", args, grid)
@@ -316,14 +358,13 @@ def run(args: argparse.Namespace, grid) -> dict[str, float]:
     if args.eval:
         path = checkpoint_to_evaluate(args)
         if path:
-            load_weights(path, model, model_ema, args)
+            load_weights(path, model, model_ema, args, grid)
         elif args.finetune:
             load_finetune(args, model, model_ema)
         stats = run_test(args, model, device, amp_dtype, grid)
         utils.append_jsonl(log_file, {f"eval_test_{k}": v for k, v in stats.items()})
         return stats
 
-    found = resume.choose_checkpoint(args, folders=args.enable_deepspeed)
     if found is None and args.finetune:
         load_finetune(args, model, model_ema)
 
@@ -369,7 +410,7 @@ def run(args: argparse.Namespace, grid) -> dict[str, float]:
             if model_ema is not None and "model_ema" in ckpt:
                 model_ema.module.load_state_dict(ckpt["model_ema"])
         else:
-            load_weights(str(path), model_without_ddp, model_ema, args)
+            load_weights(str(path), model_without_ddp, model_ema, args, grid)
             if "optimizer" in ckpt:
                 optimizer.load_state_dict(ckpt["optimizer"])
             if scaler is not None and "scaler" in ckpt:
@@ -378,6 +419,7 @@ def run(args: argparse.Namespace, grid) -> dict[str, float]:
         start_epoch, start_batch = resume.start_position(path, ckpt, batches_per_epoch)
         print(f"Resumed from {path} (epoch {ckpt['epoch']}); continuing at epoch {start_epoch}"
               + (f", batch {start_batch}" if start_batch else ""))
+    run_id = shared_run_id(found)
     lr_schedule = utils.cosine_scheduler(args.lr, args.min_lr, args.epochs, steps_per_epoch,
                                          args.warmup_epochs, args.warmup_lr, args.warmup_steps)
     wd_end = args.weight_decay if args.weight_decay_end is None else args.weight_decay_end
@@ -391,7 +433,7 @@ def run(args: argparse.Namespace, grid) -> dict[str, float]:
         if utils.is_main_process() else None
 
     def make_state(epoch: int, next_epoch: int = -1, next_batch: int = 0, full: bool = True) -> dict[str, Any]:
-        extra: dict[str, Any] = {"best_acc1": best_acc1, "nb_classes": nb_classes}
+        extra: dict[str, Any] = {"best_acc1": best_acc1, "nb_classes": nb_classes, "run_id": run_id}
         if model_ema is not None:
             extra["model_ema"] = model_ema.module.state_dict()
         if not full:
@@ -455,9 +497,7 @@ def run(args: argparse.Namespace, grid) -> dict[str, float]:
     if utils.is_dist():
         torch.distributed.barrier()  # rank 0's last saves are on disk before any rank looks for the best
 
-    tested = checkpoint_to_evaluate(args)
-    if tested and tested.endswith("checkpoint-best.pth"):
-        model_without_ddp.load_state_dict(utils.load_checkpoint(tested)["model"])
+    tested = load_best_of_run(args, model_without_ddp, run_id, grid)
     test = run_test(args, model_without_ddp, device, amp_dtype, grid)
     utils.append_jsonl(log_file, {**{f"test_{k}": v for k, v in test.items()}, "checkpoint": tested})
     if tb_logger is not None:

@@ -143,6 +143,7 @@ def train(args: argparse.Namespace, grid, counts) -> None:
     print(f"Masking: {args.mask_type} {args.mask_ratio}: {counts.num_visible} visible, {counts.num_masked} masked, "
           f"decoder reconstructs {counts.num_decoded}")
 
+    found = resume.choose_checkpoint(args, grid, folders=args.enable_deepspeed)  # refused before data and model
     dataset, loader = build_loader(args, grid, device)
     model = create_video_model(args.model, grid=grid, decoder_depth=args.decoder_depth, drop_path_rate=args.drop_path,
                                pos_embed=args.pos_embed, use_checkpoint=args.use_checkpoint).to(device)
@@ -180,7 +181,6 @@ def train(args: argparse.Namespace, grid, counts) -> None:
     wd_schedule = utils.cosine_scheduler(args.weight_decay, wd_end, args.epochs, steps_per_epoch)
 
     start_epoch, start_batch = args.start_epoch, 0
-    found = resume.choose_checkpoint(args, folders=engine is not None)
     if found is not None:
         restore(found, model, optimizer, scaler, engine, args)
         start_epoch, start_batch = resume.start_position(found[0], found[1], steps_per_epoch)

@@ -404,6 +404,26 @@ def _load_failure_message(path: Path, e: BaseException) -> str:
             f"values that weights_only loading accepts); nothing from it was run")
 
 
+def check_checkpoint_grid(ckpt: dict[str, Any], grid: PatchGrid, path: str | Path, remedy: str) -> None:
+    """Raise :class:`CheckpointError` when ``ckpt`` records a patch grid other than ``grid``.
+
+    Resuming and evaluating keep a checkpoint's grid. Without this check, a change of input size or frame
+    count would load silently, because the fixed position tables are not saved and no tensor changes shape.
+    Files with no record of their grid (VideoMAE's own) are left to the shape check of :func:`load_model_state`.
+    """
+    recorded = ckpt.get("grid")
+    if not isinstance(recorded, dict):
+        return
+    try:
+        theirs = PatchGrid.from_dict(recorded)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} records an unreadable patch grid {recorded!r} ({e})") from None
+    differences = theirs.differences(grid)
+    if differences:
+        raise CheckpointError(f"{path} was made at another patch grid than this run's "
+                              f"({'; '.join(differences)}: the file's value first). {remedy}")
+
+
 def load_model_state(model: torch.nn.Module, ckpt: dict[str, Any], path: str | Path, model_name: str) -> None:
     """Load ``ckpt["model"]`` into ``model`` exactly, or raise :class:`CheckpointError` saying what does not fit
     (no state dict, tensors of another shape, missing or unexpected names) before anything is changed."""

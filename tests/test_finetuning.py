@@ -110,3 +110,47 @@ def test_finetune_cli_then_eval_reproduces_logged_accuracy(demo_root, tmp_path):
     assert "checkpoint-best.pth" in evaluated.stdout
     ckpt = load_checkpoint(out / "checkpoint-best.pth")
     assert ckpt["grid"]["input_size"] == [32, 32] and "model_ema" in ckpt
+
+
+SMALL = [*COMMON, "--model", "vit_micro_patch16_224", "--data_set", "custom", "--patch_size", "8",
+         "--sampling_rate", "2", "--batch_size", "4", "--epochs", "1", "--test_num_segment", "1",
+         "--test_num_crop", "1"]
+
+
+def test_final_test_never_takes_a_best_checkpoint_another_run_left(demo_root, tmp_path):
+    out = tmp_path / "ft"
+    grid = ["--input_size", "32", "--num_frames", "4"]
+    first = run("run_class_finetuning.py", *SMALL, *grid, "--data_path", str(demo_root), "--output_dir", str(out),
+                cwd=tmp_path)
+    logged = json.loads((out / "log.txt").read_text().splitlines()[-1])
+    assert logged["checkpoint"] == str(out / "checkpoint-best.pth") and "Testing " in first.stdout
+    left_behind = (out / "checkpoint-best.pth").read_bytes()
+
+    # A new run in the same folder that validates nothing: its final weights are tested, not the old best.
+    second = run("run_class_finetuning.py", *SMALL, *grid, "--data_path", str(demo_root), "--output_dir", str(out),
+                 "--no_auto_resume", "--disable_eval_during_finetuning", "--seed", "7", cwd=tmp_path)
+    assert "is another run's" in second.stdout
+    tested = json.loads((out / "log.txt").read_text().splitlines()[-1])
+    assert tested["checkpoint"] == "final weights"
+    assert (out / "checkpoint-best.pth").read_bytes() == left_behind
+    # The final weights are checkpoint-0.pth of the second run: testing that file gives the logged accuracy.
+    again = run("run_class_finetuning.py", *SMALL, *grid, "--data_path", str(demo_root), "--output_dir",
+                str(tmp_path / "eval"), "--eval", "--resume", str(out / "checkpoint-0.pth"), cwd=tmp_path)
+    evaluated = json.loads((tmp_path / "eval" / "log.txt").read_text().splitlines()[-1])
+    assert (evaluated["eval_test_acc1"], evaluated["eval_test_acc5"]) == (tested["test_acc1"], tested["test_acc5"])
+    assert "Loaded" in again.stdout
+
+
+def test_eval_and_resume_refuse_a_checkpoint_of_another_grid(demo_root, tmp_path):
+    out = tmp_path / "ft"
+    run("run_class_finetuning.py", *SMALL, "--input_size", "32", "--num_frames", "4", "--data_path", str(demo_root),
+        "--output_dir", str(out), "--disable_eval_during_finetuning", cwd=tmp_path)
+    # 8 frames instead of 4: no saved tensor changes shape, so only the recorded grid tells them apart.
+    for extra in (["--eval", "--resume", str(out / "checkpoint-0.pth")], ["--epochs", "2"]):
+        result = subprocess.run([sys.executable, str(ROOT / "run_class_finetuning.py"), *SMALL, "--input_size", "32",
+                                 "--num_frames", "8", "--data_path", str(demo_root), "--output_dir", str(out),
+                                 *extra], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+        assert result.returncode != 0
+        assert ".pth was made at another patch grid than this run's (--num_frames 4 vs 8" in result.stderr
+        assert "--finetune" in result.stderr and "Traceback" not in result.stderr
+    assert "M parameters" not in result.stdout  # the resume is refused before the data and the model are built

@@ -83,6 +83,25 @@ def test_auto_resume_continues_after_the_last_checkpoint(trained, demo_root, tmp
     assert [json.loads(line)["epoch"] for line in (resumed / "log.txt").read_text().splitlines()] == [5]
 
 
+
+@pytest.mark.parametrize("changed,named", [
+    (["--input_size", "48", "32", "--num_frames", "8"], "--input_size 32 48 vs 48 32"),
+    (["--input_size", "32", "48", "--num_frames", "4"], "--num_frames 8 vs 4"),
+])
+def test_resume_at_another_grid_is_refused_before_data_and_model(trained, demo_root, tmp_path, changed, named):
+    # Neither change alters a saved tensor's shape (the position tables are fixed, not saved).
+    out, _ = trained
+    resumed = tmp_path / "out"
+    resumed.mkdir()
+    torch.save(load_checkpoint(out / "checkpoint-4.pth"), resumed / "checkpoint-4.pth")
+    result = run_pretraining(demo_root, resumed, *changed, "--patch_size", "8", "--sampling_rate", "2",
+                             "--batch_size", "4", "--epochs", "6", "--normlize_target", "false")
+    assert result.returncode != 0
+    assert f"checkpoint-4.pth was made at another patch grid than this run's ({named}: the file's value first)" \
+        in result.stderr
+    assert "--no_auto_resume" in result.stderr and "Traceback" not in result.stderr
+    assert "M parameters" not in result.stdout
+
 @pytest.mark.parametrize("flags,message", [
     (["--input_size", "30", "--patch_size", "8"], "--input_size height 30 is not divisible by --patch_size 8"),
     (["--mask_ratio", "1.5"], "--mask_ratio must be inside (0, 1)"),
