@@ -68,6 +68,13 @@ def validate_args(args: argparse.Namespace):
                                  args.decoder_mask_ratio)
         except GridError as e:
             problems.append(str(e))
+        if args.normlize_target and grid.tubelet_size * grid.patch_size ** 2 < 2:
+            problems.append(f"--normlize_target standardises each token's pixels per channel, and with --patch_size "
+                            f"{grid.patch_size} --tubelet_size {grid.tubelet_size} a token has one; "
+                            f"pass --normlize_target false")
+    if args.decoder_mask_type == "none" and args.decoder_mask_ratio:
+        problems.append(f"--decoder_mask_ratio {args.decoder_mask_ratio} does nothing with --decoder_mask_type none; "
+                        f"add --decoder_mask_type run_cell")
     if args.data_path is not None and not Path(args.data_path).is_file():
         problems.append(f"--data_path {args.data_path} is not a file")
     problems += cli_args.model_problems(args.model, pretraining=True)

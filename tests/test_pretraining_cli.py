@@ -108,6 +108,9 @@ def test_resume_at_another_grid_is_refused_before_data_and_model(trained, demo_r
     (["--num_frames", "7"], "--num_frames 7 is not divisible by --tubelet_size 2"),
     (["--amp", "fp16"], "--amp fp16 needs a CUDA device"),
     (["--data_path", "/nonexistent/list.csv"], "--data_path /nonexistent/list.csv is not a file"),
+    (["--input_size", "8", "--patch_size", "1", "--tubelet_size", "1", "--num_frames", "2"],
+     "with --patch_size 1 --tubelet_size 1 a token has one; pass --normlize_target false"),
+    (["--decoder_mask_ratio", "0.5"], "--decoder_mask_ratio 0.5 does nothing with --decoder_mask_type none"),
 ])
 def test_bad_flags_fail_fast_with_a_message(flags, message, tmp_path):
     cmd = [sys.executable, str(ROOT / "run_mae_pretraining.py"), *TINY, "--output_dir", str(tmp_path / "o"), *flags]
