@@ -259,7 +259,7 @@ def load_best_of_run(args: argparse.Namespace, model: torch.nn.Module, run_id: s
             print(f"{path} is another run's (val acc@1 {ckpt.get('best_acc1')}, epoch {ckpt.get('epoch')}); "
                   f"testing this run's final weights")
             return "final weights"
-        utils.check_checkpoint_grid(ckpt, grid, path, "")
+        utils.check_checkpoint_grid(ckpt, grid, path)
         utils.load_model_state(model, ckpt, path, args.model)
     except utils.CheckpointError as e:
         raise SystemExit(f"error: {e}")

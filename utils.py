@@ -404,7 +404,7 @@ def _load_failure_message(path: Path, e: BaseException) -> str:
             f"values that weights_only loading accepts); nothing from it was run")
 
 
-def check_checkpoint_grid(ckpt: dict[str, Any], grid: PatchGrid, path: str | Path, remedy: str) -> None:
+def check_checkpoint_grid(ckpt: dict[str, Any], grid: PatchGrid, path: str | Path, remedy: str = "") -> None:
     """Raise :class:`CheckpointError` when ``ckpt`` records a patch grid other than ``grid``.
 
     Resuming and evaluating keep a checkpoint's grid. Without this check, a change of input size or frame
@@ -421,7 +421,7 @@ def check_checkpoint_grid(ckpt: dict[str, Any], grid: PatchGrid, path: str | Pat
     differences = theirs.differences(grid)
     if differences:
         raise CheckpointError(f"{path} was made at another patch grid than this run's "
-                              f"({'; '.join(differences)}: the file's value first). {remedy}")
+                              f"({'; '.join(differences)}: the file's value first)." + (f" {remedy}" if remedy else ""))
 
 
 def load_model_state(model: torch.nn.Module, ckpt: dict[str, Any], path: str | Path, model_name: str) -> None:
