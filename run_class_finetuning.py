@@ -223,11 +223,16 @@ def load_weights(path: str, model: torch.nn.Module, model_ema, args: argparse.Na
     Returns the checkpoint."""
     try:
         ckpt = utils.load_checkpoint(path)
+    except utils.CheckpointError as e:
+        raise SystemExit(f"error: {e}")
+    try:
         utils.check_checkpoint_grid(ckpt, grid, path, "Evaluating keeps a checkpoint's grid: pass the file's "
                                                       f"values.{FINETUNE_HINT}")
         utils.load_model_state(model, ckpt, path, args.model)
     except utils.CheckpointError as e:
-        raise SystemExit(f"error: {e}")
+        pretraining = any(str(k).startswith("encoder.") for k in ckpt.get("model") or {})
+        raise SystemExit(f"error: {e}" + (" It holds a pre-training model (encoder.* weights): start from it with "
+                                          "--finetune." if pretraining else ""))
     if model_ema is not None and "model_ema" in ckpt:
         model_ema.module.load_state_dict(ckpt["model_ema"])
     print(f"Loaded {path} (epoch {ckpt.get('epoch')})")

@@ -154,3 +154,14 @@ def test_eval_and_resume_refuse_a_checkpoint_of_another_grid(demo_root, tmp_path
         assert ".pth was made at another patch grid than this run's (--num_frames 4 vs 8" in result.stderr
         assert "--finetune" in result.stderr and "Traceback" not in result.stderr
     assert "M parameters" not in result.stdout  # the resume is refused before the data and the model are built
+
+
+def test_resuming_from_a_pretraining_checkpoint_points_to_finetune(pretrained_196, demo_root, tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "run_class_finetuning.py"), *COMMON, "--model",
+                             "vit_micro_patch16_224", "--data_set", "custom", "--data_path", str(demo_root),
+                             "--sampling_rate", "1", "--batch_size", "2", "--epochs", "1", "--output_dir",
+                             str(tmp_path / "ft"), "--resume", str(pretrained_196)],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "missing" in result.stderr and "It holds a pre-training model (encoder.* weights): start from it with " \
+        "--finetune." in result.stderr
