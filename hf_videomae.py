@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from modeling_finetune import VIT_SIZES
-from patch_grid import PatchGrid, make_grid
+from patch_grid import GridError, PatchGrid, make_grid, recorded_grid
 
 HF_CONFIG = "config.json"
 HF_WEIGHTS = "model.safetensors"
@@ -244,9 +244,12 @@ def export_to_hf(ckpt: dict[str, Any], out_dir: str | Path, num_heads: int | Non
 
     if not isinstance(ckpt.get("model"), dict):
         raise ExportError("the checkpoint holds no 'model' state dict")
-    if not isinstance(ckpt.get("grid"), dict):
+    try:
+        grid = recorded_grid(ckpt)
+    except GridError as e:
+        raise ExportError(str(e)) from None
+    if grid is None:
         raise ExportError("the checkpoint records no patch grid ('grid'); only PATCHES checkpoints can be exported")
-    grid = PatchGrid.from_dict(ckpt["grid"])
     args = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
     if args.get("pos_embed", "1d") != "1d":
         raise ExportError(f"the model uses the '{args['pos_embed']}' position table; transformers' VideoMAE only "

@@ -78,6 +78,20 @@ class PatchGrid:
                 if mine[k] != theirs[k]]
 
 
+def recorded_grid(ckpt: dict[str, Any]) -> PatchGrid | None:
+    """The grid a checkpoint records under ``"grid"`` (PATCHES writes one), or None when it records none.
+
+    Raises :class:`GridError` when the entry is there but unusable.
+    """
+    entry = ckpt.get("grid")
+    if not isinstance(entry, dict):
+        return None
+    try:
+        return PatchGrid.from_dict(entry)
+    except (KeyError, TypeError, ValueError) as e:  # GridError is a ValueError
+        raise GridError(f"the checkpoint's grid entry {entry!r} is unusable ({e})") from None
+
+
 def _flag_value(value: Any) -> str:
     return " ".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
 

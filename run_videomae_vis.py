@@ -25,7 +25,7 @@ import utils
 from masking_generator import MASK_TYPES, MaskGenerator
 from modeling_finetune import VIT_SIZES, create_video_model
 from modeling_pretrain import PretrainVisionTransformer, mask_to_index, patchify, unpatchify
-from patch_grid import GridError, PatchGrid
+from patch_grid import GridError, PatchGrid, recorded_grid
 from video_transforms import EvalTransform, denormalize
 
 MASK_FILL = 0.5  # hidden patches are shown mid-grey
@@ -71,14 +71,14 @@ def load_pretrain_model(path: str | Path, device: torch.device
     sd = ckpt.get("model")
     if not isinstance(sd, dict):
         raise ValueError(f"{path} holds no 'model' state dict")
-    if not isinstance(ckpt.get("grid"), dict):
+    try:
+        grid = recorded_grid(ckpt)
+    except GridError as e:
+        raise ValueError(f"{path}: {e}") from None
+    if grid is None:
         raise ValueError(f"{path} records no patch grid; it was not written by PATCHES")
     if "encoder_to_decoder.weight" not in sd:
         raise ValueError(f"{path} is not a pre-training checkpoint (it has no decoder to reconstruct with)")
-    try:
-        grid = PatchGrid.from_dict(ckpt["grid"])
-    except (GridError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}: unusable grid entry ({e})") from None
     args = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
     decoder_depth = len({m.group(1) for k in sd if (m := re.match(r"^decoder\.blocks\.(\d+)\.", k))})
     model = create_video_model(_pretrain_name(args, sd), grid=grid, decoder_depth=decoder_depth,

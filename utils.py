@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from patch_grid import PatchGrid
+from patch_grid import GridError, PatchGrid, recorded_grid
 
 CHECKPOINT_FORMAT = "patches-checkpoint-v1"
 
@@ -411,13 +411,12 @@ def check_checkpoint_grid(ckpt: dict[str, Any], grid: PatchGrid, path: str | Pat
     count would load silently, because the fixed position tables are not saved and no tensor changes shape.
     Files with no record of their grid (VideoMAE's own) are left to the shape check of :func:`load_model_state`.
     """
-    recorded = ckpt.get("grid")
-    if not isinstance(recorded, dict):
-        return
     try:
-        theirs = PatchGrid.from_dict(recorded)
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path} records an unreadable patch grid {recorded!r} ({e})") from None
+        theirs = recorded_grid(ckpt)
+    except GridError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    if theirs is None:
+        return
     differences = theirs.differences(grid)
     if differences:
         raise CheckpointError(f"{path} was made at another patch grid than this run's "

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from modeling_finetune import DEFAULT_GRID, VisionTransformer, build_pos_table
-from patch_grid import GridError, PatchGrid, make_grid
+from patch_grid import GridError, PatchGrid, make_grid, recorded_grid
 from utils import is_main_process, load_checkpoint, load_safetensors, unwrap_model
 
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")
@@ -386,11 +386,11 @@ def _source_grid(ckpt: dict[str, Any], sd: dict[str, torch.Tensor],
     kernel = _kernel_of(sd)
     pos = sd.get("pos_embed")
     grid, note = None, ""
-    if isinstance(ckpt.get("grid"), dict):
-        try:
-            grid, note = PatchGrid.from_dict(ckpt["grid"]), "from the checkpoint's grid"
-        except (GridError, KeyError, TypeError) as e:
-            report.notes.append(f"the checkpoint's grid entry is unusable ({e}); ignored")
+    try:
+        grid = recorded_grid(ckpt)
+        note = "from the checkpoint's grid" if grid is not None else ""
+    except GridError as e:
+        report.notes.append(f"{e}; ignored")
     args = _ckpt_args(ckpt)
     if grid is None and args.get("num_frames") and args.get("input_size"):
         tubelet = args.get("tubelet_size") or (kernel[1] if kernel else DEFAULT_GRID["tubelet_size"])
