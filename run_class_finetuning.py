@@ -217,14 +217,15 @@ def checkpoint_to_evaluate(args: argparse.Namespace) -> str:
     return str(found[-1][1]) if found else ""
 
 
-def load_weights(path: str, model: torch.nn.Module, model_ema, args: argparse.Namespace,
-                 grid: PatchGrid) -> dict[str, Any]:
+def load_weights(path: str, model: torch.nn.Module, model_ema, args: argparse.Namespace, grid: PatchGrid,
+                 ckpt: dict[str, Any] | None = None) -> dict[str, Any]:
     """Our checkpoint's model (and EMA) weights into ``model`` (``model_ema``), at this run's patch grid.
-    Returns the checkpoint."""
-    try:
-        ckpt = utils.load_checkpoint(path)
-    except utils.CheckpointError as e:
-        raise SystemExit(f"error: {e}")
+    ``ckpt``: the file's contents when already read. Returns the checkpoint."""
+    if ckpt is None:
+        try:
+            ckpt = utils.load_checkpoint(path)
+        except utils.CheckpointError as e:
+            raise SystemExit(f"error: {e}")
     try:
         utils.check_checkpoint_grid(ckpt, grid, path, "Evaluating keeps a checkpoint's grid: pass the file's "
                                                       f"values.{FINETUNE_HINT}")
@@ -260,14 +261,13 @@ def load_best_of_run(args: argparse.Namespace, model: torch.nn.Module, run_id: s
         return "final weights"
     try:
         ckpt = utils.load_checkpoint(path)
-        if ckpt.get("run_id") != run_id:
-            print(f"{path} is another run's (val acc@1 {ckpt.get('best_acc1')}, epoch {ckpt.get('epoch')}); "
-                  f"testing this run's final weights")
-            return "final weights"
-        utils.check_checkpoint_grid(ckpt, grid, path)
-        utils.load_model_state(model, ckpt, path, args.model)
     except utils.CheckpointError as e:
         raise SystemExit(f"error: {e}")
+    if ckpt.get("run_id") != run_id:
+        print(f"{path} is another run's (val acc@1 {ckpt.get('best_acc1')}, epoch {ckpt.get('epoch')}); "
+              f"testing this run's final weights")
+        return "final weights"
+    load_weights(str(path), model, None, args, grid, ckpt)
     print(f"Testing {path} (epoch {ckpt.get('epoch')}, val acc@1 {float(ckpt.get('best_acc1', -1.0)):.2f})")
     return str(path)
 
@@ -415,7 +415,7 @@ def run(args: argparse.Namespace, grid) -> dict[str, float]:
             if model_ema is not None and "model_ema" in ckpt:
                 model_ema.module.load_state_dict(ckpt["model_ema"])
         else:
-            load_weights(str(path), model_without_ddp, model_ema, args, grid)
+            load_weights(str(path), model_without_ddp, model_ema, args, grid, ckpt)
             if "optimizer" in ckpt:
                 optimizer.load_state_dict(ckpt["optimizer"])
             if scaler is not None and "scaler" in ckpt:
