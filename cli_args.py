@@ -9,7 +9,9 @@ import torch
 
 import utils
 from modeling_finetune import ATTN_IMPLS, POS_EMBED_TYPES
+from optim_factory import OptimizerConfig
 from patch_grid import GridError, PatchGrid, grid_from_args
+from trainer import Schedule, TrainerConfig
 
 
 def add_grid_args(p: argparse.ArgumentParser, model: str) -> argparse._ArgumentGroup:
@@ -219,7 +221,7 @@ def model_problems(name: str, pretraining: bool) -> list[str]:
 
 
 def expected_world_size() -> int:
-    """The process count utils.init_distributed_mode will set up, read from the same environment."""
+    """The process count utils.init_distributed will set up, read from the same environment."""
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:
         return int(env["WORLD_SIZE"])
@@ -301,6 +303,29 @@ def writable_dir_problems(folder: str, flag: str) -> list[str]:
 
 
 def scale_lr(args: argparse.Namespace, clips_per_step: int) -> None:
-    """VideoMAE's linear scaling rule: the LR flags are for a total batch of 256."""
+    """VideoMAE's linear scaling rule: the LR flags are for a total batch of 256. The flags are changed in
+    place, so that checkpoints record the rates the run used."""
     for name in ("lr", "min_lr", "warmup_lr"):
         setattr(args, name, getattr(args, name) * clips_per_step / 256)
+
+
+def optimizer_config(args: argparse.Namespace, layer_decay: float | None = None) -> OptimizerConfig:
+    return OptimizerConfig(opt=args.opt, lr=args.lr, weight_decay=args.weight_decay, eps=args.opt_eps,
+                           betas=None if args.opt_betas is None else tuple(args.opt_betas), momentum=args.momentum,
+                           layer_decay=layer_decay)
+
+
+def trainer_config(args: argparse.Namespace, device: str | None) -> TrainerConfig:
+    """The driver's settings from the flags (after :func:`scale_lr`); ``device``: what ``launch`` chose."""
+    schedule = Schedule(lr=args.lr, min_lr=args.min_lr, warmup_lr=args.warmup_lr, warmup_epochs=args.warmup_epochs,
+                        warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
+                        weight_decay_end=args.weight_decay_end)
+    return TrainerConfig(
+        output_dir=args.output_dir, model_name=args.model, device=device, amp=args.amp, epochs=args.epochs, schedule=schedule,
+        log_dir=args.log_dir, seed=args.seed, deterministic=args.deterministic, start_epoch=args.start_epoch,
+        update_freq=getattr(args, "update_freq", 1), clip_grad=args.clip_grad, print_freq=args.print_freq,
+        save_ckpt_freq=args.save_ckpt_freq, save_ckpt_every_steps=args.save_ckpt_every_steps,
+        keep_ckpts=args.keep_ckpts, save_safetensors=args.save_safetensors, attn_impl=args.attn_impl,
+        compile=args.compile, model_ema_decay=args.model_ema_decay if getattr(args, "model_ema", False) else None,
+        model_ema_force_cpu=getattr(args, "model_ema_force_cpu", False),
+        deepspeed_zero_stage=args.zero_stage if args.enable_deepspeed else None)

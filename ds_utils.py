@@ -11,7 +11,6 @@ is an interrupted save.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import socket
@@ -37,7 +36,7 @@ def require_deepspeed() -> ModuleType:
 
 
 def prepare_environment(device: str | None) -> None:
-    """Before init_distributed_mode: pick DeepSpeed's CPU accelerator for ``--device cpu`` (or no GPU), and
+    """Before utils.init_distributed: pick DeepSpeed's CPU accelerator for ``--device cpu`` (or no GPU), and
     give a plain ``python`` start the rank variables of a single process (DeepSpeed always needs a process
     group). Under torchrun, the deepspeed launcher or a multi-task srun nothing is changed."""
     if device == "cpu" or (device is None and not torch.cuda.is_available()):
@@ -57,24 +56,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def build_config(args: argparse.Namespace, micro_batch: int, update_freq: int = 1) -> dict[str, Any]:
+def build_config(zero_stage: int, amp: str, clip_grad: float | None, micro_batch: int, update_freq: int = 1
+                 ) -> dict[str, Any]:
     """The DeepSpeed config of our flags: ``--zero_stage``, ``--amp`` (torch autocast inside the engine),
     ``--clip_grad``, ``micro_batch`` clips per process per step and ``update_freq`` steps of accumulation."""
     config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": micro_batch,
         "gradient_accumulation_steps": update_freq,
-        "gradient_clipping": float(args.clip_grad or 0.0),
-        "zero_optimization": {"stage": args.zero_stage},
+        "gradient_clipping": float(clip_grad or 0.0),
+        "zero_optimization": {"stage": zero_stage},
         # Our optimizer is timm's AdamW with layer-decay groups; ZeRO accepts it with this switch.
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10 ** 9,
         "wall_clock_breakdown": False,
     }
-    if args.amp in ("bf16", "fp16"):
+    if amp in ("bf16", "fp16"):
         # fp32 weights and autocast inside the engine's forward, as --amp without DeepSpeed (fp16 adds
         # DeepSpeed's gradient scaler). The "bf16"/"fp16" sections would cast the weights instead, which
         # CPU autocast cannot feed (layer_norm of fp32 inputs) and which turns an outer autocast off.
-        config["torch_autocast"] = {"enabled": True, "dtype": "bfloat16" if args.amp == "bf16" else "float16"}
+        config["torch_autocast"] = {"enabled": True, "dtype": "bfloat16" if amp == "bf16" else "float16"}
     return config
 
 
@@ -109,14 +109,14 @@ class WeightsOnlyLoads:
             raise
 
 
-def initialize(args: argparse.Namespace, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-               micro_batch: int, update_freq: int = 1) -> tuple[Any, Any]:
+def initialize(model: torch.nn.Module, optimizer: torch.optim.Optimizer, zero_stage: int, amp: str,
+               clip_grad: float | None, micro_batch: int, update_freq: int = 1) -> tuple[Any, Any]:
     """The DeepSpeed engine over ``model`` with our optimizer (its groups keep ``lr_scale``, so our schedules
     still drive it), and the engine's optimizer wrapper."""
     deepspeed = require_deepspeed()
-    config = build_config(args, micro_batch, update_freq)
-    print(f"DeepSpeed {deepspeed.__version__}: ZeRO stage {args.zero_stage}, "
-          f"{args.amp + ' autocast' if 'torch_autocast' in config else 'fp32'}, "
+    config = build_config(zero_stage, amp, clip_grad, micro_batch, update_freq)
+    print(f"DeepSpeed {deepspeed.__version__}: ZeRO stage {zero_stage}, "
+          f"{amp + ' autocast' if 'torch_autocast' in config else 'fp32'}, "
           f"clip {config['gradient_clipping']}, accumulation {update_freq}")
     engine, ds_optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config,
                                                       dist_init_required=False)

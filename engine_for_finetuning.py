@@ -1,115 +1,38 @@
-"""Fine-tuning epochs, validation, and multi-view testing with per-rank result files."""
+"""The fine-tuning loss, validation, and multi-view testing with per-rank result files."""
 from __future__ import annotations
 
 import json
-import math
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 import utils
-from engine_for_pretraining import NonFiniteLossError, clip_and_step, report_skipped, scaler_skipped_step
-from optim_factory import apply_schedules
 
 
-@dataclass
-class FinetuneStep:
-    """What a fine-tuning step needs besides the batch."""
+@dataclass(frozen=True)
+class Classification:
+    """The fine-tuning loss of a batch ``(videos, labels)``: mixup/cutmix when set, the model under autocast,
+    ``criterion`` in fp32."""
 
+    criterion: torch.nn.Module
     device: torch.device
     amp_dtype: torch.dtype | None = None
-    scaler: Any = None
-    clip_grad: float | None = None
-    update_freq: int = 1
     mixup_fn: Callable | None = None
-    model_ema: Any = None
-    deepspeed: bool = False  # the model is a DeepSpeed engine: it does backward, accumulation, clipping and step
 
-
-def train_one_epoch(model: torch.nn.Module, criterion: torch.nn.Module, loader: Iterable,
-                    optimizer: torch.optim.Optimizer, epoch: int, cfg: FinetuneStep, lr_schedule: np.ndarray,
-                    wd_schedule: np.ndarray, start_step: int, header: str, print_freq: int = 10,
-                    tb_logger: utils.TensorboardLogger | None = None, clips_per_step: int = 1,
-                    first_batch: int = 0, on_update: Callable[[int], None] | None = None) -> dict[str, float]:
-    """One epoch; ``start_step`` is the global optimizer step of the first update of the epoch.
-
-    ``first_batch``: batches of the epoch already trained before a resume (a multiple of ``update_freq``;
-    the loader starts after them). ``on_update(batches_done)`` runs after every optimizer update.
-    """
-    model.train()
-    progress = utils.ProgressLogger(header, print_freq, clips_per_step)
-    skipped = 0
-    if not cfg.deepspeed:
-        optimizer.zero_grad(set_to_none=True)
-    for i, (videos, labels) in enumerate(progress.log_every(loader), start=first_batch):
-        step = start_step + i // cfg.update_freq
-        if i % cfg.update_freq == 0:
-            apply_schedules(optimizer, float(lr_schedule[step]), float(wd_schedule[step]))
-        non_blocking = cfg.device.type == "cuda"
-        videos = videos.to(cfg.device, non_blocking=non_blocking)
-        labels = labels.to(cfg.device, non_blocking=non_blocking)
-        if cfg.mixup_fn is not None:
-            videos, labels = cfg.mixup_fn(videos, labels)
-        loss = classification_loss(model, criterion, videos, labels, cfg)
-        update = (i + 1) % cfg.update_freq == 0
-        scale_before = cfg.scaler.get_scale() if cfg.scaler is not None and update else None
-        grad_norm = backward_and_update(loss, model, optimizer, cfg, update)
-        if scale_before is not None and scaler_skipped_step(scale_before, cfg.scaler.get_scale()):
-            skipped += 1  # fp16 overflow: the scaler skipped this update and lowered its scale
-        loss_value = utils.all_reduce_mean(loss.item(), cfg.device)  # global batch's loss; all ranks stop together
-        if not math.isfinite(loss_value):
-            raise NonFiniteLossError(f"loss is {loss_value} at epoch {epoch}, step {i} of the epoch; stopping "
-                                     f"without saving, the last checkpoint on disk is intact")
-        lrs = [g["lr"] for g in optimizer.param_groups]
-        progress.update(loss=loss_value, lr=max(lrs), grad_norm=grad_norm)
-        if tb_logger is not None:
-            tb_logger.set_step(step)
-            tb_logger.update("train", loss=loss_value, lr=max(lrs), min_lr=min(lrs),
-                             weight_decay=float(wd_schedule[step]), grad_norm=grad_norm)
-        if update and on_update is not None:
-            on_update(i + 1)
-    stats = progress.averages()
-    report_skipped(stats, header, cfg.scaler, skipped, unit="updates")
-    return stats
-
-
-def classification_loss(model: torch.nn.Module, criterion: torch.nn.Module, videos: torch.Tensor,
-                        labels: torch.Tensor, cfg: FinetuneStep) -> torch.Tensor:
-    """The model under autocast; the loss in fp32."""
-    with utils.amp_autocast(cfg.device, cfg.amp_dtype):
-        logits = model(videos)
-    return criterion(logits.float(), labels)
-
-
-def backward_and_update(loss: torch.Tensor, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                        cfg: FinetuneStep, update: bool) -> float | None:
-    """Accumulate ``loss``'s gradient; on ``update`` also clip, step, and update the EMA. Returns the grad norm."""
-    if cfg.deepspeed:
-        # DeepSpeed divides by its gradient_accumulation_steps (= update_freq) and steps on the boundary.
-        model.set_gradient_accumulation_boundary(update)
-        model.backward(loss)
-        model.step()
-        if not update:
-            return None
-        if cfg.model_ema is not None:
-            cfg.model_ema.update(utils.unwrap_model(model))
-        norm = model.get_global_grad_norm() if cfg.clip_grad else None
-        return None if norm is None else float(norm)
-    scaled = loss / cfg.update_freq
-    scaled = cfg.scaler.scale(scaled) if cfg.scaler is not None else scaled
-    scaled.backward()
-    if not update:
-        return None
-    grad_norm = clip_and_step(model, optimizer, cfg.scaler, cfg.clip_grad)
-    optimizer.zero_grad(set_to_none=True)
-    if cfg.model_ema is not None:
-        cfg.model_ema.update(model)
-    return None if grad_norm is None else float(grad_norm)
+    def __call__(self, model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        non_blocking = self.device.type == "cuda"
+        videos = batch[0].to(self.device, non_blocking=non_blocking)
+        labels = batch[1].to(self.device, non_blocking=non_blocking)
+        if self.mixup_fn is not None:
+            videos, labels = self.mixup_fn(videos, labels)
+        with utils.amp_autocast(self.device, self.amp_dtype):
+            logits = model(videos)
+        return self.criterion(logits.float(), labels)
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:

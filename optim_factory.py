@@ -1,29 +1,40 @@
 """Optimizers from flags, through timm's factory (weight-decay filtering, layer-wise LR decay)."""
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 
 import torch
 from timm.optim import create_optimizer_v2
 
 
-def build_optimizer(args: argparse.Namespace, model: torch.nn.Module,
-                    layer_decay: float | None = None) -> torch.optim.Optimizer:
-    """Optimizer for ``--opt --lr --weight_decay --opt_eps --opt_betas --momentum`` (+ ``--layer_decay``).
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """``--opt --lr --weight_decay --opt_eps --opt_betas --momentum`` (+ ``--layer_decay`` when fine-tuning)."""
+
+    opt: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    eps: float | None = 1e-8
+    betas: tuple[float, float] | None = None
+    momentum: float = 0.9
+    layer_decay: float | None = None
+
+
+def build_optimizer(cfg: OptimizerConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The optimizer, through timm's factory.
 
     Biases, norms, 1-D parameters and the model's ``no_weight_decay()`` names get no weight decay. With
-    layer decay each group carries an ``lr_scale`` that the engine multiplies into the scheduled LR.
+    layer decay each group carries an ``lr_scale`` that the driver multiplies into the scheduled LR.
     """
     kwargs = {}
-    if getattr(args, "opt_eps", None) is not None:
-        kwargs["eps"] = args.opt_eps
-    if getattr(args, "opt_betas", None) is not None:
-        kwargs["betas"] = tuple(args.opt_betas)
-    kwargs.update(fast_update_kwargs(args.opt, next(model.parameters()).device))
-    return create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
-                               momentum=getattr(args, "momentum", 0.9), filter_bias_and_bn=True,
-                               layer_decay=layer_decay if layer_decay not in (None, 1.0) else None,
-                               **kwargs)
+    if cfg.eps is not None:
+        kwargs["eps"] = cfg.eps
+    if cfg.betas is not None:
+        kwargs["betas"] = tuple(cfg.betas)
+    kwargs.update(fast_update_kwargs(cfg.opt, next(model.parameters()).device))
+    return create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+                               filter_bias_and_bn=True,
+                               layer_decay=cfg.layer_decay if cfg.layer_decay not in (None, 1.0) else None, **kwargs)
 
 
 def fast_update_kwargs(opt: str, device: torch.device) -> dict[str, bool]:

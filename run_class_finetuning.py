@@ -5,10 +5,7 @@ Without --data_path it trains on the built-in demo dataset (generated on first u
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
-import os
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -18,14 +15,13 @@ import torch
 
 import cli_args
 import data_health
-import resume
 import utils
-from datasets import UnreadableDataError
-from engine_for_finetuning import (FinetuneStep, evaluate, final_test, merge_test_results, train_one_epoch)
-from engine_for_pretraining import NonFiniteLossError
-from modeling_finetune import configure_attention, create_video_model
+from checkpoint import CheckpointError, FoundCheckpoint, choose_checkpoint
+from engine_for_finetuning import Classification, evaluate, final_test, merge_test_results
+from models import create_video_model
 from optim_factory import build_optimizer
 from patch_grid import PatchGrid
+from trainer import Trainer, launch
 
 DATA_SETS = ("Kinetics-400", "Kinetics-600", "Kinetics-700", "SSV2", "UCF101", "HMDB51", "custom")
 
@@ -284,12 +280,12 @@ def load_finetune(args: argparse.Namespace, model: torch.nn.Module, model_ema) -
         model_ema.module.load_state_dict(model.state_dict())
 
 
-def run_test(args, model, device, amp_dtype, grid) -> dict[str, float]:
-    from datasets import build_dataset
-    test_set, _ = build_dataset("test", args, grid)
-    loader = make_loader(test_set, args, train=False, device=device)
+def run_test(args: argparse.Namespace, trainer: Trainer) -> dict[str, Any]:
+    """Every test view scored into per-rank result files, merged into per-video accuracy."""
+    test_set, _ = build_dataset("test", args, trainer.grid)
+    loader = make_loader(test_set, args, train=False, device=trainer.device)
     out_file = Path(args.output_dir) / f"test_results_rank{utils.get_rank()}.jsonl"
-    final_test(loader, model, device, out_file, amp_dtype)
+    final_test(loader, trainer.model_without_ddp, trainer.device, out_file, trainer.amp_dtype)
     data = loader.end_epoch()
     if utils.is_dist():
         torch.distributed.barrier()
@@ -301,214 +297,107 @@ def run_test(args, model, device, amp_dtype, grid) -> dict[str, float]:
     return stats
 
 
-def main(args: argparse.Namespace) -> dict[str, float]:
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    """Fine-tune and test (or with --eval only test). Returns the test's figures (``acc1``, ``acc5``, ``videos``,
+    ...) with ``checkpoint``: the file tested, or "final weights"."""
     grid = validate_args(args)
     if args.check_data:
         data_health.run_check_data(args, finetuning=True)
     use_demo_data_if_needed(args)
-    if args.enable_deepspeed and not args.eval:
-        import ds_utils
-        ds_utils.prepare_environment(args.device)
-    utils.init_distributed_mode(args)
-    clean = False
-    try:
-        result = run(args, grid)
-        clean = True
-        return result
-    except resume.Interrupted as e:
-        print(f"{e}; exiting with status {resume.EXIT_REQUEUE}: run the same command again to resume")
-        clean = True
-        raise SystemExit(resume.EXIT_REQUEUE) from None
-    except (data_health.TooManyBadVideos, utils.CheckpointSaveError) as e:
-        raise SystemExit(f"error: {e}") from None
-    except UnreadableDataError as e:
-        raise SystemExit(f"error: {data_health.unreadable_data_message(e)}") from None
-    finally:
-        # On an error a peer may never reach the barrier: only leave through it when all ranks agree.
-        utils.cleanup_distributed(barrier=clean)
+    return launch(lambda device: run(args, grid, device), args.device, args.enable_deepspeed and not args.eval)
 
 
-def run(args: argparse.Namespace, grid) -> dict[str, float]:
-    device = utils.resolve_device(args.device)
-    amp_dtype = utils.autocast_dtype(args.amp, device)
-    resume.set_deterministic(args.deterministic)
-    utils.seed_everything(args.seed + utils.get_rank())
-    print(f"Patch grid: {grid.describe()}")
-    # before data and model, so that a checkpoint of another grid is refused before any heavy work
-    found = None if args.eval else resume.choose_checkpoint(args, grid, folders=args.enable_deepspeed,
-                                                            other_grid_hint=FINETUNE_HINT)
+def run(args: argparse.Namespace, grid: PatchGrid, device: str | None) -> dict[str, Any]:
+    if not args.eval:
+        cli_args.scale_lr(args, args.batch_size * args.num_sample * utils.get_world_size() * args.update_freq)
+    with Trainer(cli_args.trainer_config(args, device), grid, args) as trainer:
+        print(f"Patch grid: {grid.describe()}")
+        # before data and model, so that a checkpoint of another grid is refused before any heavy work
+        found = None if args.eval else choose_checkpoint(args.resume, args.auto_resume, args.output_dir, grid,
+                                                         folders=args.enable_deepspeed, other_grid_hint=FINETUNE_HINT)
+        train_set, nb_classes = build_dataset("train", args, grid)
+        args.nb_classes = nb_classes
+        model = trainer.prepare_model(create_video_model(
+            args.model, grid=grid, num_classes=nb_classes, drop_rate=args.drop, attn_drop_rate=args.attn_drop_rate,
+            drop_path_rate=args.drop_path, fc_drop_rate=args.fc_drop_rate, init_scale=args.init_scale,
+            use_mean_pooling=args.use_mean_pooling, pos_embed=args.pos_embed, use_checkpoint=args.use_checkpoint))
+        print(f"Model {args.model}: {trainer.n_parameters / 1e6:.2f} M parameters, {nb_classes} classes")
+        if args.eval:
+            return evaluate_only(args, trainer)
+        if found is None and args.finetune:
+            load_finetune(args, model, trainer.ema)
+        return train(args, trainer, train_set, found)
 
-    from datasets import build_dataset
-    train_set, nb_classes = build_dataset("train", args, grid)
-    args.nb_classes = nb_classes
-    model = create_video_model(args.model, grid=grid, num_classes=nb_classes, drop_rate=args.drop,
-                               attn_drop_rate=args.attn_drop_rate, drop_path_rate=args.drop_path,
-                               fc_drop_rate=args.fc_drop_rate, init_scale=args.init_scale,
-                               use_mean_pooling=args.use_mean_pooling, pos_embed=args.pos_embed,
-                               use_checkpoint=args.use_checkpoint).to(device)
-    attention = configure_attention(model, args.attn_impl, device, amp_dtype)
-    model_ema = None
-    if args.model_ema:
-        from timm.utils import ModelEmaV3
-        model_ema = ModelEmaV3(model, decay=args.model_ema_decay,
-                               device=torch.device("cpu") if args.model_ema_force_cpu else None)
-    if args.compile:  # after the EMA copy, so that the EMA is the plain module
-        model.compile(backend=args.compile)
-    print(f"Attention: {attention}" + (f"; compiled with {args.compile}" if args.compile else "")
-          + (f"; CPU allocator: {cpu_memory.allocator_settings()}" if device.type == "cpu" else ""))
-    n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print(f"Model {args.model}: {n_parameters / 1e6:.2f} M parameters, {nb_classes} classes")
-    log_file = Path(args.output_dir) / "log.txt"
 
-    if args.eval:
-        path = checkpoint_to_evaluate(args)
-        if path:
-            load_weights(path, model, model_ema, args, grid)
-        elif args.finetune:
-            load_finetune(args, model, model_ema)
-        stats = run_test(args, model, device, amp_dtype, grid)
-        utils.append_jsonl(log_file, {f"eval_test_{k}": v for k, v in stats.items()})
-        return stats
+def evaluate_only(args: argparse.Namespace, trainer: Trainer) -> dict[str, Any]:
+    """--eval: test the chosen checkpoint (see :func:`checkpoint_to_evaluate`), or --finetune's weights."""
+    path = checkpoint_to_evaluate(args)
+    if path:
+        load_weights(path, trainer.model_without_ddp, trainer.ema, args, trainer.grid)
+    elif args.finetune:
+        load_finetune(args, trainer.model_without_ddp, trainer.ema)
+    stats = run_test(args, trainer)
+    trainer.log({f"eval_test_{k}": v for k, v in stats.items()})
+    return {**stats, "checkpoint": path or args.finetune}
 
-    if found is None and args.finetune:
-        load_finetune(args, model, model_ema)
 
-    train_loader = make_loader(train_set, args, train=True, device=device)
+def train(args: argparse.Namespace, trainer: Trainer, train_set: Any, found: FoundCheckpoint | None
+          ) -> dict[str, Any]:
+    """Fine-tune with validation after every epoch, then test this run's best weights."""
+    train_loader = make_loader(train_set, args, train=True, device=trainer.device)
     val_loader = None
     if not args.disable_eval_during_finetuning:
-        val_set, _ = build_dataset("validation", args, grid)
-        val_loader = make_loader(val_set, args, train=False, device=device)
-    world = utils.get_world_size()
-    clips_per_step = args.batch_size * args.num_sample * world
-    cli_args.scale_lr(args, clips_per_step * args.update_freq)
-    batches_per_epoch = train_loader.sampler.batches_per_epoch
-    steps_per_epoch = batches_per_epoch // args.update_freq
+        val_loader = make_loader(build_dataset("validation", args, trainer.grid)[0], args, train=False,
+                                 device=trainer.device)
+    clips_per_step = args.batch_size * args.num_sample * utils.get_world_size()
+    steps_per_epoch = train_loader.sampler.batches_per_epoch // args.update_freq
     if steps_per_epoch == 0:
-        raise SystemExit(f"error: --batch_size {args.batch_size} x --update_freq {args.update_freq} x {world} "
-                         f"processes is larger than the {len(train_set)} training videos")
+        raise SystemExit(f"error: --batch_size {args.batch_size} x --update_freq {args.update_freq} x "
+                         f"{utils.get_world_size()} processes is larger than the {len(train_set)} training videos")
     print(f"{len(train_set)} training videos, {steps_per_epoch} updates per epoch of "
           f"{clips_per_step * args.update_freq} clips; lr {args.lr:.3g}")
-
-    model_without_ddp = model
-    optimizer = build_optimizer(args, model_without_ddp, layer_decay=args.layer_decay)
-    scaler = None
-    engine = None
-    if args.enable_deepspeed:
-        import ds_utils
-        engine, optimizer = ds_utils.initialize(args, model_without_ddp, optimizer,
-                                                micro_batch=args.batch_size * args.num_sample,
-                                                update_freq=args.update_freq)
-        model = engine
-    else:
-        if args.distributed:
-            model = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None)
-        scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-
-    # Below any accuracy, so the first validation always writes checkpoint-best.pth, even at 0%.
-    start_epoch, start_batch, best_acc1 = args.start_epoch, 0, -1.0
+    optimizer = build_optimizer(cli_args.optimizer_config(args, args.layer_decay), trainer.model_without_ddp)
+    trainer.setup_training(optimizer, train_loader, micro_batch=args.batch_size * args.num_sample,
+                           clips_per_step=clips_per_step)
+    # best_acc1 starts below any accuracy, so the first validation always writes checkpoint-best.pth, even at 0%.
+    trainer.progress.extra = {"best_acc1": -1.0, "nb_classes": args.nb_classes, "run_id": shared_run_id(found)}
     if found is not None:
-        path, ckpt = found
-        if engine is not None:
-            import ds_utils
-            ds_utils.load_folder(engine, path.parent)
-            if model_ema is not None and "model_ema" in ckpt:
-                model_ema.module.load_state_dict(ckpt["model_ema"])
-        else:
-            load_weights(str(path), model_without_ddp, model_ema, args, grid, ckpt)
-            if "optimizer" in ckpt:
-                optimizer.load_state_dict(ckpt["optimizer"])
-            if scaler is not None and "scaler" in ckpt:
-                scaler.load_state_dict(ckpt["scaler"])
-        best_acc1 = float(ckpt.get("best_acc1", -1.0))
-        start_epoch, start_batch = resume.start_position(path, ckpt, batches_per_epoch)
-        print(f"Resumed from {path} (epoch {ckpt['epoch']}); continuing at epoch {start_epoch}"
-              + (f", batch {start_batch}" if start_batch else ""))
-    run_id = shared_run_id(found)
-    lr_schedule = utils.cosine_scheduler(args.lr, args.min_lr, args.epochs, steps_per_epoch,
-                                         args.warmup_epochs, args.warmup_lr, args.warmup_steps)
-    wd_end = args.weight_decay if args.weight_decay_end is None else args.weight_decay_end
-    wd_schedule = utils.cosine_scheduler(args.weight_decay, wd_end, args.epochs, steps_per_epoch)
-    mixup_fn = build_mixup(args, nb_classes)
-    criterion = build_criterion(args, mixup_fn)
-    cfg = FinetuneStep(device=device, amp_dtype=amp_dtype, scaler=scaler, clip_grad=args.clip_grad,
-                       update_freq=args.update_freq, mixup_fn=mixup_fn, model_ema=model_ema,
-                       deepspeed=engine is not None)
-    tb_logger = utils.TensorboardLogger(args.log_dir or os.path.join(args.output_dir, "tb")) \
-        if utils.is_main_process() else None
+        restore(trainer, found)
+        del found
+    mixup_fn = build_mixup(args, args.nb_classes)
+    loss = Classification(build_criterion(args, mixup_fn), trainer.device, trainer.amp_dtype, mixup_fn)
+    trainer.fit(loss, after_epoch=None if val_loader is None else functools.partial(validate, args, trainer,
+                                                                                    val_loader))
+    tested = load_best_of_run(args, trainer.model_without_ddp, trainer.progress.extra["run_id"], trainer.grid)
+    test = run_test(args, trainer)
+    trainer.log({**{f"test_{k}": v for k, v in test.items()}, "checkpoint": tested})
+    if trainer.tb is not None:
+        trainer.tb.update("test", step=args.epochs, acc1=test["acc1"], acc5=test["acc5"])
+    return {**test, "checkpoint": tested}
 
-    def make_state(epoch: int, next_epoch: int = -1, next_batch: int = 0, full: bool = True) -> dict[str, Any]:
-        extra: dict[str, Any] = {"best_acc1": best_acc1, "nb_classes": nb_classes, "run_id": run_id}
-        if model_ema is not None:
-            extra["model_ema"] = model_ema.module.state_dict()
-        if not full:
-            return utils.checkpoint_state(model_without_ddp, grid, args, epoch, **extra)
-        extra.update(resume.position_fields(next_epoch, next_batch, batches_per_epoch, args.update_freq))
-        return utils.checkpoint_state(model_without_ddp, grid, args, epoch, None if engine else optimizer, scaler,
-                                      deepspeed=engine is not None, **extra)
 
-    def save(name: str, epoch: int) -> None:
-        # checkpoint-best holds what testing needs (weights, EMA, accuracy), never used to resume.
-        if utils.is_main_process():
-            state = make_state(epoch, full=False)
-            path = utils.save_checkpoint(Path(args.output_dir) / name, state)
-            utils.announce_saved(path, state, grid, args)
-
-    checkpoints = resume.Checkpointing(args.output_dir, make_state, batches_per_epoch, args.update_freq,
-                                       every_steps=args.save_ckpt_every_steps, keep=args.keep_ckpts, device=device,
-                                       engine=engine)
-    if found is not None:
-        resume.restore_rng_states(found[1])
-        del found, ckpt
-    start = time.time()
+def restore(trainer: Trainer, found: FoundCheckpoint) -> None:
+    """Resume, with a pointer to --finetune when the file holds a pre-training model."""
     try:
-        with checkpoints.stop:
-            for epoch in range(start_epoch, args.epochs):
-                first = start_batch if epoch == start_epoch else 0
-                train_loader.sampler.set_epoch(epoch, first)
-                stats = train_one_epoch(model, criterion, train_loader, optimizer, epoch, cfg, lr_schedule,
-                                        wd_schedule, start_step=epoch * steps_per_epoch,
-                                        header=f"Epoch [{epoch}/{args.epochs - 1}]", print_freq=args.print_freq,
-                                        tb_logger=tb_logger, clips_per_step=clips_per_step, first_batch=first,
-                                        on_update=functools.partial(checkpoints.after_update, epoch))
-                record = {**{f"train_{k}": v for k, v in stats.items()}, **train_loader.end_epoch(), "epoch": epoch,
-                          "n_parameters": n_parameters}
-                if val_loader is not None:
-                    val = evaluate(val_loader, model_without_ddp, device, amp_dtype, sharded=args.dist_eval)
-                    record.update({f"val_{k}": v for k, v in {**val, **val_loader.end_epoch()}.items()})
-                    if val["acc1"] > best_acc1:
-                        best_acc1 = val["acc1"]
-                        save("checkpoint-best.pth", epoch)
-                    print(f"Best val acc@1 so far: {best_acc1:.2f}")
-                    if tb_logger is not None:
-                        tb_logger.update("val", step=epoch, **{k: val[k] for k in ("acc1", "acc5", "loss")})
-                last = epoch + 1 == args.epochs
-                due = (epoch + 1) % args.save_ckpt_freq == 0 or last
-                path, state = checkpoints.end_of_epoch(epoch, epoch_file=due)
-                if due and utils.is_main_process():
-                    utils.announce_saved(path, state, grid, args)
-                utils.append_jsonl(log_file, record)
-                if tb_logger is not None:
-                    tb_logger.update("epoch", step=epoch, **stats)
-                    tb_logger.flush()
-                if not last:
-                    checkpoints.stop_if_requested()
-    except NonFiniteLossError as e:
-        raise SystemExit(f"error: {e}")
-    finally:
-        if tb_logger is not None:
-            tb_logger.flush()
-    print(f"Training time {datetime.timedelta(seconds=int(time.time() - start))}")
-    if utils.is_dist():
-        torch.distributed.barrier()  # rank 0's last saves are on disk before any rank looks for the best
+        trainer.restore(found)
+    except CheckpointError as e:
+        pretraining = any(str(k).startswith("encoder.") for k in found.state.get("model") or {})
+        raise SystemExit(f"error: {e}" + (" It holds a pre-training model (encoder.* weights): start from it with "
+                                          "--finetune." if pretraining else "")) from None
+    trainer.progress.extra["best_acc1"] = float(found.state.get("best_acc1", -1.0))
 
-    tested = load_best_of_run(args, model_without_ddp, run_id, grid)
-    test = run_test(args, model_without_ddp, device, amp_dtype, grid)
-    utils.append_jsonl(log_file, {**{f"test_{k}": v for k, v in test.items()}, "checkpoint": tested})
-    if tb_logger is not None:
-        tb_logger.update("test", step=args.epochs, acc1=test["acc1"], acc5=test["acc5"])
-        tb_logger.close()
-    return test
+
+def validate(args: argparse.Namespace, trainer: Trainer, loader: Any, epoch: int, record: dict[str, Any]) -> None:
+    """Validation after an epoch: into the epoch's record, and ``checkpoint-best.pth`` when it is the best."""
+    val = evaluate(loader, trainer.model_without_ddp, trainer.device, trainer.amp_dtype, sharded=args.dist_eval)
+    record.update({f"val_{k}": v for k, v in {**val, **loader.end_epoch()}.items()})
+    extra = trainer.progress.extra
+    if val["acc1"] > extra["best_acc1"]:
+        extra["best_acc1"] = val["acc1"]
+        trainer.save_weights("checkpoint-best.pth", epoch)
+    print(f"Best val acc@1 so far: {extra['best_acc1']:.2f}")
+    if trainer.tb is not None:
+        trainer.tb.update("val", step=epoch, **{k: val[k] for k in ("acc1", "acc5", "loss")})
 
 
 if __name__ == "__main__":

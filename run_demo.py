@@ -11,8 +11,6 @@ checkpoints.
 from __future__ import annotations
 
 import argparse
-import shlex
-import time
 from pathlib import Path
 
 import cpu_memory  # noqa: F401  (before torch: allocator settings torch reads once, see cpu_memory.py)
@@ -20,6 +18,7 @@ import torch
 
 import run_class_finetuning
 import run_mae_pretraining
+from stages import run_stage
 
 # A grid small enough for a CPU: 8 frames of 32x32 (the 64x64 demo videos, downscaled) in 4 x 4 x 4
 # tubelets of 2 x 8 x 8 pixels, with separable 3-D position tables.
@@ -48,13 +47,6 @@ def finetune_flags(args: argparse.Namespace, name: str, checkpoint: str = "") ->
              "--num_workers", "1", "--print_freq", "1000", "--demo_root", args.demo_root, "--device", "cpu",
              "--output_dir", str(Path(args.output_dir) / name)]
     return flags + (["--finetune", checkpoint] if checkpoint else [])
-
-
-def run_stage(title: str, module, flags: list[str]):
-    print(f"\n=== {title}\n$ python {Path(module.__file__).name} {shlex.join(flags)}\n", flush=True)
-    start = time.time()
-    result = module.main(module.get_args_parser().parse_args(flags))
-    return result, time.time() - start
 
 
 def main() -> None:

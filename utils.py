@@ -74,38 +74,36 @@ def seed_everything(seed: int) -> None:
 
 # ---------------------------------------------------------------- distributed
 
-def init_distributed_mode(args: argparse.Namespace) -> None:
-    """Set args.rank/world_size/gpu/distributed from torchrun's or Slurm's environment, or run alone.
+def init_distributed(device: str | None) -> str | None:
+    """Join the job's process group when launched as one of several processes; return the device to use.
 
     torchrun (and the deepspeed launcher) set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT.
     Under ``srun`` with more than one task, SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID give the rank, the first
     node of the allocation is the master, and the port is derived from the job id (MASTER_PORT overrides).
-    The backend is nccl on GPUs and gloo on the CPU. Other ranks' ``print`` output is silenced.
+    The backend is nccl on GPUs (each process on ``cuda:LOCAL_RANK``, the device returned) and gloo on the
+    CPU. Other ranks' ``print`` output is silenced. Alone, nothing happens and ``device`` comes back.
     """
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:
-        args.rank, args.world_size = int(env["RANK"]), int(env["WORLD_SIZE"])
-        args.gpu = int(env.get("LOCAL_RANK", 0))
+        rank, world_size, local_rank = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
     elif "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
-        args.rank, args.world_size = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])
-        args.gpu = int(env.get("SLURM_LOCALID", 0))
+        rank, world_size = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])
+        local_rank = int(env.get("SLURM_LOCALID", 0))
         env.setdefault("MASTER_ADDR", _slurm_master_addr())
         # Two jobs sharing a node must not share a port: derive it from the job id.
         env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "9500")) % 20000))
-        env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"] = str(args.rank), str(args.world_size), str(args.gpu)
+        env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"] = str(rank), str(world_size), str(local_rank)
     else:
-        args.rank, args.world_size, args.gpu, args.distributed = 0, 1, 0, False
-        return
-    args.distributed = True
-    use_cuda = torch.cuda.is_available() and getattr(args, "device", None) != "cpu"
+        return device
+    use_cuda = torch.cuda.is_available() and device != "cpu"
     if use_cuda:
-        torch.cuda.set_device(args.gpu)
-        args.device = f"cuda:{args.gpu}"
-    args.dist_backend = "nccl" if use_cuda else "gloo"
-    dist.init_process_group(backend=args.dist_backend, init_method="env://",
-                            world_size=args.world_size, rank=args.rank)
+        torch.cuda.set_device(local_rank)
+        device = f"cuda:{local_rank}"
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo", init_method="env://", world_size=world_size,
+                            rank=rank)
     dist.barrier()
-    _print_on_main_only(args.rank == 0)
+    _print_on_main_only(rank == 0)
+    return device
 
 
 def _print_on_main_only(is_main: bool) -> None:

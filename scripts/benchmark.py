@@ -114,9 +114,9 @@ def build_model(name: str, cfg: dict, device: torch.device, **kwargs) -> torch.n
 
 
 def build_benchmark_optimizer(model: torch.nn.Module, layer_decay: float | None = None) -> torch.optim.Optimizer:
-    from optim_factory import build_optimizer
-    args = argparse.Namespace(opt="adamw", lr=1e-4, weight_decay=0.05, opt_eps=1e-8, opt_betas=[0.9, 0.95])
-    return build_optimizer(args, model, layer_decay=layer_decay)
+    from optim_factory import OptimizerConfig, build_optimizer
+    return build_optimizer(OptimizerConfig("adamw", lr=1e-4, weight_decay=0.05, eps=1e-8, betas=(0.9, 0.95),
+                                           layer_decay=layer_decay), model)
 
 
 def count_model_flops(model: torch.nn.Module, forward_backward, attention: str) -> int:

@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from stages import run_stage  # noqa: E402
 import benchmark  # noqa: E402  (scripts/benchmark.py: step time and peak memory, one process per configuration)
 
 DEFAULT_GRIDS = ["224/16", "288/16", "216/12", "224/32"]
@@ -157,30 +158,6 @@ def stage_flags(args: argparse.Namespace, size: int, patch: int, out: Path) -> t
     return pre, ft
 
 
-def run_stage(title: str, module: Any, flags: list[str]) -> tuple[Any, float]:
-    print(f"\n=== {title}\n$ python {Path(module.__file__).name} {shlex.join(flags)}\n", flush=True)
-    start = time.time()
-    result = module.main(module.get_args_parser().parse_args(flags))
-    return result, time.time() - start
-
-
-def final_pretrain_loss(pretrain_dir: Path) -> float | None:
-    log = pretrain_dir / "log.txt"
-    if not log.is_file():
-        return None
-    losses = [json.loads(line).get("train_loss") for line in log.read_text().splitlines() if line.strip()]
-    losses = [x for x in losses if x is not None]
-    return float(losses[-1]) if losses else None
-
-
-def last_checkpoint(pretrain_dir: Path) -> Path:
-    import utils
-    found = utils.epoch_checkpoints(pretrain_dir)
-    if not found:
-        raise SystemExit(f"error: pre-training wrote no checkpoint in {pretrain_dir}")
-    return found[-1][1]
-
-
 def bench_config(args: argparse.Namespace, size: int, patch: int, pre_flags: list[str]) -> dict[str, Any]:
     """A scripts/benchmark.py configuration matching the pre-training run of this grid."""
     import torch
@@ -206,9 +183,11 @@ def sweep_one(args: argparse.Namespace, size: int, patch: int) -> dict[str, Any]
     row: dict[str, Any] = {"grid": f"{size}/{patch}", "patches_per_frame": grid.patches_per_frame,
                            "tokens": grid.num_tokens}
     if not args.skip_training:
-        _, row["pretrain_s"] = run_stage(f"{size}/{patch}: masked pre-training", run_mae_pretraining, pre_flags)
-        row["pretrain_loss"] = final_pretrain_loss(out / "pretrain")
-        ft_flags += ["--finetune", str(last_checkpoint(out / "pretrain"))]
+        pre, row["pretrain_s"] = run_stage(f"{size}/{patch}: masked pre-training", run_mae_pretraining, pre_flags)
+        row["pretrain_loss"] = pre.get("train_loss")
+        if pre["checkpoint"] is None:
+            raise SystemExit(f"error: pre-training wrote no checkpoint in {out / 'pretrain'}")
+        ft_flags += ["--finetune", str(pre["checkpoint"])]
         test, row["finetune_s"] = run_stage(f"{size}/{patch}: fine-tuning and test", run_class_finetuning, ft_flags)
         row["acc1"], row["acc5"] = float(test["acc1"]), float(test["acc5"])
     cfg = bench_config(args, size, patch, pre_flags)

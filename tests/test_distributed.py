@@ -39,15 +39,15 @@ def test_two_processes_give_the_loss_sequence_of_one_with_the_same_global_batch(
 
 
 SLURM_PROBE = """
-import argparse, sys
+import sys
 sys.path.insert(0, {root!r})
 import torch, torch.distributed as dist
 import utils
-args = argparse.Namespace(device="cpu")
-utils.init_distributed_mode(args)
-t = torch.tensor([args.rank + 1.0])
+device = utils.init_distributed("cpu")
+t = torch.tensor([dist.get_rank() + 1.0])
 dist.all_reduce(t)
-print(f"rank {{args.rank}} of {{args.world_size}} backend {{args.dist_backend}} sum {{t.item():.0f}}", force=True)
+print(f"rank {{dist.get_rank()}} of {{dist.get_world_size()}} backend {{dist.get_backend()}} sum {{t.item():.0f}} "
+      f"device {{device}}", force=True)
 utils.cleanup_distributed()
 """
 
@@ -64,7 +64,8 @@ def test_slurm_environment_starts_a_gloo_group(tmp_path):
     outputs = [p.communicate(timeout=120) for p in procs]
     for p, (out, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-2000:]
-    assert [o.strip() for o, _ in outputs] == ["rank 0 of 2 backend gloo sum 3", "rank 1 of 2 backend gloo sum 3"]
+    assert [o.strip() for o, _ in outputs] == ["rank 0 of 2 backend gloo sum 3 device cpu",
+                                                     "rank 1 of 2 backend gloo sum 3 device cpu"]
 
 
 def finetune_flags(demo_root: Path, out: Path, *extra: str) -> list[str]:

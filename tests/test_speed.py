@@ -1,6 +1,5 @@
 """The speed features keep results unchanged: visible-only patch embedding, attention paths, fused AdamW,
 fast target normalisation, --compile, and the benchmark script itself (no timing assertions here)."""
-import argparse
 import json
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from masking_generator import MaskGenerator
 from modeling_finetune import (BlockAttention, MatmulSoftmaxAttention, attention_path, configure_attention,
                                create_video_model, gather_tokens)
 from modeling_pretrain import mask_to_index, pixel_targets
-from optim_factory import build_optimizer
+from optim_factory import OptimizerConfig, build_optimizer
 from patch_grid import make_grid
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,8 +68,8 @@ def test_adamw_uses_the_fused_kernel_and_matches_the_plain_update():
     torch.manual_seed(0)
     models = [torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8)) for _ in range(2)]
     models[1].load_state_dict(models[0].state_dict())
-    args = argparse.Namespace(opt="adamw", lr=1e-2, weight_decay=0.05, opt_eps=1e-8, opt_betas=[0.9, 0.95])
-    fused = build_optimizer(args, models[0])
+    fused = build_optimizer(OptimizerConfig("adamw", lr=1e-2, weight_decay=0.05, eps=1e-8, betas=(0.9, 0.95)),
+                            models[0])
     assert fused.defaults["fused"] is True
     plain = torch.optim.AdamW([
         {"params": [p for n, p in models[1].named_parameters() if p.ndim > 1], "weight_decay": 0.05},

@@ -1,0 +1,342 @@
+"""The training driver shared by pre-training and fine-tuning.
+
+It owns, once for both: the process group and the exit status of every way a run can end (:func:`launch`),
+the device and precision, the model's wrappers (EMA, ``torch.compile``, DDP or DeepSpeed), restoring a
+checkpoint, the schedules, the epoch loop, the checkpoint policy, and the TensorBoard / ``log.txt`` logs
+(:class:`Trainer`). A run script keeps what is its own: its flags, its data, the loss of a batch and, for
+fine-tuning, validation, the best checkpoint and the final test.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import torch
+
+import cpu_memory
+import data_health
+import resume
+import utils
+from attention import configure_attention
+from checkpoint import (CheckpointError, CheckpointSaveError, FoundCheckpoint, checkpoint_state, export_saved,
+                        load_model_state, remove_stale_temp_files, save_checkpoint)
+from optim_factory import apply_schedules
+from patch_grid import PatchGrid
+from updater import NonFiniteLossError, Updater
+from video_reader import UnreadableDataError
+
+T = TypeVar("T")
+
+
+def launch(body: Callable[[str | None], T], device: str | None, deepspeed: bool = False) -> T:
+    """Run ``body(device)`` in this process's share of the job, and leave the process group on every path.
+
+    ``device`` comes back as ``cuda:LOCAL_RANK`` under torchrun on GPUs. Every way a run ends maps to one
+    exit status: a stop signal after saving -> 75 (the launchers requeue on it), a known failure -> an
+    ``error:`` line and 1, success -> ``body``'s result.
+    """
+    if deepspeed:
+        import ds_utils
+        ds_utils.prepare_environment(device)
+    device = utils.init_distributed(device)
+    clean = False
+    try:
+        result = body(device)
+        clean = True
+        return result
+    except resume.Interrupted as e:
+        print(f"{e}; exiting with status {resume.EXIT_REQUEUE}: run the same command again to resume")
+        clean = True
+        raise SystemExit(resume.EXIT_REQUEUE) from None
+    except (NonFiniteLossError, data_health.TooManyBadVideos, CheckpointSaveError, CheckpointError) as e:
+        raise SystemExit(f"error: {e}") from None
+    except UnreadableDataError as e:
+        raise SystemExit(f"error: {data_health.unreadable_data_message(e)}") from None
+    finally:
+        # On an error a peer may never reach the barrier: only leave through it when all ranks agree.
+        utils.cleanup_distributed(barrier=clean)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Per-step learning rate and weight decay: linear warmup, then half-cosine (LRs already scaled)."""
+
+    lr: float
+    min_lr: float
+    warmup_lr: float = 1e-6
+    warmup_epochs: int = 0
+    warmup_steps: int = -1
+    weight_decay: float = 0.05
+    weight_decay_end: float | None = None
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """What the driver needs of a run's flags."""
+
+    output_dir: str
+    model_name: str
+    device: str | None
+    amp: str
+    epochs: int
+    schedule: Schedule
+    log_dir: str | None = None
+    seed: int = 0
+    deterministic: bool = False
+    start_epoch: int = 0
+    update_freq: int = 1
+    clip_grad: float | None = None
+    print_freq: int = 10
+    save_ckpt_freq: int = 1
+    save_ckpt_every_steps: int = 0
+    keep_ckpts: int = 0
+    save_safetensors: bool = False
+    attn_impl: str = "auto"
+    compile: str | None = None
+    model_ema_decay: float | None = None  # None: no EMA
+    model_ema_force_cpu: bool = False
+    deepspeed_zero_stage: int | None = None  # None: no DeepSpeed
+
+
+@dataclass
+class Progress:
+    """Where training stands, saved with every checkpoint and restored on resume."""
+
+    epoch: int = 0
+    batch: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Trainer:
+    """One training run. Use as a context manager, so the logs are closed on every path:
+
+    ``with Trainer(cfg, grid, flags) as t: model = t.prepare_model(model); t.setup_training(...); t.fit(loss_fn)``
+    """
+
+    def __init__(self, cfg: TrainerConfig, grid: PatchGrid, flags: argparse.Namespace) -> None:
+        # ``flags`` are only recorded in checkpoints, as they are at each save (after LR scaling, class count).
+        self.cfg, self.grid, self.flags = cfg, grid, flags
+        self.device = utils.resolve_device(cfg.device)
+        self.amp_dtype = utils.autocast_dtype(cfg.amp, self.device)
+        resume.set_deterministic(cfg.deterministic)
+        utils.seed_everything(cfg.seed + utils.get_rank())
+        self.output_dir = Path(cfg.output_dir)
+        self.log_file = self.output_dir / "log.txt"
+        self._tb: utils.TensorboardLogger | None = None
+        self.model = self.model_without_ddp = self.ema = self.engine = self.updater = None
+        self.progress = Progress(epoch=cfg.start_epoch)
+        self.last_checkpoint: Path | None = None
+        if utils.is_main_process():
+            count, size = remove_stale_temp_files(self.output_dir)
+            if count:
+                print(f"Removed {count} temporary files ({size / 1e6:.1f} MB) that interrupted saves left in "
+                      f"{self.output_dir}")
+
+    def __enter__(self) -> "Trainer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+    @property
+    def tb(self) -> utils.TensorboardLogger | None:
+        """The TensorBoard writer (main process only), opened on first use."""
+        if self._tb is None and utils.is_main_process():
+            self._tb = utils.TensorboardLogger(self.cfg.log_dir or os.path.join(self.cfg.output_dir, "tb"))
+        return self._tb
+
+    def log(self, record: dict[str, Any]) -> None:
+        utils.append_jsonl(self.log_file, record)
+
+    # ------------------------------------------------------------ model
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """On the device, with the attention kernel, the EMA copy and ``torch.compile`` the flags ask for."""
+        cfg = self.cfg
+        model = model.to(self.device)
+        attention = configure_attention(model, cfg.attn_impl, self.device, self.amp_dtype)
+        if cfg.model_ema_decay is not None:
+            from timm.utils import ModelEmaV3
+            self.ema = ModelEmaV3(model, decay=cfg.model_ema_decay,
+                                  device=torch.device("cpu") if cfg.model_ema_force_cpu else None)
+        if cfg.compile:  # in place, so that the state dict keeps its names; after the EMA copy, a plain module
+            model.compile(backend=cfg.compile)
+        print(f"Attention: {attention}" + (f"; compiled with {cfg.compile}" if cfg.compile else "")
+              + (f"; CPU allocator: {cpu_memory.allocator_settings()}" if self.device.type == "cpu" else ""))
+        self.model = self.model_without_ddp = model
+        return model
+
+    @property
+    def n_parameters(self) -> int:
+        return sum(p.numel() for p in self.model_without_ddp.parameters() if p.requires_grad)
+
+    def setup_training(self, optimizer: torch.optim.Optimizer, loader: Any, micro_batch: int,
+                       clips_per_step: int) -> None:
+        """Wrap the prepared model for data parallelism (DDP or DeepSpeed) and set up the updates, schedules and
+        checkpoints. ``loader``: the training loader (its sampler's ``batches_per_epoch`` sets the schedule);
+        ``micro_batch``: clips per process per step; ``clips_per_step``: over all processes."""
+        cfg = self.cfg
+        self.loader, self.clips_per_step = loader, clips_per_step
+        self.batches_per_epoch = loader.sampler.batches_per_epoch
+        self.steps_per_epoch = self.batches_per_epoch // cfg.update_freq
+        scaler = None
+        if cfg.deepspeed_zero_stage is not None:
+            import ds_utils
+            self.engine, optimizer = ds_utils.initialize(self.model_without_ddp, optimizer, cfg.deepspeed_zero_stage,
+                                                         cfg.amp, cfg.clip_grad, micro_batch, cfg.update_freq)
+            self.model = self.engine
+        else:
+            if utils.is_dist():
+                self.model = torch.nn.parallel.DistributedDataParallel(
+                    self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.optimizer, self.scaler = optimizer, scaler
+        self.updater = Updater(self.model, optimizer, cfg.update_freq, cfg.clip_grad, scaler, self.engine, self.ema)
+        s = cfg.schedule
+        self.lr_schedule = utils.cosine_scheduler(s.lr, s.min_lr, cfg.epochs, self.steps_per_epoch, s.warmup_epochs,
+                                                  s.warmup_lr, s.warmup_steps)
+        wd_end = s.weight_decay if s.weight_decay_end is None else s.weight_decay_end
+        self.wd_schedule = utils.cosine_scheduler(s.weight_decay, wd_end, cfg.epochs, self.steps_per_epoch)
+        self.checkpoints = resume.Checkpointing(cfg.output_dir, self.state, self.batches_per_epoch, cfg.update_freq,
+                                                every_steps=cfg.save_ckpt_every_steps, keep=cfg.keep_ckpts,
+                                                device=self.device, engine=self.engine)
+
+    # ------------------------------------------------------------ checkpoints
+
+    def state(self, epoch: int, next_epoch: int = -1, next_batch: int = 0, full: bool = True) -> dict[str, Any]:
+        """The checkpoint dict (a collective call when ``full``: it gathers every rank's RNG states).
+
+        Not ``full``: weights, EMA and the progress extras only, for files that are tested, never resumed."""
+        extra = dict(self.progress.extra)
+        if self.ema is not None:
+            extra["model_ema"] = self.ema.module.state_dict()
+        if not full:
+            return checkpoint_state(self.model_without_ddp, self.grid, self.flags, epoch, **extra)
+        extra.update(resume.position_fields(next_epoch, next_batch, self.batches_per_epoch, self.cfg.update_freq))
+        return checkpoint_state(self.model_without_ddp, self.grid, self.flags, epoch,
+                                None if self.engine else self.optimizer, self.scaler,
+                                deepspeed=self.engine is not None, **extra)
+
+    def save_weights(self, name: str, epoch: int) -> None:
+        """``name`` in the output folder with the weights and progress extras only (main process)."""
+        if utils.is_main_process():
+            state = self.state(epoch, full=False)
+            path = save_checkpoint(self.output_dir / name, state)
+            export_saved(path, state, self.grid, self.flags, self.cfg.save_safetensors)
+
+    def restore(self, found: FoundCheckpoint) -> None:
+        """Continue from ``found``: weights, EMA, optimizer and scaler, RNG states and position."""
+        state = found.state
+        if self.engine is not None:
+            import ds_utils
+            ds_utils.load_folder(self.engine, found.path.parent)
+        else:
+            load_model_state(self.model_without_ddp, state, found.path, self.cfg.model_name)
+            if "optimizer" in state:
+                self.optimizer.load_state_dict(state["optimizer"])
+            if self.scaler is not None and "scaler" in state:
+                self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and "model_ema" in state:
+            self.ema.module.load_state_dict(state["model_ema"])
+        epoch, batch = resume.start_position(found.path, state, self.batches_per_epoch)
+        self.progress = Progress(epoch, batch, self.progress.extra)
+        resume.restore_rng_states(state)
+        print(f"Resumed from {found.path} (epoch {state['epoch']}); continuing at epoch {epoch}"
+              + (f", batch {batch}" if batch else ""))
+
+    # ------------------------------------------------------------ training
+
+    def fit(self, loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor],
+            after_epoch: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Train from the current position to ``epochs``. ``loss_fn(model, batch)`` is the task's loss;
+        ``after_epoch(epoch, record)`` may validate and add to the epoch's ``log.txt`` record. Returns the last
+        epoch's record."""
+        cfg, record = self.cfg, {}
+        start = time.time()
+        with self.checkpoints.stop:
+            for epoch in range(self.progress.epoch, cfg.epochs):
+                first = self.progress.batch if epoch == self.progress.epoch else 0
+                self.loader.sampler.set_epoch(epoch, first)
+                stats = self.train_one_epoch(loss_fn, epoch, first)
+                record = {**{f"train_{k}": v for k, v in stats.items()}, **self.loader.end_epoch(), "epoch": epoch,
+                          "n_parameters": self.n_parameters}
+                if after_epoch is not None:
+                    after_epoch(epoch, record)
+                self.end_epoch(epoch, record, stats)
+        print(f"Training time {datetime.timedelta(seconds=int(time.time() - start))}")
+        if utils.is_dist():
+            torch.distributed.barrier()  # rank 0's last saves are on disk before any rank reads them
+        return record
+
+    def end_epoch(self, epoch: int, record: dict[str, Any], stats: dict[str, float]) -> None:
+        """The epoch's checkpoint (``checkpoint-N`` when due, ``checkpoint-latest`` always), logs, and a stop
+        if a signal came in during the epoch's last steps."""
+        last = epoch + 1 == self.cfg.epochs
+        due = (epoch + 1) % self.cfg.save_ckpt_freq == 0 or last
+        path, state = self.checkpoints.end_of_epoch(epoch, epoch_file=due)
+        if due:
+            self.last_checkpoint = path
+            if utils.is_main_process():
+                export_saved(path, state, self.grid, self.flags, self.cfg.save_safetensors)
+        self.log(record)
+        if self.tb is not None:
+            self.tb.update("epoch", step=epoch, **stats)
+            self.tb.update("data", step=epoch, skipped_videos=record["skipped_videos"],
+                           bad_video_files=record["bad_video_files"])
+            self.tb.flush()
+        if not last:
+            self.checkpoints.stop_if_requested()
+
+    def train_one_epoch(self, loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor], epoch: int,
+                        first_batch: int) -> dict[str, float]:
+        """One pass over the loader from local batch ``first_batch`` (the batches before it were trained
+        before a resume). Every ``update_freq`` batches make one optimizer update."""
+        cfg = self.cfg
+        self.model.train()
+        progress = utils.ProgressLogger(f"Epoch [{epoch}/{cfg.epochs - 1}]", cfg.print_freq, self.clips_per_step)
+        self.updater.start_epoch()
+        for i, batch in enumerate(progress.log_every(self.loader), start=first_batch):
+            step = epoch * self.steps_per_epoch + i // cfg.update_freq
+            if i % cfg.update_freq == 0:
+                apply_schedules(self.optimizer, float(self.lr_schedule[step]), float(self.wd_schedule[step]))
+            loss = loss_fn(self.model, batch)
+            update = (i + 1) % cfg.update_freq == 0
+            grad_norm = self.updater(loss, update)
+            loss_value = self.global_loss(loss, epoch, i, step)
+            self.log_step(progress, step, loss_value, grad_norm)
+            if update:
+                self.checkpoints.after_update(epoch, i + 1)
+        stats = progress.averages()
+        if self.scaler is not None:
+            stats["skipped_steps"] = self.updater.skipped
+            if self.updater.skipped:
+                print(f"{progress.header}: {self.updater.skipped} skipped updates (fp16 gradient overflow; the "
+                      f"scaler lowered the loss scale to {self.updater.loss_scale:g})", flush=True)
+        return stats
+
+    def global_loss(self, loss: torch.Tensor, epoch: int, batch: int, step: int) -> float:
+        """The loss averaged over processes (one host sync per step, after the update is queued); a NaN or
+        infinite loss stops every rank before anything is saved from this state."""
+        value = utils.all_reduce_mean(loss.item(), self.device)
+        if not math.isfinite(value):
+            raise NonFiniteLossError(f"loss is {value} at epoch {epoch}, step {batch} of the epoch (global step "
+                                     f"{step}); stopping without saving, the last checkpoint on disk is intact")
+        return value
+
+    def log_step(self, progress: utils.ProgressLogger, step: int, loss: float, grad_norm: float | None) -> None:
+        lrs = [g["lr"] for g in self.optimizer.param_groups]
+        progress.update(loss=loss, lr=max(lrs), grad_norm=grad_norm)
+        if self.tb is not None:
+            self.tb.set_step(step)
+            self.tb.update("train", loss=loss, lr=max(lrs), min_lr=min(lrs),
+                           weight_decay=float(self.wd_schedule[step]), grad_norm=grad_norm,
+                           loss_scale=self.updater.loss_scale, skipped_updates=self.updater.skipped)
+

@@ -1,0 +1,81 @@
+"""The one update step of every engine: backward, fp16 loss scaling, gradient accumulation, clipping, the
+optimizer step, the EMA, and counting the updates fp16 overflow skipped (in the spirit of MAE's loss scaler)."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the run stops before saving anything from this state."""
+
+
+class Updater:
+    """``updater(loss, update)`` accumulates ``loss``'s gradient; when ``update`` it also clips, steps the
+    optimizer, clears the gradients and updates the EMA. Returns the gradient norm (a float) when clipping.
+
+    With a DeepSpeed ``engine`` the engine does backward, scaling, accumulation, clipping and the step.
+    With a ``scaler`` (fp16) a step whose gradients overflowed is skipped by the scaler; :attr:`skipped`
+    counts those since :meth:`start_epoch`.
+    """
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, update_freq: int = 1,
+                 clip_grad: float | None = None, scaler: torch.amp.GradScaler | None = None, engine: Any = None,
+                 ema: Any = None) -> None:
+        self.model, self.optimizer, self.update_freq = model, optimizer, update_freq
+        self.clip_grad, self.scaler, self.engine, self.ema = clip_grad, scaler, engine, ema
+        self.skipped = 0
+
+    def start_epoch(self) -> None:
+        self.skipped = 0
+        if self.engine is None:
+            self.optimizer.zero_grad(set_to_none=True)
+
+    @property
+    def loss_scale(self) -> float | None:
+        return self.scaler.get_scale() if self.scaler is not None else None
+
+    def __call__(self, loss: torch.Tensor, update: bool = True) -> float | None:
+        if self.engine is not None:
+            return self._deepspeed_step(loss, update)
+        scaled = loss / self.update_freq if self.update_freq > 1 else loss
+        (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+        if not update:
+            return None
+        scale_before = self.loss_scale
+        grad_norm = self._clip_and_step()
+        self.optimizer.zero_grad(set_to_none=True)
+        # The scaler lowers its scale exactly when the gradients held inf or NaN, and then skips the step.
+        if scale_before is not None and self.loss_scale < scale_before:
+            self.skipped += 1
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return None if grad_norm is None else float(grad_norm)
+
+    def _clip_and_step(self) -> torch.Tensor | None:
+        grad_norm = None
+        if self.scaler is not None:
+            if self.clip_grad:
+                self.scaler.unscale_(self.optimizer)
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            if self.clip_grad:
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad)
+            self.optimizer.step()
+        return grad_norm
+
+    def _deepspeed_step(self, loss: torch.Tensor, update: bool) -> float | None:
+        # DeepSpeed divides by its gradient_accumulation_steps (= update_freq) and steps on the boundary.
+        engine = self.engine
+        engine.set_gradient_accumulation_boundary(update)
+        engine.backward(loss)
+        engine.step()
+        if not update:
+            return None
+        if self.ema is not None:
+            self.ema.update(engine.module)
+        norm = engine.get_global_grad_norm() if self.clip_grad else None
+        return None if norm is None else float(norm)
