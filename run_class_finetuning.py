@@ -20,10 +20,11 @@ import cli_args
 import data_health
 import resume
 import utils
+from attention import configure_attention
 from datasets import UnreadableDataError
 from engine_for_finetuning import (FinetuneStep, evaluate, final_test, merge_test_results, train_one_epoch)
 from engine_for_pretraining import NonFiniteLossError
-from modeling_finetune import configure_attention, create_video_model
+from models import create_video_model
 from optim_factory import build_optimizer
 from patch_grid import PatchGrid
 

@@ -19,10 +19,11 @@ import cli_args
 import data_health
 import resume
 import utils
+from attention import configure_attention
 from datasets import UnreadableDataError
 from engine_for_pretraining import NonFiniteLossError, PretrainStep, train_one_epoch
 from masking_generator import DECODER_MASK_TYPES, MASK_TYPES, build_mask_generator, mask_counts
-from modeling_finetune import configure_attention, create_video_model
+from models import create_video_model
 from optim_factory import build_optimizer
 from patch_grid import GridError
 

@@ -468,7 +468,7 @@ def test_bad_checkpoint_files_get_clear_messages(tmp_path: Path, evil: SimpleNam
 
 
 def test_checkpoint_of_another_model_size_is_refused_before_loading() -> None:
-    from modeling_finetune import create_video_model
+    from models import create_video_model
     small = create_video_model("pretrain_videomae_micro_patch16_224", grid=GRID, decoder_depth=1)
     tiny = create_video_model("pretrain_videomae_tiny_patch16_224", grid=GRID, decoder_depth=1)
     before = {k: v.clone() for k, v in tiny.state_dict().items()}
@@ -540,7 +540,7 @@ def test_fp16_overflow_skips_the_step_and_is_counted(capsys: pytest.CaptureFixtu
 
     # Real fp16: autocast to float16 runs on the CPU in torch 2.15 (the scripts still ask for CUDA), with a
     # real GradScaler whose first scales are far too large, so the fp16 gradients overflow.
-    from modeling_finetune import create_video_model
+    from models import create_video_model
     torch.manual_seed(0)
     model = create_video_model("pretrain_videomae_micro_patch16_224", grid=GRID, decoder_depth=1)
     masks = MaskGenerator(GRID, "tube", 0.75)
