@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 
 import utils
-from modeling_finetune import ATTN_IMPLS, POS_EMBED_TYPES
+from attention import ATTN_IMPLS
+from model_layers import POS_EMBED_TYPES
 from optim_factory import OptimizerConfig
 from patch_grid import GridError, PatchGrid, grid_from_args
 from trainer import Schedule, TrainerConfig
@@ -207,7 +208,7 @@ def model_problems(name: str, pretraining: bool) -> list[str]:
     """``--model`` must name a registered PATCHES model of the script's kind."""
     import timm
 
-    import modeling_pretrain  # noqa: F401  (registers the pre-training names)
+    import models  # noqa: F401  (registers the model names)
     if pretraining:
         if not (name.startswith("pretrain_videomae_") and timm.is_model(name)):
             known = ", ".join(timm.list_models("pretrain_videomae_*"))

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from modeling_finetune import VIT_SIZES
+from model_registry import VIT_SIZES
 from patch_grid import GridError, PatchGrid, make_grid, recorded_grid
 
 HF_CONFIG = "config.json"
@@ -76,7 +76,7 @@ def _block_indices(names: Any, stem: str) -> list[int]:
 
 
 def checkpoint_kind(sd: dict[str, torch.Tensor]) -> str:
-    """'pretrain' (our PretrainVisionTransformer) or 'classifier' (our VisionTransformer)."""
+    """'pretrain' (our MaskedVideoAutoencoder) or 'classifier' (our VideoClassifier)."""
     if any(k.startswith("encoder.") for k in sd):
         return "pretrain"
     if "patch_embed.proj.weight" in sd:
@@ -125,8 +125,8 @@ _HF_BLOCK_RE = re.compile(r"^(videomae\.encoder\.layer|decoder\.decoder_layers)\
 
 
 def hf_to_ours(hf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """transformers VideoMAE tensors -> our names: a PretrainVisionTransformer state dict when the decoder
-    is there, else a VisionTransformer one. Accepts the older ``q_bias``/``v_bias`` attention names; a
+    """transformers VideoMAE tensors -> our names: a MaskedVideoAutoencoder state dict when the decoder
+    is there, else a VideoClassifier one. Accepts the older ``q_bias``/``v_bias`` attention names; a
     checkpoint without query/value biases (``qv_bias: false``) gets zero biases, which is the same model.
     Names with no counterpart are kept as they are (the loader reports them as unexpected).
     """

@@ -1,4 +1,5 @@
-"""VideoMAE pre-training model: an encoder over the visible tokens, a light decoder that predicts pixels.
+"""VideoMAE pre-training model, :class:`MaskedVideoAutoencoder`: an encoder over the visible tokens, a light
+decoder that predicts pixels; and the pixel targets it is trained on.
 
 Parameter layout is that of VideoMAE's released pre-training checkpoints: ``encoder.patch_embed.proj``,
 ``encoder.blocks.N.*``, ``encoder.norm``, ``encoder_to_decoder``, ``mask_token``,
@@ -12,14 +13,13 @@ import torch
 import torch.nn as nn
 from einops import rearrange
 from timm.layers import trunc_normal_
-from timm.models import register_model
 
-from modeling_finetune import (VIT_SIZES, LayerNorm, TransformerStack, VideoTransformer, build_pos_table,
-                               gather_tokens, init_vit_weights, resolve_grid, split_model_kwargs)
+from model_layers import LayerNorm, TransformerStack, VideoEncoder, build_pos_table, gather_tokens, init_vit_weights
+from model_registry import VIT_SIZES, register_sizes, resolve_grid, split_model_kwargs
 from patch_grid import PatchGrid
 
 
-class PretrainEncoder(VideoTransformer):
+class PretrainEncoder(VideoEncoder):
     """Trunk that sees only the visible tokens, then a final LayerNorm."""
 
     def __init__(self, grid: PatchGrid, embed_dim: int, depth: int, num_heads: int, **kwargs: Any):
@@ -43,7 +43,7 @@ class PretrainDecoder(TransformerStack):
         return self.head(self.norm(x[:, -num_predicted:]))
 
 
-class PretrainVisionTransformer(nn.Module):
+class MaskedVideoAutoencoder(nn.Module):
     """Masked autoencoder for video. Call with the clip and per-sample token indices (see :func:`mask_to_index`)."""
 
     def __init__(self, grid: PatchGrid, embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
@@ -145,23 +145,14 @@ def per_row_mean_var(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _pretrain_model(size: str, pretrained: bool = False, grid: PatchGrid | None = None,
-                    **kwargs: Any) -> PretrainVisionTransformer:
+                    **kwargs: Any) -> MaskedVideoAutoencoder:
     geometry, kwargs = split_model_kwargs(pretrained, kwargs)
     dims = dict(VIT_SIZES[size])
     for key in ("decoder_embed_dim", "decoder_num_heads"):
         if kwargs.get(key) is not None:
             dims[key] = kwargs.pop(key)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    return PretrainVisionTransformer(resolve_grid(grid, **geometry), **dims, **kwargs)
+    return MaskedVideoAutoencoder(resolve_grid(grid, **geometry), **dims, **kwargs)
 
 
-def _register_pretrain_models() -> None:
-    for size in VIT_SIZES:
-        def fn(pretrained: bool = False, _size: str = size, **kwargs: Any) -> PretrainVisionTransformer:
-            return _pretrain_model(_size, pretrained, **kwargs)
-        fn.__name__ = f"pretrain_videomae_{size}_patch16_224"
-        fn.__module__ = __name__
-        register_model(fn)
-
-
-_register_pretrain_models()
+register_sizes("pretrain_videomae_{size}_patch16_224", _pretrain_model, __name__)

@@ -23,8 +23,9 @@ import torch
 
 import utils
 from masking_generator import MASK_TYPES, MaskGenerator
-from modeling_finetune import VIT_SIZES, create_video_model
-from modeling_pretrain import PretrainVisionTransformer, mask_to_index, patchify, unpatchify
+from model_registry import VIT_SIZES
+from modeling_pretrain import MaskedVideoAutoencoder, mask_to_index, patchify, unpatchify
+from models import create_video_model
 from patch_grid import GridError, PatchGrid, recorded_grid
 from video_transforms import EvalTransform, denormalize
 
@@ -64,7 +65,7 @@ def _pretrain_name(args: dict[str, Any], sd: dict[str, torch.Tensor]) -> str:
 
 
 def load_pretrain_model(path: str | Path, device: torch.device
-                        ) -> tuple[PretrainVisionTransformer, PatchGrid, dict[str, Any]]:
+                        ) -> tuple[MaskedVideoAutoencoder, PatchGrid, dict[str, Any]]:
     """Model, grid and flags of a pre-training checkpoint (.pth or .safetensors); ValueError when unusable."""
     path = Path(path)
     ckpt = utils.load_safetensors(path) if path.suffix == ".safetensors" else utils.load_checkpoint(path)
@@ -115,7 +116,7 @@ def unnormalize_patches(pred: torch.Tensor, truth: torch.Tensor, in_chans: int =
 
 
 @torch.no_grad()
-def reconstruct(model: PretrainVisionTransformer, video: torch.Tensor, mask: torch.Tensor, grid: PatchGrid,
+def reconstruct(model: MaskedVideoAutoencoder, video: torch.Tensor, mask: torch.Tensor, grid: PatchGrid,
                 normalize_target: bool) -> dict[str, torch.Tensor]:
     """Original, masked input and reconstruction of one normalised clip ``[C, T, H, W]``, as ``[C, T, H, W]``
     pixels in [0, 1]. ``mask`` [N] is True for the hidden tokens.

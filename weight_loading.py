@@ -31,7 +31,9 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from modeling_finetune import DEFAULT_GRID, VisionTransformer, build_pos_table
+from model_layers import build_pos_table
+from model_registry import DEFAULT_GRID
+from modeling_finetune import VideoClassifier
 from patch_grid import GridError, PatchGrid, make_grid, recorded_grid
 from utils import is_main_process, load_checkpoint, load_safetensors, unwrap_model
 
@@ -445,7 +447,7 @@ def _matches_sincos(pos: torch.Tensor, grid: PatchGrid | None) -> str | None:
     return None
 
 
-def _handle_pos_embed(model: VisionTransformer, sd: dict[str, torch.Tensor], src: PatchGrid | None,
+def _handle_pos_embed(model: VideoClassifier, sd: dict[str, torch.Tensor], src: PatchGrid | None,
                       ckpt: dict[str, Any], to_load: dict[str, torch.Tensor], report: LoadReport) -> None:
     pos = sd.pop("pos_embed", None)
     grid, dim = model.grid, model.embed_dim
@@ -510,7 +512,7 @@ def _depth_of(names: Any) -> int:
     return max(idx) + 1 if idx else 0
 
 
-def _failure_cause(sd: dict[str, torch.Tensor], model: VisionTransformer, target: dict[str, torch.Tensor]) -> str:
+def _failure_cause(sd: dict[str, torch.Tensor], model: VideoClassifier, target: dict[str, torch.Tensor]) -> str:
     width = _width_of(sd)
     if width is not None and width != model.embed_dim:
         return f"checkpoint width {width} vs model width {model.embed_dim}: wrong --model size?"
@@ -524,7 +526,7 @@ def _failure_cause(sd: dict[str, torch.Tensor], model: VisionTransformer, target
     return "shapes differ from the model's: wrong --model?"
 
 
-def load_finetune_weights(model: VisionTransformer, path: str | Path, model_key: str = "model|module",
+def load_finetune_weights(model: VideoClassifier, path: str | Path, model_key: str = "model|module",
                           model_prefix: str = "", verbose: bool = True,
                           norm_to_fc_norm: bool = True) -> LoadReport:
     """Load a pre-training or fine-tuning checkpoint into ``model`` (built for any grid) and report.

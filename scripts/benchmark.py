@@ -105,7 +105,8 @@ def amp_dtype_of(cfg: dict) -> torch.dtype | None:
 
 def build_model(name: str, cfg: dict, device: torch.device, **kwargs) -> torch.nn.Module:
     """The model as the run scripts build it, with the same --attn_impl and --compile handling."""
-    from modeling_finetune import configure_attention, create_video_model
+    from attention import configure_attention
+    from models import create_video_model
     model = create_video_model(name, **kwargs).to(device)
     cfg["attention"] = configure_attention(model, cfg["attn_impl"], device, amp_dtype_of(cfg))
     if cfg["compile"]:
@@ -127,7 +128,7 @@ def count_model_flops(model: torch.nn.Module, forward_backward, attention: str) 
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    from modeling_finetune import set_fused_attention
+    from attention import set_fused_attention
     compiled = getattr(model, "_compiled_call_impl", None)
     model._compiled_call_impl = None
     set_fused_attention(model, False)

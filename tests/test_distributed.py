@@ -89,7 +89,7 @@ def test_dist_eval_validates_each_clip_once_and_tests_like_one_process(demo_root
     # Validation of the same weights in this process, without any sharding.
     args = run_class_finetuning.get_args_parser().parse_args(flags)
     grid = grid_from_args(args)
-    from modeling_finetune import create_video_model
+    from models import create_video_model
     model = create_video_model(args.model, grid=grid, num_classes=8)
     model.load_state_dict(weights(tmp_path / "two" / "checkpoint-0.pth"))
     val_set, _ = build_dataset("validation", args, grid)

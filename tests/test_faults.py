@@ -467,7 +467,7 @@ def test_bad_checkpoint_files_get_clear_messages(tmp_path: Path, evil: SimpleNam
 
 
 def test_checkpoint_of_another_model_size_is_refused_before_loading() -> None:
-    from modeling_finetune import create_video_model
+    from models import create_video_model
     small = create_video_model("pretrain_videomae_micro_patch16_224", grid=GRID, decoder_depth=1)
     tiny = create_video_model("pretrain_videomae_tiny_patch16_224", grid=GRID, decoder_depth=1)
     before = {k: v.clone() for k, v in tiny.state_dict().items()}

@@ -75,7 +75,7 @@ def pretrained_196(demo_root, tmp_path_factory):
     (["--input_size", "224", "--num_frames", "8"], "196 patches per frame"),
 ])
 def test_checkpoint_at_196_fine_tunes_at_another_grid(pretrained_196, demo_root, tmp_path, grid_flags, expect):
-    from modeling_finetune import create_video_model
+    from models import create_video_model
     from weight_loading import load_finetune_weights
     grid_kwargs = dict(input_size=int(grid_flags[1]), num_frames=int(grid_flags[3]))
     model = create_video_model("vit_micro_patch16_224", num_classes=8, **grid_kwargs)

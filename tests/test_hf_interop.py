@@ -12,8 +12,9 @@ import transformers
 import utils
 from hf_videomae import hf_to_ours, read_hf_dir
 from masking_generator import MaskGenerator
-from modeling_finetune import VisionTransformer, create_video_model
-from modeling_pretrain import PretrainVisionTransformer, mask_to_index
+from modeling_finetune import VideoClassifier
+from modeling_pretrain import MaskedVideoAutoencoder, mask_to_index
+from models import create_video_model
 from patch_grid import make_grid
 from weight_loading import load_finetune_weights
 
@@ -53,7 +54,7 @@ def to_hf_layout(videos: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("per_frame", sorted(GRIDS))
 def test_pretraining_export_matches_transformers(per_frame, tmp_path):
     grid = GRIDS[per_frame]
-    model = perturb(PretrainVisionTransformer(grid, embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=16,
+    model = perturb(MaskedVideoAutoencoder(grid, embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=16,
                                               decoder_depth=1, decoder_num_heads=2))
     ckpt = save_ours(tmp_path / "pretrain.pth", model, grid, model="custom", normlize_target=False)
     out = export_hf.main([str(ckpt), str(tmp_path / "hf"), "--num_heads", "2", "--decoder_num_heads", "2"])
@@ -118,7 +119,7 @@ def hf_classifier_dir(path: Path, grid, seed: int = 0) -> tuple[Path, torch.nn.M
 def test_transformers_folder_as_finetune_source(per_frame, tmp_path):
     grid = GRIDS[per_frame]
     folder, hf = hf_classifier_dir(tmp_path / "hf", grid, seed=per_frame)
-    model = VisionTransformer(grid, num_classes=5, embed_dim=32, depth=2, num_heads=2)
+    model = VideoClassifier(grid, num_classes=5, embed_dim=32, depth=2, num_heads=2)
     report = load_finetune_weights(model, folder, verbose=False)
     assert not report.missing and not report.unexpected and not report.dropped
     assert report.source_grid == grid
@@ -140,7 +141,7 @@ def test_transformers_folder_at_another_grid_and_older_names(tmp_path):
     assert any(k.endswith("q_bias") for k in renamed)
     save_file(renamed, str(weights), metadata={"format": "pt"})
 
-    model = VisionTransformer(GRIDS[324], num_classes=5, embed_dim=32, depth=2, num_heads=2)
+    model = VideoClassifier(GRIDS[324], num_classes=5, embed_dim=32, depth=2, num_heads=2)
     report = load_finetune_weights(model, folder, verbose=False)
     assert report.source_grid == GRIDS[196] and report.model_grid == GRIDS[324]
     assert not report.missing and not report.unexpected
@@ -151,13 +152,13 @@ def test_transformers_folder_at_another_grid_and_older_names(tmp_path):
 def test_bad_folders_and_unexportable_models_are_refused(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="model.safetensors missing"):
-        load_finetune_weights(VisionTransformer(GRIDS[196], num_classes=5, embed_dim=32, depth=1, num_heads=2),
+        load_finetune_weights(VideoClassifier(GRIDS[196], num_classes=5, embed_dim=32, depth=1, num_heads=2),
                               tmp_path / "empty", verbose=False)
-    learned = VisionTransformer(GRIDS[196], num_classes=5, embed_dim=32, depth=1, num_heads=2, pos_embed="learned")
+    learned = VideoClassifier(GRIDS[196], num_classes=5, embed_dim=32, depth=1, num_heads=2, pos_embed="learned")
     ckpt = save_ours(tmp_path / "learned.pth", learned, GRIDS[196], pos_embed="learned", num_heads=2)
     with pytest.raises(SystemExit, match="only has the fixed 1-D sin-cos table"):
         export_hf.main([str(ckpt), str(tmp_path / "out")])
-    plain = save_ours(tmp_path / "plain.pth", VisionTransformer(GRIDS[196], num_classes=5, embed_dim=48, depth=1,
+    plain = save_ours(tmp_path / "plain.pth", VideoClassifier(GRIDS[196], num_classes=5, embed_dim=48, depth=1,
                                                                 num_heads=2), GRIDS[196], model="custom")
     with pytest.raises(SystemExit, match="pass --num_heads"):
         export_hf.main([str(plain), str(tmp_path / "out")])

@@ -1,97 +1,17 @@
-import numpy as np
+"""create_video_model: the registered names, VideoMAE's plain classifier names, grid keywords, old checkpoints."""
+from pathlib import Path
+
 import pytest
+import timm
 import torch
 
-from masking_generator import MaskGenerator
-from modeling_finetune import build_pos_table, create_video_model, set_fused_attention
-from modeling_pretrain import mask_to_index, patchify, pixel_targets, unpatchify
+from model_registry import VIT_SIZES
+from modeling_finetune import VideoClassifier
+from modeling_pretrain import MaskedVideoAutoencoder
+from models import create_video_model
 from patch_grid import make_grid
 
 TINY = dict(decoder_depth=1)
-
-
-def batch_indices(grid, n, mask_type="tube", decoder="none"):
-    gen = MaskGenerator(grid, mask_type, 0.75, decoder, 0.5, rng=np.random.default_rng(0))
-    masks = [gen() for _ in range(n)]
-    enc = torch.stack([m[0] for m in masks])
-    dec = torch.stack([m[1] for m in masks])
-    return enc, dec, mask_to_index(enc, False), mask_to_index(dec, True)
-
-
-@pytest.mark.parametrize("frames,tubelet,size,patch", [
-    (4, 2, 32, 8),          # 2 x 4 x 4
-    (4, 1, (32, 48), 8),    # non-square: 4 x 4 x 6
-    (8, 4, (48, 32), 16),   # 2 x 3 x 2
-    (4, 2, 36, 12),         # patch 12
-])
-@pytest.mark.parametrize("decoder", ["none", "run_cell"])
-def test_pretrain_shapes_at_several_grids(frames, tubelet, size, patch, decoder):
-    g = make_grid(frames, tubelet, size, patch)
-    model = create_video_model("pretrain_videomae_micro_patch16_224", grid=g, **TINY)
-    enc, dec, vis, tgt = batch_indices(g, 2, decoder=decoder)
-    x = torch.randn(2, 3, frames, *g.input_size)
-    latent = model.encoder(x, vis)
-    assert latent.shape == (2, int((~enc[0]).sum()), 128)
-    out = model(x, vis, tgt)
-    assert out.shape == (2, int(dec[0].sum()), g.target_dim)
-    assert torch.isfinite(out).all()
-
-
-def test_encoder_sees_only_visible_tokens():
-    g = make_grid(4, 2, 32, 8)
-    model = create_video_model("pretrain_videomae_micro_patch16_224", grid=g, **TINY).eval()
-    enc, dec, vis, tgt = batch_indices(g, 1)
-    x = torch.randn(1, 3, 4, 32, 32)
-    before = model(x, vis, tgt)
-    # change pixels of one hidden token only: the encoder output must not move
-    hidden = int(tgt[0, 0])
-    t, rest = divmod(hidden, g.patches_per_frame)
-    h, w = divmod(rest, g.w)
-    y = x.clone()
-    y[:, :, t * 2:(t + 1) * 2, h * 8:(h + 1) * 8, w * 8:(w + 1) * 8] += 5.0
-    assert torch.allclose(model(y, vis, tgt), before, atol=1e-6)
-
-
-@pytest.mark.parametrize("size,patch,tubelet", [((32, 48), 8, 2), (36, 12, 1), (64, 16, 4)])
-def test_unpatchify_inverts_patchify(size, patch, tubelet):
-    g = make_grid(8, tubelet, size, patch)
-    x = torch.randn(2, 3, 8, *g.input_size)
-    p = patchify(x, g)
-    assert p.shape == (2, g.num_tokens, g.target_dim)
-    assert torch.equal(unpatchify(p, g), x)
-
-
-def test_patchify_token_order_is_t_h_w():
-    g = make_grid(4, 2, (16, 24), 8)
-    x = torch.zeros(1, 3, 4, 16, 24)
-    x[:, :, 2:4, 8:16, 16:24] = 1.0  # time slice 1, row 1, column 2
-    p = patchify(x, g)
-    lit = (p.abs().sum(-1) > 0).nonzero()[:, 1].tolist()
-    assert lit == [1 * g.patches_per_frame + 1 * g.w + 2]
-
-
-def test_normalised_targets_have_zero_mean_unit_std_per_patch_channel():
-    g = make_grid(4, 2, 32, 8)
-    mean, std = torch.tensor([0.5, 0.4, 0.3]), torch.tensor([0.2, 0.25, 0.3])
-    x = torch.randn(2, 3, 4, 32, 32)
-    t = pixel_targets(x, g, mean, std, normalize_target=True).unflatten(-1, (-1, 3))
-    assert torch.allclose(t.mean(-2), torch.zeros(()), atol=1e-5)
-    assert torch.allclose(t.std(-2), torch.ones(()), atol=1e-3)
-    raw = pixel_targets(x, g, mean, std, normalize_target=False)
-    assert torch.allclose(unpatchify(raw, g), x * std.view(1, 3, 1, 1, 1) + mean.view(1, 3, 1, 1, 1), atol=1e-6)
-
-
-def test_pos_tables():
-    g = make_grid(4, 2, (32, 48), 8)
-    t1 = build_pos_table(g, 64, "1d")[0]
-    assert t1.shape == (g.num_tokens, 64)
-    assert torch.allclose(t1[3, 0::2], torch.sin(3 / 10000 ** (torch.arange(0, 64, 2) / 64.0)), atol=1e-6)
-    t3 = build_pos_table(g, 64, "3d")[0].view(g.t, g.h, g.w, 64)
-    # the 3-D table's spatial part is the same in every time slice, its time part the same at every position
-    d_space = 2 * (64 // 6)
-    d_time = 64 - 2 * d_space
-    assert torch.equal(t3[0, :, :, d_time:], t3[1, :, :, d_time:])
-    assert torch.equal(t3[0, 0, 0, :d_time], t3[0, 3, 5, :d_time])
 
 
 def test_grid_flags_override_model_name_defaults():
@@ -102,44 +22,35 @@ def test_grid_flags_override_model_name_defaults():
     assert create_video_model("pretrain_videomae_micro_patch16_224").grid.patches_per_frame == 196
 
 
-def test_release_layout_key_names():
-    m = create_video_model("pretrain_videomae_micro_patch16_224", input_size=32, patch_size=16, num_frames=4)
-    keys = set(m.state_dict())
-    for k in ["encoder.patch_embed.proj.weight", "encoder.blocks.0.norm1.weight", "encoder.blocks.0.attn.qkv.weight",
-              "encoder.blocks.0.attn.q_bias", "encoder.blocks.0.attn.v_bias", "encoder.blocks.0.attn.proj.weight",
-              "encoder.blocks.0.norm2.weight", "encoder.blocks.0.mlp.fc1.weight", "encoder.blocks.0.mlp.fc2.weight",
-              "encoder.norm.weight", "encoder_to_decoder.weight", "mask_token", "decoder.blocks.0.attn.qkv.weight",
-              "decoder.norm.weight", "decoder.head.weight"]:
-        assert k in keys, k
-    assert "encoder.blocks.0.attn.qkv.bias" not in keys
-    assert "encoder_to_decoder.bias" not in keys
-    assert m.encoder.patch_embed.proj.kernel_size == (2, 16, 16)
+def test_plain_vit_names_build_the_classifier_and_pretrain_names_the_autoencoder():
+    grid = dict(input_size=32, patch_size=16, num_frames=4)
+    assert type(create_video_model("vit_micro_patch16_224", num_classes=3, **grid)) is VideoClassifier
+    assert type(create_video_model("video_vit_micro_patch16_224", num_classes=3, **grid)) is VideoClassifier
+    assert type(create_video_model("pretrain_videomae_micro_patch16_224", **grid, **TINY)) is MaskedVideoAutoencoder
+    for size in VIT_SIZES:
+        assert timm.is_model(f"video_vit_{size}_patch16_224")
+        assert timm.is_model(f"pretrain_videomae_{size}_patch16_224")
 
 
-def test_attention_paths_agree_and_checkpointing_matches():
-    g = make_grid(4, 2, 32, 8)
-    torch.manual_seed(0)
-    m = create_video_model("pretrain_videomae_micro_patch16_224", grid=g, **TINY)
-    _, _, vis, tgt = batch_indices(g, 2)
-    x = torch.randn(2, 3, 4, 32, 32)
-    fused = m(x, vis, tgt)
-    set_fused_attention(m, False)
-    assert torch.allclose(m(x, vis, tgt), fused, atol=1e-5)
-    m.encoder.use_checkpoint = m.decoder.use_checkpoint = True
-    m.train()
-    out = m(x, vis, tgt)
-    out.sum().backward()
-    assert m.encoder.blocks[0].attn.qkv.weight.grad is not None
+def test_unknown_name_lists_the_known_ones():
+    with pytest.raises(ValueError, match=r"--model 'video_vit_giant_patch16_224' is not a PATCHES model; known: "
+                                         r"pretrain_videomae_base_patch16_224, .*video_vit_tiny_patch16_224$"):
+        create_video_model("vit_giant_patch16_224")
 
 
-def test_mask_to_index_rejects_uneven_masks():
-    mask = torch.tensor([[True, False, False], [True, True, False]])
-    with pytest.raises(ValueError, match="different numbers"):
-        mask_to_index(mask, True)
+def test_pretrained_weights_are_not_downloaded():
+    with pytest.raises(ValueError, match="no weights are downloaded"):
+        create_video_model("vit_micro_patch16_224", pretrained=True)
 
 
-def test_classifier_shapes_at_non_square_grid():
-    m = create_video_model("vit_micro_patch16_224", num_classes=5, input_size=[32, 48], patch_size=8, num_frames=4)
-    assert m(torch.randn(2, 3, 4, 32, 48)).shape == (2, 5)
-    with pytest.raises(ValueError, match="model expects clips of shape"):
-        m(torch.randn(2, 3, 4, 32, 32))
+@pytest.mark.parametrize("kind", ["pretrain", "finetune"])
+def test_checkpoints_written_before_the_renames_load_strictly(kind):
+    fixtures = Path(__file__).resolve().parent / "fixtures" / "checkpoints_e228dd5"
+    checkpoint = torch.load(fixtures / f"{kind}-checkpoint-0.pth", weights_only=True)
+    args = checkpoint["args"]
+    if kind == "pretrain":
+        extra = dict(decoder_depth=args["decoder_depth"])
+    else:
+        extra = dict(num_classes=checkpoint["nb_classes"])
+    model = create_video_model(args["model"], grid=make_grid(**checkpoint["grid"]), **extra)
+    model.load_state_dict(checkpoint["model"], strict=True)

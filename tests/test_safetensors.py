@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 
 import utils
-from modeling_finetune import create_video_model
+from models import create_video_model
 from patch_grid import make_grid
 from weight_loading import load_finetune_weights
 

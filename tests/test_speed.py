@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from masking_generator import MaskGenerator
-from modeling_finetune import (BlockAttention, MatmulSoftmaxAttention, attention_path, configure_attention,
-                               create_video_model, gather_tokens)
+from attention import BlockAttention, MatmulSoftmaxAttention, attention_path, configure_attention
+from model_layers import gather_tokens
 from modeling_pretrain import mask_to_index, pixel_targets
+from models import create_video_model
 from optim_factory import OptimizerConfig, build_optimizer
 from patch_grid import make_grid
 

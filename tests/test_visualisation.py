@@ -13,8 +13,8 @@ from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 import run_videomae_vis as vis
 import utils
 from masking_generator import MaskGenerator
-from modeling_finetune import create_video_model
 from modeling_pretrain import patchify, pixel_targets
+from models import create_video_model
 from patch_grid import make_grid
 
 ROOT = Path(__file__).resolve().parents[1]

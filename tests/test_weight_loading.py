@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 import utils
-from modeling_finetune import build_pos_table, create_video_model
+from model_layers import build_pos_table
+from models import create_video_model
 from patch_grid import make_grid
 from weight_loading import interpolate_pos_embed, load_finetune_weights, resize_patch_embed
 

@@ -1,0 +1,34 @@
+"""The attention paths of the blocks agree, with and without activation checkpointing."""
+import numpy as np
+import torch
+
+from attention import set_fused_attention
+from masking_generator import MaskGenerator
+from modeling_pretrain import mask_to_index
+from models import create_video_model
+from patch_grid import make_grid
+
+TINY = dict(decoder_depth=1)
+
+
+def batch_indices(grid, n):
+    gen = MaskGenerator(grid, "tube", 0.75, "none", 0.5, rng=np.random.default_rng(0))
+    masks = [gen() for _ in range(n)]
+    visible = mask_to_index(torch.stack([m[0] for m in masks]), False)
+    return visible, mask_to_index(torch.stack([m[1] for m in masks]), True)
+
+
+def test_attention_paths_agree_and_checkpointing_matches():
+    g = make_grid(4, 2, 32, 8)
+    torch.manual_seed(0)
+    m = create_video_model("pretrain_videomae_micro_patch16_224", grid=g, **TINY)
+    vis, tgt = batch_indices(g, 2)
+    x = torch.randn(2, 3, 4, 32, 32)
+    fused = m(x, vis, tgt)
+    set_fused_attention(m, False)
+    assert torch.allclose(m(x, vis, tgt), fused, atol=1e-5)
+    m.encoder.use_checkpoint = m.decoder.use_checkpoint = True
+    m.train()
+    out = m(x, vis, tgt)
+    out.sum().backward()
+    assert m.encoder.blocks[0].attn.qkv.weight.grad is not None
