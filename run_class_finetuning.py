@@ -16,6 +16,7 @@ from typing import Any
 import cpu_memory  # (before torch: allocator settings torch reads once, see cpu_memory.py)
 import torch
 
+import checkpoint
 import cli_args
 import data_health
 import resume
@@ -213,7 +214,7 @@ def checkpoint_to_evaluate(args: argparse.Namespace) -> str:
     best = Path(args.output_dir) / "checkpoint-best.pth"
     if best.is_file():
         return str(best)
-    found = resume.epoch_checkpoint_files(args.output_dir, folders=args.enable_deepspeed)
+    found = checkpoint.epoch_checkpoint_files(args.output_dir, folders=args.enable_deepspeed)
     return str(found[-1][1]) if found else ""
 
 
@@ -223,14 +224,14 @@ def load_weights(path: str, model: torch.nn.Module, model_ema, args: argparse.Na
     ``ckpt``: the file's contents when already read. Returns the checkpoint."""
     if ckpt is None:
         try:
-            ckpt = utils.load_checkpoint(path)
-        except utils.CheckpointError as e:
+            ckpt = checkpoint.load_checkpoint(path)
+        except checkpoint.CheckpointError as e:
             raise SystemExit(f"error: {e}")
     try:
-        utils.check_checkpoint_grid(ckpt, grid, path, "Evaluating keeps a checkpoint's grid: pass the file's "
-                                                      f"values.{FINETUNE_HINT}")
-        utils.load_model_state(model, ckpt, path, args.model)
-    except utils.CheckpointError as e:
+        checkpoint.check_checkpoint_grid(ckpt, grid, path, "Evaluating keeps a checkpoint's grid: pass the file's "
+                                                           f"values.{FINETUNE_HINT}")
+        checkpoint.load_model_state(model, ckpt, path, args.model)
+    except checkpoint.CheckpointError as e:
         pretraining = any(str(k).startswith("encoder.") for k in ckpt.get("model") or {})
         raise SystemExit(f"error: {e}" + (" It holds a pre-training model (encoder.* weights): start from it with "
                                           "--finetune." if pretraining else ""))
@@ -240,12 +241,12 @@ def load_weights(path: str, model: torch.nn.Module, model_ema, args: argparse.Na
     return ckpt
 
 
-def shared_run_id(found: tuple[Path, dict[str, Any]] | None) -> str:
+def shared_run_id(found: checkpoint.FoundCheckpoint | None) -> str:
     """A name for this training run, kept across its resumes and the same on every rank.
 
     ``checkpoint-best.pth`` carries it, so the final test never takes a best file an earlier run left behind.
     """
-    run_id = [str(found[1]["run_id"]) if found is not None and found[1].get("run_id") else uuid.uuid4().hex]
+    run_id = [str(found.state["run_id"]) if found is not None and found.state.get("run_id") else uuid.uuid4().hex]
     if utils.is_dist():
         torch.distributed.broadcast_object_list(run_id, src=0)
     return run_id[0]
@@ -260,8 +261,8 @@ def load_best_of_run(args: argparse.Namespace, model: torch.nn.Module, run_id: s
     if not path.is_file():
         return "final weights"
     try:
-        ckpt = utils.load_checkpoint(path)
-    except utils.CheckpointError as e:
+        ckpt = checkpoint.load_checkpoint(path)
+    except checkpoint.CheckpointError as e:
         raise SystemExit(f"error: {e}")
     if ckpt.get("run_id") != run_id:
         print(f"{path} is another run's (val acc@1 {ckpt.get('best_acc1')}, epoch {ckpt.get('epoch')}); "
@@ -319,7 +320,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
         print(f"{e}; exiting with status {resume.EXIT_REQUEUE}: run the same command again to resume")
         clean = True
         raise SystemExit(resume.EXIT_REQUEUE) from None
-    except (data_health.TooManyBadVideos, utils.CheckpointSaveError) as e:
+    except (data_health.TooManyBadVideos, checkpoint.CheckpointSaveError) as e:
         raise SystemExit(f"error: {e}") from None
     except UnreadableDataError as e:
         raise SystemExit(f"error: {data_health.unreadable_data_message(e)}") from None
@@ -335,8 +336,9 @@ def run(args: argparse.Namespace, grid) -> dict[str, float]:
     utils.seed_everything(args.seed + utils.get_rank())
     print(f"Patch grid: {grid.describe()}")
     # before data and model, so that a checkpoint of another grid is refused before any heavy work
-    found = None if args.eval else resume.choose_checkpoint(args, grid, folders=args.enable_deepspeed,
-                                                            other_grid_hint=FINETUNE_HINT)
+    found = None if args.eval else checkpoint.choose_checkpoint(args.resume, args.auto_resume, args.output_dir, grid,
+                                                                folders=args.enable_deepspeed,
+                                                                other_grid_hint=FINETUNE_HINT)
 
     from datasets import build_dataset
     train_set, nb_classes = build_dataset("train", args, grid)
@@ -408,7 +410,7 @@ def run(args: argparse.Namespace, grid) -> dict[str, float]:
     # Below any accuracy, so the first validation always writes checkpoint-best.pth, even at 0%.
     start_epoch, start_batch, best_acc1 = args.start_epoch, 0, -1.0
     if found is not None:
-        path, ckpt = found
+        path, ckpt = found.path, found.state
         if engine is not None:
             import ds_utils
             ds_utils.load_folder(engine, path.parent)
@@ -442,23 +444,23 @@ def run(args: argparse.Namespace, grid) -> dict[str, float]:
         if model_ema is not None:
             extra["model_ema"] = model_ema.module.state_dict()
         if not full:
-            return utils.checkpoint_state(model_without_ddp, grid, args, epoch, **extra)
+            return checkpoint.checkpoint_state(model_without_ddp, grid, args, epoch, **extra)
         extra.update(resume.position_fields(next_epoch, next_batch, batches_per_epoch, args.update_freq))
-        return utils.checkpoint_state(model_without_ddp, grid, args, epoch, None if engine else optimizer, scaler,
-                                      deepspeed=engine is not None, **extra)
+        return checkpoint.checkpoint_state(model_without_ddp, grid, args, epoch, None if engine else optimizer,
+                                           scaler, deepspeed=engine is not None, **extra)
 
     def save(name: str, epoch: int) -> None:
         # checkpoint-best holds what testing needs (weights, EMA, accuracy), never used to resume.
         if utils.is_main_process():
             state = make_state(epoch, full=False)
-            path = utils.save_checkpoint(Path(args.output_dir) / name, state)
-            utils.announce_saved(path, state, grid, args)
+            path = checkpoint.save_checkpoint(Path(args.output_dir) / name, state)
+            checkpoint.print_saved_and_export_safetensors(path, state, grid, args, args.save_safetensors)
 
     checkpoints = resume.Checkpointing(args.output_dir, make_state, batches_per_epoch, args.update_freq,
                                        every_steps=args.save_ckpt_every_steps, keep=args.keep_ckpts, device=device,
                                        engine=engine)
     if found is not None:
-        resume.restore_rng_states(found[1])
+        resume.restore_rng_states(found.state)
         del found, ckpt
     start = time.time()
     try:
@@ -486,7 +488,7 @@ def run(args: argparse.Namespace, grid) -> dict[str, float]:
                 due = (epoch + 1) % args.save_ckpt_freq == 0 or last
                 path, state = checkpoints.end_of_epoch(epoch, epoch_file=due)
                 if due and utils.is_main_process():
-                    utils.announce_saved(path, state, grid, args)
+                    checkpoint.print_saved_and_export_safetensors(path, state, grid, args, args.save_safetensors)
                 utils.append_jsonl(log_file, record)
                 if tb_logger is not None:
                     tb_logger.update("epoch", step=epoch, **stats)

@@ -15,6 +15,7 @@ from typing import Any
 import cpu_memory  # (before torch: allocator settings torch reads once, see cpu_memory.py)
 import torch
 
+import checkpoint
 import cli_args
 import data_health
 import resume
@@ -102,17 +103,17 @@ def build_loader(args: argparse.Namespace, grid, device: torch.device):
     return dataset, loader
 
 
-def restore(found: tuple[Path, dict[str, Any]], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+def restore(found: checkpoint.FoundCheckpoint, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
             scaler: Any, engine: Any, args: argparse.Namespace) -> None:
     """Load a checkpoint's weights and optimizer state (from the DeepSpeed folder when ``engine`` is set)."""
-    path, ckpt = found
+    path, ckpt = found.path, found.state
     if engine is not None:
         import ds_utils
         ds_utils.load_folder(engine, path.parent)
         return
     try:
-        utils.load_model_state(model, ckpt, path, args.model)
-    except utils.CheckpointError as e:
+        checkpoint.load_model_state(model, ckpt, path, args.model)
+    except checkpoint.CheckpointError as e:
         raise SystemExit(f"error: {e}")
     if "optimizer" in ckpt:
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -150,7 +151,8 @@ def train(args: argparse.Namespace, grid, counts) -> None:
     print(f"Masking: {args.mask_type} {args.mask_ratio}: {counts.num_visible} visible, {counts.num_masked} masked, "
           f"decoder reconstructs {counts.num_decoded}")
 
-    found = resume.choose_checkpoint(args, grid, folders=args.enable_deepspeed)  # refused before data and model
+    found = checkpoint.choose_checkpoint(args.resume, args.auto_resume, args.output_dir, grid,
+                                         folders=args.enable_deepspeed)  # refused before data and model
     dataset, loader = build_loader(args, grid, device)
     model = create_video_model(args.model, grid=grid, decoder_depth=args.decoder_depth, drop_path_rate=args.drop_path,
                                pos_embed=args.pos_embed, use_checkpoint=args.use_checkpoint).to(device)
@@ -190,14 +192,14 @@ def train(args: argparse.Namespace, grid, counts) -> None:
     start_epoch, start_batch = args.start_epoch, 0
     if found is not None:
         restore(found, model, optimizer, scaler, engine, args)
-        start_epoch, start_batch = resume.start_position(found[0], found[1], steps_per_epoch)
-        print(f"Resumed from {found[0]} (epoch {found[1]['epoch']}); continuing at epoch {start_epoch}"
+        start_epoch, start_batch = resume.start_position(found.path, found.state, steps_per_epoch)
+        print(f"Resumed from {found.path} (epoch {found.state['epoch']}); continuing at epoch {start_epoch}"
               + (f", batch {start_batch}" if start_batch else ""))
 
     def make_state(epoch: int, next_epoch: int, next_batch: int) -> dict[str, Any]:
-        return utils.checkpoint_state(model_without_ddp, grid, args, epoch, None if engine else optimizer, scaler,
-                                      deepspeed=engine is not None,
-                                      **resume.position_fields(next_epoch, next_batch, steps_per_epoch))
+        return checkpoint.checkpoint_state(model_without_ddp, grid, args, epoch, None if engine else optimizer, scaler,
+                                           deepspeed=engine is not None,
+                                           **resume.position_fields(next_epoch, next_batch, steps_per_epoch))
 
     log_dir = args.log_dir or os.path.join(args.output_dir, "tb")
     tb_logger = utils.TensorboardLogger(log_dir) if utils.is_main_process() else None
@@ -207,7 +209,7 @@ def train(args: argparse.Namespace, grid, counts) -> None:
                                        every_steps=args.save_ckpt_every_steps, keep=args.keep_ckpts, device=device,
                                        engine=engine)
     if found is not None:
-        resume.restore_rng_states(found[1])
+        resume.restore_rng_states(found.state)
         del found
     start = time.time()
     try:
@@ -224,7 +226,7 @@ def train(args: argparse.Namespace, grid, counts) -> None:
                 due = (epoch + 1) % args.save_ckpt_freq == 0 or last
                 path, state = checkpoints.end_of_epoch(epoch, epoch_file=due)
                 if due and utils.is_main_process():
-                    utils.announce_saved(path, state, grid, args)
+                    checkpoint.print_saved_and_export_safetensors(path, state, grid, args, args.save_safetensors)
                 record = {**{f"train_{k}": v for k, v in stats.items()}, **data, "epoch": epoch,
                           "n_parameters": n_parameters}
                 utils.append_jsonl(Path(args.output_dir) / "log.txt", record)
@@ -235,7 +237,7 @@ def train(args: argparse.Namespace, grid, counts) -> None:
                     tb_logger.flush()
                 if not last:
                     checkpoints.stop_if_requested()
-    except (NonFiniteLossError, data_health.TooManyBadVideos, utils.CheckpointSaveError) as e:
+    except (NonFiniteLossError, data_health.TooManyBadVideos, checkpoint.CheckpointSaveError) as e:
         raise SystemExit(f"error: {e}")
     except UnreadableDataError as e:
         raise SystemExit(f"error: {data_health.unreadable_data_message(e)}")

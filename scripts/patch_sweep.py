@@ -174,8 +174,8 @@ def final_pretrain_loss(pretrain_dir: Path) -> float | None:
 
 
 def last_checkpoint(pretrain_dir: Path) -> Path:
-    import utils
-    found = utils.epoch_checkpoints(pretrain_dir)
+    from checkpoint import epoch_checkpoint_files
+    found = epoch_checkpoint_files(pretrain_dir)
     if not found:
         raise SystemExit(f"error: pre-training wrote no checkpoint in {pretrain_dir}")
     return found[-1][1]
