@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 import utils
+from checkpoint import CheckpointError, save_checkpoint
 
 MISSING = ("--enable_deepspeed needs the deepspeed package (pip install deepspeed==0.19.8, as in "
            "requirements.txt), or run without --enable_deepspeed")
@@ -103,7 +104,7 @@ class WeightsOnlyLoads:
                 return torch.load(path, map_location=map_location, weights_only=True)
         except Exception as e:  # noqa: BLE001 -- torch raises many types for bad files
             if "weights_only" in str(e) or "Weights only" in str(e):
-                raise utils.CheckpointError(
+                raise CheckpointError(
                     f"refused to load {path}: it holds Python objects beyond tensors, plain values and "
                     f"DeepSpeed's checkpoint data classes ({str(e).splitlines()[0]})") from None
             raise
@@ -140,7 +141,7 @@ def save_folder(engine: Any, output_dir: Path, name: str, meta: dict[str, Any]) 
     engine.save_checkpoint(str(output_dir), tag=tmp.name, client_state={}, save_latest=False)
     _barrier()
     if utils.is_main_process():
-        utils.save_checkpoint(tmp / "checkpoint.pth", meta)
+        save_checkpoint(tmp / "checkpoint.pth", meta)
         _swap_in(tmp, final, old)
     _barrier()
     return final
@@ -175,7 +176,7 @@ def load_folder(engine: Any, folder: Path) -> None:
     try:
         path, _ = engine.load_checkpoint(str(folder.parent), tag=folder.name, load_optimizer_states=True,
                                          load_lr_scheduler_states=False)
-    except utils.CheckpointError as e:
+    except CheckpointError as e:
         raise SystemExit(f"error: {e}") from None
     except (RuntimeError, ValueError, AssertionError, FileNotFoundError) as e:
         raise SystemExit(f"error: cannot resume DeepSpeed from {folder} ({str(e).splitlines()[0] if str(e) else e}); "

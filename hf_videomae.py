@@ -1,4 +1,5 @@
-"""Hugging Face ``transformers`` VideoMAE interop: tensor names, config.json, and the export itself.
+"""Hugging Face ``transformers`` VideoMAE interop: tensor names, config.json, the export itself, and reading
+such a folder back as one of our checkpoints.
 
 Our layout (VideoMAE's release) and transformers' differ in names and in one tensor: we keep the
 attention's query/key/value as one ``qkv`` matrix with separate ``q_bias``/``v_bias``, transformers
@@ -280,3 +281,16 @@ def read_hf_dir(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
     if cfg.get("model_type") != "videomae":
         raise ValueError(f"{path / HF_CONFIG}: model_type is {cfg.get('model_type')!r}, not 'videomae'")
     return cfg, dict(load_file(str(path / HF_WEIGHTS), device="cpu"))
+
+
+def read_hf_checkpoint(path: Path) -> dict[str, Any]:
+    """A transformers VideoMAE folder (config.json + model.safetensors) as one of our checkpoints: tensors
+    renamed to ours, the grid from config.json (checked here, then against the patch-embedding kernel)."""
+    cfg, tensors = read_hf_dir(path)
+    grid = grid_from_hf_config(cfg, str(path / "config.json"))
+    notes = []
+    if cfg.get("layer_norm_eps", 1e-12) != LAYER_NORM_EPS:
+        notes.append(f"config.json has layer_norm_eps {cfg.get('layer_norm_eps', 1e-12)}, our blocks use "
+                     f"{LAYER_NORM_EPS}: outputs differ very slightly from transformers'")
+    # transformers' VideoMAE always uses the fixed 1-D sin-cos table.
+    return {"model": hf_to_ours(tensors), "grid": grid.to_dict(), "args": {"pos_embed": "1d"}, "load_notes": notes}

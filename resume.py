@@ -1,5 +1,6 @@
 """Exact resume: data order and per-item randomness as functions of (seed, epoch, index), RNG states in
-checkpoints, finding the newest checkpoint that loads, step-level saves, and stopping on SIGTERM/SIGUSR1.
+checkpoints, step-level saves, and stopping on SIGTERM/SIGUSR1 (finding the newest checkpoint that loads is
+checkpoint.py's).
 
 The contract: a run killed at any point and restarted with the same command continues from its newest
 good checkpoint and ends with the weights an uninterrupted run would have (bit for bit on the CPU with
@@ -27,12 +28,11 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 import utils
-from patch_grid import PatchGrid
+from checkpoint import LATEST, link_atomically, prune_epoch_checkpoints, resume_position, save_checkpoint
 
 # Exit status of a run stopped by SIGTERM/SIGUSR1 after saving checkpoint-latest: EX_TEMPFAIL from
 # sysexits.h ("try again later"); the sbatch launchers requeue the job when they see it.
 EXIT_REQUEUE = 75
-LATEST = "checkpoint-latest"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
@@ -288,149 +288,7 @@ class StopSignals:
         return int(flag.item())
 
 
-# ---------------------------------------------------------------- checkpoint files
-
-def resume_position(ckpt: dict[str, Any]) -> tuple[int, int]:
-    """(epoch, batch) to continue from: mid-epoch checkpoints say so, epoch checkpoints mean the next epoch."""
-    if "next_epoch" in ckpt:
-        return int(ckpt["next_epoch"]), int(ckpt.get("next_batch", 0))
-    return int(ckpt["epoch"]) + 1, 0
-
-
-def _epoch_of(name: str) -> int | None:
-    """N for ``checkpoint-N``, also with the ``.tmp``/``.old`` suffixes of an interrupted folder swap."""
-    stem = name.split(".", 1)[0]
-    tail = stem.split("-", 1)[1] if stem.startswith("checkpoint-") else ""
-    return int(tail) if tail.isdigit() else None
-
-
-def _candidates(output_dir: Path, folders: bool) -> list[tuple[Path, tuple[int, int] | None]]:
-    """Checkpoints in ``output_dir`` with their position when the name tells it (None: read the file)."""
-    found: list[tuple[Path, tuple[int, int] | None]] = []
-    if folders:
-        for d in output_dir.glob("checkpoint-*"):
-            if not d.is_dir():
-                continue
-            epoch = _epoch_of(d.name)
-            if epoch is not None or d.name.split(".", 1)[0] == LATEST:
-                found.append((d / "checkpoint.pth", None if epoch is None else (epoch + 1, 0)))
-    else:
-        latest = output_dir / f"{LATEST}.pth"
-        if latest.is_file():
-            found.append((latest, None))
-        found += [(p, (n + 1, 0)) for n, p in utils.epoch_checkpoints(output_dir)]
-    return found
-
-
-def epoch_checkpoint_files(output_dir: str | Path, folders: bool = False) -> list[tuple[int, Path]]:
-    """``checkpoint-N.pth`` files, or with ``folders`` the ``checkpoint-N/checkpoint.pth`` of complete
-    DeepSpeed folders, sorted by epoch."""
-    if not folders:
-        return utils.epoch_checkpoints(output_dir)
-    found = []
-    for meta in Path(output_dir).glob("checkpoint-*/checkpoint.pth"):
-        name = meta.parent.name
-        if "." not in name and (n := _epoch_of(name)) is not None:
-            found.append((n, meta))
-    return sorted(found)
-
-
-def find_checkpoint(output_dir: str | Path, folders: bool = False) -> tuple[Path, dict[str, Any]] | None:
-    """The checkpoint furthest into training that loads, and its contents.
-
-    ``checkpoint-latest`` is preferred unless an epoch checkpoint is further on; a file that does not
-    load (truncated, corrupt) is skipped with a warning naming it. With ``folders`` the candidates are
-    DeepSpeed checkpoint folders, judged by the ``checkpoint.pth`` written last into each.
-    """
-    unknown, known = [], []
-    for path, pos in _candidates(Path(output_dir), folders):
-        (unknown if pos is None else known).append((path, pos))
-    best: tuple[tuple[int, int], Path, dict[str, Any]] | None = None
-
-    def try_load(path: Path) -> dict[str, Any] | None:
-        if folders and not path.exists():
-            print(f"warning: skipping {path.parent}: it has no {path.name} (a save that did not finish)")
-            return None
-        try:
-            return utils.load_checkpoint(path)
-        except utils.CheckpointError as e:
-            print(f"warning: skipping {path}: {e}")
-            return None
-
-    for path, _ in unknown:
-        ckpt = try_load(path)
-        if ckpt is not None and (best is None or resume_position(ckpt) > best[0]):
-            best = (resume_position(ckpt), path, ckpt)
-    for path, pos in sorted(known, key=lambda c: c[1], reverse=True):  # type: ignore[arg-type, return-value]
-        if best is not None and pos <= best[0]:
-            break
-        ckpt = try_load(path)
-        if ckpt is not None:
-            best = (resume_position(ckpt), path, ckpt)
-            break
-    return None if best is None else (best[1], best[2])
-
-
-def choose_checkpoint(args: Any, grid: PatchGrid, folders: bool = False,
-                      other_grid_hint: str = "") -> tuple[Path, dict[str, Any]] | None:
-    """``--resume`` if given, else (``--auto_resume``) the newest good checkpoint in ``--output_dir``.
-
-    Rank 0 chooses and tells the others, so all ranks load the same file. A checkpoint made at another
-    patch grid than ``grid`` is refused; ``other_grid_hint`` ends that message.
-    """
-    choice: list[Any] = [None]
-    if utils.is_main_process():
-        if args.resume:
-            path = Path(args.resume)
-            choice[0] = str(path / "checkpoint.pth" if path.is_dir() else path)
-        elif args.auto_resume:
-            found = find_checkpoint(args.output_dir, folders)
-            choice[0] = str(found[0]) if found else None
-    if utils.is_dist():
-        dist.broadcast_object_list(choice, src=0)
-    if choice[0] is None:
-        return None
-    try:
-        ckpt = utils.load_checkpoint(choice[0])
-        fresh = "leave out --resume" if args.resume else "use another --output_dir or --no_auto_resume"
-        utils.check_checkpoint_grid(ckpt, grid, choice[0], f"A resumed run keeps its grid: pass the file's values, "
-                                    f"or {fresh} to start afresh.{other_grid_hint}")
-    except utils.CheckpointError as e:
-        raise SystemExit(f"error: {e}")
-    return Path(choice[0]), ckpt
-
-
-def link_atomically(src: Path, dst: Path) -> None:
-    """Make ``dst`` a hard link to ``src`` (a copy where links are impossible), replacing it atomically."""
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        import shutil
-        shutil.copyfile(src, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-    os.replace(tmp, dst)
-
-
-def prune_epoch_checkpoints(output_dir: str | Path, keep: int) -> list[Path]:
-    """Delete all but the newest ``keep`` ``checkpoint-N`` files or folders; best and latest are never touched."""
-    if keep <= 0:
-        return []
-    import shutil
-    out = Path(output_dir)
-    numbered = sorted((n, p) for p in out.glob("checkpoint-*")
-                      if (n := _epoch_of(p.name)) is not None and (p.suffix == ".pth" or p.is_dir())
-                      and "." not in p.name.removesuffix(".pth"))
-    removed = [p for _, p in numbered[:-keep]]
-    for p in removed:
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
-    return removed
-
+# ---------------------------------------------------------------- saving while training
 
 class Checkpointing:
     """A run's saves: ``checkpoint-N`` at epoch ends, ``checkpoint-latest`` at every save and every
@@ -456,7 +314,7 @@ class Checkpointing:
             return ds_utils.save_folder(self.engine, self.output_dir, name, state)
         path = self.output_dir / f"{name}.pth"
         if utils.is_main_process():
-            utils.save_checkpoint(path, state)
+            save_checkpoint(path, state)
         return path
 
     def _link_latest(self, src: Path) -> None:

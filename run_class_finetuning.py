@@ -16,7 +16,8 @@ import torch
 import cli_args
 import data_health
 import utils
-from checkpoint import CheckpointError, FoundCheckpoint, choose_checkpoint
+from checkpoint import (CheckpointError, FoundCheckpoint, check_checkpoint_grid, choose_checkpoint, epoch_checkpoint_files,
+                        load_checkpoint, load_model_state)
 from engine_for_finetuning import Classification, evaluate, final_test, merge_test_results
 from models import create_video_model
 from optim_factory import build_optimizer
@@ -209,7 +210,7 @@ def checkpoint_to_evaluate(args: argparse.Namespace) -> str:
     best = Path(args.output_dir) / "checkpoint-best.pth"
     if best.is_file():
         return str(best)
-    found = resume.epoch_checkpoint_files(args.output_dir, folders=args.enable_deepspeed)
+    found = epoch_checkpoint_files(args.output_dir, folders=args.enable_deepspeed)
     return str(found[-1][1]) if found else ""
 
 
@@ -219,14 +220,14 @@ def load_weights(path: str, model: torch.nn.Module, model_ema, args: argparse.Na
     ``ckpt``: the file's contents when already read. Returns the checkpoint."""
     if ckpt is None:
         try:
-            ckpt = utils.load_checkpoint(path)
-        except utils.CheckpointError as e:
+            ckpt = load_checkpoint(path)
+        except CheckpointError as e:
             raise SystemExit(f"error: {e}")
     try:
-        utils.check_checkpoint_grid(ckpt, grid, path, "Evaluating keeps a checkpoint's grid: pass the file's "
-                                                      f"values.{FINETUNE_HINT}")
-        utils.load_model_state(model, ckpt, path, args.model)
-    except utils.CheckpointError as e:
+        check_checkpoint_grid(ckpt, grid, path, "Evaluating keeps a checkpoint's grid: pass the file's "
+                                                           f"values.{FINETUNE_HINT}")
+        load_model_state(model, ckpt, path, args.model)
+    except CheckpointError as e:
         pretraining = any(str(k).startswith("encoder.") for k in ckpt.get("model") or {})
         raise SystemExit(f"error: {e}" + (" It holds a pre-training model (encoder.* weights): start from it with "
                                           "--finetune." if pretraining else ""))
@@ -236,12 +237,12 @@ def load_weights(path: str, model: torch.nn.Module, model_ema, args: argparse.Na
     return ckpt
 
 
-def shared_run_id(found: tuple[Path, dict[str, Any]] | None) -> str:
+def shared_run_id(found: FoundCheckpoint | None) -> str:
     """A name for this training run, kept across its resumes and the same on every rank.
 
     ``checkpoint-best.pth`` carries it, so the final test never takes a best file an earlier run left behind.
     """
-    run_id = [str(found[1]["run_id"]) if found is not None and found[1].get("run_id") else uuid.uuid4().hex]
+    run_id = [str(found.state["run_id"]) if found is not None and found.state.get("run_id") else uuid.uuid4().hex]
     if utils.is_dist():
         torch.distributed.broadcast_object_list(run_id, src=0)
     return run_id[0]
@@ -256,8 +257,8 @@ def load_best_of_run(args: argparse.Namespace, model: torch.nn.Module, run_id: s
     if not path.is_file():
         return "final weights"
     try:
-        ckpt = utils.load_checkpoint(path)
-    except utils.CheckpointError as e:
+        ckpt = load_checkpoint(path)
+    except CheckpointError as e:
         raise SystemExit(f"error: {e}")
     if ckpt.get("run_id") != run_id:
         print(f"{path} is another run's (val acc@1 {ckpt.get('best_acc1')}, epoch {ckpt.get('epoch')}); "

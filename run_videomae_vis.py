@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 import utils
+from checkpoint import read_checkpoint
 from masking_generator import MASK_TYPES, MaskGenerator
 from model_registry import VIT_SIZES
 from modeling_pretrain import MaskedVideoAutoencoder, mask_to_index, patchify, unpatchify
@@ -68,7 +69,7 @@ def load_pretrain_model(path: str | Path, device: torch.device
                         ) -> tuple[MaskedVideoAutoencoder, PatchGrid, dict[str, Any]]:
     """Model, grid and flags of a pre-training checkpoint (.pth or .safetensors); ValueError when unusable."""
     path = Path(path)
-    ckpt = utils.load_safetensors(path) if path.suffix == ".safetensors" else utils.load_checkpoint(path)
+    ckpt = read_checkpoint(path)
     sd = ckpt.get("model")
     if not isinstance(sd, dict):
         raise ValueError(f"{path} holds no 'model' state dict")

@@ -24,8 +24,8 @@ import data_health
 import resume
 import utils
 from attention import configure_attention
-from checkpoint import (CheckpointError, CheckpointSaveError, FoundCheckpoint, checkpoint_state, export_saved,
-                        load_model_state, remove_stale_temp_files, save_checkpoint)
+from checkpoint import (CheckpointError, CheckpointSaveError, FoundCheckpoint, checkpoint_state, load_model_state,
+                        print_saved_and_export_safetensors, remove_stale_temp_files, save_checkpoint)
 from optim_factory import apply_schedules
 from patch_grid import PatchGrid
 from updater import NonFiniteLossError, Updater
@@ -230,7 +230,7 @@ class Trainer:
         if utils.is_main_process():
             state = self.state(epoch, full=False)
             path = save_checkpoint(self.output_dir / name, state)
-            export_saved(path, state, self.grid, self.flags, self.cfg.save_safetensors)
+            print_saved_and_export_safetensors(path, state, self.grid, self.flags, self.cfg.save_safetensors)
 
     def restore(self, found: FoundCheckpoint) -> None:
         """Continue from ``found``: weights, EMA, optimizer and scaler, RNG states and position."""
@@ -285,7 +285,7 @@ class Trainer:
         if due:
             self.last_checkpoint = path
             if utils.is_main_process():
-                export_saved(path, state, self.grid, self.flags, self.cfg.save_safetensors)
+                print_saved_and_export_safetensors(path, state, self.grid, self.flags, self.cfg.save_safetensors)
         self.log(record)
         if self.tb is not None:
             self.tb.update("epoch", step=epoch, **stats)

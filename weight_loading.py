@@ -16,26 +16,28 @@ What is adapted, and how:
   table is resampled to the model's token grid by :func:`interpolate_pos_embed`.
 
 Besides our ``.pth`` checkpoints this reads ``.safetensors`` files (the grid from our metadata when
-present) and transformers VideoMAE folders (config.json + model.safetensors, see hf_videomae.py).
+present) and transformers VideoMAE folders (config.json + model.safetensors, see hf_videomae.py), all
+through :func:`checkpoint.read_checkpoint`. What was done is reported by load_report.py.
 """
 from __future__ import annotations
 
 import argparse
 import math
 import re
-from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from checkpoint import read_checkpoint
+from load_report import LoadReport, format_shape, split_entry
 from model_layers import build_pos_table
 from model_registry import DEFAULT_GRID
 from modeling_finetune import VideoClassifier
 from patch_grid import GridError, PatchGrid, make_grid, recorded_grid
-from utils import is_main_process, load_checkpoint, load_safetensors, unwrap_model
+from utils import is_main_process, unwrap_model
 
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")
 TRUNK_PREFIXES = ("encoder.", "backbone.")
@@ -126,190 +128,7 @@ def interpolate_pos_embed(pos: torch.Tensor, old_grid_shape: tuple[int, int, int
     return torch.cat([extra.detach(), x.reshape(1, t2 * h2 * w2, d).to(pos.dtype)], dim=1)
 
 
-# ---------------------------------------------------------------- report
-
-def _fmt_shape(shape: Any) -> str:
-    return "x".join(str(s) for s in shape)
-
-
-def _fmt_indices(idx: list[int]) -> str:
-    if len(idx) == 1:
-        return str(idx[0])
-    if idx == list(range(idx[0], idx[-1] + 1)):
-        return f"{{{idx[0]}..{idx[-1]}}}"
-    return "{" + ",".join(map(str, idx)) + "}"
-
-
-def _merge_weight_bias(names: list[str]) -> list[str]:
-    """``x.weight`` + ``x.bias`` -> ``x.{weight,bias}``, order kept."""
-    present = set(names)
-    out = []
-    for n in names:
-        stem, _, last = n.rpartition(".")
-        if last == "weight" and f"{stem}.bias" in present:
-            out.append(f"{stem}.{{weight,bias}}")
-        elif last == "bias" and f"{stem}.weight" in present:
-            continue
-        else:
-            out.append(n)
-    return out
-
-
-_BLOCK_RE = re.compile(r"^(.*?blocks)\.(\d+)\.(.+)$")
-
-
-def compact_names(names: list[str]) -> list[str]:
-    """Short listing: ``blocks.N.x`` over many N becomes ``blocks.{0..11}.x`` (or ``.*`` for whole blocks)."""
-    matches = {n: _BLOCK_RE.match(n) for n in names}
-    per_rest: dict[tuple[str, str], set[int]] = {}
-    for n, m in matches.items():
-        if m:
-            per_rest.setdefault((m.group(1), m.group(3)), set()).add(int(m.group(2)))
-    # Rests sharing a stem and the same set of blocks are listed together, where the first appears.
-    groups: dict[tuple[str, tuple[int, ...]], list[str]] = {}
-    for (stem, rest), idx in per_rest.items():
-        groups.setdefault((stem, tuple(sorted(idx))), []).append(rest)
-    plain = [n for n in names if not matches[n]]
-    merged = set(_merge_weight_bias(plain))
-    out: list[str] = []
-    emitted: set[tuple[str, tuple[int, ...]]] = set()
-    for n in names:
-        m = matches[n]
-        if m is None:
-            stem, _, last = n.rpartition(".")
-            if n in merged:
-                out.append(n)
-            elif last == "weight":
-                out.append(f"{stem}.{{weight,bias}}")
-            continue
-        gkey = (m.group(1), tuple(sorted(per_rest[(m.group(1), m.group(3))])))
-        if gkey in emitted:
-            continue
-        emitted.add(gkey)
-        rests, idx = groups[gkey], _fmt_indices(list(gkey[1]))
-        if len(rests) > 3:
-            out.append(f"{gkey[0]}.{idx}.* ({len(rests)} each)")
-        else:
-            out.extend(f"{gkey[0]}.{idx}.{r}" for r in _merge_weight_bias(rests))
-    return out
-
-
-def _split_entry(entry: str) -> tuple[str, str]:
-    """``"name (detail)"`` -> (name, detail)."""
-    if entry.endswith(")") and " (" in entry:
-        name, detail = entry.split(" (", 1)
-        return name, detail[:-1]
-    return entry, ""
-
-
-def _compact_entries(entries: list[str]) -> list[str]:
-    """Group ``name (detail)`` entries by detail: ``[detail] name, name, ...;`` with the names compacted."""
-    by_detail: dict[str, list[str]] = {}
-    for e in entries:
-        name, detail = _split_entry(e)
-        by_detail.setdefault(detail, []).append(name)
-    out: list[str] = []
-    for detail, names in by_detail.items():
-        short = compact_names(names)
-        if out:
-            out[-1] += ";"
-        out.extend([f"[{detail}] {short[0]}" if detail else short[0], *short[1:]])
-    return out
-
-
-def _describe(grid: PatchGrid) -> str:
-    h, w = grid.input_size
-    return (f"{grid.num_frames} frames x {h}x{w} px, tubelet {grid.tubelet_size}, patch {grid.patch_size} -> "
-            f"{grid.t}x{grid.h}x{grid.w} = {grid.num_tokens} tokens ({grid.patches_per_frame} per frame)")
-
-
-@dataclass
-class LoadReport:
-    """What :func:`load_finetune_weights` did with every tensor.
-
-    ``loaded``: copied unchanged; ``resized``: loaded after resampling (``"name (old -> new)"``);
-    ``missing``: model tensors the checkpoint did not provide (left at their initialisation);
-    ``unexpected``: checkpoint tensors with no counterpart in the model; ``dropped``: checkpoint tensors
-    discarded on purpose (``"name (why)"``); ``rebuilt``: model tensors set from the model's own grid
-    instead of the checkpoint (``"name (how)"``). ``notes`` holds warnings worth reading.
-    """
-
-    loaded: list[str] = field(default_factory=list)
-    resized: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    dropped: list[str] = field(default_factory=list)
-    rebuilt: list[str] = field(default_factory=list)
-    source_grid: PatchGrid | None = None
-    grid_note: str = ""
-    path: str = ""
-    model_grid: PatchGrid | None = None
-    notes: list[str] = field(default_factory=list)
-
-    CATEGORIES: ClassVar[tuple[str, ...]] = ("loaded", "resized", "missing", "unexpected", "dropped", "rebuilt")
-
-    def counts(self) -> dict[str, int]:
-        return {c: len(getattr(self, c)) for c in self.CATEGORIES}
-
-    def table(self, width: int = 110) -> str:
-        """One aligned table: a row per category with its count and (compacted) tensor names."""
-        lines = [f"--finetune {self.path}"]
-        if self.source_grid is not None:
-            lines.append(f"  checkpoint grid: {_describe(self.source_grid)}")
-        if self.grid_note:
-            lines.append(f"                   ({self.grid_note})")
-        if self.model_grid is not None:
-            lines.append(f"  model grid:      {_describe(self.model_grid)}")
-        name_w = max(len(c) for c in self.CATEGORIES)
-        count_w = max(5, *(len(str(n)) for n in self.counts().values()))
-        indent = " " * (2 + name_w + 2 + count_w + 2)
-        lines.append(f"  {'category':<{name_w}}  {'count':>{count_w}}  tensors")
-        for cat in self.CATEGORIES:
-            entries = getattr(self, cat)
-            if cat == "dropped":
-                items = _compact_entries(entries)
-            elif cat in ("resized", "rebuilt"):
-                items = list(entries)  # few, and each has its own detail
-            else:
-                items = compact_names(entries)
-            items = items or ["-"]
-            current = f"  {cat:<{name_w}}  {len(entries):>{count_w}}  "
-            fresh = True
-            for i, item in enumerate(items):
-                piece = item if item.endswith(";") or i == len(items) - 1 else item + ","
-                if not fresh and len(current) + 1 + len(piece) > width:
-                    lines.append(current)
-                    current, fresh = indent, True
-                current += piece if fresh else " " + piece
-                fresh = False
-            lines.append(current)
-        lines.extend(f"  note: {n}" for n in self.notes)
-        return "\n".join(lines)
-
-
 # ---------------------------------------------------------------- reading
-
-def read_hf_directory(path: Path) -> dict[str, Any]:
-    """A transformers VideoMAE folder (config.json + model.safetensors) as one of our checkpoints: tensors
-    renamed to ours, the grid from config.json (checked here, then against the patch-embedding kernel)."""
-    from hf_videomae import LAYER_NORM_EPS, grid_from_hf_config, hf_to_ours, read_hf_dir
-    cfg, tensors = read_hf_dir(path)
-    grid = grid_from_hf_config(cfg, str(path / "config.json"))
-    notes = []
-    if cfg.get("layer_norm_eps", 1e-12) != LAYER_NORM_EPS:
-        notes.append(f"config.json has layer_norm_eps {cfg.get('layer_norm_eps', 1e-12)}, our blocks use "
-                     f"{LAYER_NORM_EPS}: outputs differ very slightly from transformers'")
-    # transformers' VideoMAE always uses the fixed 1-D sin-cos table.
-    return {"model": hf_to_ours(tensors), "grid": grid.to_dict(), "args": {"pos_embed": "1d"}, "load_notes": notes}
-
-
-def _read(path: Path) -> dict[str, Any]:
-    if path.is_dir():
-        return read_hf_directory(path)
-    if path.suffix == ".safetensors":
-        return load_safetensors(path)  # {"model"}, with "grid"/"args" when PATCHES wrote the file
-    return load_checkpoint(path)
-
 
 def _select_state_dict(ckpt: dict[str, Any], model_key: str, path: Path) -> tuple[dict[str, Any], str]:
     keys = [k for k in model_key.split("|") if k]
@@ -474,7 +293,8 @@ def _handle_pos_embed(model: VideoClassifier, sd: dict[str, torch.Tensor], src: 
                               f"'{kind}' sin-cos table)")
         return
     if pos.dim() != 3 or pos.shape[-1] != dim:
-        report.dropped.append(f"pos_embed (shape {_fmt_shape(pos.shape)} vs model {_fmt_shape(model.pos_embed.shape)})")
+        report.dropped.append(f"pos_embed (shape {format_shape(pos.shape)} vs model "
+                              f"{format_shape(model.pos_embed.shape)})")
         return
     if src_kind is not None and src is not None and src.shape != grid.shape:
         to_load["pos_embed"] = build_pos_table(grid, dim, src_kind)
@@ -494,8 +314,8 @@ def _handle_pos_embed(model: VideoClassifier, sd: dict[str, torch.Tensor], src: 
         report.notes.append("the checkpoint's pos_embed had a cls row; dropped (the model's cls token has no "
                             "position row)")
     to_load["pos_embed"] = new
-    report.resized.append(f"pos_embed ({_fmt_shape(pos.shape)} -> {_fmt_shape(new.shape)}, token grid "
-                          f"{_fmt_shape(src.shape)} -> {_fmt_shape(grid.shape)})")
+    report.resized.append(f"pos_embed ({format_shape(pos.shape)} -> {format_shape(new.shape)}, token grid "
+                          f"{format_shape(src.shape)} -> {format_shape(grid.shape)})")
 
 
 # ---------------------------------------------------------------- loading
@@ -526,6 +346,49 @@ def _failure_cause(sd: dict[str, torch.Tensor], model: VideoClassifier, target: 
     return "shapes differ from the model's: wrong --model?"
 
 
+def _move_norm_to_fc_norm(model: VideoClassifier, sd: dict[str, torch.Tensor], norm_to_fc_norm: bool,
+                          report: LoadReport) -> None:
+    """The encoder's final norm: into fc_norm for a mean-pooling model (see the module docstring)."""
+    if model.fc_norm is None or any(k.startswith("fc_norm.") for k in sd):
+        return
+    for suffix in ("weight", "bias"):
+        if f"norm.{suffix}" in sd:
+            t = sd.pop(f"norm.{suffix}")
+            if norm_to_fc_norm:
+                sd[f"fc_norm.{suffix}"] = t
+            else:
+                report.dropped.append(f"norm.{suffix} (encoder's final norm; fc_norm starts fresh)")
+    if norm_to_fc_norm and "fc_norm.weight" in sd:
+        report.notes.append("fc_norm initialised from the encoder's final norm (norm_to_fc_norm=True)")
+
+
+def _drop_unfit_head(sd: dict[str, torch.Tensor], target: dict[str, torch.Tensor], report: LoadReport) -> None:
+    """The checkpoint's head, when the model has none or one for another class count."""
+    if "head.weight" not in sd and "head.bias" not in sd:
+        return
+    if "head.weight" not in target:
+        why = "the model has no head"
+    elif sd.get("head.weight") is not None and sd["head.weight"].shape != target["head.weight"].shape:
+        old, new = sd["head.weight"].shape[0], target["head.weight"].shape[0]
+        why = f"{old} classes in the checkpoint, {new} in the model"
+    else:
+        return
+    for k in ("head.weight", "head.bias"):
+        if k in sd:
+            report.dropped.append(f"{k} ({why})")
+            sd.pop(k)
+
+
+def _resize_kernel(sd: dict[str, torch.Tensor], target: dict[str, torch.Tensor], report: LoadReport) -> None:
+    """A patch-embedding kernel of another size, resampled to the model's (:func:`resize_patch_embed`)."""
+    w = sd.get("patch_embed.proj.weight")
+    tw = target["patch_embed.proj.weight"]
+    if (w is not None and w.dim() == 5 and w.shape[:2] == tw.shape[:2] and w.shape[2:] != tw.shape[2:]):
+        sd["patch_embed.proj.weight"] = resize_patch_embed(w, tuple(tw.shape[2:]))
+        report.resized.append(f"patch_embed.proj.weight ({format_shape(w.shape)} -> {format_shape(tw.shape)}, "
+                              f"kernel {format_shape(w.shape[2:])} -> {format_shape(tw.shape[2:])})")
+
+
 def load_finetune_weights(model: VideoClassifier, path: str | Path, model_key: str = "model|module",
                           model_prefix: str = "", verbose: bool = True,
                           norm_to_fc_norm: bool = True) -> LoadReport:
@@ -538,7 +401,7 @@ def load_finetune_weights(model: VideoClassifier, path: str | Path, model_key: s
     path = Path(path)
     model = unwrap_model(model)
     report = LoadReport(path=str(path), model_grid=model.grid)
-    ckpt = _read(path)
+    ckpt = read_checkpoint(path)
     raw, where = _select_state_dict(ckpt, model_key, path)
     sd = _prepare(raw, model_prefix, report)
     target = model.state_dict()
@@ -546,50 +409,22 @@ def load_finetune_weights(model: VideoClassifier, path: str | Path, model_key: s
     report.notes.extend(ckpt.get("load_notes", []))
     to_load: dict[str, torch.Tensor] = {}
 
-    # The encoder's final norm: into fc_norm for a mean-pooling model (see the module docstring).
-    if model.fc_norm is not None and not any(k.startswith("fc_norm.") for k in sd):
-        for suffix in ("weight", "bias"):
-            if f"norm.{suffix}" in sd:
-                t = sd.pop(f"norm.{suffix}")
-                if norm_to_fc_norm:
-                    sd[f"fc_norm.{suffix}"] = t
-                else:
-                    report.dropped.append(f"norm.{suffix} (encoder's final norm; fc_norm starts fresh)")
-        if norm_to_fc_norm and "fc_norm.weight" in sd:
-            report.notes.append("fc_norm initialised from the encoder's final norm (norm_to_fc_norm=True)")
-
-    if "head.weight" in sd or "head.bias" in sd:
-        if "head.weight" not in target:
-            for k in ("head.weight", "head.bias"):
-                if k in sd:
-                    report.dropped.append(f"{k} (the model has no head)")
-                    sd.pop(k)
-        elif sd.get("head.weight") is not None and sd["head.weight"].shape != target["head.weight"].shape:
-            old, new = sd["head.weight"].shape[0], target["head.weight"].shape[0]
-            for k in ("head.weight", "head.bias"):
-                if k in sd:
-                    report.dropped.append(f"{k} ({old} classes in the checkpoint, {new} in the model)")
-                    sd.pop(k)
-
-    w = sd.get("patch_embed.proj.weight")
-    tw = target["patch_embed.proj.weight"]
-    if (w is not None and w.dim() == 5 and w.shape[:2] == tw.shape[:2] and w.shape[2:] != tw.shape[2:]):
-        sd["patch_embed.proj.weight"] = resize_patch_embed(w, tuple(tw.shape[2:]))
-        report.resized.append(f"patch_embed.proj.weight ({_fmt_shape(w.shape)} -> {_fmt_shape(tw.shape)}, "
-                              f"kernel {_fmt_shape(w.shape[2:])} -> {_fmt_shape(tw.shape[2:])})")
-
+    _move_norm_to_fc_norm(model, sd, norm_to_fc_norm, report)
+    _drop_unfit_head(sd, target, report)
+    _resize_kernel(sd, target, report)
     _handle_pos_embed(model, sd, src, ckpt, to_load, report)
-    resized_names = {_split_entry(e)[0] for e in report.resized}
+    resized_names = {split_entry(e)[0] for e in report.resized}
     for name, value in sd.items():
         if name not in target:
             report.unexpected.append(name)
         elif value.shape != target[name].shape:
-            report.dropped.append(f"{name} (shape {_fmt_shape(value.shape)} vs model {_fmt_shape(target[name].shape)})")
+            report.dropped.append(f"{name} (shape {format_shape(value.shape)} vs model "
+                                  f"{format_shape(target[name].shape)})")
         else:
             to_load[name] = value
             if name not in resized_names:
                 report.loaded.append(name)
-    rebuilt_names = {_split_entry(e)[0] for e in report.rebuilt}
+    rebuilt_names = {split_entry(e)[0] for e in report.rebuilt}
     report.missing = [k for k in target if k not in to_load and k not in rebuilt_names]
 
     core = [k for k in target if k.startswith(("patch_embed.", "blocks."))]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import utils  # noqa: E402
+from checkpoint import CheckpointError, read_checkpoint  # noqa: E402
 from hf_videomae import ExportError, export_to_hf  # noqa: E402
 
 
@@ -39,14 +39,14 @@ def main(argv: list[str] | None = None) -> Path:
     args = p.parse_args(argv)
     path = Path(args.checkpoint)
     try:
-        ckpt = utils.load_safetensors(path) if path.suffix == ".safetensors" else utils.load_checkpoint(path)
+        ckpt = read_checkpoint(path)
         if args.model_key != "model" and args.model_key in ckpt:
             ckpt["model"] = ckpt[args.model_key]
         labels = None
         if args.labels:
             labels = [line.strip() for line in Path(args.labels).read_text().splitlines() if line.strip()]
         out = export_to_hf(ckpt, args.out_dir, args.num_heads, args.decoder_num_heads, labels)
-    except (utils.CheckpointError, ExportError, OSError) as e:
+    except (CheckpointError, ExportError, OSError) as e:
         raise SystemExit(f"error: {path}: {e}")
     kind = "VideoMAEForPreTraining" if any(k.startswith("encoder.") for k in ckpt["model"]) \
         else "VideoMAEForVideoClassification"

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from checkpoint import load_checkpoint
 from engine_for_finetuning import merge_test_results, topk_correct
-from utils import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -129,19 +129,10 @@ def test_highest_ratio_below_one_keeps_a_visible_token():
         assert 0 < counts.num_visible < g.num_tokens
 
 
-def test_recorded_grid_and_the_check_against_a_run_name_each_differing_flag():
+def test_recorded_grid_reads_a_checkpoints_grid_entry():
     from patch_grid import recorded_grid
-    from utils import CheckpointError, check_checkpoint_grid
     saved = make_grid(6, 3, (48, 72), 12)
     assert recorded_grid({"grid": saved.to_dict()}) == saved
     assert recorded_grid({"model": {}}) is None
     with pytest.raises(GridError, match="grid entry .* is unusable"):
         recorded_grid({"grid": {"num_frames": 6}})
-    check_checkpoint_grid({"grid": saved.to_dict()}, saved, "a.pth")  # the same grid passes
-    check_checkpoint_grid({"model": {}}, saved, "a.pth")  # no record: left to the shape check
-    with pytest.raises(CheckpointError, match=r"^a\.pth was made at another patch grid than this run's "
-                                              r"\(--num_frames 6 vs 9; --input_size 48 72 vs 60 96: the file's "
-                                              r"value first\)\. Try again\.$"):
-        check_checkpoint_grid({"grid": saved.to_dict()}, make_grid(9, 3, (60, 96), 12), "a.pth", "Try again.")
-    with pytest.raises(CheckpointError, match=r"^a\.pth: the checkpoint's grid entry"):
-        check_checkpoint_grid({"grid": {"num_frames": "x"}}, saved, "a.pth")

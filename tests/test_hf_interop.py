@@ -9,7 +9,7 @@ import pytest
 import torch
 import transformers
 
-import utils
+import checkpoint
 from hf_videomae import hf_to_ours, read_hf_dir
 from masking_generator import MaskGenerator
 from modeling_finetune import VideoClassifier
@@ -36,8 +36,8 @@ def perturb(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 
 def save_ours(path: Path, net: torch.nn.Module, grid, **args) -> Path:
-    state = utils.checkpoint_state(net, grid, argparse.Namespace(**args), epoch=3)
-    return utils.save_checkpoint(path, state)
+    state = checkpoint.checkpoint_state(net, grid, argparse.Namespace(**args), epoch=3)
+    return checkpoint.save_checkpoint(path, state)
 
 
 def clip_and_mask(grid, batch: int = 2):

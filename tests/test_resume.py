@@ -17,8 +17,8 @@ import pytest
 import torch
 
 import resume
+from checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from launch_helpers import FINETUNE, PRETRAIN, ROOT, assert_same_weights, run, run_and_signal, weights
-from utils import load_checkpoint, save_checkpoint
 
 
 def pretrain_flags(demo_root: Path, out: Path, *extra: str) -> list[str]:
@@ -93,11 +93,11 @@ def test_sigusr1_exits_75_with_a_checkpoint_to_resume_from(demo_root, tmp_path):
 SLOW_SAVE = """
 import sys, torch
 sys.path.insert(0, {root!r})
-import utils
+import checkpoint
 # Many small tensors: pickling them keeps torch.save busy for a while, so the kill lands mid-write.
 state = {{"model": {{f"w{{i}}": torch.full((64,), float(i)) for i in range(300_000)}}}}
 print("writing", flush=True)
-utils.save_checkpoint({target!r}, state)
+checkpoint.save_checkpoint({target!r}, state)
 print("done", flush=True)
 """
 
@@ -118,48 +118,9 @@ def test_kill_during_a_save_leaves_the_previous_checkpoint_chosen_by_auto_resume
     writer.wait()
     assert list(out.glob(".checkpoint-latest.pth.*.tmp")), "the kill landed mid-write: the temporary file is left"
 
-    path, ckpt = resume.find_checkpoint(out)
-    assert path == out / "checkpoint-latest.pth"
-    assert_same_weights(ckpt["model"], before)
-
-
-def test_unreadable_newest_checkpoints_are_skipped_with_a_warning(tmp_path, capsys):
-    def state(epoch: int, **position: int) -> dict:
-        return {"model": {"w": torch.tensor([float(epoch)])}, "epoch": epoch, **position}
-
-    save_checkpoint(tmp_path / "checkpoint-0.pth", state(0))
-    save_checkpoint(tmp_path / "checkpoint-1.pth", state(1))
-    save_checkpoint(tmp_path / "checkpoint-latest.pth", state(2, next_epoch=2, next_batch=3))
-    assert resume.find_checkpoint(tmp_path)[0].name == "checkpoint-latest.pth"
-
-    # A truncated latest (say a copy cut short) and a corrupt checkpoint-1: checkpoint-0 is the newest good one.
-    data = (tmp_path / "checkpoint-latest.pth").read_bytes()
-    (tmp_path / "checkpoint-latest.pth").write_bytes(data[:len(data) // 2])
-    (tmp_path / "checkpoint-1.pth").write_bytes(b"not a checkpoint")
-    path, ckpt = resume.find_checkpoint(tmp_path)
-    assert path.name == "checkpoint-0.pth" and resume.resume_position(ckpt) == (1, 0)
-    warnings = capsys.readouterr().out
-    assert f"warning: skipping {tmp_path / 'checkpoint-latest.pth'}" in warnings
-    assert f"warning: skipping {tmp_path / 'checkpoint-1.pth'}" in warnings
-
-    # An epoch file further on than latest wins over it.
-    save_checkpoint(tmp_path / "checkpoint-latest.pth", state(0, next_epoch=0, next_batch=2))
-    save_checkpoint(tmp_path / "checkpoint-1.pth", state(1))
-    assert resume.find_checkpoint(tmp_path)[0].name == "checkpoint-1.pth"
-
-
-def test_deepspeed_folders_are_judged_by_the_checkpoint_pth_written_last(tmp_path, capsys):
-    save_checkpoint(tmp_path / "checkpoint-0" / "checkpoint.pth", {"epoch": 0})
-    # A save into checkpoint-latest died before its checkpoint.pth; the previous latest had been moved
-    # aside to checkpoint-latest.old by the folder swap and is still complete.
-    (tmp_path / "checkpoint-latest").mkdir()
-    (tmp_path / "checkpoint-latest" / "mp_rank_00_model_states.pt").write_bytes(b"partial")
-    save_checkpoint(tmp_path / "checkpoint-latest.old" / "checkpoint.pth", {"epoch": 1, "next_epoch": 1,
-                                                                          "next_batch": 2})
-    path, ckpt = resume.find_checkpoint(tmp_path, folders=True)
-    assert path == tmp_path / "checkpoint-latest.old" / "checkpoint.pth"
-    assert f"warning: skipping {tmp_path / 'checkpoint-latest'}: it has no checkpoint.pth" in capsys.readouterr().out
-    assert [n for n, _ in resume.epoch_checkpoint_files(tmp_path, folders=True)] == [0]
+    found = find_checkpoint(out)
+    assert found.path == out / "checkpoint-latest.pth"
+    assert_same_weights(found.state["model"], before)
 
 
 def test_rng_states_survive_a_weights_only_checkpoint(tmp_path):

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+import checkpoint
 import run_videomae_vis as vis
-import utils
 from masking_generator import MaskGenerator
 from modeling_pretrain import patchify, pixel_targets
 from models import create_video_model
@@ -117,7 +117,7 @@ def test_bad_inputs_stop_with_a_message(tmp_path, demo_root):
     with pytest.raises(SystemExit, match="--model_path: .*bad.pth"):
         run_vis(bad, clip(demo_root), tmp_path)
     classifier = create_video_model("vit_micro_patch16_224", grid=GRID, num_classes=3)
-    path = utils.save_checkpoint(tmp_path / "ft.pth", {"model": classifier.state_dict(), "grid": GRID.to_dict()})
+    path = checkpoint.save_checkpoint(tmp_path / "ft.pth", {"model": classifier.state_dict(), "grid": GRID.to_dict()})
     with pytest.raises(SystemExit, match="not a pre-training checkpoint"):
         run_vis(path, clip(demo_root), tmp_path)
 

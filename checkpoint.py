@@ -1,0 +1,497 @@
+"""Checkpoint files: writing them atomically, reading any supported source safely, and finding, naming,
+linking and pruning them in an output folder.
+
+A checkpoint is a dict saved with ``torch.save`` and loaded with ``weights_only=True``: weights, training
+state, the flags as plain values and the patch grid. ``--save_safetensors`` writes the weights beside it as
+safetensors (grid and flags in the metadata). Epoch checkpoints are ``checkpoint-N.pth`` (or, with DeepSpeed,
+``checkpoint-N/`` folders, see ds_utils.py), the newest state is ``checkpoint-latest``.
+"""
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import re
+import stat
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.distributed as dist
+
+import utils
+from patch_grid import GridError, PatchGrid, recorded_grid
+
+CHECKPOINT_FORMAT = "patches-checkpoint-v1"
+SAFETENSORS_FORMAT = "patches-safetensors-v1"
+LATEST = "checkpoint-latest"
+# What save_checkpoint, save_safetensors and link_atomically write first: ".{name}.{pid}.tmp".
+_TEMP_FILE = re.compile(r"^\.(checkpoint[^/]*\.(?:pth|safetensors))\.(\d+)\.tmp$")
+
+
+# ---------------------------------------------------------------- writing
+
+def plain_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Flags as plain values, so a checkpoint loads with ``weights_only=True``."""
+    def plain(v: Any) -> Any:
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return v
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {str(k): plain(x) for k, x in v.items()}
+        return str(v)
+    return {k: plain(v) for k, v in vars(args).items()}
+
+
+def _temp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write atomically: temporary file in the same folder, fsync, then rename over the target.
+
+    A crash or kill while saving leaves the previous file untouched (at worst a stray ``.tmp``). A
+    write that fails (no space left on the device, quota, I/O error) removes the temporary file and
+    raises :class:`CheckpointSaveError` saying so.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        cause = _os_error_in_chain(e)
+        if cause is not None:
+            raise CheckpointSaveError(path, cause) from e
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint could not be written; the file it was to replace (if any) is unchanged."""
+
+    def __init__(self, path: Path, cause: OSError) -> None:
+        self.path, self.errno = path, cause.errno
+        what = "no space left on the device" if cause.errno in (errno.ENOSPC, errno.EDQUOT) else \
+            (cause.strerror or str(cause))
+        kept = (f"the previous {path.name} is intact" if path.exists()
+                else f"nothing was replaced; checkpoints saved earlier in {path.parent} are intact")
+        super().__init__(f"could not save checkpoint {path}: {what}; {kept}. Free some space (or choose "
+                         f"another --output_dir) and run the same command again to resume")
+
+
+def _os_error_in_chain(e: BaseException) -> OSError | None:
+    """The OSError behind ``e``: torch.save reports a failed write as a RuntimeError whose context it is."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError) and e.errno is not None:
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def checkpoint_state(model: torch.nn.Module, grid: PatchGrid, args: argparse.Namespace, epoch: int,
+                     optimizer: torch.optim.Optimizer | None = None, scaler: Any = None,
+                     **extra: Any) -> dict[str, Any]:
+    """Everything a checkpoint holds: weights, training state, flags (``args``, recorded) and the patch grid."""
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "model": utils.unwrap_model(model).state_dict(),
+        "epoch": epoch,
+        "args": plain_args(args),
+        "grid": grid.to_dict(),
+    }
+    if optimizer is not None:
+        state["optimizer"] = optimizer.state_dict()
+    if scaler is not None:
+        state["scaler"] = scaler.state_dict()
+    state.update(extra)
+    return state
+
+
+def print_saved_and_export_safetensors(path: Path, state: dict[str, Any], grid: PatchGrid,
+                                       flags: argparse.Namespace | dict[str, Any], export: bool) -> None:
+    """Print a saved checkpoint's path; with ``export`` (``--save_safetensors``) also write its weights beside
+    it as ``.safetensors``, with ``grid`` and ``flags`` in the metadata, and print that path too."""
+    print(f"Saved {path}")
+    if export:
+        print(f"Saved {save_safetensors(path.with_suffix('.safetensors'), state['model'], grid, flags)}")
+
+
+def save_safetensors(path: str | Path, state_dict: dict[str, torch.Tensor], grid: PatchGrid,
+                     args: argparse.Namespace | dict[str, Any]) -> Path:
+    """Model weights only, as safetensors, with the grid and the flags as JSON in the metadata; atomic."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flags = plain_args(args) if isinstance(args, argparse.Namespace) else plain_args(argparse.Namespace(**args))
+    metadata = {"format": "pt", "patches_format": SAFETENSORS_FORMAT, "grid": json.dumps(grid.to_dict()),
+                "args": json.dumps(flags)}
+    # safetensors refuses views into shared storage; plain contiguous CPU copies are what it stores anyway.
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
+    tmp = _temp_path(path)
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+# ---------------------------------------------------------------- reading
+
+class CheckpointError(ValueError):
+    """A file that cannot be used as a checkpoint."""
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Any supported source as a checkpoint dict: a transformers VideoMAE folder (see
+    :func:`hf_videomae.read_hf_checkpoint`), a ``.safetensors`` file (:func:`load_safetensors`) or our
+    ``.pth`` (:func:`load_checkpoint`). Raises :class:`CheckpointError` when it cannot be used."""
+    path = Path(path)
+    if path.is_dir():
+        from hf_videomae import read_hf_checkpoint
+        try:
+            return read_hf_checkpoint(path)
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
+    if path.suffix == ".safetensors":
+        return load_safetensors(path)  # {"model"}, with "grid"/"args" when PATCHES wrote the file
+    return load_checkpoint(path)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load with ``weights_only=True`` (no code from the file ever runs); clear message on bad files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        # VideoMAE's own checkpoints store their flags as an argparse.Namespace: a plain attribute holder,
+        # safe to rebuild, so it is the one class allowed beyond tensors and plain values.
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+            # a file of another pickle protocol is refused below with our message; torch's warning adds nothing
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 -- torch raises many types for bad files
+        raise CheckpointError(_load_failure_message(path, e)) from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint dictionary")
+    return obj
+
+
+def _load_failure_message(path: Path, e: BaseException) -> str:
+    """Why torch.load refused ``path``, in words (its own messages are long and suggest unsafe loading)."""
+    text = str(e)
+    name = re.search(r"[Uu]nsupported (?:global: )?GLOBAL (\S+)", text)
+    if name or "Unsupported global" in text:
+        what = f" ({name.group(1)})" if name else ""
+        return (f"refused to load {path}: it refers to Python code or classes{what} that unpickling would run; "
+                f"checkpoints are loaded with torch.load(weights_only=True), which accepts only tensors and "
+                f"plain values, and nothing from the file was run. Re-save the weights from a trusted source")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        zipped = f.read(4) == b"PK\x03\x04"  # torch.save's archive format
+    if size == 0 or zipped:
+        reason = text.splitlines()[0].split(". ")[0][:160] if text else type(e).__name__
+        return (f"{path} is truncated or corrupt ({size} bytes{'' if size == 0 else '; ' + reason}); was it saved "
+                f"or copied completely?")
+    return (f"{path} is not a PyTorch checkpoint (neither a torch.save archive nor a pickle of tensors and plain "
+            f"values that weights_only loading accepts); nothing from it was run")
+
+
+def load_safetensors(path: str | Path) -> dict[str, Any]:
+    """A .safetensors file as a checkpoint dict: {"model"}, plus "grid" and "args" when ours wrote it."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        ckpt: dict[str, Any] = {"model": dict(load_file(str(path), device="cpu"))}
+        for key in ("grid", "args"):
+            if key in metadata:
+                ckpt[key] = json.loads(metadata[key])
+    except (OSError, ValueError, SafetensorError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"{path} is not a readable safetensors file ({reason})") from None
+    return ckpt
+
+
+def check_checkpoint_grid(ckpt: dict[str, Any], grid: PatchGrid, path: str | Path, remedy: str = "") -> None:
+    """Raise :class:`CheckpointError` when ``ckpt`` records a patch grid other than ``grid``.
+
+    Resuming and evaluating keep a checkpoint's grid. Without this check, a change of input size or frame
+    count would load silently, because the fixed position tables are not saved and no tensor changes shape.
+    Files with no record of their grid (VideoMAE's own) are left to the shape check of :func:`load_model_state`.
+    """
+    try:
+        theirs = recorded_grid(ckpt)
+    except GridError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    if theirs is None:
+        return
+    differences = theirs.differences(grid)
+    if differences:
+        raise CheckpointError(f"{path} was made at another patch grid than this run's "
+                              f"({'; '.join(differences)}: the file's value first)." + (f" {remedy}" if remedy else ""))
+
+
+def load_model_state(model: torch.nn.Module, ckpt: dict[str, Any], path: str | Path, model_name: str) -> None:
+    """Load ``ckpt["model"]`` into ``model`` exactly, or raise :class:`CheckpointError` saying what does not fit
+    (no state dict, tensors of another shape, missing or unexpected names) before anything is changed."""
+    sd = ckpt.get("model")
+    if not isinstance(sd, dict):
+        raise CheckpointError(f"{path} holds no 'model' state dict (keys: {sorted(ckpt)[:8]})")
+    own = utils.unwrap_model(model).state_dict()
+    reshaped = [k for k, v in sd.items() if k in own and tuple(getattr(v, "shape", ())) != tuple(own[k].shape)]
+    missing, unexpected = [k for k in own if k not in sd], [k for k in sd if k not in own]
+    if reshaped or missing or unexpected:
+        details = []
+        if reshaped:
+            k = reshaped[0]
+            details.append(f"{len(reshaped)} tensors of another shape, e.g. {k} {tuple(sd[k].shape)} in the file vs "
+                           f"{tuple(own[k].shape)} in the model")
+        if missing:
+            details.append(f"{len(missing)} missing, e.g. {missing[:3]}")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected, e.g. {unexpected[:3]}")
+        raise CheckpointError(f"{path} does not fit --model {model_name} at this grid ({'; '.join(details)}); "
+                              f"is it from another model size or grid?")
+    utils.unwrap_model(model).load_state_dict(sd)
+
+
+# ---------------------------------------------------------------- names and discovery
+
+class CheckpointName(NamedTuple):
+    """A parsed ``checkpoint-N`` name: the epoch N and what follows it (``""`` for a DeepSpeed folder,
+    ``".pth"``, or the ``".tmp"``/``".old"`` of an interrupted folder swap)."""
+
+    epoch: int
+    suffix: str
+
+
+def parse_checkpoint_name(name: str) -> CheckpointName | None:
+    """N and the rest for ``checkpoint-N[.suffix...]``; None for any other name (``checkpoint-latest`` too)."""
+    stem, dot, rest = name.partition(".")
+    tail = stem.split("-", 1)[1] if stem.startswith("checkpoint-") else ""
+    return CheckpointName(int(tail), dot + rest) if tail.isdigit() else None
+
+
+@dataclass(frozen=True)
+class FoundCheckpoint:
+    """A checkpoint chosen to resume from: its file (``checkpoint.pth`` inside a DeepSpeed folder) and contents."""
+
+    path: Path
+    state: dict[str, Any]
+
+
+def resume_position(ckpt: dict[str, Any]) -> tuple[int, int]:
+    """(epoch, batch) to continue from: mid-epoch checkpoints say so, epoch checkpoints mean the next epoch."""
+    if "next_epoch" in ckpt:
+        return int(ckpt["next_epoch"]), int(ckpt.get("next_batch", 0))
+    return int(ckpt["epoch"]) + 1, 0
+
+
+def _candidates(output_dir: Path, folders: bool) -> list[tuple[Path, tuple[int, int] | None]]:
+    """Checkpoints in ``output_dir`` with their position when the name tells it (None: read the file)."""
+    found: list[tuple[Path, tuple[int, int] | None]] = []
+    if folders:
+        for d in output_dir.glob("checkpoint-*"):
+            if not d.is_dir():
+                continue
+            name = parse_checkpoint_name(d.name)
+            if name is not None or d.name.split(".", 1)[0] == LATEST:
+                found.append((d / "checkpoint.pth", None if name is None else (name.epoch + 1, 0)))
+    else:
+        latest = output_dir / f"{LATEST}.pth"
+        if latest.is_file():
+            found.append((latest, None))
+        found += [(p, (n + 1, 0)) for n, p in epoch_checkpoint_files(output_dir)]
+    return found
+
+
+def epoch_checkpoint_files(output_dir: str | Path, folders: bool = False) -> list[tuple[int, Path]]:
+    """``checkpoint-N.pth`` files, or with ``folders`` the ``checkpoint-N/checkpoint.pth`` of complete
+    DeepSpeed folders, sorted by epoch."""
+    found = []
+    if not folders:
+        for p in Path(output_dir).glob("checkpoint-*.pth"):
+            if (name := parse_checkpoint_name(p.name)) is not None and name.suffix == ".pth":
+                found.append((name.epoch, p))
+        return sorted(found)
+    for meta in Path(output_dir).glob("checkpoint-*/checkpoint.pth"):
+        if (name := parse_checkpoint_name(meta.parent.name)) is not None and not name.suffix:
+            found.append((name.epoch, meta))
+    return sorted(found)
+
+
+def _load_or_warn(path: Path, folders: bool) -> dict[str, Any] | None:
+    if folders and not path.exists():
+        print(f"warning: skipping {path.parent}: it has no {path.name} (a save that did not finish)")
+        return None
+    try:
+        return load_checkpoint(path)
+    except CheckpointError as e:
+        print(f"warning: skipping {path}: {e}")
+        return None
+
+
+def find_checkpoint(output_dir: str | Path, folders: bool = False) -> FoundCheckpoint | None:
+    """The checkpoint furthest into training that loads, and its contents.
+
+    ``checkpoint-latest`` is preferred unless an epoch checkpoint is further on; a file that does not
+    load (truncated, corrupt) is skipped with a warning naming it. With ``folders`` the candidates are
+    DeepSpeed checkpoint folders, judged by the ``checkpoint.pth`` written last into each.
+    """
+    unknown, known = [], []
+    for path, pos in _candidates(Path(output_dir), folders):
+        (unknown if pos is None else known).append((path, pos))
+    best: tuple[tuple[int, int], Path, dict[str, Any]] | None = None
+    for path, _ in unknown:
+        ckpt = _load_or_warn(path, folders)
+        if ckpt is not None and (best is None or resume_position(ckpt) > best[0]):
+            best = (resume_position(ckpt), path, ckpt)
+    for path, pos in sorted(known, key=lambda c: c[1], reverse=True):  # type: ignore[arg-type, return-value]
+        if best is not None and pos <= best[0]:
+            break
+        ckpt = _load_or_warn(path, folders)
+        if ckpt is not None:
+            best = (resume_position(ckpt), path, ckpt)
+            break
+    return None if best is None else FoundCheckpoint(best[1], best[2])
+
+
+def choose_checkpoint(resume_path: str, auto_resume: bool, output_dir: str | Path, grid: PatchGrid,
+                      folders: bool = False, other_grid_hint: str = "") -> FoundCheckpoint | None:
+    """``--resume`` (``resume_path``) if given, else (``--auto_resume``) the newest good checkpoint in
+    ``--output_dir``.
+
+    Rank 0 chooses and tells the others, so all ranks load the same file. A checkpoint made at another
+    patch grid than ``grid`` is refused; ``other_grid_hint`` ends that message.
+    """
+    choice: list[Any] = [None]
+    if utils.is_main_process():
+        if resume_path:
+            path = Path(resume_path)
+            choice[0] = str(path / "checkpoint.pth" if path.is_dir() else path)
+        elif auto_resume:
+            found = find_checkpoint(output_dir, folders)
+            choice[0] = str(found.path) if found else None
+    if utils.is_dist():
+        dist.broadcast_object_list(choice, src=0)
+    if choice[0] is None:
+        return None
+    try:
+        ckpt = load_checkpoint(choice[0])
+        fresh = "leave out --resume" if resume_path else "use another --output_dir or --no_auto_resume"
+        check_checkpoint_grid(ckpt, grid, choice[0], f"A resumed run keeps its grid: pass the file's values, "
+                              f"or {fresh} to start afresh.{other_grid_hint}")
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}")
+    return FoundCheckpoint(Path(choice[0]), ckpt)
+
+
+# ---------------------------------------------------------------- links, pruning, leftovers
+
+def link_atomically(src: Path, dst: Path) -> None:
+    """Make ``dst`` a hard link to ``src`` (a copy where links are impossible), replacing it atomically."""
+    tmp = _temp_path(dst)
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        import shutil
+        shutil.copyfile(src, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+    os.replace(tmp, dst)
+
+
+def prune_epoch_checkpoints(output_dir: str | Path, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` ``checkpoint-N`` files or folders; best and latest are never touched."""
+    if keep <= 0:
+        return []
+    import shutil
+    out = Path(output_dir)
+    numbered = sorted((name.epoch, p) for p in out.glob("checkpoint-*")
+                      if (name := parse_checkpoint_name(p.name)) is not None
+                      and (name.suffix == ".pth" or (not name.suffix and p.is_dir())))
+    removed = [p for _, p in numbered[:-keep]]
+    for p in removed:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    except OverflowError:  # no such pid can exist
+        return False
+    return True
+
+
+def remove_stale_temp_files(output_dir: str | Path) -> tuple[int, int]:
+    """Remove the temporary files our writers left in ``output_dir`` (and in its DeepSpeed ``checkpoint-*``
+    folders) when killed: ``.{name}.{pid}.tmp`` of a checkpoint or safetensors file whose writing process
+    is gone. Returns (files removed, bytes freed).
+
+    Files of a live process are kept, and so is everything else, including DeepSpeed's ``checkpoint-*.tmp``
+    and ``.old`` folders: they may hold the only complete checkpoint, which auto-resume accepts. The pid is
+    checked on this machine: call it from the process that writes the checkpoints.
+    """
+    out = Path(output_dir)
+    if not out.is_dir():
+        return 0, 0
+    folders = [out, *(d for d in out.glob("checkpoint-*") if d.is_dir() and not d.is_symlink())]
+    count = freed = 0
+    for folder in folders:
+        for p in folder.iterdir():
+            match = _TEMP_FILE.match(p.name)
+            if match is None or _process_alive(int(match.group(2))):
+                continue
+            try:
+                info = p.lstat()
+                if not stat.S_ISREG(info.st_mode):  # we only ever write plain files
+                    continue
+                p.unlink()
+            except FileNotFoundError:
+                continue
+            count, freed = count + 1, freed + info.st_size
+    return count, freed
