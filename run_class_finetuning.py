@@ -18,6 +18,7 @@ import torch
 
 import cli_args
 import data_health
+import data_loaders
 import resume
 import utils
 from datasets import UnreadableDataError
@@ -26,8 +27,7 @@ from engine_for_pretraining import NonFiniteLossError
 from modeling_finetune import configure_attention, create_video_model
 from optim_factory import build_optimizer
 from patch_grid import PatchGrid
-
-DATA_SETS = ("Kinetics-400", "Kinetics-600", "Kinetics-700", "SSV2", "UCF101", "HMDB51", "custom")
+from video_lists import DATA_SETS
 
 
 FINETUNE_HINT = " To fine-tune from its weights at this run's grid, pass it to --finetune instead."
@@ -147,37 +147,14 @@ def validate_args(args: argparse.Namespace):
     return grid
 
 
-def use_demo_data_if_needed(args: argparse.Namespace) -> None:
-    if args.data_path is not None:
-        return
-    from demo_data import ensure_demo_dataset
-    demo = ensure_demo_dataset(args.demo_root)
-    args.data_path, args.data_set = str(demo["root"]), "custom"
-    if args.flip is None:
-        args.flip = False  # a mirrored "move left" clip is a "move right" clip
-    if args.data_root is None:
-        args.data_root = str(demo["root"])
-    print(f"No --data_path: using the demo dataset in {demo['root']}")
-
-
 def make_loader(dataset, args: argparse.Namespace, train: bool, device: torch.device):
     """The loader, wrapped to report unreadable videos (see data_health.BadVideoTracker)."""
-    from datasets import CollateWithBad, collate_fn_for
-    dataset.report_bad = True
     source = f"the {'training' if train else 'evaluation'} list in {args.eval_data_path or args.data_path}"
     if train:
-        loader = resume.train_loader(dataset, args, CollateWithBad(collate_fn_for(args.num_sample)), device,
-                                     batches_multiple=args.update_freq)
-        return data_health.BadVideoTracker(loader, len(dataset.records), args.max_bad_fraction, source)
-    if args.distributed and args.dist_eval:
-        sampler = resume.ShardSampler(len(dataset), utils.get_world_size(), utils.get_rank())
-    else:
-        sampler = torch.utils.data.SequentialSampler(dataset)
-    loader = torch.utils.data.DataLoader(
-        dataset, sampler=sampler, batch_size=args.batch_size, num_workers=args.num_workers,
-        pin_memory=args.pin_mem and device.type == "cuda", collate_fn=CollateWithBad(collate_fn_for(1)))
-    return data_health.BadVideoTracker(loader, len(dataset.records), args.max_bad_fraction, source,
-                                       sharded=args.distributed and args.dist_eval)
+        return data_loaders.classification_train_loader(dataset, cli_args.loader_config(args), args.num_sample,
+                                                        device, args.update_freq, source)
+    return data_loaders.evaluation_loader(dataset, cli_args.loader_config(args), device,
+                                          args.distributed and args.dist_eval, source)
 
 
 def build_mixup(args: argparse.Namespace, nb_classes: int):
@@ -286,7 +263,7 @@ def load_finetune(args: argparse.Namespace, model: torch.nn.Module, model_ema) -
 
 def run_test(args, model, device, amp_dtype, grid) -> dict[str, float]:
     from datasets import build_dataset
-    test_set, _ = build_dataset("test", args, grid)
+    test_set, _ = build_dataset("test", cli_args.classification_data_config(args), grid)
     loader = make_loader(test_set, args, train=False, device=device)
     out_file = Path(args.output_dir) / f"test_results_rank{utils.get_rank()}.jsonl"
     final_test(loader, model, device, out_file, amp_dtype)
@@ -304,8 +281,8 @@ def run_test(args, model, device, amp_dtype, grid) -> dict[str, float]:
 def main(args: argparse.Namespace) -> dict[str, float]:
     grid = validate_args(args)
     if args.check_data:
-        data_health.run_check_data(args, finetuning=True)
-    use_demo_data_if_needed(args)
+        data_health.run_check_data(cli_args.video_lists_config(args), args.num_workers, args.fname_tmpl)
+    cli_args.use_demo_data_if_no_data_path(args, finetuning=True)
     if args.enable_deepspeed and not args.eval:
         import ds_utils
         ds_utils.prepare_environment(args.device)
@@ -339,7 +316,7 @@ def run(args: argparse.Namespace, grid) -> dict[str, float]:
                                                             other_grid_hint=FINETUNE_HINT)
 
     from datasets import build_dataset
-    train_set, nb_classes = build_dataset("train", args, grid)
+    train_set, nb_classes = build_dataset("train", cli_args.classification_data_config(args), grid)
     args.nb_classes = nb_classes
     model = create_video_model(args.model, grid=grid, num_classes=nb_classes, drop_rate=args.drop,
                                attn_drop_rate=args.attn_drop_rate, drop_path_rate=args.drop_path,
@@ -376,7 +353,7 @@ def run(args: argparse.Namespace, grid) -> dict[str, float]:
     train_loader = make_loader(train_set, args, train=True, device=device)
     val_loader = None
     if not args.disable_eval_during_finetuning:
-        val_set, _ = build_dataset("validation", args, grid)
+        val_set, _ = build_dataset("validation", cli_args.classification_data_config(args), grid)
         val_loader = make_loader(val_set, args, train=False, device=device)
     world = utils.get_world_size()
     clips_per_step = args.batch_size * args.num_sample * world

@@ -17,6 +17,7 @@ import torch
 
 import cli_args
 import data_health
+import data_loaders
 import resume
 import utils
 from datasets import UnreadableDataError
@@ -84,22 +85,9 @@ def validate_args(args: argparse.Namespace):
 
 
 def build_loader(args: argparse.Namespace, grid, device: torch.device):
-    from datasets import CollateWithBad, build_pretraining_dataset, collate_fn_for
-    if args.data_path is None:
-        from demo_data import ensure_demo_dataset
-        demo = ensure_demo_dataset(args.demo_root)
-        # The labelled training clips and the unlabelled ones: pre-training needs no labels.
-        args.data_path, args.data_root = str(demo["pretrain"]), str(demo["root"])
-        print(f"No --data_path: using the demo dataset in {demo['root']}")
-    dataset = build_pretraining_dataset(args, grid, build_mask_generator(args, grid))
-    dataset.report_bad = True  # unreadable videos travel with the batches to the tracker below
-    loader = resume.train_loader(dataset, args, CollateWithBad(collate_fn_for(args.num_sample)), device,
-                                 persistent_workers=True)
-    loader = data_health.BadVideoTracker(loader, len(dataset), args.max_bad_fraction, args.data_path)
-    if loader.sampler.batches_per_epoch == 0:
-        raise SystemExit(f"error: --batch_size {args.batch_size} x {utils.get_world_size()} processes is larger "
-                         f"than the {len(dataset)} videos in {args.data_path}")
-    return dataset, loader
+    cli_args.use_demo_data_if_no_data_path(args, finetuning=False)
+    return data_loaders.pretraining_loader(cli_args.pretraining_data_config(args), cli_args.loader_config(args), grid,
+                                           build_mask_generator(args, grid), device)
 
 
 def restore(found: tuple[Path, dict[str, Any]], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -123,7 +111,7 @@ def restore(found: tuple[Path, dict[str, Any]], model: torch.nn.Module, optimize
 def main(args: argparse.Namespace) -> None:
     grid, counts = validate_args(args)
     if args.check_data:
-        data_health.run_check_data(args, finetuning=False)
+        data_health.run_check_data(cli_args.pretraining_data_config(args), args.num_workers)
     if args.enable_deepspeed:
         import ds_utils
         ds_utils.prepare_environment(args.device)
