@@ -9,10 +9,13 @@ import torch
 
 import utils
 from attention import ATTN_IMPLS
+from data_loaders import LoaderConfig
+from datasets import ClassificationDataConfig, PretrainingDataConfig
 from model_layers import POS_EMBED_TYPES
 from optim_factory import OptimizerConfig
 from patch_grid import GridError, PatchGrid, grid_from_args
 from trainer import Schedule, TrainerConfig
+from video_lists import VideoListsConfig, parse_list_file, read_records
 
 
 def add_grid_args(p: argparse.ArgumentParser, model: str) -> argparse._ArgumentGroup:
@@ -246,7 +249,6 @@ def pretraining_data_problems(args: argparse.Namespace) -> list[str]:
     """``--data_path``'s list file parses, and holds at least one batch of videos."""
     if args.data_path is None or not Path(args.data_path).is_file() or args.check_data:
         return []  # no list (the demo data), already reported, or --check_data reports it all
-    from datasets import parse_list_file
     errors: list[str] = []
     try:
         entries = parse_list_file(args.data_path, args.data_root, errors=errors)
@@ -262,7 +264,6 @@ def finetuning_data_problems(args: argparse.Namespace) -> list[str]:
     training list holds at least one update's worth of videos."""
     if args.data_path is None or not Path(args.data_path).exists() or args.check_data:
         return []  # the demo data, already reported, or --check_data reports it all
-    from datasets import read_records
     if args.eval:
         modes = ["test"]
     else:
@@ -270,7 +271,8 @@ def finetuning_data_problems(args: argparse.Namespace) -> list[str]:
     if args.eval_data_path is not None and not Path(args.eval_data_path).exists():
         modes = [m for m in modes if m == "train"]  # the missing folder is reported already
     errors: list[str] = []
-    counts = {mode: len(read_records(mode, args, errors)[0]) for mode in modes}
+    lists = video_lists_config(args)
+    counts = {mode: len(read_records(mode, lists, errors)[0]) for mode in modes}
     if errors:
         return list_problems(list(dict.fromkeys(errors)))  # validation may read the test list again
     if "train" in counts:
@@ -309,6 +311,63 @@ def scale_lr(args: argparse.Namespace, clips_per_step: int) -> None:
     for name in ("lr", "min_lr", "warmup_lr"):
         setattr(args, name, getattr(args, name) * clips_per_step / 256)
 
+
+# ---------------------------------------------------------------- data flags -> data configs
+
+def use_demo_data_if_no_data_path(args: argparse.Namespace, finetuning: bool) -> None:
+    """Without ``--data_path``, point the data flags at the built-in demo dataset (generated on first use).
+
+    Pre-training reads its unlabelled clip list; fine-tuning its train/val/test lists as ``--data_set
+    custom``, without flip unless ``--flip`` is given (a mirrored "move left" clip is a "move right" clip).
+    """
+    if args.data_path is not None:
+        return
+    from demo_data import ensure_demo_dataset
+    demo = ensure_demo_dataset(args.demo_root)
+    if finetuning:
+        args.data_path, args.data_set = str(demo["root"]), "custom"
+        if args.flip is None:
+            args.flip = False
+        if args.data_root is None:
+            args.data_root = str(demo["root"])
+    else:
+        # The labelled training clips and the unlabelled ones: pre-training needs no labels.
+        args.data_path, args.data_root = str(demo["pretrain"]), str(demo["root"])
+    print(f"No --data_path: using the demo dataset in {demo['root']}")
+
+
+def video_lists_config(args: argparse.Namespace) -> VideoListsConfig:
+    """Where the fine-tuning flags say the videos are listed."""
+    return VideoListsConfig(data_set=args.data_set, data_path=args.data_path, eval_data_path=args.eval_data_path,
+                            data_root=args.data_root, split=args.split, nb_classes=args.nb_classes)
+
+
+def classification_data_config(args: argparse.Namespace) -> ClassificationDataConfig:
+    """The fine-tuning flags' datasets (``--nb_classes`` as it is now: the run sets it once it is known)."""
+    return ClassificationDataConfig(
+        lists=video_lists_config(args), sampling_rate=args.sampling_rate, num_sample=args.num_sample, aa=args.aa,
+        train_crop_scale=_pair(args.train_crop_scale), flip=args.flip, train_interpolation=args.train_interpolation,
+        reprob=args.reprob, remode=args.remode, recount=args.recount, short_side_size=args.short_side_size,
+        test_num_segment=args.test_num_segment, test_num_crop=args.test_num_crop, fname_tmpl=args.fname_tmpl)
+
+
+def _pair(values: list[float] | None) -> tuple[float, float] | None:
+    return None if values is None else (values[0], values[1])
+
+
+def pretraining_data_config(args: argparse.Namespace) -> PretrainingDataConfig:
+    """The pre-training flags' dataset."""
+    return PretrainingDataConfig(data_path=args.data_path, sampling_rate=args.sampling_rate, data_root=args.data_root,
+                                 num_sample=args.num_sample)
+
+
+def loader_config(args: argparse.Namespace) -> LoaderConfig:
+    """The DataLoader settings of either script's flags."""
+    return LoaderConfig(batch_size=args.batch_size, num_workers=args.num_workers, pin_memory=args.pin_mem,
+                        seed=args.seed, max_bad_fraction=args.max_bad_fraction)
+
+
+# ---------------------------------------------------------------- flags -> driver and optimizer configs
 
 def optimizer_config(args: argparse.Namespace, layer_decay: float | None = None) -> OptimizerConfig:
     return OptimizerConfig(opt=args.opt, lr=args.lr, weight_decay=args.weight_decay, eps=args.opt_eps,

@@ -9,7 +9,6 @@ reports every bad entry (and every bad list line) without building a model.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
@@ -17,7 +16,9 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 import utils
-from datasets import FrameFolder, VideoDecodeError, VideoFile, numbered_list_entries, read_records
+from datasets import PretrainingDataConfig
+from video_lists import VideoListsConfig, numbered_list_entries, read_records
+from video_reader import FrameFolder, VideoDecodeError, VideoFile
 
 MAX_LISTED = 100  # bad paths written into one log.txt record
 EXAMPLES = 5  # bad paths quoted in an error message
@@ -136,21 +137,22 @@ def check_video(path: str, num_frames: int | None = None, fname_tmpl: str = "img
     return None
 
 
-def pretraining_entries(args: argparse.Namespace, errors: list[str]) -> list[Entry]:
-    """The videos of ``--data_path`` (one list file); bad lines go to ``errors``."""
+def pretraining_entries(list_file: str, data_root: str | None, errors: list[str]) -> list[Entry]:
+    """The videos of the pre-training ``list_file`` (paths relative to ``data_root`` when given); bad lines go
+    to ``errors``."""
     try:
-        parsed = numbered_list_entries(args.data_path, args.data_root, errors=errors)
+        parsed = numbered_list_entries(list_file, data_root, errors=errors)
     except (OSError, ValueError) as e:
         errors.append(str(e))
         return []
-    return [Entry(path, f"{args.data_path}, line {number}") for number, path, _ in parsed]
+    return [Entry(path, f"{list_file}, line {number}") for number, path, _ in parsed]
 
 
-def finetuning_entries(args: argparse.Namespace, errors: list[str]) -> list[Entry]:
+def finetuning_entries(lists: VideoListsConfig, errors: list[str]) -> list[Entry]:
     """The videos of the train, validation and test lists, each once; bad lines go to ``errors``."""
     entries: dict[tuple[str, int | None], Entry] = {}
     for mode in ("train", "validation", "test"):
-        for r in read_records(mode, args, errors)[0]:
+        for r in read_records(mode, lists, errors)[0]:
             entries.setdefault((r.path, r.num_frames), Entry(r.path, r.where, r.num_frames))
     errors[:] = list(dict.fromkeys(errors))  # validation may read the test list again
     return list(entries.values())
@@ -174,14 +176,19 @@ def check_entries(entries: list[Entry], num_workers: int = 0, fname_tmpl: str = 
     return [(e, r) for e, r in zip(entries, reasons) if r is not None]
 
 
-def run_check_data(args: argparse.Namespace, finetuning: bool) -> None:
-    """``--check_data``: report every bad list line and unreadable video, then exit (0 when all is well)."""
+def run_check_data(data: PretrainingDataConfig | VideoListsConfig, num_workers: int = 0,
+                   fname_tmpl: str = "img_{:05}.jpg") -> None:
+    """``--check_data``: report every bad list line and unreadable video of ``data`` (a pre-training list, or
+    a classification run's train, validation and test lists), then exit (0 when all is well)."""
     errors: list[str] = []
-    entries = finetuning_entries(args, errors) if finetuning else pretraining_entries(args, errors)
+    if isinstance(data, VideoListsConfig):
+        entries = finetuning_entries(data, errors)
+    else:
+        entries = pretraining_entries(data.data_path, data.data_root, errors)
     print(f"check_data: checking {len(entries)} videos (open, decode the first and last frame) ...", flush=True)
     for message in errors:
         print(f"bad list line: {message}")
-    bad = check_entries(entries, args.num_workers, getattr(args, "fname_tmpl", "img_{:05}.jpg"))
+    bad = check_entries(entries, num_workers, fname_tmpl)
     for entry, reason in bad:
         print(f"bad video: {entry.path} ({entry.where}): {reason}")
     if errors or bad:

@@ -1,14 +1,13 @@
-"""Video datasets: list files, clip sampling, pre-training and fine-tuning datasets.
+"""Video datasets: clip sampling, pre-training and classification datasets, skipping unreadable videos.
 
-List files follow VideoMAE: one video per line, ``path`` or ``path label``. See
-:func:`parse_list_file` for the exact rules. Fine-tuning datasets come from
-:func:`build_dataset`, which also reads SSV2 frame-folder lists and the official
-UCF101 and HMDB51 split files.
+Datasets are built from small frozen configs: :func:`build_pretraining_dataset` from a
+:class:`PretrainingDataConfig`, :func:`build_dataset` (classification) from a
+:class:`ClassificationDataConfig`. Which videos they read comes from :mod:`video_lists`, how they
+are decoded from :mod:`video_reader`.
 """
 from __future__ import annotations
 
 import os
-import re
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -18,27 +17,11 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from patch_grid import PatchGrid
+from video_lists import VideoListsConfig, VideoRecord, parse_list_file, read_records
+from video_reader import VideoDecodeError, VideoFile, decode_clips
 from video_transforms import PRETRAIN_SCALES, EvalTransform, PretrainTransform, RandomResizedCropTransform
 
 MaskGenerator = Callable[[], tuple[Any, Any]]
-
-_INT = re.compile(r"[+-]?[0-9]+")
-
-
-class VideoDecodeError(RuntimeError):
-    """A video could not be opened or decoded; ``path`` names it and ``reason`` says why in one line.
-
-    ``VideoDecodeError(message)`` alone (no cause) is also accepted, so that a DataLoader worker can
-    re-raise it in the main process.
-    """
-
-    def __init__(self, path: str, cause: BaseException | str | None = None) -> None:
-        if cause is None:
-            super().__init__(path)
-            self.path, self.reason = None, path
-            return
-        self.path, self.reason = path, decode_reason(cause)
-        super().__init__(f"cannot decode video {path}: {self.reason}")
 
 
 class UnreadableDataError(VideoDecodeError):
@@ -50,111 +33,6 @@ class UnreadableDataError(VideoDecodeError):
 
 class UnreadableVideoWarning(UserWarning):
     """A video was skipped (and replaced by another) because it cannot be read."""
-
-
-# decord's C++ errors start with "[hh:mm:ss] /path/to/source.cc:123: "
-_DECORD_PREFIX = re.compile(r"^\[[0-9:]+\] \S+:[0-9]+: ")
-
-
-def decode_reason(cause: BaseException | str) -> str:
-    """A one-line, human reason for a decoding failure (decord's raw errors are cryptic or multi-line)."""
-    text = str(cause).strip() or type(cause).__name__
-    if "from_size == to_size" in text:
-        return ("decord returns frames of the wrong size for this frame width (a decord 0.6 bug, e.g. 48 or "
-                "72 px wide); re-encode the video at another width")
-    if text.startswith("Error reading"):
-        return "cannot be opened as a video (corrupt, truncated, or not a video file)"
-    line = _DECORD_PREFIX.sub("", text.splitlines()[0])
-    # "Cannot create buffer source": the file was cut inside its first frames, so decord cannot even learn the
-    # stream's size and format.
-    if "av_read_frame failed" in line or "Cannot create buffer source" in line:
-        return f"frames cannot be decoded, the file is probably truncated or corrupt ({line})"
-    return line[:300]
-
-
-# ---- list files -------------------------------------------------------------------------------------
-
-def _resolve(path: str, base: str) -> str:
-    return path if os.path.isabs(path) else os.path.join(base, path)
-
-
-def _parse_line(line: str, base: str, where: str) -> tuple[str, int | None]:
-    fields = line.rsplit(None, 1)
-    if len(fields) == 1:
-        return _resolve(line, base), None
-    head, last = fields
-    if _INT.fullmatch(last):
-        label = int(last)
-        if label < 0:
-            raise ValueError(f"{where}: negative label {label}")
-        return _resolve(head, base), label
-    whole, head_path = _resolve(line, base), _resolve(head, base)
-    if not os.path.isfile(whole) and os.path.isfile(head_path):
-        raise ValueError(f"{where}: label {last!r} after {head!r} is not a non-negative integer")
-    return whole, None
-
-
-def parse_list_file(path: str | os.PathLike, data_root: str | os.PathLike | None = None,
-                    errors: list[str] | None = None) -> list[tuple[str, int | None]]:
-    """Read a VideoMAE-style list file into ``[(video_path, label or None), ...]``.
-
-    Rules, per line (UTF-8, optional BOM, ``\\n`` or ``\\r\\n`` endings):
-
-    * blank lines and lines whose first non-blank character is ``#`` are skipped;
-    * surrounding whitespace is stripped; if the line has more than one whitespace-separated
-      field and the last one is an integer, that field is the label and the rest is the
-      path (so paths may contain spaces); otherwise the whole line is a path without label;
-    * relative paths are taken relative to ``data_root`` when given, else relative to the
-      directory holding the list file (never the working directory); absolute paths stay.
-
-    Raises ``ValueError`` naming the file and the 1-based line number for a negative
-    label, for a non-integer last field after a path that exists as a file while the whole
-    line does not, for text that is not UTF-8, and (naming the file) for a list with no
-    entries. With ``errors`` given, those messages are appended to it instead and the bad
-    lines skipped (to report them all, as ``--check_data`` does).
-    """
-    return [(video, label) for _, video, label in numbered_list_entries(path, data_root, errors)]
-
-
-def numbered_list_entries(path: str | os.PathLike, data_root: str | os.PathLike | None = None,
-                          errors: list[str] | None = None) -> list[tuple[int, str, int | None]]:
-    """:func:`parse_list_file` with the 1-based line number first: ``[(line, video_path, label), ...]``."""
-    path = os.fspath(path)
-    base = _list_base(path, data_root)
-    entries = []
-    for number, line in _list_lines(path):
-        try:
-            entries.append((number, *_parse_line(line, base, f"{path}, line {number}")))
-        except ValueError as e:
-            _raise_or_collect(e, errors)
-    if not entries and not errors:
-        _raise_or_collect(ValueError(f"{path}: list file has no entries"), errors)
-    return entries
-
-
-def _raise_or_collect(error: Exception, errors: list[str] | None) -> None:
-    if errors is None:
-        raise error
-    errors.append(str(error))
-
-
-def _list_base(path: str, data_root: str | os.PathLike | None) -> str:
-    return os.fspath(data_root) if data_root is not None else os.path.dirname(os.path.abspath(path))
-
-
-def _list_lines(path: str) -> list[tuple[int, str]]:
-    """``(1-based line number, stripped line)`` for every line that is neither blank nor a ``#`` comment."""
-    with open(path, "rb") as f:
-        raw = f.read()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise ValueError(f"{path}, line {line}: not UTF-8 text (byte {raw[e.start]:#04x}); save the list "
-                         f"file as UTF-8") from None
-    lines = text.splitlines()
-    return [(number, line) for number, line in ((n, raw.strip()) for n, raw in enumerate(lines, start=1))
-            if line and not line.startswith("#")]
 
 
 # ---- frame sampling -------------------------------------------------------------------------------
@@ -204,210 +82,6 @@ def segment_clip_indices(num_video_frames: int, num_frames: int, sampling_rate: 
 def torch_seeded_rng() -> np.random.Generator:
     """A numpy Generator seeded from torch's RNG, so torch.manual_seed and DataLoader worker seeds govern it."""
     return np.random.default_rng(int(torch.randint(0, 2 ** 62, (1,)).item()))
-
-
-# ---- decoding -----------------------------------------------------------------------------------
-
-def open_video(path: str) -> Any:
-    """A decord VideoReader on ``path``, single-threaded (DataLoader workers give the parallelism).
-
-    Raises :class:`VideoDecodeError` for a missing or empty file, one decord cannot open, and one
-    without frames.
-    """
-    import decord  # imported lazily so that parsing and sampling work without it
-
-    if not os.path.isfile(path):
-        raise VideoDecodeError(path, "is a folder, not a video file" if os.path.isdir(path) else "file not found")
-    if os.path.getsize(path) == 0:
-        raise VideoDecodeError(path, "empty file (0 bytes)")
-    try:
-        reader = decord.VideoReader(path, num_threads=1)
-    except Exception as e:  # decord raises its own error types, and RuntimeError for unreadable files
-        raise VideoDecodeError(path, e) from e
-    if len(reader) < 1:
-        raise VideoDecodeError(path, "the video has no frames")
-    return reader
-
-
-def read_frames(reader: Any, indices: np.ndarray, path: str) -> torch.Tensor:
-    """Decode only ``indices`` (sorted, unique) into a uint8 ``[N, H, W, 3]`` tensor."""
-    try:
-        return torch.from_numpy(reader.get_batch(indices.tolist()).asnumpy())
-    except Exception as e:
-        raise VideoDecodeError(path, e) from e
-
-
-class PyAVVideo:
-    """A fast reader for the common case (mp4-style files whose container counts the frames), with PyAV.
-
-    Frame ``i`` is the ``i``-th smallest packet timestamp, exactly as decord numbers frames, and the RGB
-    conversion is the same, so both give identical frames. Reading seeks to the last keyframe before the
-    first frame asked for and decodes from there on, but tells the decoder to drop (not decode) the
-    non-reference frames that are not asked for, and converts to RGB only the frames asked for: for an
-    H.264 file with B-frames about half the decoding work of reading every frame of the span. Single-
-    threaded, as DataLoader workers give the parallelism.
-
-    :meth:`open` returns None when PyAV is missing, cannot open the file or index it, or the frame count
-    it finds differs from the container's (e.g. a truncated file); :meth:`read` returns None when
-    anything goes wrong. The caller then reads with decord, which names the problem.
-    """
-
-    def __init__(self, container: Any, stream: Any, pts: np.ndarray, seek_to: np.ndarray) -> None:
-        from av.video.reformatter import VideoReformatter
-        self.container, self.stream, self.pts, self.seek_to = container, stream, pts, seek_to
-        # frame.to_ndarray(format="rgb24") sets up a new swscale context, with a thread pool, for every frame:
-        # 64x64 frames took 0.9 ms each, against 0.02 ms with one single-threaded reformatter per file. No
-        # scaler threads also means nothing for a forked DataLoader worker to inherit mid-use.
-        self.to_rgb = VideoReformatter()
-
-    @classmethod
-    def open(cls, path: str) -> "PyAVVideo | None":
-        try:
-            import av
-        except ImportError:
-            return None
-        container = None
-        try:
-            container = av.open(path)
-            stream = container.streams.video[0]
-            stream.codec_context.thread_count = 1
-            pts, seek, key = [], [], []
-            for packet in container.demux(stream):
-                if packet.size == 0 and packet.pts is None:  # the flush packet at the end
-                    continue
-                if packet.pts is None:
-                    raise ValueError("a packet without timestamp")
-                pts.append(packet.pts)
-                seek.append(packet.pts if packet.dts is None else min(packet.pts, packet.dts))
-                key.append(packet.is_keyframe)
-            order = np.argsort(np.asarray(pts, dtype=np.int64), kind="stable")
-            pts_sorted = np.asarray(pts, dtype=np.int64)[order]
-            if (not pts or stream.frames != len(pts) or not key[0] or len(np.unique(pts_sorted)) != len(pts)):
-                raise ValueError("frame count or timestamps differ from the container's")
-            # where to seek for frame i: the keyframe with the largest timestamp <= frame i's (its dts if smaller)
-            key_pts = np.asarray(pts, dtype=np.int64)[np.asarray(key)]
-            key_seek = np.asarray(seek, dtype=np.int64)[np.asarray(key)]
-            by_pts = np.argsort(key_pts, kind="stable")
-            key_pts, key_seek = key_pts[by_pts], key_seek[by_pts]
-            slot = np.searchsorted(key_pts, pts_sorted, side="right") - 1
-            seek_to = np.where(slot >= 0, key_seek[np.maximum(slot, 0)], min(seek))
-            return cls(container, stream, pts_sorted, seek_to)
-        except Exception:
-            if container is not None:
-                container.close()
-            return None
-
-    def __len__(self) -> int:
-        return len(self.pts)
-
-    def read(self, indices: np.ndarray) -> np.ndarray | None:
-        """Frames ``indices`` (sorted, unique) as uint8 ``[N, H, W, 3]``, or None if they cannot all be read."""
-        try:
-            wanted = {int(p): k for k, p in enumerate(self.pts[indices])}
-            out: list[Any] = [None] * len(wanted)
-            missing = len(wanted)
-            codec = self.stream.codec_context
-            self.container.seek(int(self.seek_to[indices[0]]), stream=self.stream, backward=True)
-            mode = None
-            for packet in self.container.demux(self.stream):
-                want = packet.pts is None or packet.pts in wanted
-                if want != mode:  # decode every frame we need, and every reference frame (others need them)
-                    codec.skip_frame = "DEFAULT" if want else "NONREF"
-                    mode = want
-                for frame in codec.decode(packet):
-                    k = wanted.get(frame.pts)
-                    if k is not None and out[k] is None:
-                        out[k] = self.to_rgb.reformat(frame, format="rgb24", threads=1).to_ndarray()
-                        missing -= 1
-                if missing == 0:
-                    break
-            codec.skip_frame = "DEFAULT"
-            if missing:
-                return None
-            return np.stack(out)
-        except Exception:
-            return None
-
-    def close(self) -> None:
-        self.container.close()
-
-
-BACKENDS = ("auto", "decord")
-
-
-class VideoFile:
-    """A video file: ``len()`` frames, :meth:`read` decodes only the frames asked for.
-
-    ``backend="auto"`` reads with :class:`PyAVVideo` where it can (the same frames as decord, about twice
-    as fast) and with decord otherwise, and whenever PyAV fails, so that errors are decord's;
-    ``"decord"`` always uses decord.
-    """
-
-    def __init__(self, path: str, backend: str = "auto") -> None:
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        self.path = path
-        self.fast = PyAVVideo.open(path) if backend == "auto" and os.path.isfile(path) else None
-        self._reader = None if self.fast is not None else open_video(path)
-
-    @property
-    def reader(self) -> Any:
-        """The decord VideoReader (opened on first use when PyAV reads the file)."""
-        if self._reader is None:
-            self._reader = open_video(self.path)
-        return self._reader
-
-    def __len__(self) -> int:
-        return len(self.fast) if self.fast is not None else len(self.reader)
-
-    def read(self, indices: np.ndarray) -> torch.Tensor:
-        """Frames ``indices`` (sorted, unique, 0-based) as uint8 ``[N, H, W, 3]``."""
-        if self.fast is not None:
-            frames = self.fast.read(indices)
-            if frames is not None:
-                return torch.from_numpy(frames)
-            self.fast.close()
-            self.fast = None
-        return read_frames(self.reader, indices, self.path)
-
-
-class FrameFolder:
-    """A video as extracted JPEG frames ``folder/fname_tmpl.format(i)``, ``i`` from 1 (VideoMAE's SSV2 layout)."""
-
-    def __init__(self, folder: str, num_frames: int, fname_tmpl: str = "img_{:05}.jpg") -> None:
-        self.folder, self.num_frames, self.fname_tmpl = folder, num_frames, fname_tmpl
-
-    def __len__(self) -> int:
-        return self.num_frames
-
-    def read(self, indices: np.ndarray) -> torch.Tensor:
-        """Frames ``indices`` (sorted, unique, 0-based) as uint8 ``[N, H, W, 3]``; only those files are read."""
-        from torchvision.io import ImageReadMode, decode_jpeg, read_file
-
-        frames = []
-        for i in indices.tolist():
-            path = os.path.join(self.folder, self.fname_tmpl.format(i + 1))
-            try:
-                frames.append(decode_jpeg(read_file(path), mode=ImageReadMode.RGB))
-            except Exception as e:  # missing file, or not a JPEG
-                # named by the folder: that is the listed entry, skipped and reported as one
-                raise VideoDecodeError(self.folder, f"frame {os.path.basename(path)}: {decode_reason(e)}") from e
-        if len({tuple(f.shape) for f in frames}) > 1:
-            raise VideoDecodeError(self.folder, ValueError("frames differ in size"))
-        return torch.stack(frames).permute(0, 2, 3, 1)
-
-
-def decode_clips(source: VideoFile | FrameFolder, picks: Sequence[np.ndarray]) -> list[torch.Tensor]:
-    """uint8 ``THWC`` clips for each index array in ``picks``, decoding every needed frame once."""
-    needed = np.unique(np.concatenate(picks))
-    frames = source.read(needed)
-    clips = []
-    for p in picks:
-        if len(p) == len(needed) and np.array_equal(p, needed):
-            clips.append(frames)  # the one clip, or clips that coincide: no copy
-        else:  # numpy's gather is several times faster than torch's advanced indexing on uint8
-            clips.append(torch.from_numpy(frames.numpy()[np.searchsorted(needed, p)]))
-    return clips
 
 
 # ---- unreadable videos ----------------------------------------------------------------------------
@@ -564,163 +238,31 @@ def collate_fn_for(num_sample: int) -> Callable[[list], Any]:
     return multiple_samples_collate if num_sample > 1 else default_collate
 
 
-def build_pretraining_dataset(args: Any, grid: PatchGrid,
+@dataclass(frozen=True)
+class PretrainingDataConfig:
+    """The pre-training videos: the list file ``data_path`` (paths relative to ``data_root``, or to the list's
+    folder when None), ``sampling_rate`` frames between a clip's frames, ``num_sample`` clips per video."""
+
+    data_path: str
+    sampling_rate: int
+    data_root: str | None = None
+    num_sample: int = 1
+
+
+def build_pretraining_dataset(config: PretrainingDataConfig, grid: PatchGrid,
                               mask_generator: MaskGenerator) -> VideoMAEPretrainDataset:
-    """The pre-training dataset named by ``args.data_path`` (list file), ``args.data_root`` (or None),
-    ``args.sampling_rate`` and ``args.num_sample`` (default 1)."""
+    """The pre-training dataset of ``config`` at ``grid``, masked by ``mask_generator``."""
     return VideoMAEPretrainDataset(
-        list_file=args.data_path,
-        data_root=getattr(args, "data_root", None),
+        list_file=config.data_path,
+        data_root=config.data_root,
         grid=grid,
-        sampling_rate=args.sampling_rate,
+        sampling_rate=config.sampling_rate,
         mask_generator=mask_generator,
-        num_sample=getattr(args, "num_sample", 1),
+        num_sample=config.num_sample,
     )
 
 
-# ---- fine-tuning ------------------------------------------------------------------------------------
-
-NB_CLASSES = {"Kinetics-400": 400, "Kinetics-600": 600, "Kinetics-700": 700, "SSV2": 174, "UCF101": 101,
-              "HMDB51": 51}
-DATA_SETS = (*NB_CLASSES, "custom")
-MODES = ("train", "validation", "test")
-LIST_FILES = {"train": "train.csv", "validation": "val.csv", "test": "test.csv"}
-
-
-@dataclass(frozen=True)
-class VideoRecord:
-    """One labelled video: a file, or (``num_frames`` set) a folder of extracted frames."""
-
-    path: str
-    label: int
-    list_file: str  # where it was listed, for error messages
-    line: int
-    num_frames: int | None = None
-
-    @property
-    def where(self) -> str:
-        return f"{self.list_file}, line {self.line}"
-
-    def open(self, fname_tmpl: str = "img_{:05}.jpg") -> VideoFile | FrameFolder:
-        if self.num_frames is None:
-            return VideoFile(self.path)
-        return FrameFolder(self.path, self.num_frames, fname_tmpl)
-
-
-def read_labelled_list(path: str | os.PathLike, data_root: str | os.PathLike | None = None,
-                       frame_folders: bool = False, errors: list[str] | None = None) -> list[VideoRecord]:
-    """A list file (rules of :func:`parse_list_file`) whose every line must have a label.
-
-    With ``frame_folders`` a line whose last two fields are integers is VideoMAE's frame
-    format ``folder num_frames label``; other lines are still ``video label``. ``errors`` as in
-    :func:`parse_list_file`.
-    """
-    path = os.fspath(path)
-    base = _list_base(path, data_root)
-    records = []
-    for number, line in _list_lines(path):
-        try:
-            records.append(_labelled_record(line, base, path, number, frame_folders))
-        except ValueError as e:
-            _raise_or_collect(e, errors)
-    if not records and not errors:
-        _raise_or_collect(ValueError(f"{path}: list file has no entries"), errors)
-    return records
-
-
-def _labelled_record(line: str, base: str, path: str, number: int, frame_folders: bool) -> VideoRecord:
-    where = f"{path}, line {number}"
-    video, label = _parse_line(line, base, where)
-    if label is None:
-        expected = "'path label' or 'folder num_frames label'" if frame_folders else "'path label'"
-        fields = line.rsplit(None, 1)
-        if len(fields) == 2:
-            raise ValueError(f"{where}: the last field {fields[1]!r} of {line!r} is not an integer label "
-                             f"(expected {expected})")
-        raise ValueError(f"{where}: no label in {line!r} (expected {expected})")
-    count = None
-    if frame_folders:
-        head = video.rsplit(None, 1)
-        if len(head) == 2 and _INT.fullmatch(head[1]):
-            video, count = head[0], int(head[1])
-            if count < 1:
-                raise ValueError(f"{where}: frame folder with {count} frames")
-    return VideoRecord(video, label, path, number, count)
-
-
-def ucf101_records(split_dir: str | os.PathLike, data_root: str | os.PathLike | None, split: int,
-                   train: bool) -> list[VideoRecord]:
-    """Videos of UCF101's official ``trainlist0{split}.txt`` or ``testlist0{split}.txt`` in ``split_dir``.
-
-    Labels are 0-based: the train list's 1-based label minus one, or for label-less lines
-    (the test lists) the class folder looked up in ``classInd.txt``. Video paths are relative
-    to ``data_root``, or to ``split_dir`` when it is None.
-    """
-    split_dir = os.fspath(split_dir)
-    class_file = os.path.join(split_dir, "classInd.txt")
-    classes = {}
-    for number, line in _list_lines(_existing(class_file, "UCF101 class index")):
-        fields = line.split()
-        if len(fields) != 2 or not fields[0].isdigit() or int(fields[0]) < 1:
-            raise ValueError(f"{class_file}, line {number}: expected '<1-based index> <class name>', got {line!r}")
-        classes[fields[1]] = int(fields[0]) - 1
-    list_file = _existing(os.path.join(split_dir, f"{'train' if train else 'test'}list0{split}.txt"),
-                          f"UCF101 split {split} list")
-    base = split_dir if data_root is None else os.fspath(data_root)
-    records = []
-    for number, line in _list_lines(list_file):
-        where = f"{list_file}, line {number}"
-        fields = line.rsplit(None, 1)
-        if len(fields) == 2 and _INT.fullmatch(fields[1]):
-            video, label = fields[0], int(fields[1]) - 1
-            if label < 0:
-                raise ValueError(f"{where}: UCF101 labels are 1-based, got {fields[1]}")
-        else:
-            video = line
-            folder = video.replace("\\", "/").split("/")[0]
-            if folder not in classes:
-                raise ValueError(f"{where}: class folder {folder!r} of {video!r} is not in {class_file}")
-            label = classes[folder]
-        records.append(VideoRecord(_resolve(video, base), label, list_file, number))
-    if not records:
-        raise ValueError(f"{list_file}: list file has no entries")
-    return records
-
-
-def hmdb51_records(split_dir: str | os.PathLike, data_root: str | os.PathLike | None, split: int,
-                   train: bool) -> list[VideoRecord]:
-    """Videos of HMDB51's official split ``split``: lines ``video.avi 1`` (train) or ``2`` (test) of the
-    ``<class>_test_split{split}.txt`` files in ``split_dir`` (``0``: unused).
-
-    Labels index the sorted class names; videos are ``<data_root or split_dir>/<class>/<video>``.
-    """
-    split_dir = os.fspath(split_dir)
-    suffix = f"_test_split{split}.txt"
-    names = sorted(f for f in os.listdir(split_dir) if f.endswith(suffix))
-    if not names:
-        raise FileNotFoundError(f"no HMDB51 split files *{suffix} in {split_dir}")
-    base = split_dir if data_root is None else os.fspath(data_root)
-    wanted = "1" if train else "2"
-    records = []
-    for label, name in enumerate(names):
-        cls, list_file = name[:-len(suffix)], os.path.join(split_dir, name)
-        for number, line in _list_lines(list_file):
-            fields = line.rsplit(None, 1)
-            if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
-                raise ValueError(f"{list_file}, line {number}: expected 'video.avi 0|1|2', got {line!r}")
-            if fields[1] == wanted:
-                records.append(VideoRecord(_resolve(os.path.join(cls, fields[0]), base), label, list_file, number))
-    if not records:
-        raise ValueError(f"no {'training' if train else 'test'} videos (marked {wanted}) in the *{suffix} "
-                         f"files of {split_dir}")
-    return records
-
-
-def _existing(path: str, what: str) -> str:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what} {path} not found")
-    return path
-
+# ---- classification ---------------------------------------------------------------------------------
 
 class VideoClsTrainDataset(SkipsUnreadableVideos, Dataset):
     """Training clips for classification: item ``i`` is ``(video, label)``, video float32 ``[3, T, H, W]``.
@@ -824,130 +366,64 @@ def default_flip(data_set: str) -> bool:
     return data_set != "SSV2"
 
 
-def train_flip(args: Any) -> bool:
-    """``args.flip`` when set (not None), else :func:`default_flip` of ``args.data_set``."""
-    flip = getattr(args, "flip", None)
-    return default_flip(args.data_set) if flip is None else bool(flip)
+@dataclass(frozen=True)
+class ClassificationDataConfig:
+    """What :func:`build_dataset` reads: the lists, ``sampling_rate``, and per mode its options.
 
-
-def _eval_folder(args: Any) -> str:
-    return getattr(args, "eval_data_path", None) or args.data_path
-
-
-def _list_file_for(mode: str, args: Any) -> str:
-    folder, flag = (args.data_path, "--data_path") if mode == "train" else (_eval_folder(args), "--eval_data_path")
-    if not os.path.isdir(folder):
-        raise ValueError(f"{flag} {folder} is not a folder: for --data_set {args.data_set} it must hold "
-                         f"train.csv, val.csv and test.csv")
-    path = os.path.join(folder, LIST_FILES[mode])
-    if mode == "validation" and not os.path.isfile(path):
-        fallback = os.path.join(folder, LIST_FILES["test"])
-        if os.path.isfile(fallback):
-            print(f"note: no {path}; validating on {fallback}")
-            return fallback
-    return _existing(path, "list file")
-
-
-def _records_for(mode: str, args: Any, errors: list[str] | None = None) -> list[VideoRecord]:
-    data_root = getattr(args, "data_root", None)
-    if args.data_set in ("UCF101", "HMDB51"):
-        folder = args.data_path if mode == "train" else _eval_folder(args)
-        read = ucf101_records if args.data_set == "UCF101" else hmdb51_records
-        return read(folder, data_root, int(getattr(args, "split", 1)), train=mode == "train")
-    return read_labelled_list(_list_file_for(mode, args), data_root, frame_folders=args.data_set == "SSV2",
-                              errors=errors)
-
-
-def _nb_classes(mode: str, args: Any, records: list[VideoRecord]) -> tuple[int, str]:
-    """The class count and how to name where it came from in an error message."""
-    given = getattr(args, "nb_classes", None)
-    if given is not None:
-        return int(given), f"--nb_classes {given}"
-    if args.data_set in NB_CLASSES:
-        n = NB_CLASSES[args.data_set]
-        return n, f"--data_set {args.data_set}, which has {n} classes (set --nb_classes for another count)"
-    train = records
-    if mode != "train":
-        train_list = os.path.join(args.data_path, LIST_FILES["train"])
-        if os.path.isfile(train_list):
-            train = read_labelled_list(train_list, getattr(args, "data_root", None))
-    if not train:
-        raise ValueError("no usable labelled line to infer the class count from; set --nb_classes")
-    n = max(r.label for r in train) + 1
-    return n, f"the {n} classes found in {train[0].list_file} (set --nb_classes for more)"
-
-
-def _check_labels(records: list[VideoRecord], nb_classes: int, source: str, errors: list[str] | None = None
-                  ) -> list[VideoRecord]:
-    """The records whose label is in range; the others raise (or, with ``errors``, are reported there),
-    one message per list file naming the first bad line and counting the others."""
-    bad = [r for r in records if r.label >= nb_classes]
-    for list_file in dict.fromkeys(r.list_file for r in bad):
-        here = [r for r in bad if r.list_file == list_file]
-        more = f" (and {len(here) - 1} more lines, e.g. line {', line '.join(str(r.line) for r in here[1:4])})" \
-            if len(here) > 1 else ""
-        _raise_or_collect(ValueError(f"{here[0].where}: label {here[0].label} is out of range for {source}; labels "
-                                     f"must be 0..{nb_classes - 1}{more}"), errors)
-    return [r for r in records if r.label < nb_classes]
-
-
-def read_records(mode: str, args: Any, errors: list[str] | None = None) -> tuple[list[VideoRecord], int]:
-    """The videos :func:`build_dataset` would use for ``mode`` and the class count, after every list check.
-
-    Raises ``ValueError`` or ``FileNotFoundError`` naming the file (and line) of the first problem; with
-    ``errors`` given, every problem is appended there instead and the bad lines are left out.
+    Training: ``num_sample`` clips per video, ``aa`` (RandAugment policy, None: off),
+    ``train_crop_scale`` (None: ``(0.08, 1.0)``), ``flip`` (None: per data set, see :func:`default_flip`),
+    ``train_interpolation``, random erasing ``reprob``/``remode``/``recount``. Evaluation:
+    ``short_side_size``, and for test ``test_num_segment`` x ``test_num_crop`` views. ``fname_tmpl``
+    names the frames of SSV2 frame folders. The defaults mean off: no augmentation beyond crop and
+    flip, one clip, one view.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if args.data_set not in DATA_SETS:
-        raise ValueError(f"--data_set must be one of {DATA_SETS}, got {args.data_set!r}")
-    try:
-        records = _records_for(mode, args, errors)
-        nb_classes, source = _nb_classes(mode, args, records)
-    except (ValueError, FileNotFoundError) as e:
-        if errors is None:
-            raise
-        errors.append(str(e))
-        return [], 0
-    return _check_labels(records, nb_classes, source, errors), nb_classes
+
+    lists: VideoListsConfig
+    sampling_rate: int
+    num_sample: int = 1
+    aa: str | None = None
+    train_crop_scale: tuple[float, float] | None = None
+    flip: bool | None = None
+    train_interpolation: str = "bilinear"
+    reprob: float = 0.0
+    remode: str = "pixel"
+    recount: int = 1
+    short_side_size: int | None = None
+    test_num_segment: int = 1
+    test_num_crop: int = 1
+    fname_tmpl: str = "img_{:05}.jpg"
+
+    @property
+    def train_flip(self) -> bool:
+        """``flip`` when set (not None), else :func:`default_flip` of the data set."""
+        return default_flip(self.lists.data_set) if self.flip is None else bool(self.flip)
 
 
-def build_dataset(mode: str, args: Any, grid: PatchGrid) -> tuple[Dataset, int]:
-    """The fine-tuning dataset for ``mode`` ("train", "validation" or "test") and the class count.
+def build_dataset(mode: str, config: ClassificationDataConfig, grid: PatchGrid) -> tuple[Dataset, int]:
+    """The classification dataset for ``mode`` ("train", "validation" or "test") and the class count.
 
-    Reads from ``args``: ``data_set`` (one of :data:`DATA_SETS`), ``data_path`` (folder of
-    train.csv/val.csv/test.csv, or of the UCF101/HMDB51 split files), ``eval_data_path``,
-    ``data_root``, ``sampling_rate``; for training ``num_sample``, ``aa``,
-    ``train_interpolation``, ``reprob``, ``remode``, ``recount``, ``flip`` (None: per
-    data set, see :func:`train_flip`); for evaluation ``short_side_size``,
-    ``test_num_segment``, ``test_num_crop``; and ``nb_classes``, ``fname_tmpl``, ``split``.
-    Absent optional fields mean off (no augmentation beyond crop and flip, one clip, one view).
-
-    Items: train ``(video, label)`` (lists of ``num_sample`` when > 1), validation
-    ``(video, label, video_index)`` from the centre clip and crop, test ``(video, label,
-    video_index, view)`` over ``test_num_segment x test_num_crop`` views. Validation falls
-    back to test.csv when val.csv is missing; UCF101/HMDB51 validate and test on the test split.
+    Videos and class count come from :func:`video_lists.read_records`. Items: train ``(video, label)``
+    (lists of ``num_sample`` when > 1), validation ``(video, label, video_index)`` from the centre clip
+    and crop, test ``(video, label, video_index, view)`` over ``test_num_segment x test_num_crop`` views.
     """
-    records, nb_classes = read_records(mode, args)
-    if mode == "train" and args.data_set == "custom" and getattr(args, "nb_classes", None) is not None:
+    lists = config.lists
+    records, nb_classes = read_records(mode, lists)
+    if mode == "train" and lists.data_set == "custom" and lists.nb_classes is not None:
         used = len({r.label for r in records})
         if used < nb_classes:
             print(f"warning: --nb_classes {nb_classes} but {records[0].list_file} uses only {used} distinct "
                   f"labels; the other classes are never trained")
-
-    fname_tmpl = getattr(args, "fname_tmpl", "img_{:05}.jpg")
     if mode == "train":
         transform = RandomResizedCropTransform(
-            grid.input_size, scale=tuple(getattr(args, "train_crop_scale", None) or (0.08, 1.0)),
-            flip=train_flip(args), rand_augment=getattr(args, "aa", None),
-            interpolation=getattr(args, "train_interpolation", "bilinear"), reprob=getattr(args, "reprob", 0.0),
-            remode=getattr(args, "remode", "pixel"), recount=getattr(args, "recount", 1))
-        dataset: Dataset = VideoClsTrainDataset(records, grid, args.sampling_rate, transform,
-                                                getattr(args, "num_sample", 1), fname_tmpl)
+            grid.input_size, scale=tuple(config.train_crop_scale or (0.08, 1.0)), flip=config.train_flip,
+            rand_augment=config.aa, interpolation=config.train_interpolation, reprob=config.reprob,
+            remode=config.remode, recount=config.recount)
+        dataset: Dataset = VideoClsTrainDataset(records, grid, config.sampling_rate, transform, config.num_sample,
+                                                config.fname_tmpl)
     else:
         test = mode == "test"
         dataset = VideoClsEvalDataset(
-            records, grid, args.sampling_rate, getattr(args, "short_side_size", None),
-            num_segments=getattr(args, "test_num_segment", 1) if test else 1,
-            num_crops=getattr(args, "test_num_crop", 1) if test else 1, with_view=test, fname_tmpl=fname_tmpl)
+            records, grid, config.sampling_rate, config.short_side_size,
+            num_segments=config.test_num_segment if test else 1, num_crops=config.test_num_crop if test else 1,
+            with_view=test, fname_tmpl=config.fname_tmpl)
     return dataset, nb_classes

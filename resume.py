@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset, Sampler
 
 import utils
 from checkpoint import LATEST, link_atomically, prune_epoch_checkpoints, resume_position, save_checkpoint
@@ -142,26 +142,6 @@ class ShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.indices)
-
-
-def _worker_init(_: int) -> None:
-    # Slurm signals every process of a job step, DataLoader workers included: the main process
-    # decides when to stop, a worker killed by the signal would crash it before it can save.
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
-
-
-def train_loader(dataset: Dataset, args: Any, collate_fn: Callable | None, device: torch.device,
-                 batches_multiple: int = 1, persistent_workers: bool = False) -> DataLoader:
-    """The training DataLoader: :class:`SeededItems` in :class:`ResumableSampler` order, ``args.batch_size``
-    items per process. The loader has its own generator, so iterating it never draws from torch's global RNG."""
-    sampler = ResumableSampler(len(dataset), args.batch_size, utils.get_world_size(),  # type: ignore[arg-type]
-                               utils.get_rank(), seed=args.seed, batches_multiple=batches_multiple)
-    return DataLoader(SeededItems(dataset, args.seed), sampler=sampler, batch_size=args.batch_size,
-                      num_workers=args.num_workers, pin_memory=args.pin_mem and device.type == "cuda",
-                      drop_last=True, collate_fn=collate_fn, worker_init_fn=_worker_init,
-                      generator=torch.Generator().manual_seed(args.seed),
-                      persistent_workers=persistent_workers and args.num_workers > 0)
 
 
 # ---------------------------------------------------------------- RNG states

@@ -18,13 +18,14 @@ import data_health
 import utils
 from checkpoint import (CheckpointError, FoundCheckpoint, check_checkpoint_grid, choose_checkpoint, epoch_checkpoint_files,
                         load_checkpoint, load_model_state)
+from data_loaders import classification_train_loader, evaluation_loader
+from datasets import build_dataset
 from engine_for_finetuning import Classification, evaluate, final_test, merge_test_results
 from models import create_video_model
 from optim_factory import build_optimizer
 from patch_grid import PatchGrid
 from trainer import Trainer, launch
-
-DATA_SETS = ("Kinetics-400", "Kinetics-600", "Kinetics-700", "SSV2", "UCF101", "HMDB51", "custom")
+from video_lists import DATA_SETS
 
 
 FINETUNE_HINT = " To fine-tune from its weights at this run's grid, pass it to --finetune instead."
@@ -144,37 +145,14 @@ def validate_args(args: argparse.Namespace):
     return grid
 
 
-def use_demo_data_if_needed(args: argparse.Namespace) -> None:
-    if args.data_path is not None:
-        return
-    from demo_data import ensure_demo_dataset
-    demo = ensure_demo_dataset(args.demo_root)
-    args.data_path, args.data_set = str(demo["root"]), "custom"
-    if args.flip is None:
-        args.flip = False  # a mirrored "move left" clip is a "move right" clip
-    if args.data_root is None:
-        args.data_root = str(demo["root"])
-    print(f"No --data_path: using the demo dataset in {demo['root']}")
-
-
 def make_loader(dataset, args: argparse.Namespace, train: bool, device: torch.device):
     """The loader, wrapped to report unreadable videos (see data_health.BadVideoTracker)."""
-    from datasets import CollateWithBad, collate_fn_for
-    dataset.report_bad = True
     source = f"the {'training' if train else 'evaluation'} list in {args.eval_data_path or args.data_path}"
     if train:
-        loader = resume.train_loader(dataset, args, CollateWithBad(collate_fn_for(args.num_sample)), device,
-                                     batches_multiple=args.update_freq)
-        return data_health.BadVideoTracker(loader, len(dataset.records), args.max_bad_fraction, source)
-    if args.distributed and args.dist_eval:
-        sampler = resume.ShardSampler(len(dataset), utils.get_world_size(), utils.get_rank())
-    else:
-        sampler = torch.utils.data.SequentialSampler(dataset)
-    loader = torch.utils.data.DataLoader(
-        dataset, sampler=sampler, batch_size=args.batch_size, num_workers=args.num_workers,
-        pin_memory=args.pin_mem and device.type == "cuda", collate_fn=CollateWithBad(collate_fn_for(1)))
-    return data_health.BadVideoTracker(loader, len(dataset.records), args.max_bad_fraction, source,
-                                       sharded=args.distributed and args.dist_eval)
+        return classification_train_loader(dataset, cli_args.loader_config(args), args.num_sample, device,
+                                           args.update_freq, source)
+    return evaluation_loader(dataset, cli_args.loader_config(args), device, utils.is_dist() and args.dist_eval,
+                             source)
 
 
 def build_mixup(args: argparse.Namespace, nb_classes: int):
@@ -283,7 +261,7 @@ def load_finetune(args: argparse.Namespace, model: torch.nn.Module, model_ema) -
 
 def run_test(args: argparse.Namespace, trainer: Trainer) -> dict[str, Any]:
     """Every test view scored into per-rank result files, merged into per-video accuracy."""
-    test_set, _ = build_dataset("test", args, trainer.grid)
+    test_set, _ = build_dataset("test", cli_args.classification_data_config(args), trainer.grid)
     loader = make_loader(test_set, args, train=False, device=trainer.device)
     out_file = Path(args.output_dir) / f"test_results_rank{utils.get_rank()}.jsonl"
     final_test(loader, trainer.model_without_ddp, trainer.device, out_file, trainer.amp_dtype)
@@ -303,8 +281,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     ...) with ``checkpoint``: the file tested, or "final weights"."""
     grid = validate_args(args)
     if args.check_data:
-        data_health.run_check_data(args, finetuning=True)
-    use_demo_data_if_needed(args)
+        data_health.run_check_data(cli_args.video_lists_config(args), args.num_workers, args.fname_tmpl)
+    cli_args.use_demo_data_if_no_data_path(args, finetuning=True)
     return launch(lambda device: run(args, grid, device), args.device, args.enable_deepspeed and not args.eval)
 
 
@@ -316,7 +294,7 @@ def run(args: argparse.Namespace, grid: PatchGrid, device: str | None) -> dict[s
         # before data and model, so that a checkpoint of another grid is refused before any heavy work
         found = None if args.eval else choose_checkpoint(args.resume, args.auto_resume, args.output_dir, grid,
                                                          folders=args.enable_deepspeed, other_grid_hint=FINETUNE_HINT)
-        train_set, nb_classes = build_dataset("train", args, grid)
+        train_set, nb_classes = build_dataset("train", cli_args.classification_data_config(args), grid)
         args.nb_classes = nb_classes
         model = trainer.prepare_model(create_video_model(
             args.model, grid=grid, num_classes=nb_classes, drop_rate=args.drop, attn_drop_rate=args.attn_drop_rate,
@@ -348,7 +326,7 @@ def train(args: argparse.Namespace, trainer: Trainer, train_set: Any, found: Fou
     train_loader = make_loader(train_set, args, train=True, device=trainer.device)
     val_loader = None
     if not args.disable_eval_during_finetuning:
-        val_loader = make_loader(build_dataset("validation", args, trainer.grid)[0], args, train=False,
+        val_loader = make_loader(build_dataset("validation", cli_args.classification_data_config(args), trainer.grid)[0], args, train=False,
                                  device=trainer.device)
     clips_per_step = args.batch_size * args.num_sample * utils.get_world_size()
     steps_per_epoch = train_loader.sampler.batches_per_epoch // args.update_freq

@@ -14,9 +14,9 @@ import cli_args
 import data_health
 import utils
 from checkpoint import choose_checkpoint
-from data_loaders import build_loader
+from data_loaders import pretraining_loader
 from engine_for_pretraining import MaskedReconstruction
-from masking_generator import DECODER_MASK_TYPES, MASK_TYPES, MaskCounts, mask_counts
+from masking_generator import DECODER_MASK_TYPES, MASK_TYPES, MaskCounts, build_mask_generator, mask_counts
 from models import create_video_model
 from optim_factory import build_optimizer
 from patch_grid import GridError, PatchGrid
@@ -84,7 +84,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     epoch checkpoint written (None when there was nothing left to train)."""
     grid, counts = validate_args(args)
     if args.check_data:
-        data_health.run_check_data(args, finetuning=False)
+        data_health.run_check_data(cli_args.pretraining_data_config(args), args.num_workers)
     return launch(lambda device: train(args, grid, counts, device), args.device, args.enable_deepspeed)
 
 
@@ -97,7 +97,9 @@ def train(args: argparse.Namespace, grid: PatchGrid, counts: MaskCounts, device:
               f"masked, decoder reconstructs {counts.num_decoded}")
         found = choose_checkpoint(args.resume, args.auto_resume, args.output_dir, grid,
                                   folders=args.enable_deepspeed)  # refused before data and model
-        dataset, loader = build_loader(args, grid, trainer.device)
+        cli_args.use_demo_data_if_no_data_path(args, finetuning=False)
+        dataset, loader = pretraining_loader(cli_args.pretraining_data_config(args), cli_args.loader_config(args),
+                                             grid, build_mask_generator(args, grid), trainer.device)
         model = trainer.prepare_model(create_video_model(
             args.model, grid=grid, decoder_depth=args.decoder_depth, drop_path_rate=args.drop_path,
             pos_embed=args.pos_embed, use_checkpoint=args.use_checkpoint))

@@ -97,7 +97,7 @@ def load_pretrain_model(path: str | Path, device: torch.device
 def load_clip(path: str | Path, grid: PatchGrid, sampling_rate: int) -> torch.Tensor:
     """The middle clip of a video: ``grid.num_frames`` frames ``sampling_rate`` apart (looping a short video),
     short side resized and centre-cropped to the grid's input size. Normalised float ``[C, T, H, W]``."""
-    from datasets import open_video, read_frames
+    from video_reader import open_video, read_frames
     reader = open_video(str(path))
     n = len(reader)
     span = grid.num_frames * sampling_rate

@@ -26,10 +26,10 @@ import utils
 from attention import configure_attention
 from checkpoint import (CheckpointError, CheckpointSaveError, FoundCheckpoint, checkpoint_state, load_model_state,
                         print_saved_and_export_safetensors, remove_stale_temp_files, save_checkpoint)
+from datasets import UnreadableDataError
 from optim_factory import apply_schedules
 from patch_grid import PatchGrid
 from updater import NonFiniteLossError, Updater
-from video_reader import UnreadableDataError
 
 T = TypeVar("T")
 

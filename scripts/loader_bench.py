@@ -4,8 +4,8 @@ Both pipelines read the same generated H.264 mp4 files (:func:`make_videos`: 320
 10 s at 25 fps by default) through the same DataLoader settings (sampler, collate, worker count,
 pinned memory on cuda only); clips/s counts ``num_sample`` clips per decoded video.
 
-* ``ours``: exactly the loader ``run_mae_pretraining.build_loader`` builds (its own argument
-  parser's defaults: 16 frames, sampling rate 4, 224 px, patch 16, tube mask, here ratio 0.9).
+* ``ours``: exactly the loader pre-training builds (``data_loaders.pretraining_loader``, at the
+  pre-training flags' defaults: 16 frames, sampling rate 4, 224 px, patch 16, tube mask, here ratio 0.9).
   It decodes only the frames a clip needs, once per video for all ``num_sample`` clips, and
   crops and resizes uint8 tensors (see datasets.py and video_transforms.py).
 * ``baseline``: mirrors VideoMAE's reference loader: decord reads every frame of the clip's span
@@ -225,41 +225,54 @@ class ReferencePretrainDataset(Dataset):
 
 # ---- measuring -------------------------------------------------------------------------------------
 
-def pretraining_args(list_file: str, num_workers: int, num_sample: int, batch_size: int, device: str = "cpu",
-                     extra_args: Sequence[str] = ()) -> tuple[argparse.Namespace, Any]:
-    """run_mae_pretraining's parsed and validated arguments for the loader (its defaults, tube mask ratio 0.9)
-    and the patch grid. ``extra_args`` are more of its flags, e.g. ``["--num_frames", "8"]``."""
-    import run_mae_pretraining
+def loader_args(list_file: str, num_workers: int, num_sample: int, batch_size: int,
+                extra_args: Sequence[str] = ()) -> tuple[argparse.Namespace, Any]:
+    """The pre-training loader's flags, at run_mae_pretraining's defaults but tube masks of ratio 0.9, and the
+    patch grid. ``extra_args`` are more of its grid, data and masking flags, e.g. ``["--num_frames", "8"]``."""
+    import cli_args
+    from masking_generator import MASK_TYPES
+    from patch_grid import GridError, grid_from_args
 
+    p = argparse.ArgumentParser("PATCHES data-loader benchmark: the pre-training loader's flags")
+    p.add_argument("--batch_size", default=64, type=int)
+    cli_args.add_grid_args(p, "pretrain_videomae_base_patch16_224")
+    cli_args.add_data_args(p, "list file of 'path' or 'path label' lines", num_sample=1)
+    cli_args.add_run_args(p, "output/pretrain")
+    p.add_argument("--mask_type", default="tube", choices=MASK_TYPES)
+    p.add_argument("--mask_ratio", default=0.9, type=float)
     argv = ["--data_path", list_file, "--num_workers", str(num_workers), "--num_sample", str(num_sample),
-            "--batch_size", str(batch_size), "--mask_type", "tube", "--mask_ratio", "0.9", "--device", device,
-            *extra_args]
-    args = run_mae_pretraining.get_args_parser().parse_args(argv)
-    grid, _ = run_mae_pretraining.validate_args(args)
+            "--batch_size", str(batch_size), *extra_args]
+    args = p.parse_args(argv)
+    try:
+        grid = grid_from_args(args)
+    except GridError as e:
+        raise SystemExit(f"error: {e}")
     return args, grid
 
 
 def build_loader(pipeline: str, args: argparse.Namespace, grid: Any, device: torch.device):
-    """The DataLoader of ``pipeline``: ``ours`` is ``run_mae_pretraining.build_loader`` itself; ``baseline``
-    the same DataLoader (``resume.train_loader``, same collate, workers, pinning) over
-    :class:`ReferencePretrainDataset`."""
-    import run_mae_pretraining
+    """The DataLoader of ``pipeline``: ``ours`` is ``data_loaders.pretraining_loader`` itself, as pre-training
+    builds it; ``baseline`` the same DataLoader (``data_loaders.train_loader``, same collate, workers, pinning)
+    over :class:`ReferencePretrainDataset`."""
+    import cli_args
+    import data_loaders
+    from masking_generator import build_mask_generator
 
     if pipeline == "ours":
-        return run_mae_pretraining.build_loader(args, grid, device)[1]
+        return data_loaders.pretraining_loader(cli_args.pretraining_data_config(args), cli_args.loader_config(args),
+                                               grid, build_mask_generator(args, grid), device)[1]
     if pipeline != "baseline":
         raise ValueError(f"pipeline must be one of {PIPELINES}, got {pipeline!r}")
-    import data_health
-    import resume
-    from datasets import CollateWithBad, collate_fn_for, parse_list_file
-    from masking_generator import build_mask_generator
+    from data_health import BadVideoTracker
+    from datasets import CollateWithBad, collate_fn_for
+    from video_lists import parse_list_file
 
     paths = [p for p, _ in parse_list_file(args.data_path, args.data_root)]
     dataset = ReferencePretrainDataset(paths, grid, args.sampling_rate, build_mask_generator(args, grid),
                                        args.num_sample)
-    loader = resume.train_loader(dataset, args, CollateWithBad(collate_fn_for(args.num_sample)), device,
-                                 persistent_workers=True)
-    return data_health.BadVideoTracker(loader, len(dataset), args.max_bad_fraction, args.data_path)
+    loader = data_loaders.train_loader(dataset, cli_args.loader_config(args),
+                                       CollateWithBad(collate_fn_for(args.num_sample)), device, persistent_workers=True)
+    return BadVideoTracker(loader, len(dataset), args.max_bad_fraction, args.data_path)
 
 
 def measure_loader(paths: Sequence[str], num_workers: int, num_sample: int = 1, pipeline: str = "ours",
@@ -285,7 +298,7 @@ def measure_loader(paths: Sequence[str], num_workers: int, num_sample: int = 1, 
         list_file = os.path.join(tmp, "list.csv")
         with open(list_file, "w") as f:
             f.writelines(f"{os.path.abspath(paths[i % len(paths)])}\n" for i in range(lines))
-        args, grid = pretraining_args(list_file, num_workers, num_sample, batch_size, device, extra_args)
+        args, grid = loader_args(list_file, num_workers, num_sample, batch_size, extra_args)
         loader = build_loader(pipeline, args, grid, dev)
         it = iter(loader)
         try:
@@ -377,7 +390,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="runs per configuration, pipelines taking turns; the best run counts (for a busy machine)")
     p.add_argument("--device", default="cpu", help="cuda pins memory, as training does")
     p.add_argument("--extra_args", nargs=argparse.REMAINDER, default=[],
-                   help="more run_mae_pretraining flags for the loader (last on the line), e.g. --num_frames 8")
+                   help="more pre-training grid, data or masking flags for the loader (last on the line), "
+                        "e.g. --num_frames 8")
     p.add_argument("--json", default=None, help="write the rows here")
     p.add_argument("--verbose", action="store_true", help="print each figure as it comes")
     return p

@@ -1,18 +1,18 @@
-"""List files, clip sampling, clip transforms and the pre-training dataset."""
+"""Clip sampling, clip transforms and the pre-training dataset."""
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from datasets import (VideoDecodeError, VideoMAEPretrainDataset, build_pretraining_dataset, collate_fn_for,
-                      multiple_samples_collate, parse_list_file, sample_clip_indices)
+from datasets import (PretrainingDataConfig, VideoMAEPretrainDataset, build_pretraining_dataset, collate_fn_for,
+                      multiple_samples_collate, sample_clip_indices)
 from demo_data import render_clip, write_mp4
 from patch_grid import make_grid
+from video_reader import VideoDecodeError
 from video_transforms import (EvalTransform, PretrainTransform, RandomResizedCropTransform, crop_resize,
                               hflip, multi_scale_crop_params, normalize, normalize_batch, random_resized_crop_params,
                               to_cthw, uniform_crop_boxes)
@@ -22,48 +22,6 @@ from video_transforms import (EvalTransform, PretrainTransform, RandomResizedCro
 def _write(path: Path, text: str | bytes) -> Path:
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
     return path
-
-
-# ---- parse_list_file --------------------------------------------------------------------------------
-
-def test_parse_list_file_good_lines(tmp_path: Path) -> None:
-    (tmp_path / "sub").mkdir()
-    lst = _write(tmp_path / "sub" / "list.csv",
-                 "\ufeff# a comment\r\n"
-                 "a.mp4 3\r\n"
-                 "\r\n"
-                 "my clip.mp4 4\r\n"
-                 "   \r\n"
-                 "no_label.mp4\r\n"
-                 "my other clip.mp4\r\n"
-                 "/abs/x.mp4\t7\r\n")
-    assert parse_list_file(lst) == [
-        (str(tmp_path / "sub" / "a.mp4"), 3),
-        (str(tmp_path / "sub" / "my clip.mp4"), 4),
-        (str(tmp_path / "sub" / "no_label.mp4"), None),
-        (str(tmp_path / "sub" / "my other clip.mp4"), None),
-        ("/abs/x.mp4", 7),
-    ]
-    with_root = parse_list_file(lst, data_root=tmp_path / "videos")
-    assert with_root[0] == (str(tmp_path / "videos" / "a.mp4"), 3)
-    assert with_root[-1] == ("/abs/x.mp4", 7)
-
-
-@pytest.mark.parametrize("body, line", [
-    ("ok.mp4 1\nok.mp4 -2\n", 2),            # negative label
-    ("# header\n\nok.mp4 1\nok.mp4 x7\n", 4),  # junk label after an existing file
-])
-def test_parse_list_file_bad_lines(tmp_path: Path, body: str, line: int) -> None:
-    _write(tmp_path / "ok.mp4", b"")
-    lst = _write(tmp_path / "bad_list.txt", body)
-    with pytest.raises(ValueError, match=rf"bad_list\.txt, line {line}\b"):
-        parse_list_file(lst)
-
-
-def test_parse_list_file_without_entries(tmp_path: Path) -> None:
-    lst = _write(tmp_path / "empty_list.txt", "# nothing\n\n")
-    with pytest.raises(ValueError, match="empty_list.txt"):
-        parse_list_file(lst)
 
 
 # ---- sample_clip_indices ----------------------------------------------------------------------------
@@ -283,9 +241,10 @@ def test_repeated_augmentation_and_collate(tiny_videos: Path) -> None:
 
 def test_loader_and_builder(demo_root: Path) -> None:
     grid = make_grid(4, 2, 32, 16)
-    args = SimpleNamespace(data_path=str(demo_root / "train.csv"), data_root=str(demo_root), sampling_rate=2,
-                           num_sample=1)
-    ds = build_pretraining_dataset(args, grid, CountingMasks())
+    config = PretrainingDataConfig(data_path=str(demo_root / "train.csv"), sampling_rate=2, data_root=str(demo_root))
+    assert config.num_sample == 1
+    ds = build_pretraining_dataset(config, grid, CountingMasks())
+    assert (ds.list_file, ds.sampling_rate, ds.num_sample) == (config.data_path, 2, 1)
     loader = torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=collate_fn_for(1))
     video, enc, dec = next(iter(loader))
     assert video.shape == (4, 3, 4, 32, 32) and enc.shape == (4, 6)

@@ -75,6 +75,7 @@ def finetune_flags(demo_root: Path, out: Path, *extra: str) -> list[str]:
 
 def test_dist_eval_validates_each_clip_once_and_tests_like_one_process(demo_root, tmp_path):
     from engine_for_finetuning import evaluate
+    import cli_args
     import run_class_finetuning
     from datasets import build_dataset
     from patch_grid import grid_from_args
@@ -92,7 +93,7 @@ def test_dist_eval_validates_each_clip_once_and_tests_like_one_process(demo_root
     from models import create_video_model
     model = create_video_model(args.model, grid=grid, num_classes=8)
     model.load_state_dict(weights(tmp_path / "two" / "checkpoint-0.pth"))
-    val_set, _ = build_dataset("validation", args, grid)
+    val_set, _ = build_dataset("validation", cli_args.classification_data_config(args), grid)
     loader = torch.utils.data.DataLoader(val_set, batch_size=2)
     alone = evaluate(loader, model, torch.device("cpu"))
     assert alone["count"] == 8 and alone["acc1"] == record["val_acc1"] and alone["acc5"] == record["val_acc5"]

@@ -28,11 +28,12 @@ import torch
 
 import checkpoint
 import data_health
-from datasets import (UnreadableDataError, UnreadableVideoWarning, VideoClsEvalDataset, VideoMAEPretrainDataset,
-                      VideoRecord)
+from datasets import (PretrainingDataConfig, UnreadableDataError, UnreadableVideoWarning, VideoClsEvalDataset,
+                      VideoMAEPretrainDataset)
 from demo_data import render_clip, write_mp4
 from masking_generator import MaskGenerator
 from patch_grid import make_grid
+from video_lists import VideoListsConfig, VideoRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = make_grid(8, 2, 32, 8)  # what the CLI flags below describe
@@ -388,12 +389,19 @@ def test_check_data_reports_every_bad_video(cli, media: Path, broken_list: Path)
 
 
 def test_check_data_on_clean_data_exits_zero(demo_root: Path, capsys: pytest.CaptureFixture) -> None:
-    args = SimpleNamespace(data_set="custom", data_path=str(demo_root), eval_data_path=None, data_root=None,
-                           nb_classes=None, split=1, num_workers=0, fname_tmpl="img_{:05}.jpg")
+    lists = VideoListsConfig(data_set="custom", data_path=str(demo_root))
     with pytest.raises(SystemExit) as stop:
-        data_health.run_check_data(args, finetuning=True)
+        data_health.run_check_data(lists, num_workers=0, fname_tmpl="img_{:05}.jpg")
     assert stop.value.code == 0
     assert "check_data: all 32 videos are readable" in capsys.readouterr().out
+
+
+def test_check_data_on_a_clean_pretraining_list_exits_zero(demo_root: Path, capsys: pytest.CaptureFixture) -> None:
+    data = PretrainingDataConfig(data_path=str(demo_root / "train.csv"), sampling_rate=2, data_root=str(demo_root))
+    with pytest.raises(SystemExit) as stop:
+        data_health.run_check_data(data, num_workers=0)
+    assert stop.value.code == 0
+    assert "check_data: all 16 videos are readable" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------- 2 and 3. bad list lines and bad flags

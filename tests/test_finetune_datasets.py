@@ -3,17 +3,19 @@ from __future__ import annotations
 
 import shutil
 from collections import defaultdict
+from dataclasses import fields
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from datasets import (FrameFolder, VideoClsEvalDataset, VideoClsTrainDataset, build_dataset, collate_fn_for,
-                      segment_clip_indices)
+from datasets import (ClassificationDataConfig, VideoClsEvalDataset, VideoClsTrainDataset, build_dataset,
+                      collate_fn_for, segment_clip_indices)
 from demo_data import render_clip, write_mp4
 from patch_grid import make_grid
+from video_lists import VideoListsConfig
+from video_reader import FrameFolder
 from video_transforms import RandomResizedCropTransform, parse_rand_augment
 
 # torchvision 0.29 deprecates its JPEG codecs (for TorchCodec); they are still what SSV2 frame folders use.
@@ -22,14 +24,17 @@ pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:
 GRID = make_grid(4, 2, (32, 48), 16)
 
 
-def make_args(data_path: Path, **kw) -> SimpleNamespace:
-    """What run_class_finetuning passes, with augmentation off unless a test turns it on."""
-    args = dict(data_set="custom", data_path=str(data_path), eval_data_path=None, data_root=None, sampling_rate=2,
-                num_sample=1, short_side_size=None, test_num_segment=2, test_num_crop=3, aa="none",
-                train_interpolation="bicubic", reprob=0.0, remode="pixel", recount=1, nb_classes=None,
-                fname_tmpl="img_{:05}.jpg", split=1, flip=None)
-    args.update(kw)
-    return SimpleNamespace(**args)
+def make_config(data_path: Path, **kw) -> ClassificationDataConfig:
+    """What run_class_finetuning passes, with augmentation off unless a test turns it on; ``kw`` sets fields of
+    the config or of its lists."""
+    values = dict(data_set="custom", data_path=str(data_path), eval_data_path=None, data_root=None, sampling_rate=2,
+                  num_sample=1, short_side_size=None, test_num_segment=2, test_num_crop=3, aa="none",
+                  train_interpolation="bicubic", reprob=0.0, remode="pixel", recount=1, nb_classes=None,
+                  fname_tmpl="img_{:05}.jpg", split=1, flip=None)
+    values.update(kw)
+    list_fields = {f.name for f in fields(VideoListsConfig)}
+    lists = VideoListsConfig(**{k: v for k, v in values.items() if k in list_fields})
+    return ClassificationDataConfig(lists=lists, **{k: v for k, v in values.items() if k not in list_fields})
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +54,8 @@ def _place(src: Path, dst: Path) -> Path:
 # ---- training items ---------------------------------------------------------------------------------
 
 def test_train_items_at_a_non_square_grid(demo_root: Path) -> None:
-    args = make_args(demo_root, aa="rand-m7-n4-mstd0.5-inc1", reprob=0.25, flip=False)
-    ds, nb_classes = build_dataset("train", args, GRID)
+    config = make_config(demo_root, aa="rand-m7-n4-mstd0.5-inc1", reprob=0.25, flip=False)
+    ds, nb_classes = build_dataset("train", config, GRID)
     assert isinstance(ds, VideoClsTrainDataset) and nb_classes == 8 and len(ds) == 16
     assert ds.transform.flip is False and ds.transform.rand_augment is not None
     torch.manual_seed(0)
@@ -62,7 +67,7 @@ def test_train_items_at_a_non_square_grid(demo_root: Path) -> None:
 
 
 def test_num_sample_gives_different_clips_that_collate_flat(demo_root: Path) -> None:
-    ds, _ = build_dataset("train", make_args(demo_root, num_sample=2), GRID)
+    ds, _ = build_dataset("train", make_config(demo_root, num_sample=2), GRID)
     torch.manual_seed(0)
     items = [ds[i] for i in range(3)]
     for videos, labels in items:
@@ -75,7 +80,7 @@ def test_num_sample_gives_different_clips_that_collate_flat(demo_root: Path) -> 
 
 
 def test_train_items_are_reproducible_under_torch_seed(demo_root: Path) -> None:
-    ds, _ = build_dataset("train", make_args(demo_root, aa="rand-m9-n2", reprob=0.5), GRID)
+    ds, _ = build_dataset("train", make_config(demo_root, aa="rand-m9-n2", reprob=0.5), GRID)
     torch.manual_seed(3)
     a = [ds[i][0] for i in range(3)]
     torch.manual_seed(3)
@@ -136,13 +141,13 @@ def test_pixel_erasing_uses_one_box_for_all_frames() -> None:
 # ---- validation and test views ----------------------------------------------------------------------
 
 def test_validation_and_test_item_counts(demo_root: Path) -> None:
-    args = make_args(demo_root, test_num_segment=2, test_num_crop=3)
-    val, nb_classes = build_dataset("validation", args, GRID)
+    config = make_config(demo_root, test_num_segment=2, test_num_crop=3)
+    val, nb_classes = build_dataset("validation", config, GRID)
     assert nb_classes == 8 and len(val) == 8
     video, label, index = val[5]
     assert video.shape == (3, 4, 32, 48) and index == 5 and 0 <= label < 8
 
-    test, _ = build_dataset("test", args, GRID)
+    test, _ = build_dataset("test", config, GRID)
     assert isinstance(test, VideoClsEvalDataset) and len(test) == 8 * 2 * 3
     loader = torch.utils.data.DataLoader(test, batch_size=12, collate_fn=collate_fn_for(1))
     views, labels = defaultdict(list), {}
@@ -161,10 +166,10 @@ def test_test_crops_move_along_the_long_side(tmp_path: Path) -> None:
     for name in ("train.csv", "test.csv"):
         (tmp_path / name).write_text("ramp.mp4 0\nramp.mp4 1\n")
     grid = make_grid(4, 2, 32, 16)
-    test, _ = build_dataset("test", make_args(tmp_path, test_num_segment=1, test_num_crop=3), grid)
+    test, _ = build_dataset("test", make_config(tmp_path, test_num_segment=1, test_num_crop=3), grid)
     means = [test[i][0].mean().item() for i in range(3)]
     assert means[0] < means[1] < means[2]
-    val, _ = build_dataset("validation", make_args(tmp_path), grid)  # no val.csv: falls back to test.csv
+    val, _ = build_dataset("validation", make_config(tmp_path), grid)  # no val.csv: falls back to test.csv
     assert len(val) == 2 and val[0][0].mean().item() == pytest.approx(means[1], abs=1e-5)
 
 
@@ -177,7 +182,7 @@ def test_segments_spread_and_short_videos(tmp_path: Path) -> None:
     write_mp4(tmp_path / "short.mp4", render_clip(1, 0, num_frames=3, size=(64, 64)))
     (tmp_path / "train.csv").write_text("short.mp4 1\n")
     (tmp_path / "test.csv").write_text("short.mp4 1\n")
-    test, _ = build_dataset("test", make_args(tmp_path, sampling_rate=4, test_num_segment=4, test_num_crop=2), GRID)
+    test, _ = build_dataset("test", make_config(tmp_path, sampling_rate=4, test_num_segment=4, test_num_crop=2), GRID)
     assert len(test) == 8
     assert [test[i][3] for i in range(8)] == list(range(8))
     assert test[7][0].shape == (3, 4, 32, 48)
@@ -193,34 +198,34 @@ def _lists(folder: Path, train: str, test: str | None = None) -> Path:
 
 def test_custom_class_count_is_inferred_and_checked(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     _lists(tmp_path, "a.mp4 0\n# comment\nb.mp4 4\nc.mp4 2\n", "a.mp4 1\nb.mp4 5\n")
-    assert build_dataset("train", make_args(tmp_path), GRID)[1] == 5
+    assert build_dataset("train", make_config(tmp_path), GRID)[1] == 5
 
     with pytest.raises(ValueError, match=r"train\.csv, line 3: label 4 .*--nb_classes 3"):
-        build_dataset("train", make_args(tmp_path, nb_classes=3), GRID)
+        build_dataset("train", make_config(tmp_path, nb_classes=3), GRID)
     # A test label beyond the classes found in train.csv.
     with pytest.raises(ValueError, match=r"test\.csv, line 2: label 5 .*5 classes found in .*train\.csv"):
-        build_dataset("test", make_args(tmp_path), GRID)
+        build_dataset("test", make_config(tmp_path), GRID)
 
-    assert build_dataset("train", make_args(tmp_path, nb_classes=10), GRID)[1] == 10
+    assert build_dataset("train", make_config(tmp_path, nb_classes=10), GRID)[1] == 10
     assert "warning: --nb_classes 10" in capsys.readouterr().out
 
 
 def test_known_data_sets_class_counts(tmp_path: Path) -> None:
     _lists(tmp_path, "a.mp4 0\nb.mp4 399\n")
-    assert build_dataset("train", make_args(tmp_path, data_set="Kinetics-400"), GRID)[1] == 400
-    assert build_dataset("test", make_args(tmp_path, data_set="Kinetics-700"), GRID)[1] == 700
+    assert build_dataset("train", make_config(tmp_path, data_set="Kinetics-400"), GRID)[1] == 400
+    assert build_dataset("test", make_config(tmp_path, data_set="Kinetics-700"), GRID)[1] == 700
     with pytest.raises(ValueError, match=r"train\.csv, line 2: label 399 .*--data_set SSV2, which has 174"):
-        build_dataset("train", make_args(tmp_path, data_set="SSV2"), GRID)
+        build_dataset("train", make_config(tmp_path, data_set="SSV2"), GRID)
 
 
 def test_missing_label_and_missing_files(tmp_path: Path) -> None:
     _lists(tmp_path, "a.mp4 0\nb.mp4\n")
     with pytest.raises(ValueError, match=r"train\.csv, line 2: no label"):
-        build_dataset("train", make_args(tmp_path), GRID)
+        build_dataset("train", make_config(tmp_path), GRID)
     with pytest.raises(FileNotFoundError, match="val_only"):
-        build_dataset("test", make_args(tmp_path, eval_data_path=str(_mkdir(tmp_path / "val_only"))), GRID)
+        build_dataset("test", make_config(tmp_path, eval_data_path=str(_mkdir(tmp_path / "val_only"))), GRID)
     with pytest.raises(ValueError, match="not a folder"):
-        build_dataset("train", make_args(tmp_path / "train.csv"), GRID)
+        build_dataset("train", make_config(tmp_path / "train.csv"), GRID)
 
 
 def _mkdir(path: Path) -> Path:
@@ -252,8 +257,8 @@ def test_ssv2_frame_folders_and_no_flip(tmp_path: Path, tiny_mp4: Path) -> None:
     assert frames.shape == (2, 40, 56, 3) and frames.dtype == torch.uint8
     assert abs(frames[1].float().mean() - frames[0].float().mean() - 30) < 3  # files 1 and 4
 
-    args = make_args(tmp_path, data_set="SSV2")
-    train, nb_classes = build_dataset("train", args, GRID)
+    config = make_config(tmp_path, data_set="SSV2")
+    train, nb_classes = build_dataset("train", config, GRID)
     assert nb_classes == 174 and [r.label for r in train.records] == [3, 173, 7]
     assert [r.num_frames for r in train.records] == [10, 10, None]
     assert train.transform.flip is False
@@ -264,13 +269,13 @@ def test_ssv2_frame_folders_and_no_flip(tmp_path: Path, tiny_mp4: Path) -> None:
         assert video[..., :4].mean() < video[..., -4:].mean()  # never mirrored
     assert train[2][0].shape == (3, 4, 32, 48)  # the video line next to frame folders
 
-    flipped = build_dataset("train", make_args(tmp_path, data_set="SSV2", flip=True), GRID)[0]
+    flipped = build_dataset("train", make_config(tmp_path, data_set="SSV2", flip=True), GRID)[0]
     assert any(flipped[0][0][..., :4].mean() > flipped[0][0][..., -4:].mean() for _ in range(16))
 
     # Validation reads only the centre clip's frames: 2, 4, 6, 8 of 10 (1-based).
     for i in (1, 3, 5, 7, 9, 10):
         (tmp_path / "frames" / "a" / f"img_{i:05d}.jpg").unlink()
-    val, _ = build_dataset("validation", args, GRID)
+    val, _ = build_dataset("validation", config, GRID)
     video, label, index = val[0]
     assert video.shape == (3, 4, 32, 48) and (label, index) == (3, 0)
 
@@ -288,17 +293,17 @@ def test_ucf101_split_files(tmp_path: Path, tiny_mp4: Path) -> None:
     for line in train + test:
         _place(tiny_mp4, videos / line.split()[0])
 
-    args = make_args(splits, data_set="UCF101", data_root=str(videos), split=2)
-    train_set, nb_classes = build_dataset("train", args, GRID)
+    config = make_config(splits, data_set="UCF101", data_root=str(videos), split=2)
+    train_set, nb_classes = build_dataset("train", config, GRID)
     assert nb_classes == 101
     assert [(Path(r.path).name, r.label) for r in train_set.records] == [
         ("v_ApplyEyeMakeup_g01_c01.avi", 0), ("v_Biking_g01_c01.avi", 2)]
     assert train_set[1][0].shape == (3, 4, 32, 48) and train_set[1][1] == 2
     for mode in ("validation", "test"):
-        ds, _ = build_dataset(mode, args, GRID)
+        ds, _ = build_dataset(mode, config, GRID)
         assert [r.label for r in ds.records] == [1, 2, 0]
         assert Path(ds.records[0].path) == videos / "Archery" / "v_Archery_g02_c01.avi"
-    assert build_dataset("test", args, GRID)[0][17][1:] == (0, 2, 5)
+    assert build_dataset("test", config, GRID)[0][17][1:] == (0, 2, 5)
 
 
 def test_hmdb51_split_files(tmp_path: Path, tiny_mp4: Path) -> None:
@@ -311,13 +316,29 @@ def test_hmdb51_split_files(tmp_path: Path, tiny_mp4: Path) -> None:
         for line in body.splitlines():
             _place(tiny_mp4, splits / cls / line.split()[0])
 
-    args = make_args(splits, data_set="HMDB51", split=3)  # no data_root: videos next to the split files
-    train, nb_classes = build_dataset("train", args, GRID)
+    config = make_config(splits, data_set="HMDB51", split=3)  # no data_root: videos next to the split files
+    train, nb_classes = build_dataset("train", config, GRID)
     assert nb_classes == 51
     assert [(Path(r.path).relative_to(splits).as_posix(), r.label) for r in train.records] == [
         ("brush_hair/b2.avi", 0), ("cartwheel/c2.avi", 1), ("wave/w1.avi", 2)]
-    test, _ = build_dataset("test", args, GRID)
+    test, _ = build_dataset("test", config, GRID)
     assert [(Path(r.path).name, r.label) for r in test.records] == [("b1.avi", 0), ("c3.avi", 1), ("w2.avi", 2)]
     assert len(test) == 3 * 2 * 3 and test[0][0].shape == (3, 4, 32, 48)
-    val, _ = build_dataset("validation", args, GRID)
+    val, _ = build_dataset("validation", config, GRID)
     assert len(val) == 3 and val[2][1:] == (2, 2)
+
+
+def test_fewer_labels_used_than_nb_classes_warns(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    _lists(tmp_path, "a.mp4 0\nb.mp4 9\nc.mp4 1\nd.mp4 12\n", "a.mp4 0\n")
+    build_dataset("train", make_config(tmp_path, nb_classes=20), GRID)
+    assert "warning: --nb_classes 20 but" in capsys.readouterr().out
+
+
+def test_config_defaults_mean_off() -> None:
+    config = ClassificationDataConfig(VideoListsConfig("custom", "/data"), sampling_rate=2)
+    assert (config.num_sample, config.aa, config.train_crop_scale, config.reprob, config.recount) == (1, None, None,
+                                                                                                     0.0, 1)
+    assert (config.short_side_size, config.test_num_segment, config.test_num_crop) == (None, 1, 1)
+    assert config.train_flip is True
+    assert ClassificationDataConfig(VideoListsConfig("SSV2", "/data"), sampling_rate=2).train_flip is False
+    assert ClassificationDataConfig(VideoListsConfig("SSV2", "/data"), sampling_rate=2, flip=True).train_flip is True

@@ -14,7 +14,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import loader_bench  # noqa: E402
-from datasets import PyAVVideo, VideoFile  # noqa: E402
 
 # 8 frames at sampling rate 2, 32 px, patch 8: what the tiny videos can hold
 SMALL = ["--model", "pretrain_videomae_micro_patch16_224", "--input_size", "32", "--patch_size", "8",
@@ -36,14 +35,6 @@ def test_videos_are_h264_of_the_asked_size_and_cached(videos: list[str]) -> None
     mtime = Path(videos[0]).stat().st_mtime_ns
     assert loader_bench.make_videos(Path(videos[0]).parent, 2, short_side=64, seconds=1.6) == videos
     assert Path(videos[0]).stat().st_mtime_ns == mtime, "reused, not rewritten"
-
-
-def test_fast_reader_gives_decords_frames(videos: list[str]) -> None:
-    import decord
-    fast, reader = PyAVVideo.open(videos[1]), decord.VideoReader(videos[1], num_threads=1)
-    assert fast is not None and len(fast) == len(reader) == len(VideoFile(videos[1]))
-    for indices in (np.array([0, 1, 2]), np.array([5, 9, 13, 17]), np.array([3, 20, 39])):
-        assert np.array_equal(fast.read(indices), reader.get_batch(indices.tolist()).asnumpy())
 
 
 @pytest.mark.parametrize("pipeline", loader_bench.PIPELINES)

@@ -1,4 +1,4 @@
-"""Bad list files: every malformed line is named by file and line, or handled as DATASET.md documents.
+"""List files: lines read as DATASET.md documents, and every malformed line named by file and line.
 
 The same checks run up front in both scripts (through the real CLI: see test_faults.py,
 ``test_bad_list_lines_stop_both_scripts_up_front``) and in ``--check_data``, which collects them all.
@@ -6,11 +6,11 @@ The same checks run up front in both scripts (through the real CLI: see test_fau
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-from datasets import numbered_list_entries, parse_list_file, read_labelled_list, read_records
+from video_lists import (DATA_SETS, NB_CLASSES, VideoListsConfig, numbered_list_entries, parse_list_file,
+                         read_labelled_list, read_records)
 
 
 def write(path: Path, text: str | bytes) -> Path:
@@ -18,11 +18,8 @@ def write(path: Path, text: str | bytes) -> Path:
     return path
 
 
-def finetune_args(folder: Path, **kw) -> SimpleNamespace:
-    args = dict(data_set="custom", data_path=str(folder), eval_data_path=None, data_root=None, nb_classes=None,
-                split=1)
-    args.update(kw)
-    return SimpleNamespace(**args)
+def lists_config(folder: Path, **kw) -> VideoListsConfig:
+    return VideoListsConfig(**{"data_set": "custom", "data_path": str(folder), **kw})
 
 
 def test_tolerated_lines_are_read_as_documented(tmp_path: Path) -> None:
@@ -72,26 +69,79 @@ def test_collecting_mode_reports_every_bad_line_and_keeps_the_good(tmp_path: Pat
     assert [e.split(": ", 1)[0].rsplit(", ", 1)[1] for e in errors] == ["line 2", "line 4"]
 
 
-def test_labels_against_the_class_count(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_labels_against_the_class_count(tmp_path: Path) -> None:
     write(tmp_path / "train.csv", "a.mp4 0\nb.mp4 9\nc.mp4 1\nd.mp4 12\n")
     write(tmp_path / "test.csv", "a.mp4 0\n")
     # more labels than --nb_classes: the first bad line named, the others counted
     with pytest.raises(ValueError, match=r"train\.csv, line 2: label 9 is out of range for --nb_classes 5; labels "
                                          r"must be 0\.\.4 \(and 1 more lines, e.g\. line 4\)"):
-        read_records("train", finetune_args(tmp_path, nb_classes=5))
+        read_records("train", lists_config(tmp_path, nb_classes=5))
     # without --nb_classes: the classes found in train.csv bound the test labels
     write(tmp_path / "test.csv", "a.mp4 0\nb.mp4 13\n")
     with pytest.raises(ValueError, match=r"test\.csv, line 2: label 13 is out of range for the 13 classes found"):
-        read_records("test", finetune_args(tmp_path))
-    # fewer labels used than --nb_classes: allowed, with a warning (build_dataset)
-    from datasets import build_dataset
-    from patch_grid import make_grid
-    build_dataset("train", SimpleNamespace(**vars(finetune_args(tmp_path, nb_classes=20)), sampling_rate=2),
-                  make_grid(4, 2, 32, 16))
-    assert "warning: --nb_classes 20 but" in capsys.readouterr().out
+        read_records("test", lists_config(tmp_path))
+    # fewer labels used than --nb_classes: allowed (build_dataset warns, see test_finetune_datasets.py)
+    records, nb_classes = read_records("train", lists_config(tmp_path, nb_classes=20))
+    assert nb_classes == 20 and [r.label for r in records] == [0, 9, 1, 12]
 
 
 def test_frame_folder_lines(tmp_path: Path) -> None:
     lst = write(tmp_path / "train.csv", "frames/1 30 4\nframes/2 0 1\n")
     with pytest.raises(ValueError, match=r"train\.csv, line 2: frame folder with 0 frames"):
         read_labelled_list(lst, frame_folders=True)
+
+
+def test_parse_list_file_good_lines(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    lst = write(tmp_path / "sub" / "list.csv",
+                "\ufeff# a comment\r\n"
+                "a.mp4 3\r\n"
+                "\r\n"
+                "my clip.mp4 4\r\n"
+                "   \r\n"
+                "no_label.mp4\r\n"
+                "my other clip.mp4\r\n"
+                "/abs/x.mp4\t7\r\n")
+    assert parse_list_file(lst) == [
+        (str(tmp_path / "sub" / "a.mp4"), 3),
+        (str(tmp_path / "sub" / "my clip.mp4"), 4),
+        (str(tmp_path / "sub" / "no_label.mp4"), None),
+        (str(tmp_path / "sub" / "my other clip.mp4"), None),
+        ("/abs/x.mp4", 7),
+    ]
+    with_root = parse_list_file(lst, data_root=tmp_path / "videos")
+    assert with_root[0] == (str(tmp_path / "videos" / "a.mp4"), 3)
+    assert with_root[-1] == ("/abs/x.mp4", 7)
+
+
+@pytest.mark.parametrize("body, line", [
+    ("ok.mp4 1\nok.mp4 -2\n", 2),            # negative label
+    ("# header\n\nok.mp4 1\nok.mp4 x7\n", 4),  # junk label after an existing file
+])
+def test_parse_list_file_bad_lines(tmp_path: Path, body: str, line: int) -> None:
+    write(tmp_path / "ok.mp4", b"")
+    lst = write(tmp_path / "bad_list.txt", body)
+    with pytest.raises(ValueError, match=rf"bad_list\.txt, line {line}\b"):
+        parse_list_file(lst)
+
+
+def test_parse_list_file_without_entries(tmp_path: Path) -> None:
+    lst = write(tmp_path / "empty_list.txt", "# nothing\n\n")
+    with pytest.raises(ValueError, match="empty_list.txt"):
+        parse_list_file(lst)
+
+
+def test_lists_config_defaults_and_the_data_sets() -> None:
+    lists = VideoListsConfig("custom", "/data/k")
+    assert (lists.eval_data_path, lists.data_root, lists.split, lists.nb_classes) == (None, None, 1, None)
+    assert lists.eval_folder == "/data/k"
+    assert VideoListsConfig("custom", "/data/k", eval_data_path="/data/v").eval_folder == "/data/v"
+    assert DATA_SETS == ("Kinetics-400", "Kinetics-600", "Kinetics-700", "SSV2", "UCF101", "HMDB51", "custom")
+    assert NB_CLASSES["SSV2"] == 174
+
+
+def test_unknown_data_set_and_mode_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="--data_set must be one of"):
+        read_records("train", lists_config(tmp_path, data_set="K400"))
+    with pytest.raises(ValueError, match="mode must be one of"):
+        read_records("val", lists_config(tmp_path))

@@ -1,0 +1,139 @@
+"""The training driver in-process: the epoch loop, logs, checkpoints, exact resume, accumulation, stop signals and
+exit statuses. (The run scripts over it are tested as real processes in test_pretraining_cli, test_finetuning,
+test_resume and test_distributed.)"""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.data import Dataset
+
+import resume
+from checkpoint import choose_checkpoint, load_checkpoint
+from data_health import BadVideoTracker
+from data_loaders import LoaderConfig, train_loader
+from datasets import CollateWithBad
+from patch_grid import make_grid
+from trainer import Schedule, Trainer, TrainerConfig, launch
+
+GRID = make_grid(4, 2, 32, 8)  # recorded in the checkpoints; the toy model below does not use it
+WEIGHTS = torch.tensor([1.0, -2.0, 0.5, 3.0])
+
+
+class NoisyLine(Dataset):
+    """``y = x . WEIGHTS + noise`` with ``x`` drawn from torch's RNG, which the training loader seeds per item."""
+
+    def __len__(self) -> int:
+        return 32
+
+    def __getitem__(self, index: int):
+        x = torch.randn(4)
+        return (x, (x @ WEIGHTS + 0.01 * torch.randn(())).reshape(1)), []  # (item, unreadable videos)
+
+
+def mse(model: torch.nn.Module, batch) -> torch.Tensor:
+    x, y = batch
+    return torch.nn.functional.mse_loss(model(x), y)
+
+
+def config(out: Path, **changes) -> TrainerConfig:
+    settings = dict(output_dir=str(out), model_name="toy", device="cpu", amp="none", epochs=3,
+                    schedule=Schedule(lr=0.05, min_lr=0.01, warmup_epochs=1, weight_decay=0.0), print_freq=100)
+    return TrainerConfig(**{**settings, **changes})
+
+
+def start(cfg: TrainerConfig, batch_size: int = 4) -> Trainer:
+    """A trainer set up over the toy model and data, resumed from ``cfg.output_dir`` when it holds a checkpoint."""
+    trainer = Trainer(cfg, GRID, argparse.Namespace(model="toy", lr=cfg.schedule.lr))
+    loader = train_loader(NoisyLine(), LoaderConfig(batch_size, 0, False, seed=0, max_bad_fraction=0.0),
+                          CollateWithBad(), torch.device("cpu"), batches_multiple=cfg.update_freq)
+    torch.manual_seed(0)
+    model = trainer.prepare_model(torch.nn.Linear(4, 1))
+    trainer.setup_training(torch.optim.SGD(model.parameters(), lr=cfg.schedule.lr), BadVideoTracker(
+        loader, 32, 0.0, "toy data"), micro_batch=batch_size, clips_per_step=batch_size)
+    found = choose_checkpoint("", True, cfg.output_dir, GRID)
+    if found is not None:
+        trainer.restore(found)
+    return trainer
+
+
+def signal_at_call(n: int, loss_fn):
+    """``loss_fn`` that sends this process SIGTERM during its ``n``-th call (the driver saves, then stops)."""
+    calls = []
+
+    def loss(model: torch.nn.Module, batch) -> torch.Tensor:
+        calls.append(1)
+        if len(calls) == n:
+            signal.raise_signal(signal.SIGTERM)
+        return loss_fn(model, batch)
+    return loss
+
+
+def records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
+
+
+def test_fit_trains_logs_and_saves(tmp_path: Path) -> None:
+    with start(config(tmp_path, save_ckpt_freq=2)) as trainer:
+        last = trainer.fit(mse)
+    logged = records(tmp_path)
+    assert [r["epoch"] for r in logged] == [0, 1, 2] and last == logged[-1]
+    assert logged[-1]["train_loss"] < 0.2 * logged[0]["train_loss"], "the line is learned"
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-1.pth", "checkpoint-2.pth",
+                                                                   "checkpoint-latest.pth"]
+    assert trainer.last_checkpoint == tmp_path / "checkpoint-2.pth"
+    state = load_checkpoint(tmp_path / "checkpoint-2.pth")
+    assert state["global_step"] == 24 and state["grid"] == GRID.to_dict() and state["args"]["model"] == "toy"
+    events = EventAccumulator(str(tmp_path / "tb")).Reload()
+    assert len(events.Scalars("train/loss")) == 24 and len(events.Scalars("epoch/loss")) == 3
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path: Path) -> None:
+    with start(config(tmp_path / "straight")) as trainer:
+        trainer.fit(mse)
+    with start(config(tmp_path / "halves")) as trainer, pytest.raises(resume.Interrupted):
+        trainer.fit(signal_at_call(12, mse))  # stopped half-way through epoch 1 ...
+    with start(config(tmp_path / "halves")) as trainer:  # ... and the same command goes on from there
+        assert (trainer.progress.epoch, trainer.progress.batch) == (1, 4)
+        trainer.fit(mse)
+    straight, halves = (load_checkpoint(tmp_path / d / "checkpoint-2.pth") for d in ("straight", "halves"))
+    assert all(torch.equal(straight["model"][k], halves["model"][k]) for k in straight["model"])
+    assert [r["epoch"] for r in records(tmp_path / "halves")] == [0, 1, 2]
+
+
+def test_accumulation_makes_one_update_per_update_freq_batches(tmp_path: Path) -> None:
+    with start(config(tmp_path, epochs=1, update_freq=2)) as trainer:
+        assert (trainer.batches_per_epoch, trainer.steps_per_epoch) == (8, 4)
+        trainer.fit(mse)
+    assert load_checkpoint(tmp_path / "checkpoint-0.pth")["global_step"] == 4
+
+
+def test_a_stop_signal_saves_latest_mid_epoch_and_exits_75(tmp_path: Path) -> None:
+    trainer = start(config(tmp_path))
+
+    def body(device: str | None) -> None:
+        with trainer:
+            trainer.fit(signal_at_call(3, mse))
+
+    with pytest.raises(SystemExit) as stop:
+        launch(body, "cpu")
+    assert stop.value.code == resume.EXIT_REQUEUE
+    latest = load_checkpoint(tmp_path / "checkpoint-latest.pth")
+    assert (latest["next_epoch"], latest["next_batch"]) == (0, 3)
+
+
+def test_a_non_finite_loss_ends_with_an_error_line(tmp_path: Path) -> None:
+    trainer = start(config(tmp_path))
+
+    def body(device: str | None) -> None:
+        with trainer:
+            trainer.fit(lambda model, batch: mse(model, batch) * float("nan"))
+
+    with pytest.raises(SystemExit, match=r"error: loss is nan at epoch 0, step 0 of the epoch \(global step 0\)"):
+        launch(body, "cpu")
+    assert not list(tmp_path.glob("checkpoint-*")), "nothing is saved from a broken state"
