@@ -18,6 +18,16 @@ from trainer import Schedule, TrainerConfig
 from video_lists import VideoListsConfig, parse_list_file, read_records
 
 
+def run_parser(prog: str, epochs: int, save_ckpt_freq: int) -> argparse.ArgumentParser:
+    """A run script's parser, opening with the flags both scripts have first: batch, epochs, epoch checkpoints."""
+    p = argparse.ArgumentParser(prog, add_help=True, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--batch_size", default=64, type=int, help="clips per process per step (before --num_sample)")
+    p.add_argument("--epochs", default=epochs, type=int, help="training epochs")
+    p.add_argument("--save_ckpt_freq", default=save_ckpt_freq, type=int,
+                   help="save a checkpoint every N epochs (and at the end)")
+    return p
+
+
 def add_grid_args(p: argparse.ArgumentParser, model: str) -> argparse._ArgumentGroup:
     g = p.add_argument_group("model and patch grid")
     g.add_argument("--model", default=model, type=str,

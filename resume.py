@@ -1,6 +1,6 @@
 """Exact resume: data order and per-item randomness as functions of (seed, epoch, index), RNG states in
-checkpoints, step-level saves, and stopping on SIGTERM/SIGUSR1 (finding the newest checkpoint that loads is
-checkpoint.py's).
+checkpoints, positions inside an epoch, and stopping on SIGTERM/SIGUSR1. (Finding the newest checkpoint that loads
+is checkpoint.py's; when to save is the driver's, trainer.Checkpointing.)
 
 The contract: a run killed at any point and restarted with the same command continues from its newest
 good checkpoint and ends with the weights an uninterrupted run would have (bit for bit on the CPU with
@@ -20,7 +20,7 @@ import random
 import signal
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torch.utils.data import Dataset, Sampler
 
 import utils
-from checkpoint import LATEST, link_atomically, prune_epoch_checkpoints, resume_position, save_checkpoint
+from checkpoint import resume_position
 
 # Exit status of a run stopped by SIGTERM/SIGUSR1 after saving checkpoint-latest: EX_TEMPFAIL from
 # sysexits.h ("try again later"); the sbatch launchers requeue the job when they see it.
@@ -269,75 +269,3 @@ class StopSignals:
 
 
 # ---------------------------------------------------------------- saving while training
-
-class Checkpointing:
-    """A run's saves: ``checkpoint-N`` at epoch ends, ``checkpoint-latest`` at every save and every
-    ``every_steps`` optimizer steps, pruning to ``keep`` epoch checkpoints, and the stop on signals.
-
-    ``make_state(epoch, next_epoch, next_batch)`` builds the checkpoint dict on every rank (it gathers
-    RNG states, a collective). With a DeepSpeed ``engine`` checkpoints are folders (see ds_utils).
-    """
-
-    def __init__(self, output_dir: str | Path, make_state: Callable[[int, int, int], dict[str, Any]],
-                 batches_per_epoch: int, update_freq: int = 1, every_steps: int = 0, keep: int = 0,
-                 device: torch.device = torch.device("cpu"), engine: Any = None,
-                 stop: StopSignals | None = None) -> None:
-        self.output_dir, self.make_state = Path(output_dir), make_state
-        self.batches_per_epoch, self.update_freq = batches_per_epoch, update_freq
-        self.steps_per_epoch = batches_per_epoch // update_freq
-        self.every_steps, self.keep, self.device, self.engine = every_steps, keep, device, engine
-        self.stop = stop or StopSignals()
-
-    def _write(self, name: str, state: dict[str, Any]) -> Path:
-        if self.engine is not None:
-            import ds_utils
-            return ds_utils.save_folder(self.engine, self.output_dir, name, state)
-        path = self.output_dir / f"{name}.pth"
-        if utils.is_main_process():
-            save_checkpoint(path, state)
-        return path
-
-    def _link_latest(self, src: Path) -> None:
-        if self.engine is not None:
-            import ds_utils
-            ds_utils.link_folder(self.output_dir, src.name, LATEST)
-        elif utils.is_main_process():
-            link_atomically(src, self.output_dir / f"{LATEST}.pth")
-
-    def save_latest(self, epoch: int, batches_done: int) -> Path:
-        """``checkpoint-latest`` at ``batches_done`` batches into ``epoch``."""
-        state = self.make_state(epoch, epoch, batches_done)
-        return self._write(LATEST, state)
-
-    def end_of_epoch(self, epoch: int, epoch_file: bool) -> tuple[Path, dict[str, Any]]:
-        """Save after a finished epoch: ``checkpoint-{epoch}`` when ``epoch_file``, ``checkpoint-latest`` always."""
-        state = self.make_state(epoch, epoch + 1, 0)
-        if not epoch_file:
-            return self._write(LATEST, state), state
-        path = self._write(f"checkpoint-{epoch}", state)
-        self._link_latest(path)
-        if utils.is_main_process():
-            for p in prune_epoch_checkpoints(self.output_dir, self.keep):
-                print(f"Removed {p} (--keep_ckpts {self.keep})")
-        return path, state
-
-    @property
-    def latest(self) -> Path:
-        return self.output_dir / (LATEST if self.engine is not None else f"{LATEST}.pth")
-
-    def stop_if_requested(self) -> None:
-        """At an epoch end, after its save: stop now if a signal came in during the epoch's last steps."""
-        signum = self.stop.agreed(self.device)
-        if signum:
-            raise Interrupted(signum, self.latest)
-
-    def after_update(self, epoch: int, batches_done: int) -> None:
-        """The engines' per-update hook: stop on a signal, or save every ``every_steps`` steps mid-epoch."""
-        signum = self.stop.agreed(self.device)
-        if signum:
-            path = self.save_latest(epoch, batches_done)
-            raise Interrupted(signum, path)
-        step = epoch * self.steps_per_epoch + batches_done // self.update_freq
-        if self.every_steps and step % self.every_steps == 0 and batches_done < self.batches_per_epoch:
-            path = self.save_latest(epoch, batches_done)
-            print(f"Saved {path} (epoch {epoch}, batch {batches_done}, step {step})")

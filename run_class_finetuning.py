@@ -32,12 +32,8 @@ FINETUNE_HINT = " To fine-tune from its weights at this run's grid, pass it to -
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("PATCHES fine-tuning and testing", add_help=True,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--batch_size", default=64, type=int, help="clips per process per step (before --num_sample)")
-    p.add_argument("--epochs", default=30, type=int, help="training epochs")
+    p = cli_args.run_parser("PATCHES fine-tuning and testing", epochs=30, save_ckpt_freq=100)
     p.add_argument("--update_freq", default=1, type=int, help="gradient accumulation: steps per optimizer update")
-    p.add_argument("--save_ckpt_freq", default=100, type=int, help="save a checkpoint every N epochs (and at the end)")
 
     g = cli_args.add_grid_args(p, "vit_base_patch16_224")
     g.add_argument("--nb_classes", default=None, type=int,
@@ -202,17 +198,22 @@ def load_weights(path: str, model: torch.nn.Module, model_ema, args: argparse.Na
         except CheckpointError as e:
             raise SystemExit(f"error: {e}")
     try:
-        check_checkpoint_grid(ckpt, grid, path, "Evaluating keeps a checkpoint's grid: pass the file's "
-                                                           f"values.{FINETUNE_HINT}")
+        check_checkpoint_grid(ckpt, grid, path, f"Evaluating keeps a checkpoint's grid: pass the file's values."
+                                                f"{FINETUNE_HINT}")
         load_model_state(model, ckpt, path, args.model)
     except CheckpointError as e:
-        pretraining = any(str(k).startswith("encoder.") for k in ckpt.get("model") or {})
-        raise SystemExit(f"error: {e}" + (" It holds a pre-training model (encoder.* weights): start from it with "
-                                          "--finetune." if pretraining else ""))
+        raise SystemExit(f"error: {e}{pretraining_model_hint(ckpt)}") from None
     if model_ema is not None and "model_ema" in ckpt:
         model_ema.module.load_state_dict(ckpt["model_ema"])
     print(f"Loaded {path} (epoch {ckpt.get('epoch')})")
     return ckpt
+
+
+def pretraining_model_hint(ckpt: dict[str, Any]) -> str:
+    """The end of a refusal message for a pre-training checkpoint given where a classifier's is expected."""
+    if any(str(k).startswith("encoder.") for k in ckpt.get("model") or {}):
+        return " It holds a pre-training model (encoder.* weights): start from it with --finetune."
+    return ""
 
 
 def shared_run_id(found: FoundCheckpoint | None) -> str:
@@ -360,9 +361,7 @@ def restore(trainer: Trainer, found: FoundCheckpoint) -> None:
     try:
         trainer.restore(found)
     except CheckpointError as e:
-        pretraining = any(str(k).startswith("encoder.") for k in found.state.get("model") or {})
-        raise SystemExit(f"error: {e}" + (" It holds a pre-training model (encoder.* weights): start from it with "
-                                          "--finetune." if pretraining else "")) from None
+        raise SystemExit(f"error: {e}{pretraining_model_hint(found.state)}") from None
     trainer.progress.extra["best_acc1"] = float(found.state.get("best_acc1", -1.0))
 
 

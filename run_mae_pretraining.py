@@ -24,11 +24,7 @@ from trainer import Trainer, launch
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("PATCHES masked video pre-training", add_help=True,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--batch_size", default=64, type=int, help="clips per process per step (before --num_sample)")
-    p.add_argument("--epochs", default=800, type=int, help="training epochs")
-    p.add_argument("--save_ckpt_freq", default=50, type=int, help="save a checkpoint every N epochs (and at the end)")
+    p = cli_args.run_parser("PATCHES masked video pre-training", epochs=800, save_ckpt_freq=50)
 
     g = cli_args.add_grid_args(p, "pretrain_videomae_base_patch16_224")
     g.add_argument("--decoder_depth", default=4, type=int, help="decoder blocks")

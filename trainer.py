@@ -24,11 +24,13 @@ import data_health
 import resume
 import utils
 from attention import configure_attention
-from checkpoint import (CheckpointError, CheckpointSaveError, FoundCheckpoint, checkpoint_state, load_model_state,
-                        print_saved_and_export_safetensors, remove_stale_temp_files, save_checkpoint)
+from checkpoint import (LATEST, CheckpointError, CheckpointSaveError, FoundCheckpoint, checkpoint_state, link_atomically,
+                        load_model_state, print_saved_and_export_safetensors, prune_epoch_checkpoints,
+                        remove_stale_temp_files, save_checkpoint)
 from datasets import UnreadableDataError
 from optim_factory import apply_schedules
 from patch_grid import PatchGrid
+from resume import Interrupted, StopSignals
 from updater import NonFiniteLossError, Updater
 
 T = TypeVar("T")
@@ -130,6 +132,7 @@ class Trainer:
         self.log_file = self.output_dir / "log.txt"
         self._tb: utils.TensorboardLogger | None = None
         self.model = self.model_without_ddp = self.ema = self.engine = self.updater = None
+        self.loader = self.checkpoints = None
         self.progress = Progress(epoch=cfg.start_epoch)
         self.last_checkpoint: Path | None = None
         if utils.is_main_process():
@@ -145,6 +148,10 @@ class Trainer:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        # Checkpointing holds self.state, a cycle that only the garbage collector would break. Until it did, the
+        # loader's persistent workers would live on, and they ignore the SIGTERM that interpreter exit sends
+        # them (see data_loaders._worker_init): drop the references so that the workers stop now.
+        self.checkpoints = self.loader = None
 
     @property
     def tb(self) -> utils.TensorboardLogger | None:
@@ -205,9 +212,9 @@ class Trainer:
                                                   s.warmup_lr, s.warmup_steps)
         wd_end = s.weight_decay if s.weight_decay_end is None else s.weight_decay_end
         self.wd_schedule = utils.cosine_scheduler(s.weight_decay, wd_end, cfg.epochs, self.steps_per_epoch)
-        self.checkpoints = resume.Checkpointing(cfg.output_dir, self.state, self.batches_per_epoch, cfg.update_freq,
-                                                every_steps=cfg.save_ckpt_every_steps, keep=cfg.keep_ckpts,
-                                                device=self.device, engine=self.engine)
+        self.checkpoints = Checkpointing(cfg.output_dir, self.state, self.batches_per_epoch, cfg.update_freq,
+                                         every_steps=cfg.save_ckpt_every_steps, keep=cfg.keep_ckpts,
+                                         device=self.device, engine=self.engine)
 
     # ------------------------------------------------------------ checkpoints
 
@@ -340,3 +347,75 @@ class Trainer:
                            weight_decay=float(self.wd_schedule[step]), grad_norm=grad_norm,
                            loss_scale=self.updater.loss_scale, skipped_updates=self.updater.skipped)
 
+
+class Checkpointing:
+    """A run's saves: ``checkpoint-N`` at epoch ends, ``checkpoint-latest`` at every save and every
+    ``every_steps`` optimizer steps, pruning to ``keep`` epoch checkpoints, and the stop on signals.
+
+    ``make_state(epoch, next_epoch, next_batch)`` builds the checkpoint dict on every rank (it gathers
+    RNG states, a collective). With a DeepSpeed ``engine`` checkpoints are folders (see ds_utils).
+    """
+
+    def __init__(self, output_dir: str | Path, make_state: Callable[[int, int, int], dict[str, Any]],
+                 batches_per_epoch: int, update_freq: int = 1, every_steps: int = 0, keep: int = 0,
+                 device: torch.device = torch.device("cpu"), engine: Any = None,
+                 stop: StopSignals | None = None) -> None:
+        self.output_dir, self.make_state = Path(output_dir), make_state
+        self.batches_per_epoch, self.update_freq = batches_per_epoch, update_freq
+        self.steps_per_epoch = batches_per_epoch // update_freq
+        self.every_steps, self.keep, self.device, self.engine = every_steps, keep, device, engine
+        self.stop = stop or StopSignals()
+
+    def _write(self, name: str, state: dict[str, Any]) -> Path:
+        if self.engine is not None:
+            import ds_utils
+            return ds_utils.save_folder(self.engine, self.output_dir, name, state)
+        path = self.output_dir / f"{name}.pth"
+        if utils.is_main_process():
+            save_checkpoint(path, state)
+        return path
+
+    def _link_latest(self, src: Path) -> None:
+        if self.engine is not None:
+            import ds_utils
+            ds_utils.link_folder(self.output_dir, src.name, LATEST)
+        elif utils.is_main_process():
+            link_atomically(src, self.output_dir / f"{LATEST}.pth")
+
+    def save_latest(self, epoch: int, batches_done: int) -> Path:
+        """``checkpoint-latest`` at ``batches_done`` batches into ``epoch``."""
+        state = self.make_state(epoch, epoch, batches_done)
+        return self._write(LATEST, state)
+
+    def end_of_epoch(self, epoch: int, epoch_file: bool) -> tuple[Path, dict[str, Any]]:
+        """Save after a finished epoch: ``checkpoint-{epoch}`` when ``epoch_file``, ``checkpoint-latest`` always."""
+        state = self.make_state(epoch, epoch + 1, 0)
+        if not epoch_file:
+            return self._write(LATEST, state), state
+        path = self._write(f"checkpoint-{epoch}", state)
+        self._link_latest(path)
+        if utils.is_main_process():
+            for p in prune_epoch_checkpoints(self.output_dir, self.keep):
+                print(f"Removed {p} (--keep_ckpts {self.keep})")
+        return path, state
+
+    @property
+    def latest(self) -> Path:
+        return self.output_dir / (LATEST if self.engine is not None else f"{LATEST}.pth")
+
+    def stop_if_requested(self) -> None:
+        """At an epoch end, after its save: stop now if a signal came in during the epoch's last steps."""
+        signum = self.stop.agreed(self.device)
+        if signum:
+            raise Interrupted(signum, self.latest)
+
+    def after_update(self, epoch: int, batches_done: int) -> None:
+        """The engines' per-update hook: stop on a signal, or save every ``every_steps`` steps mid-epoch."""
+        signum = self.stop.agreed(self.device)
+        if signum:
+            path = self.save_latest(epoch, batches_done)
+            raise Interrupted(signum, path)
+        step = epoch * self.steps_per_epoch + batches_done // self.update_freq
+        if self.every_steps and step % self.every_steps == 0 and batches_done < self.batches_per_epoch:
+            path = self.save_latest(epoch, batches_done)
+            print(f"Saved {path} (epoch {epoch}, batch {batches_done}, step {step})")

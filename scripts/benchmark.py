@@ -48,10 +48,11 @@ def sync(device: torch.device) -> None:
 
 
 def pretrain_step_fn(cfg: dict, device: torch.device):
-    """Closures running one real pre-training step (the engine's own functions) on random clips."""
+    """Closures running one real pre-training step (the engine's loss, the driver's update) on random clips."""
     import numpy as np
-    from engine_for_pretraining import PretrainStep, optimizer_step, prepare_batch, reconstruction_loss
+    from engine_for_pretraining import MaskedReconstruction
     from masking_generator import MaskGenerator
+    from updater import Updater
     from patch_grid import make_grid
 
     grid = make_grid(cfg["num_frames"], 2, cfg["size"], cfg["patch"])
@@ -63,40 +64,34 @@ def pretrain_step_fn(cfg: dict, device: torch.device):
     # uint8, as the loader delivers them: the step's own normalisation on the device is timed too
     batch = (torch.randint(0, 256, (cfg["batch_size"], 3, grid.num_frames, *grid.input_size), dtype=torch.uint8),
              torch.stack([m[0] for m in masks]), torch.stack([m[1] for m in masks]))
-    step_cfg = PretrainStep(grid=grid, device=device, amp_dtype=amp_dtype_of(cfg))
+    loss_fn, update = MaskedReconstruction(grid, device, amp_dtype_of(cfg)), Updater(model, optimizer)
     model.train()
 
-    def loss() -> torch.Tensor:
-        videos, visible, target = prepare_batch(batch, device)
-        return reconstruction_loss(model, videos, visible, target, step_cfg)
-
     def step() -> None:
-        optimizer_step(loss(), model, optimizer, step_cfg)
+        update(loss_fn(model, batch))
 
-    return step, lambda: loss().backward(), grid, model
+    return step, lambda: loss_fn(model, batch).backward(), grid, model
 
 
 def finetune_step_fn(cfg: dict, device: torch.device):
-    """Closures running one real fine-tuning step (the engine's own functions) on random clips."""
-    from engine_for_finetuning import FinetuneStep, backward_and_update, classification_loss
+    """Closures running one real fine-tuning step (the engine's loss, the driver's update) on random clips."""
+    from engine_for_finetuning import Classification
     from patch_grid import make_grid
+    from updater import Updater
 
     grid = make_grid(cfg["num_frames"], 2, cfg["size"], cfg["patch"])
     model = build_model(f"vit_{cfg['model']}_patch16_224", cfg, device, grid=grid, num_classes=400)
     optimizer = build_benchmark_optimizer(model, layer_decay=0.75)
     videos = torch.randn(cfg["batch_size"], 3, grid.num_frames, *grid.input_size, device=device)
     labels = torch.randint(0, 400, (cfg["batch_size"],), device=device)
-    criterion = torch.nn.CrossEntropyLoss()
-    step_cfg = FinetuneStep(device=device, amp_dtype=amp_dtype_of(cfg))
+    loss_fn = Classification(torch.nn.CrossEntropyLoss(), device, amp_dtype_of(cfg))
+    update = Updater(model, optimizer)
     model.train()
 
-    def loss() -> torch.Tensor:
-        return classification_loss(model, criterion, videos, labels, step_cfg)
-
     def step() -> None:
-        backward_and_update(loss(), model, optimizer, step_cfg, update=True)
+        update(loss_fn(model, (videos, labels)))
 
-    return step, lambda: loss().backward(), grid, model
+    return step, lambda: loss_fn(model, (videos, labels)).backward(), grid, model
 
 
 def amp_dtype_of(cfg: dict) -> torch.dtype | None:

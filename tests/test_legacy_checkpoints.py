@@ -1,7 +1,7 @@
 """Checkpoints written by the code before the one-driver redesign (e228dd5) still resume, --eval and --finetune.
 
-tests/fixtures/checkpoints_e228dd5/ holds one epoch of pre-training and one of fine-tuning made by that code on
-this suite's demo dataset, and what that code printed when it resumed and tested them (expected.json).
+tests/fixtures/checkpoints_e228dd5/ holds one epoch of pre-training and one of fine-tuning made by that code, the
+clips they were trained on (data/), and what that code printed when it resumed and tested them (expected.json).
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from launch_helpers import run
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "checkpoints_e228dd5"
 EXPECTED = json.loads((FIXTURES / "expected.json").read_text())
+DATA = FIXTURES / "data"
 
 
 def flags(kind: str, *extra: str) -> list[str]:
@@ -27,12 +28,12 @@ def last_record(out: Path) -> dict:
 
 
 @pytest.mark.parametrize("kind", ["pretrain", "finetune"])
-def test_an_old_checkpoint_resumes_where_it_stopped(demo_root: Path, tmp_path: Path, kind: str) -> None:
+def test_an_old_checkpoint_resumes_where_it_stopped(tmp_path: Path, kind: str) -> None:
     out = tmp_path / kind
     out.mkdir()
     shutil.copy(FIXTURES / f"{kind}-checkpoint-0.pth", out / "checkpoint-0.pth")
-    data = (["--data_path", str(demo_root / "train.csv"), "--data_root", str(demo_root)] if kind == "pretrain"
-            else ["--data_path", str(demo_root)])
+    data = (["--data_path", str(DATA / "train.csv"), "--data_root", str(DATA)] if kind == "pretrain"
+            else ["--data_path", str(DATA)])
     script = "run_mae_pretraining.py" if kind == "pretrain" else "run_class_finetuning.py"
     result = run(script, flags(kind, *data, "--epochs", "2", "--output_dir", str(out)))
     assert f"Resumed from {out / 'checkpoint-0.pth'} (epoch 0); continuing at epoch 1" in result.stdout
@@ -41,18 +42,18 @@ def test_an_old_checkpoint_resumes_where_it_stopped(demo_root: Path, tmp_path: P
     assert epoch_1[0]["train_loss"] == pytest.approx(EXPECTED[kind]["resumed_epoch_1_train_loss"], rel=1e-4)
 
 
-def test_an_old_fine_tuning_checkpoint_tests_as_before(demo_root: Path, tmp_path: Path) -> None:
+def test_an_old_fine_tuning_checkpoint_tests_as_before(tmp_path: Path) -> None:
     out = tmp_path / "eval"
-    run("run_class_finetuning.py", flags("finetune", "--data_path", str(demo_root), "--eval", "--resume",
+    run("run_class_finetuning.py", flags("finetune", "--data_path", str(DATA), "--eval", "--resume",
                                          str(FIXTURES / "finetune-checkpoint-0.pth"), "--output_dir", str(out)))
     record = last_record(out)
     assert (record["eval_test_acc1"], record["eval_test_acc5"]) == (EXPECTED["finetune"]["eval_test_acc1"],
                                                                      EXPECTED["finetune"]["eval_test_acc5"])
 
 
-def test_an_old_pretraining_checkpoint_fine_tunes(demo_root: Path, tmp_path: Path) -> None:
+def test_an_old_pretraining_checkpoint_fine_tunes(tmp_path: Path) -> None:
     out = tmp_path / "ft"
-    result = run("run_class_finetuning.py", flags("finetune", "--data_path", str(demo_root), "--epochs", "1",
+    result = run("run_class_finetuning.py", flags("finetune", "--data_path", str(DATA), "--epochs", "1",
                                                   "--finetune", str(FIXTURES / "pretrain-checkpoint-0.pth"),
                                                   "--output_dir", str(out)))
     # What e228dd5 reported for this file: every encoder tensor loaded, only the new head missing.

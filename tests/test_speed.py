@@ -253,9 +253,9 @@ def test_bf16_autocast_layer_norm_and_loss_are_computed_in_fp32():
         got = norm(x)
     expected = torch.nn.functional.layer_norm(x.float(), (128,), norm.weight, norm.bias, norm.eps)
     assert torch.equal(got.float(), expected.bfloat16().float())
-    from engine_for_finetuning import FinetuneStep, classification_loss
-    loss = classification_loss(model, torch.nn.CrossEntropyLoss(), torch.randn(2, 3, 4, 32, 32), torch.tensor([0, 2]),
-                               FinetuneStep(device=torch.device("cpu"), amp_dtype=torch.bfloat16))
+    from engine_for_finetuning import Classification
+    loss = Classification(torch.nn.CrossEntropyLoss(), torch.device("cpu"), torch.bfloat16)(
+        model, (torch.randn(2, 3, 4, 32, 32), torch.tensor([0, 2])))
     assert loss.dtype == torch.float32
 
 
