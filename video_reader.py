@@ -76,7 +76,8 @@ def read_frames(reader: Any, indices: np.ndarray, path: str) -> torch.Tensor:
 
 
 class PyAVVideo:
-    """A fast reader for the common case (mp4-style files whose container counts the frames), with PyAV.
+    """A fast reader for the common case (mp4-style files whose container counts the frames, and WebM/mkv files
+    whose last frame ends at the container's duration), with PyAV.
 
     Frame ``i`` is the ``i``-th smallest packet timestamp, exactly as decord numbers frames, and the RGB
     conversion is the same, so both give identical frames. Reading seeks to the last keyframe before the
@@ -120,7 +121,8 @@ class PyAVVideo:
                 key.append(packet.is_keyframe)
             order = np.argsort(np.asarray(pts, dtype=np.int64), kind="stable")
             pts_sorted = np.asarray(pts, dtype=np.int64)[order]
-            if (not pts or stream.frames != len(pts) or not key[0] or len(np.unique(pts_sorted)) != len(pts)):
+            if (not pts or not key[0] or len(np.unique(pts_sorted)) != len(pts)
+                    or not _count_matches(container, stream, len(pts), int(pts_sorted[-1]))):
                 raise ValueError("frame count or timestamps differ from the container's")
             # where to seek for frame i: the keyframe with the largest timestamp <= frame i's (its dts if smaller)
             key_pts = np.asarray(pts, dtype=np.int64)[np.asarray(key)]
@@ -168,6 +170,19 @@ class PyAVVideo:
 
     def close(self) -> None:
         self.container.close()
+
+
+def _count_matches(container: Any, stream: Any, count: int, last_pts: int) -> bool:
+    """Whether ``count`` packets, the last at ``last_pts``, are the whole stream: the container's frame count
+    where it keeps one (mp4, mov); else (WebM, mkv) the last frame must end at the container's duration,
+    give or take two frames, which a file cut short does not."""
+    if stream.frames:
+        return stream.frames == count
+    if container.duration is None or stream.time_base is None or not stream.average_rate:
+        return False
+    frame_s = 1 / float(stream.average_rate)
+    end_s = float(last_pts * stream.time_base) + frame_s
+    return abs(end_s - container.duration / 1e6) <= 2 * frame_s
 
 
 BACKENDS = ("auto", "decord")
