@@ -45,11 +45,19 @@ def _source_frames(container: Any, stream: Any, max_fps: Fraction | None) -> Ite
     """The decoded frames to keep (at most ``max_fps`` per second, by timestamp); raises for a file cut short."""
     rate = stream.average_rate or stream.guessed_rate or Fraction(25)
     decoded, kept, last_time = 0, 0, 0.0
-    for index, frame in enumerate(container.decode(stream)):
-        decoded += 1
-        t = frame.time if frame.time is not None else index / float(rate)
-        last_time = t
-        if max_fps is None or t >= (kept - 0.5) / float(max_fps):
+    frames = container.decode(stream)
+    while True:
+        try:
+            frame = next(frames)
+        except StopIteration:
+            break
+        except Exception as e:  # noqa: BLE001  (PyAV's decoding errors)
+            raise ValueError(f"frames cannot be decoded after frame {decoded}, the file is probably truncated or "
+                             f"corrupt ({getattr(e, 'strerror', None) or e})") from e
+        t = frame.time if frame.time is not None else decoded / float(rate)
+        decoded, last_time = decoded + 1, t
+        # output frame `kept` shows at kept / max_fps: the input frame on screen then is the one to keep
+        if max_fps is None or kept / float(max_fps) < t + 1 / float(rate) - 1e-6:
             kept += 1
             yield frame
     if decoded == 0:

@@ -110,15 +110,22 @@ def render_video(seed: int, size: tuple[int, int], num_frames: int) -> np.ndarra
     return out
 
 
-def write_h264(path: str | os.PathLike, frames: np.ndarray, fps: int) -> None:
-    """uint8 [T, H, W, 3] RGB frames as H.264 yuv420p mp4 with libx264's default settings (see X264_OPTIONS)."""
+# libvpx-vp9 as ffmpeg's defaults would run it in constant quality, at libvpx's default keyframe distance (128),
+# with its fastest "good" speed: like Something-Something V2's WebM files.
+VP9_OPTIONS = {"crf": "32", "b": "0", "g": "128", "deadline": "good", "cpu-used": "5", "row-mt": "1", "threads": "2"}
+CODECS = {"h264": ("libx264", ".mp4", X264_OPTIONS), "vp9": ("libvpx-vp9", ".webm", VP9_OPTIONS)}
+
+
+def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int, codec: str = "h264") -> None:
+    """uint8 [T, H, W, 3] RGB frames as yuv420p H.264 mp4 (:data:`X264_OPTIONS`) or VP9 WebM (:data:`VP9_OPTIONS`)."""
     import av
 
+    name, suffix, options = CODECS[codec]
     t, h, w, _ = frames.shape
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=fps)
+    with av.open(str(path), mode="w", format={".mp4": "mp4", ".webm": "webm"}[suffix]) as container:
+        stream = container.add_stream(name, rate=fps)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = dict(X264_OPTIONS)
+        stream.options = dict(options)
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
@@ -133,8 +140,8 @@ def video_size(short_side: int, aspect: float) -> tuple[int, int]:
 
 
 def make_videos(folder: str | os.PathLike, count: int, short_side: int = 320, seconds: float = 10,
-                fps: int = 25, aspect: float = 16 / 9) -> list[str]:
-    """``count`` H.264 mp4 files in ``folder`` (made once, then reused), their paths.
+                fps: int = 25, aspect: float = 16 / 9, codec: str = "h264") -> list[str]:
+    """``count`` H.264 mp4 (or, ``codec="vp9"``, VP9 WebM) files in ``folder`` (made once, then reused), their paths.
 
     Frames are ``short_side`` x ``short_side * aspect`` (568 x 320 by default, as Kinetics at 320 px short
     side), ``seconds * fps`` of them, rendered by :func:`render_video` and encoded as :data:`X264_OPTIONS`
@@ -147,12 +154,13 @@ def make_videos(folder: str | os.PathLike, count: int, short_side: int = 320, se
     num_frames = max(1, int(round(seconds * fps)))
     paths = []
     for i in range(count):
-        path = folder / f"v{VIDEO_VERSION}_{w}x{h}_{num_frames}f_{fps}fps_{i:03d}.mp4"
+        tag = "" if codec == "h264" else f"_{codec}"
+        path = folder / f"v{VIDEO_VERSION}_{w}x{h}_{num_frames}f_{fps}fps{tag}_{i:03d}{CODECS[codec][1]}"
         if not path.is_file():
-            fd, tmp = tempfile.mkstemp(suffix=".mp4", dir=folder)
+            fd, tmp = tempfile.mkstemp(suffix=CODECS[codec][1], dir=folder)
             os.close(fd)
             try:
-                write_h264(tmp, render_video(i, (h, w), num_frames), fps)
+                write_video(tmp, render_video(i, (h, w), num_frames), fps, codec)
                 os.replace(tmp, path)
             finally:
                 if os.path.exists(tmp):
@@ -359,6 +367,61 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+def run_real_size(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The pre-training loader (``ours``) on real-sized sources and on their prepared copies.
+
+    For each of ``args.codecs``: ``args.videos`` generated 1080p sources of ``args.seconds`` s (H.264 as
+    :data:`X264_OPTIONS`, VP9 as :data:`VP9_OPTIONS`), prepared afresh by ``scripts/prepare_videos.py`` at its
+    defaults with one worker (its throughput: ``prep_video_s_per_s_per_worker``), then clips/s of the loader
+    at each of ``args.workers`` on both. Rows carry ``source``, ``speedup`` (prepared over source) and the
+    fields of :func:`measure_loader`; ``args.json`` gets them."""
+    import shutil
+    from prepare_videos import prepare
+    from video_encoding import EncodeConfig
+
+    rows = []
+    for codec in args.codecs:
+        paths = make_videos(Path(args.video_dir) / "real_size", args.videos, 1080, args.seconds, args.fps, codec=codec)
+        prepared_dir = Path(args.video_dir) / "real_size" / f"prepared_{codec}"
+        shutil.rmtree(prepared_dir, ignore_errors=True)
+        list_file = Path(args.video_dir) / "real_size" / f"{codec}.csv"
+        list_file.write_text("".join(f"{os.path.abspath(p)}\n" for p in paths))
+        summary = prepare(str(list_file), str(prepared_dir), EncodeConfig(), workers=1, labels="none", progress=False)
+        if summary["failed"]:
+            raise SystemExit(f"error: preparing the {codec} sources failed: {summary['failures']}")
+        prepared = sorted(str(p) for p in prepared_dir.rglob("*.mp4"))
+        for workers in args.workers:
+            pair = {}
+            for source, files in ((f"1080p {codec.upper()}", paths), (f"prepared from {codec.upper()}", prepared)):
+                row = measure_loader(files, workers, 1, "ours", args.batch_size, args.time, device=args.device,
+                                     extra_args=args.extra_args)
+                row.update(source=source, prep_video_s_per_s_per_worker=summary["video_seconds_per_second_per_worker"],
+                           prep_bytes=(summary["bytes_in"], summary["bytes_out"]))
+                if getattr(args, "verbose", False):
+                    print(f"  {source:20s} workers {workers}: {row['clips_per_s']:.2f} clips/s", flush=True)
+                pair[source.split()[0]] = row
+                rows.append(row)
+            pair["prepared"]["speedup"] = pair["prepared"]["clips_per_s"] / pair["1080p"]["clips_per_s"]
+    if getattr(args, "json", None):
+        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+    return rows
+
+
+def real_size_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The rows of :func:`run_real_size` as a markdown table."""
+    lines = ["| videos | workers | clips/s | clips/s per worker | speed-up | preparation (video-s/s per worker) "
+             "| MB in -> out |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        prep = r["source"].startswith("prepared")
+        extra = ["", "", ""]
+        if prep:
+            extra = [f"{r['speedup']:.1f}x", f"{r['prep_video_s_per_s_per_worker']:.2f}",
+                     "{:.1f} -> {:.1f}".format(*(b / 1e6 for b in r["prep_bytes"]))]
+        lines.append(f"| {r['source']} | {r['workers']} | {r['clips_per_s']:.2f} | {r['clips_per_s_per_worker']:.2f} "
+                     f"| {' | '.join(extra)} |")
+    return "\n".join(lines)
+
+
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     """The rows of :func:`run` as a markdown table."""
     lines = ["| pipeline | workers | num_sample | clips/s | clips/s per worker | speed-up over baseline "
@@ -392,6 +455,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--extra_args", nargs=argparse.REMAINDER, default=[],
                    help="more pre-training grid, data or masking flags for the loader (last on the line), "
                         "e.g. --num_frames 8")
+    p.add_argument("--real_size", action="store_true",
+                   help="instead: 1080p sources (--codecs) against their prepare_videos.py copies (ours only)")
+    p.add_argument("--codecs", nargs="+", choices=tuple(CODECS), default=list(CODECS),
+                   help="--real_size: the sources' codecs")
     p.add_argument("--json", default=None, help="write the rows here")
     p.add_argument("--verbose", action="store_true", help="print each figure as it comes")
     return p
@@ -404,6 +471,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.real_size:
+        rows = run_real_size(args)
+        print(f"Pre-training loader, {args.videos} video(s) of {args.seconds:g} s per codec at 1080p and prepared "
+              f"(scripts/prepare_videos.py defaults); batch {args.batch_size}, device {args.device}")
+        print(real_size_table(rows))
+        return
     rows = run(args)
     print(f"Data loader, {rows[0]['videos']}; {torch.get_num_threads()} torch threads, device {args.device}")
     print(markdown_table(rows))

@@ -345,8 +345,6 @@ def prepare(src: str, dst: str, config: EncodeConfig, workers: int = 1, labels: 
     jobs = plan_jobs(root, entries, label_of, dst)
     os.makedirs(dst, exist_ok=True)
     stale = remove_stale_temp_files(dst)
-    if stale and progress:
-        print(f"removed {stale} unfinished output(s) of an earlier run", file=sys.stderr)
     old = {} if retry_failed else _known_failures(dst)
     skip = {j.src for j in jobs if j.src in old and _unchanged(j.src, *old[j.src][1:])}
     results = run_jobs([j for j in jobs if j.src not in skip], config, workers, progress)
@@ -360,6 +358,7 @@ def prepare(src: str, dst: str, config: EncodeConfig, workers: int = 1, labels: 
                 failures.append((r["src"], r["reason"], -1, -1))
     write_outputs(dst, results, classes, sorted(failures))
     summary = summarize(results, len(skip), workers, time.perf_counter() - start)
+    summary["unfinished_outputs_removed"] = stale
     summary["config"] = asdict(config)
     summary["failures"] = [(p, reason) for p, reason, *_ in sorted(failures)]
     _write_atomically(os.path.join(dst, SUMMARY_NAME), json.dumps(summary, indent=1) + "\n")
@@ -409,6 +408,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if summary["unfinished_outputs_removed"]:
+        print(f"removed {summary['unfinished_outputs_removed']} unfinished output(s) of an earlier run")
     for path, reason in summary["failures"]:
         print(f"failed: {path}: {reason}")
     if summary["prepared_now"] == 0 and summary["failed"] == summary["known_failures_skipped"]:

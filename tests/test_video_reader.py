@@ -44,6 +44,19 @@ def test_both_backends_read_the_same_frames_and_clips_share_one_decode(videos: l
         VideoFile(videos[0], backend="pyav")
 
 
+def test_webm_vp9_is_read_by_pyav_with_decords_frames_but_not_when_cut(tmp_path: Path) -> None:
+    import decord
+    path = tmp_path / "clip.webm"
+    loader_bench.write_video(path, loader_bench.render_video(0, (64, 96), 40), 25, codec="vp9")
+    fast, reader = VideoFile(str(path)).fast, decord.VideoReader(str(path), num_threads=1)
+    assert fast is not None and len(fast) == len(reader) == 40  # WebM keeps no frame count: PyAV indexes it
+    for indices in (np.array([0, 1]), np.array([6, 17, 39])):
+        assert np.array_equal(fast.read(indices), reader.get_batch(indices.tolist()).asnumpy())
+    data = path.read_bytes()
+    (tmp_path / "cut.webm").write_bytes(data[:len(data) * 2 // 3])
+    assert PyAVVideo.open(str(tmp_path / "cut.webm")) is None  # ends before the container's duration
+
+
 def test_unreadable_files_are_named_with_a_one_line_reason(tmp_path: Path) -> None:
     with pytest.raises(VideoDecodeError, match=r"cannot decode video .*missing\.mp4: file not found") as e:
         open_video(str(tmp_path / "missing.mp4"))
