@@ -455,18 +455,6 @@ def prune_epoch_checkpoints(output_dir: str | Path, keep: int) -> list[Path]:
     return removed
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    except OverflowError:  # no such pid can exist
-        return False
-    return True
-
-
 def remove_stale_temp_files(output_dir: str | Path) -> tuple[int, int]:
     """Remove the temporary files our writers left in ``output_dir`` (and in its DeepSpeed ``checkpoint-*``
     folders) when killed: ``.{name}.{pid}.tmp`` of a checkpoint or safetensors file whose writing process
@@ -484,7 +472,7 @@ def remove_stale_temp_files(output_dir: str | Path) -> tuple[int, int]:
     for folder in folders:
         for p in folder.iterdir():
             match = _TEMP_FILE.match(p.name)
-            if match is None or _process_alive(int(match.group(2))):
+            if match is None or utils.process_alive(int(match.group(2))):
                 continue
             try:
                 info = p.lstat()

@@ -128,6 +128,19 @@ def _slurm_master_addr() -> str:
         return head
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OverflowError:  # no such pid can exist
+        return False
+    return True
+
+
 def is_dist() -> bool:
     return dist.is_available() and dist.is_initialized()
 

@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from utils import process_alive  # noqa: E402
 from video_encoding import EncodeConfig, probe_prepared, transcode_ffmpeg, transcode_pyav  # noqa: E402
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".flv", ".mpg", ".mpeg", ".ogv", ".3gp", ".wmv")
@@ -208,20 +209,10 @@ def remove_stale_temp_files(dst: str) -> int:
     for folder, _, files in os.walk(dst):
         for name in files:
             match = _TEMP.match(name)
-            if match and not _process_alive(int(match.group(1))):
+            if match and not process_alive(int(match.group(1))):
                 os.remove(os.path.join(folder, name))
                 removed += 1
     return removed
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
 
 
 def _write_atomically(path: str, text: str) -> None:
