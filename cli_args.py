@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from pathlib import Path
 
@@ -198,11 +199,21 @@ def _compile_problems(backend: str | None, device: torch.device) -> list[str]:
 
 def _optim_problems(args: argparse.Namespace) -> list[str]:
     problems = []
+    for flag in ("lr", "min_lr", "warmup_lr", "weight_decay", "weight_decay_end", "clip_grad"):
+        value = getattr(args, flag)
+        if value is not None and not math.isfinite(value):
+            problems.append(f"--{flag} must be a finite number, got {value}")
     if args.lr <= 0:
         problems.append(f"--lr must be positive, got {args.lr}")
     for flag in ("min_lr", "warmup_lr", "weight_decay", "warmup_epochs"):
         if getattr(args, flag) < 0:
             problems.append(f"--{flag} must be 0 or more, got {getattr(args, flag)}")
+    if args.min_lr > args.lr > 0:
+        problems.append(f"--min_lr {args.min_lr:g} is above --lr {args.lr:g}: the cosine would raise the learning "
+                        f"rate; give a --min_lr below --lr")
+    if args.warmup_steps <= 0 and args.warmup_epochs > args.epochs:
+        problems.append(f"--warmup_epochs {args.warmup_epochs} is longer than the run's --epochs {args.epochs}: the "
+                        f"learning rate would never reach --lr; warm up for --epochs or fewer")
     if args.weight_decay_end is not None and args.weight_decay_end < 0:
         problems.append(f"--weight_decay_end must be 0 or more, got {args.weight_decay_end}")
     if args.clip_grad is not None and args.clip_grad < 0:

@@ -265,7 +265,8 @@ def run_test(args: argparse.Namespace, trainer: Trainer) -> dict[str, Any]:
     test_set, _ = build_dataset("test", cli_args.classification_data_config(args), trainer.grid)
     loader = make_loader(test_set, args, train=False, device=trainer.device)
     out_file = Path(args.output_dir) / f"test_results_rank{utils.get_rank()}.jsonl"
-    final_test(loader, trainer.model_without_ddp, trainer.device, out_file, trainer.amp_dtype)
+    with trainer.phase("the final test" if trainer.checkpoints is not None else "the test"):
+        final_test(trainer.stoppable(loader), trainer.model_without_ddp, trainer.device, out_file, trainer.amp_dtype)
     data = loader.end_epoch()
     if utils.is_dist():
         torch.distributed.barrier()
@@ -367,7 +368,7 @@ def restore(trainer: Trainer, found: FoundCheckpoint) -> None:
 
 def validate(args: argparse.Namespace, trainer: Trainer, loader: Any, epoch: int, record: dict[str, Any]) -> None:
     """Validation after an epoch: into the epoch's record, and ``checkpoint-best.pth`` when it is the best."""
-    val = evaluate(loader, trainer.model_without_ddp, trainer.device, trainer.amp_dtype, sharded=args.dist_eval)
+    val = evaluate(trainer.stoppable(loader), trainer.model_without_ddp, trainer.device, trainer.amp_dtype, sharded=args.dist_eval)
     record.update({f"val_{k}": v for k, v in {**val, **loader.end_epoch()}.items()})
     extra = trainer.progress.extra
     if val["acc1"] > extra["best_acc1"]:
