@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,16 +71,23 @@ def evaluate(loader: Iterable, model: torch.nn.Module, device: torch.device, amp
 
 @torch.no_grad()
 def final_test(loader: Iterable, model: torch.nn.Module, device: torch.device, out_file: str | Path,
-               amp_dtype: torch.dtype | None = None) -> None:
-    """Score every test view and write one JSON line per view: video id, view, label, logits."""
+               amp_dtype: torch.dtype | None = None, print_freq: int = 20) -> None:
+    """Score every test view and write one JSON line per view: video id, view, label, logits. The file appears
+    complete or not at all (written under a temporary name, renamed at the end)."""
     model.eval()
-    progress = utils.ProgressLogger("Test", print_freq=20)
-    with open(out_file, "w", encoding="utf-8") as f:
-        for videos, labels, video_ids, views in progress.log_every(loader):
-            with utils.amp_autocast(device, amp_dtype):
-                logits = model(videos.to(device)).float().cpu()
-            for logit, label, vid, view in zip(logits, labels.tolist(), video_ids.tolist(), views.tolist()):
-                f.write(json.dumps({"id": vid, "view": view, "label": label, "logits": logit.tolist()}) + "\n")
+    progress = utils.ProgressLogger("Test", print_freq=print_freq)
+    out_file = Path(out_file)
+    tmp = out_file.with_name(f".{out_file.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for videos, labels, video_ids, views in progress.log_every(loader):
+                with utils.amp_autocast(device, amp_dtype):
+                    logits = model(videos.to(device)).float().cpu()
+                for logit, label, vid, view in zip(logits, labels.tolist(), video_ids.tolist(), views.tolist()):
+                    f.write(json.dumps({"id": vid, "view": view, "label": label, "logits": logit.tolist()}) + "\n")
+        os.replace(tmp, out_file)
+    finally:
+        tmp.unlink(missing_ok=True)  # a stop or an error leaves no partial file
 
 
 def merge_test_results(files: Iterable[str | Path]) -> dict[str, float]:

@@ -266,7 +266,8 @@ def run_test(args: argparse.Namespace, trainer: Trainer) -> dict[str, Any]:
     loader = make_loader(test_set, args, train=False, device=trainer.device)
     out_file = Path(args.output_dir) / f"test_results_rank{utils.get_rank()}.jsonl"
     with trainer.phase("the final test" if trainer.checkpoints is not None else "the test"):
-        final_test(trainer.stoppable(loader), trainer.model_without_ddp, trainer.device, out_file, trainer.amp_dtype)
+        final_test(trainer.stoppable(loader), trainer.model_without_ddp, trainer.device, out_file, trainer.amp_dtype,
+                   args.print_freq)
     data = loader.end_epoch()
     if utils.is_dist():
         torch.distributed.barrier()
@@ -353,7 +354,7 @@ def train(args: argparse.Namespace, trainer: Trainer, train_set: Any, found: Fou
     test = run_test(args, trainer)
     trainer.log({**{f"test_{k}": v for k, v in test.items()}, "checkpoint": tested})
     if trainer.tb is not None:
-        trainer.tb.update("test", step=args.epochs, acc1=test["acc1"], acc5=test["acc5"])
+        trainer.tb.update("test", step=trainer.epoch_step(args.epochs - 1), acc1=test["acc1"], acc5=test["acc5"])
     return {**test, "checkpoint": tested}
 
 
@@ -376,7 +377,7 @@ def validate(args: argparse.Namespace, trainer: Trainer, loader: Any, epoch: int
         trainer.save_weights("checkpoint-best.pth", epoch)
     print(f"Best val acc@1 so far: {extra['best_acc1']:.2f}")
     if trainer.tb is not None:
-        trainer.tb.update("val", step=epoch, **{k: val[k] for k in ("acc1", "acc5", "loss")})
+        trainer.tb.update("val", step=trainer.epoch_step(epoch), **{k: val[k] for k in ("acc1", "acc5", "loss")})
 
 
 if __name__ == "__main__":

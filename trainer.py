@@ -347,13 +347,19 @@ class Trainer:
                 print_saved_and_export_safetensors(path, state, self.grid, self.flags, self.cfg.save_safetensors)
         self.log(record)
         if self.tb is not None:
-            self.tb.update("epoch", step=epoch, **{k[len("train_"):]: v for k, v in record.items()
-                                                   if k.startswith("train_")})
-            self.tb.update("data", step=epoch, skipped_videos=record["skipped_videos"],
+            step = self.epoch_step(epoch)
+            self.tb.update("epoch", step=step, **{k[len("train_"):]: v for k, v in record.items()
+                                                  if k.startswith("train_")})
+            self.tb.update("data", step=step, skipped_videos=record["skipped_videos"],
                            bad_video_files=record["bad_video_files"])
             self.tb.flush()
         if not last:
             self.checkpoints.stop_if_requested()
+
+    def epoch_step(self, epoch: int) -> int:
+        """The global step of ``epoch``'s last update: where TensorBoard plots the epoch's figures, on the same
+        axis as the per-step ones (and so that a resume's purge of later steps covers them too)."""
+        return (epoch + 1) * self.steps_per_epoch - 1
 
     def train_one_epoch(self, loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor], epoch: int,
                         first_batch: int) -> dict[str, float]:
