@@ -14,6 +14,7 @@ import pathlib
 import pickle
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import warnings
@@ -28,6 +29,8 @@ import torch
 
 import checkpoint
 import data_health
+import launch_helpers as lh
+import resume
 from datasets import (PretrainingDataConfig, UnreadableDataError, UnreadableVideoWarning, VideoClsEvalDataset,
                       VideoMAEPretrainDataset)
 from demo_data import render_clip, write_mp4
@@ -511,3 +514,54 @@ def test_full_disk_during_a_save_leaves_the_checkpoints_intact(cli) -> None:
             f"replaced; checkpoints saved earlier in {out} are intact") in err
     assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["checkpoint-0.pth"], "no temporary file left"
     assert checkpoint.load_checkpoint(out / "checkpoint-0.pth")["epoch"] == 0
+
+
+# ---------------------------------------------------------------- 6. signals in every phase (real processes)
+
+def test_a_stop_signal_during_the_final_test_exits_75_and_the_rerun_only_tests(demo_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    flags = [*lh.FINETUNE, "--data_path", str(demo_root), "--batch_size", "4", "--epochs", "1", "--num_workers", "0",
+             "--output_dir", str(out), "--test_num_segment", "1", "--test_num_crop", "1",
+             "--disable_eval_during_finetuning"]  # 2 test batches; the stop during validation: test_trainer
+    status, text = lh.run_and_signal("run_class_finetuning.py", flags, "Test [1/", signal.SIGUSR1)
+    assert status == resume.EXIT_REQUEUE, text[-3000:]
+    assert "stopped by SIGUSR1 during the final test after saving" in text and "Traceback" not in text
+    assert (out / "checkpoint-0.pth").is_file(), "training is kept"
+    assert not list(out.glob("test_results_rank*")) and not list(out.glob(".*.tmp")), "no partial test results"
+
+    again = lh.run("run_class_finetuning.py", flags)
+    assert "continuing at epoch 1" in again.stdout and "Epoch [" not in again.stdout, "nothing is trained again"
+    assert "Test (1 x 1 views per video, 8 videos)" in again.stdout
+    logged = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
+    assert [r.get("epoch") for r in logged] == [0, None] and "test_acc1" in logged[1]
+
+
+def test_ctrl_c_saves_latest_and_exits_130_without_a_traceback(demo_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    stray = out / f".checkpoint-latest.pth.{2 ** 22 + 17}.tmp"  # above pid_max's default: its writer is gone
+    stray.write_bytes(b"\0" * 3_000_000)
+    flags = [*lh.PRETRAIN, "--data_path", str(demo_root / "train.csv"), "--data_root", str(demo_root), "--batch_size",
+             "4", "--epochs", "1", "--num_workers", "0", "--output_dir", str(out)]
+    status, text = lh.run_and_signal("run_mae_pretraining.py", flags, "Epoch [1/1] [1/4]", signal.SIGINT)
+    assert status == resume.EXIT_CTRL_C, text[-3000:]
+    assert "Ctrl-C: saving checkpoint-latest at the next step boundary" in text and "Traceback" not in text
+    assert "stopped by SIGINT after saving" in text
+    assert f"Removed 1 temporary files (3.0 MB) that interrupted saves left in {out}" in text
+    assert not stray.exists()
+    assert checkpoint.load_checkpoint(out / "checkpoint-latest.pth")["next_batch"] >= 1
+
+
+def test_a_second_ctrl_c_stops_at_once_with_status_130() -> None:
+    from trainer import launch
+
+    def body(device: str | None) -> None:
+        with resume.StopSignals() as stop:
+            signal.raise_signal(signal.SIGINT)  # the first is recorded ...
+            assert stop.received == signal.SIGINT
+            signal.raise_signal(signal.SIGINT)  # ... the second stops
+            raise AssertionError("not reached")
+
+    with pytest.raises(SystemExit) as stopped:
+        launch(body, "cpu")
+    assert stopped.value.code == resume.EXIT_CTRL_C
