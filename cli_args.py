@@ -316,6 +316,8 @@ def fail_if(problems: list[str]) -> None:
 
 def writable_dir_problems(folder: str, flag: str) -> list[str]:
     path = Path(folder)
+    if path.exists() and not path.is_dir():
+        return [f"{flag} {folder} is a file, not a folder"]
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"

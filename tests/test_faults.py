@@ -565,3 +565,23 @@ def test_a_second_ctrl_c_stops_at_once_with_status_130() -> None:
     with pytest.raises(SystemExit) as stopped:
         launch(body, "cpu")
     assert stopped.value.code == resume.EXIT_CTRL_C
+
+
+def test_flag_values_that_used_to_get_through_are_refused_naming_the_flag(tmp_path: Path) -> None:
+    import cli_args
+    import run_mae_pretraining
+    a_file = write_text(tmp_path / "a_file", "not a folder")
+    cases = {
+        ("--lr", "nan"): "--lr must be a finite number, got nan",
+        ("--lr", "inf"): "--lr must be a finite number, got inf",
+        ("--lr", "1e-3", "--min_lr", "1e-2"): "--min_lr 0.01 is above --lr 0.001: the cosine would raise the learning",
+        ("--warmup_epochs", "5", "--epochs", "1"): "--warmup_epochs 5 is longer than the run's --epochs 1",
+        ("--output_dir", str(a_file)): f"--output_dir {a_file} is a file, not a folder",
+    }
+    for flags, message in cases.items():
+        args = run_mae_pretraining.get_args_parser().parse_args(
+            [*PRETRAIN, "--output_dir", str(tmp_path / "out"), *flags])
+        assert any(message in problem for problem in cli_args.validate_common(args, ())[1]), flags
+    fine = run_mae_pretraining.get_args_parser().parse_args([*PRETRAIN, "--output_dir", str(tmp_path / "out"),
+                                                            "--warmup_epochs", "1", "--epochs", "1"])
+    assert cli_args.validate_common(fine, ())[1] == []
