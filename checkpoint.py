@@ -301,6 +301,13 @@ def check_checkpoint_grid(ckpt: dict[str, Any], grid: PatchGrid, path: str | Pat
 def load_model_state(model: torch.nn.Module, ckpt: dict[str, Any], path: str | Path, model_name: str) -> None:
     """Load ``ckpt["model"]`` into ``model`` exactly, or raise :class:`CheckpointError` saying what does not fit
     (no state dict, tensors of another shape, missing or unexpected names) before anything is changed."""
+    check_model_state(model, ckpt, path, model_name)
+    utils.unwrap_model(model).load_state_dict(ckpt["model"])
+
+
+def check_model_state(model: torch.nn.Module, ckpt: dict[str, Any], path: str | Path, model_name: str) -> None:
+    """Raise :class:`CheckpointError` unless ``ckpt["model"]`` fits ``model`` exactly (names and shapes; a model on
+    the meta device will do)."""
     sd = ckpt.get("model")
     if not isinstance(sd, dict):
         raise CheckpointError(f"{path} holds no 'model' state dict (keys: {sorted(ckpt)[:8]})")
@@ -319,7 +326,6 @@ def load_model_state(model: torch.nn.Module, ckpt: dict[str, Any], path: str | P
             details.append(f"{len(unexpected)} unexpected, e.g. {unexpected[:3]}")
         raise CheckpointError(f"{path} does not fit --model {model_name} at this grid ({'; '.join(details)}); "
                               f"is it from another model size or grid?")
-    utils.unwrap_model(model).load_state_dict(sd)
 
 
 # ---------------------------------------------------------------- names and discovery

@@ -297,18 +297,31 @@ def run(args: argparse.Namespace, grid: PatchGrid, device: str | None) -> dict[s
         # before data and model, so that a checkpoint of another grid is refused before any heavy work
         found = None if args.eval else choose_checkpoint(args.resume, args.auto_resume, args.output_dir, grid,
                                                          folders=args.enable_deepspeed, other_grid_hint=FINETUNE_HINT)
+        build_model = functools.partial(
+            create_video_model, args.model, grid=grid, drop_rate=args.drop, attn_drop_rate=args.attn_drop_rate,
+            drop_path_rate=args.drop_path, fc_drop_rate=args.fc_drop_rate, init_scale=args.init_scale,
+            use_mean_pooling=args.use_mean_pooling, pos_embed=args.pos_embed, use_checkpoint=args.use_checkpoint)
+        refuse_misfit_early(trainer, found, build_model)
         train_set, nb_classes = build_dataset("train", cli_args.classification_data_config(args), grid)
         args.nb_classes = nb_classes
-        model = trainer.prepare_model(create_video_model(
-            args.model, grid=grid, num_classes=nb_classes, drop_rate=args.drop, attn_drop_rate=args.attn_drop_rate,
-            drop_path_rate=args.drop_path, fc_drop_rate=args.fc_drop_rate, init_scale=args.init_scale,
-            use_mean_pooling=args.use_mean_pooling, pos_embed=args.pos_embed, use_checkpoint=args.use_checkpoint))
+        model = trainer.prepare_model(build_model(num_classes=nb_classes))
         print(f"Model {args.model}: {trainer.n_parameters / 1e6:.2f} M parameters, {nb_classes} classes")
         if args.eval:
             return evaluate_only(args, trainer)
         if found is None and args.finetune:
             load_finetune(args, model, trainer.ema)
         return train(args, trainer, train_set, found)
+
+
+def refuse_misfit_early(trainer: Trainer, found: FoundCheckpoint | None, build_model: Any) -> None:
+    """A checkpoint of another model size is refused before any data is read: its trunk is checked against the
+    model at the head size the file holds (the class count is checked against the data when loading)."""
+    head = (found.state.get("model") or {}).get("head.weight") if found is not None else None
+    try:
+        trainer.refuse_misfit(found, functools.partial(build_model, num_classes=head.shape[0] if head is not None
+                                                       and head.ndim == 2 else 2))
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}{pretraining_model_hint(found.state)}") from None
 
 
 def evaluate_only(args: argparse.Namespace, trainer: Trainer) -> dict[str, Any]:

@@ -25,9 +25,9 @@ import data_health
 import resume
 import utils
 from attention import configure_attention
-from checkpoint import (LATEST, CheckpointError, CheckpointSaveError, FoundCheckpoint, checkpoint_state, link_atomically,
-                        load_model_state, print_saved_and_export_safetensors, prune_epoch_checkpoints,
-                        remove_stale_temp_files, save_checkpoint)
+from checkpoint import (LATEST, CheckpointError, CheckpointSaveError, FoundCheckpoint, check_model_state,
+                        checkpoint_state, link_atomically, load_model_state, print_saved_and_export_safetensors,
+                        prune_epoch_checkpoints, remove_stale_temp_files, save_checkpoint)
 from datasets import UnreadableDataError
 from optim_factory import apply_schedules
 from patch_grid import PatchGrid
@@ -264,6 +264,15 @@ class Trainer:
             state = self.state(epoch, full=False)
             path = save_checkpoint(self.output_dir / name, state)
             print_saved_and_export_safetensors(path, state, self.grid, self.flags, self.cfg.save_safetensors)
+
+    def refuse_misfit(self, found: FoundCheckpoint | None, build_model: Callable[[], torch.nn.Module]) -> None:
+        """Before any data or model is built: raise :class:`CheckpointError` unless ``found``'s weights fit the
+        model ``build_model`` makes, built on the meta device (shapes only, no memory, no initialisation)."""
+        if found is None or "model" not in found.state:  # (a DeepSpeed folder's weights are checked on loading)
+            return
+        with torch.device("meta"):
+            skeleton = build_model()
+        check_model_state(skeleton, found.state, found.path, self.cfg.model_name)
 
     def restore(self, found: FoundCheckpoint) -> None:
         """Continue from ``found``: weights, EMA, optimizer and scaler, RNG states and position."""

@@ -585,3 +585,19 @@ def test_flag_values_that_used_to_get_through_are_refused_naming_the_flag(tmp_pa
     fine = run_mae_pretraining.get_args_parser().parse_args([*PRETRAIN, "--output_dir", str(tmp_path / "out"),
                                                             "--warmup_epochs", "1", "--epochs", "1"])
     assert cli_args.validate_common(fine, ())[1] == []
+
+
+def test_a_checkpoint_of_another_model_size_is_refused_before_data_and_model(demo_root: Path, tmp_path: Path,
+                                                                             capsys: pytest.CaptureFixture) -> None:
+    import run_mae_pretraining
+    from models import create_video_model
+    tiny = create_video_model("pretrain_videomae_tiny_patch16_224", grid=GRID, decoder_depth=1)
+    args = run_mae_pretraining.get_args_parser().parse_args(
+        [*PRETRAIN, "--data_path", str(demo_root / "train.csv"), "--data_root", str(demo_root), "--batch_size", "4",
+         "--output_dir", str(tmp_path / "out"), "--resume", str(tmp_path / "tiny.pth")])
+    checkpoint.save_checkpoint(tmp_path / "tiny.pth", checkpoint.checkpoint_state(tiny, GRID, args, 0))
+    with pytest.raises(SystemExit, match=r"^error: .*tiny\.pth does not fit --model pretrain_videomae_micro_patch16_224 "
+                                         r"at this grid \(\d+ tensors of another shape"):
+        run_mae_pretraining.main(args)
+    printed = capsys.readouterr().out
+    assert "Patch grid" in printed and "Model " not in printed and "videos, " not in printed, printed
