@@ -6,7 +6,7 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -90,8 +90,11 @@ def final_test(loader: Iterable, model: torch.nn.Module, device: torch.device, o
         tmp.unlink(missing_ok=True)  # a stop or an error leaves no partial file
 
 
-def merge_test_results(files: Iterable[str | Path]) -> dict[str, float]:
-    """Average softmax over each video's views (views seen twice, e.g. from padded samplers, count once)."""
+def merge_test_results(files: Iterable[str | Path], views_per_video: int | None = None) -> dict[str, Any]:
+    """Average softmax over each video's views (views seen twice, e.g. from padded samplers, count once).
+
+    With ``views_per_video`` only videos with all their views are scored; ``incomplete`` lists the ids of the
+    others (some views unreadable)."""
     per_video: dict[int, dict[int, np.ndarray]] = defaultdict(dict)
     labels: dict[int, int] = {}
     for path in files:
@@ -104,6 +107,9 @@ def merge_test_results(files: Iterable[str | Path]) -> dict[str, float]:
                 probs = np.exp(logits - logits.max())
                 per_video[rec["id"]][rec["view"]] = probs / probs.sum()
                 labels[rec["id"]] = rec["label"]
+    incomplete = sorted(i for i, v in per_video.items() if views_per_video and len(v) != views_per_video)
+    for i in incomplete:
+        del per_video[i]
     if not per_video:
         raise ValueError("no test results to merge")
     scores = torch.tensor(np.stack([np.mean(list(v.values()), axis=0) for v in per_video.values()]))
@@ -111,4 +117,4 @@ def merge_test_results(files: Iterable[str | Path]) -> dict[str, float]:
     top1, top5 = topk_correct(scores, targets)
     n = len(per_video)
     return {"acc1": 100 * top1 / n, "acc5": 100 * top5 / n, "videos": n,
-            "views_per_video": float(np.mean([len(v) for v in per_video.values()]))}
+            "views_per_video": float(np.mean([len(v) for v in per_video.values()])), "incomplete": incomplete}

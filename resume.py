@@ -318,9 +318,13 @@ class StopChecked:
             dist.all_reduce(count, op=dist.ReduceOp.MAX)
             checks = int(count.item())
         batches = iter(self.loader)
-        for i in range(checks):
+        for _ in range(checks):
             signum = self.stop.agreed(self.device)
             if signum:
                 raise StopRequested(signum)
-            if i < own:
-                yield next(batches)
+            batch = next(batches, _END)  # (a loader may yield fewer: batches of unreadable videos only)
+            if batch is not _END:
+                yield batch
+
+
+_END = object()

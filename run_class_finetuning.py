@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from models import create_video_model
 from optim_factory import build_optimizer
 from patch_grid import PatchGrid
 from trainer import Trainer, launch
-from video_lists import DATA_SETS
+from video_lists import DATA_SETS, read_records
 
 
 FINETUNE_HINT = " To fine-tune from its weights at this run's grid, pass it to --finetune instead."
@@ -261,7 +262,8 @@ def load_finetune(args: argparse.Namespace, model: torch.nn.Module, model_ema) -
 
 
 def run_test(args: argparse.Namespace, trainer: Trainer) -> dict[str, Any]:
-    """Every test view scored into per-rank result files, merged into per-video accuracy."""
+    """Every test view scored into per-rank result files, merged into per-video accuracy over the videos whose
+    views are all readable; the others are counted (``left_out``) and named (``left_out_videos``)."""
     test_set, _ = build_dataset("test", cli_args.classification_data_config(args), trainer.grid)
     loader = make_loader(test_set, args, train=False, device=trainer.device)
     out_file = Path(args.output_dir) / f"test_results_rank{utils.get_rank()}.jsonl"
@@ -272,17 +274,46 @@ def run_test(args: argparse.Namespace, trainer: Trainer) -> dict[str, Any]:
     if utils.is_dist():
         torch.distributed.barrier()
     files = [Path(args.output_dir) / f"test_results_rank{r}.jsonl" for r in range(utils.get_world_size())]
-    stats = {**merge_test_results(files), **data}
+    try:
+        stats = {**merge_test_results(files, test_set.views_per_video), **data}
+    except ValueError:
+        raise SystemExit(f"error: none of the {len(test_set.records)} test videos can be read (listed above); "
+                         f"the trained checkpoints in {args.output_dir} are kept") from None
+    incomplete = {test_set.records[i].path for i in stats.pop("incomplete")}
+    stats["left_out"] = len(test_set.records) - stats["videos"]
+    stats["left_out_videos"] = sorted(incomplete | set(data["bad_videos"]))
     if utils.is_main_process():
-        print(f"Test ({args.test_num_segment} x {args.test_num_crop} views per video, {stats['videos']} videos): "
-              f"acc@1 {stats['acc1']:.2f}  acc@5 {stats['acc5']:.2f}")
+        left_out = (f"; {stats['left_out']} unreadable videos left out: {', '.join(stats['left_out_videos'][:5])}"
+                    f"{' ...' if stats['left_out'] > 5 else ''}" if stats["left_out"] else "")
+        print(f"Test ({args.test_num_segment} x {args.test_num_crop} views per video, {stats['videos']} videos"
+              f"{left_out}): acc@1 {stats['acc1']:.2f}  acc@5 {stats['acc5']:.2f}")
     return stats
+
+
+def warn_missing_evaluation_videos(args: argparse.Namespace) -> None:
+    """Before any training: name the validation and test videos that do not exist (a cheap check; --check_data
+    also decodes them). The evaluations will leave them out."""
+    if args.data_path is None or args.check_data:
+        return
+    lists = cli_args.video_lists_config(args)
+    modes = ("test",) if args.eval else ("test",) if args.disable_eval_during_finetuning else ("validation", "test")
+    for mode in modes:
+        try:
+            records = read_records(mode, lists)[0]
+        except (OSError, ValueError):
+            continue  # reported by the flag checks
+        missing = [r for r in records if not os.path.exists(r.path)]
+        if missing:
+            named = ", ".join(f"{r.path} ({r.where})" for r in missing[:3]) + (" ..." if len(missing) > 3 else "")
+            print(f"warning: {len(missing)} of the {len(records)} {mode} videos do not exist: {named}; the {mode} "
+                  f"will leave them out (--check_data also checks that every video decodes)")
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Fine-tune and test (or with --eval only test). Returns the test's figures (``acc1``, ``acc5``, ``videos``,
     ...) with ``checkpoint``: the file tested, or "final weights"."""
     grid = validate_args(args)
+    warn_missing_evaluation_videos(args)
     if args.check_data:
         data_health.run_check_data(cli_args.video_lists_config(args), args.num_workers, args.fname_tmpl)
     cli_args.use_demo_data_if_no_data_path(args, finetuning=True)
@@ -381,9 +412,15 @@ def restore(trainer: Trainer, found: FoundCheckpoint) -> None:
 
 
 def validate(args: argparse.Namespace, trainer: Trainer, loader: Any, epoch: int, record: dict[str, Any]) -> None:
-    """Validation after an epoch: into the epoch's record, and ``checkpoint-best.pth`` when it is the best."""
-    val = evaluate(trainer.stoppable(loader), trainer.model_without_ddp, trainer.device, trainer.amp_dtype, sharded=args.dist_eval)
-    record.update({f"val_{k}": v for k, v in {**val, **loader.end_epoch()}.items()})
+    """Validation after an epoch: into the epoch's record, and ``checkpoint-best.pth`` when it is the best. The
+    figures are over the readable videos only (unreadable ones are left out and named, never replaced)."""
+    val = evaluate(trainer.stoppable(loader), trainer.model_without_ddp, trainer.device, trainer.amp_dtype,
+                   sharded=args.dist_eval)
+    data = loader.end_epoch()
+    record.update({f"val_{k}": v for k, v in {**val, **data}.items()})
+    if data["bad_video_files"] and utils.is_main_process():
+        print(f"Validation figures are over the {val['count']} readable clips; {data['bad_video_files']} unreadable "
+              f"videos were left out")
     extra = trainer.progress.extra
     if val["acc1"] > extra["best_acc1"]:
         extra["best_acc1"] = val["acc1"]

@@ -204,6 +204,12 @@ def cli(media: Path, broken_list: Path, demo_root: Path, evil: SimpleNamespace,
     demo_test = (demo_root / "test.csv").read_text().splitlines()
     write_text(ft_lists / "test.csv", "\n".join(demo_test[:3] + ["videos/no_label.mp4", "videos/x.mp4 abc",
                                                                  "videos/y.mp4 8"]) + "\n")
+    eval_lists = tmp / "eval_lists"  # validation and test: the 8 demo test clips and 4 broken videos
+    eval_lists.mkdir()
+    write_text(eval_lists / "train.csv", (demo_root / "train.csv").read_text())
+    broken_eval = [f"{media / name} {i}" for i, name in enumerate(BROKEN)]
+    for name in ("val.csv", "test.csv"):
+        write_text(eval_lists / name, "\n".join(demo_test[:8] + broken_eval) + "\n")
     mnt = tmp / "tmpfs"
     mountable = can_mount_tmpfs(mnt)
     pool = ThreadPoolExecutor(3)
@@ -237,6 +243,10 @@ def cli(media: Path, broken_list: Path, demo_root: Path, evil: SimpleNamespace,
         return run("run_mae_pretraining.py", *PRETRAIN, "--data_path", demo_root / "train.csv", "--data_root",
                    demo_root, "--output_dir", mnt, "--batch_size", "8", "--epochs", "2"), mnt
 
+    jobs["broken_eval"] = pool.submit(
+        run, "run_class_finetuning.py", *FINETUNE, "--data_path", eval_lists, "--data_root", demo_root, "--nb_classes",
+        "8", "--batch_size", "4", "--epochs", "1", "--test_num_segment", "2", "--test_num_crop", "2", "--output_dir",
+        tmp / "broken_eval")
     jobs["too_many_bad"] = pool.submit(
         run, "run_mae_pretraining.py", *PRETRAIN, "--data_path", broken_list, "--output_dir", tmp / "too_many",
         "--batch_size", "8", "--epochs", "1")  # default --max_bad_fraction 0.05: 2 of 40
@@ -379,6 +389,24 @@ def test_too_many_broken_videos_stop_the_run_with_examples(cli, media: Path) -> 
     assert "of the 40 videos of" in err and "more than --max_bad_fraction 0.05 allows (2)" in err
     assert any(str(media / name) in err for name in BROKEN)
     assert "--check_data" in err
+
+
+def test_evaluation_scores_readable_videos_only_and_names_the_rest(cli, media: Path) -> None:
+    result = cli["broken_eval"].result()
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert out.index(f"warning: 1 of the 12 validation videos do not exist: {media / 'missing.mp4'}") < \
+        out.index("Epoch [1/1]"), "missing evaluation videos are named before training"
+    assert "(left out of the figures; each file is reported once)" in out and "replaced by another" not in out
+    folder = Path(re.search(r"Saved (\S+)checkpoint-0\.pth", out).group(1))
+    epoch, test = [json.loads(line) for line in (folder / "log.txt").read_text().splitlines()]
+    broken = sorted(str(media / name) for name in BROKEN)
+    assert epoch["val_count"] + epoch["val_bad_video_files"] == 12 and epoch["val_bad_videos"] == \
+        sorted(epoch["val_bad_videos"]) and set(epoch["val_bad_videos"]) >= set(broken) - {str(media / "cut_midstream.mp4")}
+    assert (test["test_videos"], test["test_views_per_video"], test["test_left_out"]) == (8, 4.0, 4)
+    assert test["test_left_out_videos"] == broken
+    assert "Test (2 x 2 views per video, 8 videos; 4 unreadable videos left out: " in out
+    assert checkpoint.load_checkpoint(folder / "checkpoint-best.pth")["best_acc1"] == epoch["val_acc1"]
 
 
 def test_check_data_reports_every_bad_video(cli, media: Path, broken_list: Path) -> None:
@@ -567,7 +595,8 @@ def test_a_second_ctrl_c_stops_at_once_with_status_130() -> None:
     assert stopped.value.code == resume.EXIT_CTRL_C
 
 
-def test_flag_values_that_used_to_get_through_are_refused_naming_the_flag(tmp_path: Path) -> None:
+def test_flag_values_that_used_to_get_through_are_refused_naming_the_flag(tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture) -> None:
     import cli_args
     import run_mae_pretraining
     a_file = write_text(tmp_path / "a_file", "not a folder")
@@ -575,16 +604,18 @@ def test_flag_values_that_used_to_get_through_are_refused_naming_the_flag(tmp_pa
         ("--lr", "nan"): "--lr must be a finite number, got nan",
         ("--lr", "inf"): "--lr must be a finite number, got inf",
         ("--lr", "1e-3", "--min_lr", "1e-2"): "--min_lr 0.01 is above --lr 0.001: the cosine would raise the learning",
-        ("--warmup_epochs", "5", "--epochs", "1"): "--warmup_epochs 5 is longer than the run's --epochs 1",
         ("--output_dir", str(a_file)): f"--output_dir {a_file} is a file, not a folder",
     }
     for flags, message in cases.items():
         args = run_mae_pretraining.get_args_parser().parse_args(
             [*PRETRAIN, "--output_dir", str(tmp_path / "out"), *flags])
         assert any(message in problem for problem in cli_args.validate_common(args, ())[1]), flags
-    fine = run_mae_pretraining.get_args_parser().parse_args([*PRETRAIN, "--output_dir", str(tmp_path / "out"),
-                                                            "--warmup_epochs", "1", "--epochs", "1"])
-    assert cli_args.validate_common(fine, ())[1] == []
+    long_warmup = run_mae_pretraining.get_args_parser().parse_args([*PRETRAIN, "--output_dir", str(tmp_path / "out"),
+                                                                   "--warmup_epochs", "5", "--epochs", "1"])
+    capsys.readouterr()
+    assert cli_args.validate_common(long_warmup, ())[1] == []  # allowed, with a warning up front
+    assert ("warning: --warmup_epochs 5 is longer than the run's --epochs 1: the warmup is cut to the run, so the "
+            "learning rate rises all run long and never decays") in capsys.readouterr().out
 
 
 def test_a_checkpoint_of_another_model_size_is_refused_before_data_and_model(demo_root: Path, tmp_path: Path,
