@@ -338,14 +338,16 @@ def test_no_readable_video_left_names_the_files(media: Path) -> None:
         ds[0]
 
 
-def test_eval_views_of_an_unreadable_video_come_from_another(media: Path) -> None:
+def test_eval_views_of_an_unreadable_video_are_left_out_never_replaced(media: Path) -> None:
+    from datasets import CollateWithBad
     records = [VideoRecord(str(media / "random_bytes.mp4"), 0, "list", 1),
                VideoRecord(str(media / "short 5 frames.mp4"), 1, "list", 2)]
     ds = VideoClsEvalDataset(records, GRID, 2, num_segments=2, num_crops=3, with_view=True)
     ds.report_bad = True
-    (video, label, video_index, view), bad = ds[4]  # video 0, segment 1, crop 1
-    assert (label, video_index, view) == (1, 1, 4) and bad[0][0].endswith("random_bytes.mp4")
-    assert torch.equal(video, ds[1 * 6 + 4][0][0]), "the same view of the other video"
+    item, bad = ds[4]  # video 0, segment 1, crop 1
+    assert item is None and len(bad) == 1 and bad[0][0].endswith("random_bytes.mp4")
+    (videos, labels, video_index, views), bad = CollateWithBad()([ds[4], ds[1 * 6 + 4]])
+    assert video_index.tolist() == [1] and views.tolist() == [4] and len(bad) == 1, "only the readable view"
 
 
 def test_tracker_warns_once_counts_per_epoch_and_stops(capsys: pytest.CaptureFixture) -> None:
