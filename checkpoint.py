@@ -232,10 +232,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if CHECKSUM not in obj:
         print(f"note: {path} carries no checksum of its tensors (an older PATCHES run's, or VideoMAE's): loaded "
               f"without verifying it")
-    elif obj[CHECKSUM] != tensor_checksum(obj):
+    elif obj.pop(CHECKSUM) != tensor_checksum(obj):
         raise CheckpointError(f"{path} is corrupt: its tensors do not match the checksum written with them (bytes "
                               f"changed on disk or in a copy); it was not used")
-    return obj
+    return obj  # as it was given to save_checkpoint
 
 
 def _load_failure_message(path: Path, e: BaseException) -> str:
