@@ -279,8 +279,8 @@ class StopSignals:
             if self.received:
                 raise KeyboardInterrupt
             # os.write: print could re-enter a buffered write that the signal interrupted
-            os.write(2, b"\nCtrl-C: saving checkpoint-latest at the next step boundary, then stopping; "
-                        b"press Ctrl-C again to stop at once (losing what was not saved)\n")
+            os.write(2, b"\nCtrl-C: stopping at the next step boundary (training saves checkpoint-latest first); "
+                        b"press Ctrl-C again to stop at once, losing what was not saved\n")
         self.received = self.received or signum
 
     def agreed(self, device: torch.device) -> int:

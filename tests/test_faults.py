@@ -575,7 +575,7 @@ def test_ctrl_c_saves_latest_and_exits_130_without_a_traceback(demo_root: Path, 
              "4", "--epochs", "1", "--num_workers", "0", "--output_dir", str(out)]
     status, text = lh.run_and_signal("run_mae_pretraining.py", flags, "Epoch [1/1] [1/4]", signal.SIGINT)
     assert status == resume.EXIT_CTRL_C, text[-3000:]
-    assert "Ctrl-C: saving checkpoint-latest at the next step boundary" in text and "Traceback" not in text
+    assert "Ctrl-C: stopping at the next step boundary (training saves checkpoint-latest first)" in text and "Traceback" not in text
     assert "stopped by SIGINT after saving" in text
     assert f"Removed 1 temporary files (3.0 MB) that interrupted saves left in {out}" in text
     assert not stray.exists()
