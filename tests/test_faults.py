@@ -551,8 +551,8 @@ def test_full_disk_during_a_save_leaves_the_checkpoints_intact(cli) -> None:
 def test_a_stop_signal_during_the_final_test_exits_75_and_the_rerun_only_tests(demo_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     flags = [*lh.FINETUNE, "--data_path", str(demo_root), "--batch_size", "4", "--epochs", "1", "--num_workers", "0",
-             "--output_dir", str(out), "--test_num_segment", "1", "--test_num_crop", "1",
-             "--disable_eval_during_finetuning"]  # 2 test batches; the stop during validation: test_trainer
+             "--output_dir", str(out), "--disable_eval_during_finetuning"]  # (stopping in validation: test_trainer)
+    # 2 x 2 views of 8 videos, 8 test batches: the signal lands while batches are left, however loaded the CPU
     status, text = lh.run_and_signal("run_class_finetuning.py", flags, "Test [1/", signal.SIGUSR1)
     assert status == resume.EXIT_REQUEUE, text[-3000:]
     assert "stopped by SIGUSR1 during the final test after saving" in text and "Traceback" not in text
@@ -561,7 +561,7 @@ def test_a_stop_signal_during_the_final_test_exits_75_and_the_rerun_only_tests(d
 
     again = lh.run("run_class_finetuning.py", flags)
     assert "continuing at epoch 1" in again.stdout and "Epoch [" not in again.stdout, "nothing is trained again"
-    assert "Test (1 x 1 views per video, 8 videos)" in again.stdout
+    assert "Test (2 x 2 views per video, 8 videos)" in again.stdout
     logged = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
     assert [r.get("epoch") for r in logged] == [0, None] and "test_acc1" in logged[1]
 
