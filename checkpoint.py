@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import hashlib
 import json
 import os
 import re
@@ -28,6 +29,7 @@ from patch_grid import GridError, PatchGrid, recorded_grid
 CHECKPOINT_FORMAT = "patches-checkpoint-v1"
 SAFETENSORS_FORMAT = "patches-safetensors-v1"
 LATEST = "checkpoint-latest"
+CHECKSUM = "tensor_checksum"  # the key of a checkpoint's own checksum, see tensor_checksum()
 # What save_checkpoint, save_safetensors and link_atomically write first: ".{name}.{pid}.tmp".
 _TEMP_FILE = re.compile(r"^\.(checkpoint[^/]*\.(?:pth|safetensors))\.(\d+)\.tmp$")
 
@@ -56,9 +58,11 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
 
     A crash or kill while saving leaves the previous file untouched (at worst a stray ``.tmp``). A
     write that fails (no space left on the device, quota, I/O error) removes the temporary file and
-    raises :class:`CheckpointSaveError` saying so.
+    raises :class:`CheckpointSaveError` saying so. The file carries a checksum of its tensors
+    (:func:`tensor_checksum`), verified by :func:`load_checkpoint`.
     """
     path = Path(path)
+    state = {**{k: v for k, v in state.items() if k != CHECKSUM}, CHECKSUM: tensor_checksum(state)}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_path(path)
     try:
@@ -165,6 +169,28 @@ def save_safetensors(path: str | Path, state_dict: dict[str, torch.Tensor], grid
     return path
 
 
+def tensor_checksum(state: dict[str, Any]) -> str:
+    """SHA-256 over every tensor of ``state`` (name, dtype, shape and bytes, in key order), the checksum entry
+    itself left out: torch.load does not check its archive's CRCs, so flipped bytes in tensor data would load."""
+    digest = hashlib.sha256()
+
+    def walk(name: str, value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous()
+            digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+            digest.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+        elif isinstance(value, dict):
+            for key in sorted(value, key=str):
+                if not (name == "" and key == CHECKSUM):
+                    walk(f"{name}/{key}", value[key])
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                walk(f"{name}/{i}", item)
+
+    walk("", state)
+    return digest.hexdigest()
+
+
 # ---------------------------------------------------------------- reading
 
 class CheckpointError(ValueError):
@@ -203,7 +229,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(_load_failure_message(path, e)) from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint dictionary")
-    return obj
+    if CHECKSUM not in obj:
+        print(f"note: {path} carries no checksum of its tensors (an older PATCHES run's, or VideoMAE's): loaded "
+              f"without verifying it")
+    elif obj.pop(CHECKSUM) != tensor_checksum(obj):
+        raise CheckpointError(f"{path} is corrupt: its tensors do not match the checksum written with them (bytes "
+                              f"changed on disk or in a copy); it was not used")
+    return obj  # as it was given to save_checkpoint
 
 
 def _load_failure_message(path: Path, e: BaseException) -> str:
@@ -269,6 +301,13 @@ def check_checkpoint_grid(ckpt: dict[str, Any], grid: PatchGrid, path: str | Pat
 def load_model_state(model: torch.nn.Module, ckpt: dict[str, Any], path: str | Path, model_name: str) -> None:
     """Load ``ckpt["model"]`` into ``model`` exactly, or raise :class:`CheckpointError` saying what does not fit
     (no state dict, tensors of another shape, missing or unexpected names) before anything is changed."""
+    check_model_state(model, ckpt, path, model_name)
+    utils.unwrap_model(model).load_state_dict(ckpt["model"])
+
+
+def check_model_state(model: torch.nn.Module, ckpt: dict[str, Any], path: str | Path, model_name: str) -> None:
+    """Raise :class:`CheckpointError` unless ``ckpt["model"]`` fits ``model`` exactly (names and shapes; a model on
+    the meta device will do)."""
     sd = ckpt.get("model")
     if not isinstance(sd, dict):
         raise CheckpointError(f"{path} holds no 'model' state dict (keys: {sorted(ckpt)[:8]})")
@@ -287,7 +326,6 @@ def load_model_state(model: torch.nn.Module, ckpt: dict[str, Any], path: str | P
             details.append(f"{len(unexpected)} unexpected, e.g. {unexpected[:3]}")
         raise CheckpointError(f"{path} does not fit --model {model_name} at this grid ({'; '.join(details)}); "
                               f"is it from another model size or grid?")
-    utils.unwrap_model(model).load_state_dict(sd)
 
 
 # ---------------------------------------------------------------- names and discovery
@@ -355,39 +393,52 @@ def epoch_checkpoint_files(output_dir: str | Path, folders: bool = False) -> lis
     return sorted(found)
 
 
-def _load_or_warn(path: Path, folders: bool) -> dict[str, Any] | None:
+def _try_load(path: Path, folders: bool, failures: list[str]) -> dict[str, Any] | None:
+    """``path``'s contents, or None with a warning, and why added to ``failures``."""
     if folders and not path.exists():
-        print(f"warning: skipping {path.parent}: it has no {path.name} (a save that did not finish)")
-        return None
-    try:
-        return load_checkpoint(path)
-    except CheckpointError as e:
-        print(f"warning: skipping {path}: {e}")
-        return None
+        failure = f"{path.parent}: it has no {path.name} (a save that did not finish)"
+    else:
+        try:
+            return load_checkpoint(path)
+        except CheckpointError as e:
+            failure = f"{path}: {e}"
+    print(f"warning: skipping {failure}")
+    failures.append(failure)
+    return None
 
 
 def find_checkpoint(output_dir: str | Path, folders: bool = False) -> FoundCheckpoint | None:
-    """The checkpoint furthest into training that loads, and its contents.
+    """The checkpoint furthest into training that loads, and its contents; None when there is no checkpoint.
 
     ``checkpoint-latest`` is preferred unless an epoch checkpoint is further on; a file that does not
-    load (truncated, corrupt) is skipped with a warning naming it. With ``folders`` the candidates are
-    DeepSpeed checkpoint folders, judged by the ``checkpoint.pth`` written last into each.
+    load (truncated, corrupt, failing its checksum) is skipped with a warning naming it, and the fall-back is
+    said. Checkpoints that exist but of which none loads raise :class:`CheckpointError` listing each file and
+    why, rather than starting over on top of the old run. With ``folders`` the candidates are DeepSpeed
+    checkpoint folders, judged by the ``checkpoint.pth`` written last into each.
     """
     unknown, known = [], []
     for path, pos in _candidates(Path(output_dir), folders):
         (unknown if pos is None else known).append((path, pos))
     best: tuple[tuple[int, int], Path, dict[str, Any]] | None = None
+    failures: list[str] = []
     for path, _ in unknown:
-        ckpt = _load_or_warn(path, folders)
+        ckpt = _try_load(path, folders, failures)
         if ckpt is not None and (best is None or resume_position(ckpt) > best[0]):
             best = (resume_position(ckpt), path, ckpt)
     for path, pos in sorted(known, key=lambda c: c[1], reverse=True):  # type: ignore[arg-type, return-value]
         if best is not None and pos <= best[0]:
             break
-        ckpt = _load_or_warn(path, folders)
+        ckpt = _try_load(path, folders, failures)
         if ckpt is not None:
             best = (resume_position(ckpt), path, ckpt)
             break
+    if best is None and failures:
+        raise CheckpointError(
+            f"--auto_resume: none of the {len(failures)} checkpoints in {output_dir} loads:\n  "
+            + "\n  ".join(failures) + "\nTo start afresh, pass --no_auto_resume (the files stay, a new run "
+            "overwrites them) or choose another --output_dir; to resume, restore a good checkpoint there")
+    if best is not None and failures:
+        print(f"Auto-resume: falling back to {best[1]}, the newest checkpoint that loads")
     return None if best is None else FoundCheckpoint(best[1], best[2])
 
 
@@ -405,12 +456,17 @@ def choose_checkpoint(resume_path: str, auto_resume: bool, output_dir: str | Pat
             path = Path(resume_path)
             choice[0] = str(path / "checkpoint.pth" if path.is_dir() else path)
         elif auto_resume:
-            found = find_checkpoint(output_dir, folders)
-            choice[0] = str(found.path) if found else None
+            try:
+                found = find_checkpoint(output_dir, folders)
+            except CheckpointError as e:
+                found, choice[0] = None, f"error: {e}"
+            choice[0] = str(found.path) if found else choice[0]
     if utils.is_dist():
         dist.broadcast_object_list(choice, src=0)
     if choice[0] is None:
         return None
+    if choice[0].startswith("error: "):
+        raise SystemExit(choice[0])
     try:
         ckpt = load_checkpoint(choice[0])
         fresh = "leave out --resume" if resume_path else "use another --output_dir or --no_auto_resume"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from pathlib import Path
 
@@ -169,6 +170,10 @@ def validate_common(args: argparse.Namespace, positive: tuple[str, ...]) -> tupl
     if args.log_dir:
         problems += writable_dir_problems(args.log_dir, "--log_dir")
     problems += _optim_problems(args)
+    if args.warmup_steps <= 0 and args.warmup_epochs > args.epochs:
+        # a warning, not a refusal: short trial runs (--epochs 1) keep fine-tuning's default warmup of 5
+        print(f"warning: --warmup_epochs {args.warmup_epochs} is longer than the run's --epochs {args.epochs}: the "
+              f"warmup is cut to the run, so the learning rate rises all run long and never decays")
     if not 0 <= args.max_bad_fraction <= 1:
         problems.append(f"--max_bad_fraction must be in [0, 1], got {args.max_bad_fraction}")
     if args.check_data and args.data_path is None:
@@ -198,11 +203,18 @@ def _compile_problems(backend: str | None, device: torch.device) -> list[str]:
 
 def _optim_problems(args: argparse.Namespace) -> list[str]:
     problems = []
+    for flag in ("lr", "min_lr", "warmup_lr", "weight_decay", "weight_decay_end", "clip_grad"):
+        value = getattr(args, flag)
+        if value is not None and not math.isfinite(value):
+            problems.append(f"--{flag} must be a finite number, got {value}")
     if args.lr <= 0:
         problems.append(f"--lr must be positive, got {args.lr}")
     for flag in ("min_lr", "warmup_lr", "weight_decay", "warmup_epochs"):
         if getattr(args, flag) < 0:
             problems.append(f"--{flag} must be 0 or more, got {getattr(args, flag)}")
+    if args.min_lr > args.lr > 0:
+        problems.append(f"--min_lr {args.min_lr:g} is above --lr {args.lr:g}: the cosine would raise the learning "
+                        f"rate; give a --min_lr below --lr")
     if args.weight_decay_end is not None and args.weight_decay_end < 0:
         problems.append(f"--weight_decay_end must be 0 or more, got {args.weight_decay_end}")
     if args.clip_grad is not None and args.clip_grad < 0:
@@ -305,6 +317,8 @@ def fail_if(problems: list[str]) -> None:
 
 def writable_dir_problems(folder: str, flag: str) -> list[str]:
     path = Path(folder)
+    if path.exists() and not path.is_dir():
+        return [f"{flag} {folder} is a file, not a folder"]
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"

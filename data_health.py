@@ -38,9 +38,11 @@ class BadVideoTracker:
     """
 
     def __init__(self, loader: Any, num_videos: int, max_bad_fraction: float, source: str,
-                 sharded: bool = True) -> None:
+                 sharded: bool = True, fate: str = "replaced by another video") -> None:
+        # ``fate``: what becomes of an unreadable video's items, for the warning (evaluation: "left out ...")
         self.loader, self.num_videos, self.max_bad_fraction, self.source = loader, num_videos, max_bad_fraction, source
         self.sharded = sharded  # each process reads its own share (else every process reads everything)
+        self.fate = fate
         self.seen: dict[str, str] = {}  # every unreadable file of the run -> reason
         self._epoch_files: dict[str, str] = {}
         self._epoch_skips = 0
@@ -57,7 +59,8 @@ class BadVideoTracker:
         for batch, bad in self.loader:
             if bad:
                 self.add(bad)
-            yield batch
+            if batch is not None:  # (None: all its items were unreadable, and not replaced)
+                yield batch
 
     def add(self, bad: Iterable[tuple[str, str]]) -> None:
         """Record skipped ``(path, reason)`` pairs; warn about new files; stop when there are too many."""
@@ -68,8 +71,8 @@ class BadVideoTracker:
             if path not in self.seen:
                 self.seen[path] = reason
                 # sys.stdout rather than print: every rank's files are news, also where print is main-only
-                sys.stdout.write(f"{prefix}warning: skipping unreadable video {path}: {reason} (replaced by "
-                                 f"another video; each file is reported once)\n")
+                sys.stdout.write(f"{prefix}warning: skipping unreadable video {path}: {reason} ({self.fate}; each "
+                                 f"file is reported once)\n")
                 sys.stdout.flush()
         self.check()
 

@@ -64,8 +64,10 @@ def classification_train_loader(dataset: Dataset, config: LoaderConfig, num_samp
 def evaluation_loader(dataset: Dataset, config: LoaderConfig, device: torch.device, sharded: bool,
                       source: str) -> BadVideoTracker:
     """Every item of a classification dataset once, in order; with ``sharded`` each process takes its share
-    (:class:`resume.ShardSampler`). Unreadable videos are reported as those of ``source``."""
+    (:class:`resume.ShardSampler`). Unreadable videos are left out of the batches (never replaced) and reported
+    as those of ``source``; they never stop the run (the figures say how many were left out)."""
     dataset.report_bad = True  # type: ignore[attr-defined]
+    dataset.replace_unreadable = False  # type: ignore[attr-defined]
     if sharded:
         sampler = ShardSampler(len(dataset), utils.get_world_size(), utils.get_rank())  # type: ignore[arg-type]
     else:
@@ -73,8 +75,8 @@ def evaluation_loader(dataset: Dataset, config: LoaderConfig, device: torch.devi
     loader = DataLoader(dataset, sampler=sampler, batch_size=config.batch_size, num_workers=config.num_workers,
                         pin_memory=config.pin_memory and device.type == "cuda",
                         collate_fn=CollateWithBad(collate_fn_for(1)))
-    return BadVideoTracker(loader, len(dataset.records), config.max_bad_fraction, source,  # type: ignore[attr-defined]
-                           sharded=sharded)
+    return BadVideoTracker(loader, len(dataset.records), 1.0, source, sharded=sharded,  # type: ignore[attr-defined]
+                           fate="left out of the figures")
 
 
 def pretraining_loader(data: PretrainingDataConfig, config: LoaderConfig, grid: PatchGrid,

@@ -96,10 +96,13 @@ class SkipsUnreadableVideos:
     By default every skipped file is reported with an :class:`UnreadableVideoWarning` (shown once per
     file and process). With :attr:`report_bad` set, items instead become ``(item, bad)`` where ``bad``
     lists ``(path, reason)`` of the skipped files: batch those with :class:`CollateWithBad`, which
-    carries the list through DataLoader worker processes to the main process.
+    carries the list through DataLoader worker processes to the main process. Without
+    :attr:`replace_unreadable` (evaluation) nothing is replaced: such an item is ``(None, bad)``, which
+    :class:`CollateWithBad` leaves out of its batch.
     """
 
     report_bad: bool = False
+    replace_unreadable: bool = True
     max_replacements: int = MAX_REPLACEMENTS
 
     def _robust_item(self, index: int, load: Callable[[int], Any],
@@ -110,7 +113,7 @@ class SkipsUnreadableVideos:
                 item = load(index)
             except VideoDecodeError as e:
                 bad.append((str(e.path), e.reason))
-                next_index = replacement(index)
+                next_index = replacement(index) if self.replace_unreadable else None
                 if next_index is None:
                     break
                 index = next_index
@@ -121,6 +124,8 @@ class SkipsUnreadableVideos:
                 # one fixed location: the warnings registry then shows each file's message once per process
                 warnings.warn(f"skipped unreadable video {path}: {reason}", UnreadableVideoWarning, stacklevel=2)
             return item
+        if self.report_bad and not self.replace_unreadable:
+            return None, tuple(bad)
         tried = "; ".join(f"{path} ({reason})" for path, reason in bad[:5])
         raise UnreadableDataError(f"no readable video for this item after trying {len(bad)}: {tried}; "
                                   f"check the data with --check_data")
@@ -138,6 +143,7 @@ class CollateWithBad:
     """Collate ``(item, bad)`` pairs of a dataset with ``report_bad`` set into ``(batch, bad)``.
 
     ``batch`` is what ``inner`` makes of the items, ``bad`` the concatenated ``(path, reason)`` list.
+    Items that are None (unreadable, not replaced) are left out; a batch of nothing else is None.
     A plain class rather than a closure, so that it pickles into spawned worker processes.
     """
 
@@ -145,7 +151,8 @@ class CollateWithBad:
         self.inner = inner
 
     def __call__(self, batch: list) -> tuple[Any, list[tuple[str, str]]]:
-        return self.inner([item for item, _ in batch]), [b for _, bad in batch for b in bad]
+        items = [item for item, _ in batch if item is not None]
+        return self.inner(items) if items else None, [b for _, bad in batch for b in bad]
 
 
 # ---- pre-training -------------------------------------------------------------------------------
@@ -311,10 +318,12 @@ class VideoClsEvalDataset(SkipsUnreadableVideos, Dataset):
     Segments come from :func:`segment_clip_indices`, crops from :class:`EvalTransform`
     (short side resized to ``short_side``, then ``num_crops`` crops spread along the axis with
     slack). Item ``i`` is ``(video, label, video_index)``, plus ``view = segment * num_crops + crop``
-    when ``with_view``; ``len`` is videos x segments x crops. An unreadable video's views are replaced
-    by the same views of other videos (with those videos' labels and indices, so a multi-view test
-    merges them as repeats and leaves the unreadable video out); see :class:`SkipsUnreadableVideos`.
+    when ``with_view``; ``len`` is videos x segments x crops. An unreadable video's views are never
+    replaced by another video's (figures count only what they say): with ``report_bad`` they come out as
+    ``(None, bad)`` and are left out of the batch, see :class:`SkipsUnreadableVideos`.
     """
+
+    replace_unreadable = False
 
     def __init__(self, records: Sequence[VideoRecord], grid: PatchGrid, sampling_rate: int,
                  short_side: int | None = None, num_segments: int = 1, num_crops: int = 1, with_view: bool = False,

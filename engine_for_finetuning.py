@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -70,20 +71,30 @@ def evaluate(loader: Iterable, model: torch.nn.Module, device: torch.device, amp
 
 @torch.no_grad()
 def final_test(loader: Iterable, model: torch.nn.Module, device: torch.device, out_file: str | Path,
-               amp_dtype: torch.dtype | None = None) -> None:
-    """Score every test view and write one JSON line per view: video id, view, label, logits."""
+               amp_dtype: torch.dtype | None = None, print_freq: int = 20) -> None:
+    """Score every test view and write one JSON line per view: video id, view, label, logits. The file appears
+    complete or not at all (written under a temporary name, renamed at the end)."""
     model.eval()
-    progress = utils.ProgressLogger("Test", print_freq=20)
-    with open(out_file, "w", encoding="utf-8") as f:
-        for videos, labels, video_ids, views in progress.log_every(loader):
-            with utils.amp_autocast(device, amp_dtype):
-                logits = model(videos.to(device)).float().cpu()
-            for logit, label, vid, view in zip(logits, labels.tolist(), video_ids.tolist(), views.tolist()):
-                f.write(json.dumps({"id": vid, "view": view, "label": label, "logits": logit.tolist()}) + "\n")
+    progress = utils.ProgressLogger("Test", print_freq=print_freq)
+    out_file = Path(out_file)
+    tmp = out_file.with_name(f".{out_file.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for videos, labels, video_ids, views in progress.log_every(loader):
+                with utils.amp_autocast(device, amp_dtype):
+                    logits = model(videos.to(device)).float().cpu()
+                for logit, label, vid, view in zip(logits, labels.tolist(), video_ids.tolist(), views.tolist()):
+                    f.write(json.dumps({"id": vid, "view": view, "label": label, "logits": logit.tolist()}) + "\n")
+        os.replace(tmp, out_file)
+    finally:
+        tmp.unlink(missing_ok=True)  # a stop or an error leaves no partial file
 
 
-def merge_test_results(files: Iterable[str | Path]) -> dict[str, float]:
-    """Average softmax over each video's views (views seen twice, e.g. from padded samplers, count once)."""
+def merge_test_results(files: Iterable[str | Path], views_per_video: int | None = None) -> dict[str, Any]:
+    """Average softmax over each video's views (views seen twice, e.g. from padded samplers, count once).
+
+    With ``views_per_video`` only videos with all their views are scored; ``incomplete`` lists the ids of the
+    others (some views unreadable)."""
     per_video: dict[int, dict[int, np.ndarray]] = defaultdict(dict)
     labels: dict[int, int] = {}
     for path in files:
@@ -96,6 +107,9 @@ def merge_test_results(files: Iterable[str | Path]) -> dict[str, float]:
                 probs = np.exp(logits - logits.max())
                 per_video[rec["id"]][rec["view"]] = probs / probs.sum()
                 labels[rec["id"]] = rec["label"]
+    incomplete = sorted(i for i, v in per_video.items() if views_per_video and len(v) != views_per_video)
+    for i in incomplete:
+        del per_video[i]
     if not per_video:
         raise ValueError("no test results to merge")
     scores = torch.tensor(np.stack([np.mean(list(v.values()), axis=0) for v in per_video.values()]))
@@ -103,4 +117,4 @@ def merge_test_results(files: Iterable[str | Path]) -> dict[str, float]:
     top1, top5 = topk_correct(scores, targets)
     n = len(per_video)
     return {"acc1": 100 * top1 / n, "acc5": 100 * top5 / n, "videos": n,
-            "views_per_video": float(np.mean([len(v) for v in per_video.values()]))}
+            "views_per_video": float(np.mean([len(v) for v in per_video.values()])), "incomplete": incomplete}

@@ -108,7 +108,7 @@ class TransformerStack(nn.Module):
                  drop_rate: float = 0.0, attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0,
                  init_values: float | None = None, use_checkpoint: bool = False):
         super().__init__()
-        rates = [float(r) for r in torch.linspace(0, drop_path_rate, depth)] if depth else []
+        rates = [float(r) for r in torch.linspace(0, drop_path_rate, depth, device="cpu")] if depth else []
         self.blocks = nn.ModuleList([
             Block(dim, num_heads, qkv_bias=qkv_bias, mlp_ratio=mlp_ratio, proj_drop=drop_rate,
                   attn_drop=attn_drop_rate, drop_path=rates[i], init_values=init_values or None,

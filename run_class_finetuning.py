@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from models import create_video_model
 from optim_factory import build_optimizer
 from patch_grid import PatchGrid
 from trainer import Trainer, launch
-from video_lists import DATA_SETS
+from video_lists import DATA_SETS, read_records
 
 
 FINETUNE_HINT = " To fine-tune from its weights at this run's grid, pass it to --finetune instead."
@@ -261,26 +262,58 @@ def load_finetune(args: argparse.Namespace, model: torch.nn.Module, model_ema) -
 
 
 def run_test(args: argparse.Namespace, trainer: Trainer) -> dict[str, Any]:
-    """Every test view scored into per-rank result files, merged into per-video accuracy."""
+    """Every test view scored into per-rank result files, merged into per-video accuracy over the videos whose
+    views are all readable; the others are counted (``left_out``) and named (``left_out_videos``)."""
     test_set, _ = build_dataset("test", cli_args.classification_data_config(args), trainer.grid)
     loader = make_loader(test_set, args, train=False, device=trainer.device)
     out_file = Path(args.output_dir) / f"test_results_rank{utils.get_rank()}.jsonl"
-    final_test(loader, trainer.model_without_ddp, trainer.device, out_file, trainer.amp_dtype)
+    with trainer.phase("the final test" if trainer.checkpoints is not None else "the test"):
+        final_test(trainer.stoppable(loader), trainer.model_without_ddp, trainer.device, out_file, trainer.amp_dtype,
+                   args.print_freq)
     data = loader.end_epoch()
     if utils.is_dist():
         torch.distributed.barrier()
     files = [Path(args.output_dir) / f"test_results_rank{r}.jsonl" for r in range(utils.get_world_size())]
-    stats = {**merge_test_results(files), **data}
+    try:
+        stats = {**merge_test_results(files, test_set.views_per_video), **data}
+    except ValueError:
+        raise SystemExit(f"error: none of the {len(test_set.records)} test videos can be read (listed above); "
+                         f"the trained checkpoints in {args.output_dir} are kept") from None
+    incomplete = {test_set.records[i].path for i in stats.pop("incomplete")}
+    stats["left_out"] = len(test_set.records) - stats["videos"]
+    stats["left_out_videos"] = sorted(incomplete | set(data["bad_videos"]))
     if utils.is_main_process():
-        print(f"Test ({args.test_num_segment} x {args.test_num_crop} views per video, {stats['videos']} videos): "
-              f"acc@1 {stats['acc1']:.2f}  acc@5 {stats['acc5']:.2f}")
+        left_out = (f"; {stats['left_out']} unreadable videos left out: {', '.join(stats['left_out_videos'][:5])}"
+                    f"{' ...' if stats['left_out'] > 5 else ''}" if stats["left_out"] else "")
+        print(f"Test ({args.test_num_segment} x {args.test_num_crop} views per video, {stats['videos']} videos"
+              f"{left_out}): acc@1 {stats['acc1']:.2f}  acc@5 {stats['acc5']:.2f}")
     return stats
+
+
+def warn_missing_evaluation_videos(args: argparse.Namespace) -> None:
+    """Before any training: name the validation and test videos that do not exist (a cheap check; --check_data
+    also decodes them). The evaluations will leave them out."""
+    if args.data_path is None or args.check_data:
+        return
+    lists = cli_args.video_lists_config(args)
+    modes = ("test",) if args.eval else ("test",) if args.disable_eval_during_finetuning else ("validation", "test")
+    for mode in modes:
+        try:
+            records = read_records(mode, lists)[0]
+        except (OSError, ValueError):
+            continue  # reported by the flag checks
+        missing = [r for r in records if not os.path.exists(r.path)]
+        if missing:
+            named = ", ".join(f"{r.path} ({r.where})" for r in missing[:3]) + (" ..." if len(missing) > 3 else "")
+            print(f"warning: {len(missing)} of the {len(records)} {mode} videos do not exist: {named}; the {mode} "
+                  f"will leave them out (--check_data also checks that every video decodes)")
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Fine-tune and test (or with --eval only test). Returns the test's figures (``acc1``, ``acc5``, ``videos``,
     ...) with ``checkpoint``: the file tested, or "final weights"."""
     grid = validate_args(args)
+    warn_missing_evaluation_videos(args)
     if args.check_data:
         data_health.run_check_data(cli_args.video_lists_config(args), args.num_workers, args.fname_tmpl)
     cli_args.use_demo_data_if_no_data_path(args, finetuning=True)
@@ -295,18 +328,31 @@ def run(args: argparse.Namespace, grid: PatchGrid, device: str | None) -> dict[s
         # before data and model, so that a checkpoint of another grid is refused before any heavy work
         found = None if args.eval else choose_checkpoint(args.resume, args.auto_resume, args.output_dir, grid,
                                                          folders=args.enable_deepspeed, other_grid_hint=FINETUNE_HINT)
+        build_model = functools.partial(
+            create_video_model, args.model, grid=grid, drop_rate=args.drop, attn_drop_rate=args.attn_drop_rate,
+            drop_path_rate=args.drop_path, fc_drop_rate=args.fc_drop_rate, init_scale=args.init_scale,
+            use_mean_pooling=args.use_mean_pooling, pos_embed=args.pos_embed, use_checkpoint=args.use_checkpoint)
+        refuse_misfit_early(trainer, found, build_model)
         train_set, nb_classes = build_dataset("train", cli_args.classification_data_config(args), grid)
         args.nb_classes = nb_classes
-        model = trainer.prepare_model(create_video_model(
-            args.model, grid=grid, num_classes=nb_classes, drop_rate=args.drop, attn_drop_rate=args.attn_drop_rate,
-            drop_path_rate=args.drop_path, fc_drop_rate=args.fc_drop_rate, init_scale=args.init_scale,
-            use_mean_pooling=args.use_mean_pooling, pos_embed=args.pos_embed, use_checkpoint=args.use_checkpoint))
+        model = trainer.prepare_model(build_model(num_classes=nb_classes))
         print(f"Model {args.model}: {trainer.n_parameters / 1e6:.2f} M parameters, {nb_classes} classes")
         if args.eval:
             return evaluate_only(args, trainer)
         if found is None and args.finetune:
             load_finetune(args, model, trainer.ema)
         return train(args, trainer, train_set, found)
+
+
+def refuse_misfit_early(trainer: Trainer, found: FoundCheckpoint | None, build_model: Any) -> None:
+    """A checkpoint of another model size is refused before any data is read: its trunk is checked against the
+    model at the head size the file holds (the class count is checked against the data when loading)."""
+    head = (found.state.get("model") or {}).get("head.weight") if found is not None else None
+    try:
+        trainer.refuse_misfit(found, functools.partial(build_model, num_classes=head.shape[0] if head is not None
+                                                       and head.ndim == 2 else 2))
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}{pretraining_model_hint(found.state)}") from None
 
 
 def evaluate_only(args: argparse.Namespace, trainer: Trainer) -> dict[str, Any]:
@@ -352,7 +398,7 @@ def train(args: argparse.Namespace, trainer: Trainer, train_set: Any, found: Fou
     test = run_test(args, trainer)
     trainer.log({**{f"test_{k}": v for k, v in test.items()}, "checkpoint": tested})
     if trainer.tb is not None:
-        trainer.tb.update("test", step=args.epochs, acc1=test["acc1"], acc5=test["acc5"])
+        trainer.tb.update("test", step=trainer.epoch_step(args.epochs - 1), acc1=test["acc1"], acc5=test["acc5"])
     return {**test, "checkpoint": tested}
 
 
@@ -366,16 +412,22 @@ def restore(trainer: Trainer, found: FoundCheckpoint) -> None:
 
 
 def validate(args: argparse.Namespace, trainer: Trainer, loader: Any, epoch: int, record: dict[str, Any]) -> None:
-    """Validation after an epoch: into the epoch's record, and ``checkpoint-best.pth`` when it is the best."""
-    val = evaluate(loader, trainer.model_without_ddp, trainer.device, trainer.amp_dtype, sharded=args.dist_eval)
-    record.update({f"val_{k}": v for k, v in {**val, **loader.end_epoch()}.items()})
+    """Validation after an epoch: into the epoch's record, and ``checkpoint-best.pth`` when it is the best. The
+    figures are over the readable videos only (unreadable ones are left out and named, never replaced)."""
+    val = evaluate(trainer.stoppable(loader), trainer.model_without_ddp, trainer.device, trainer.amp_dtype,
+                   sharded=args.dist_eval)
+    data = loader.end_epoch()
+    record.update({f"val_{k}": v for k, v in {**val, **data}.items()})
+    if data["bad_video_files"] and utils.is_main_process():
+        print(f"Validation figures are over the {val['count']} readable clips; {data['bad_video_files']} unreadable "
+              f"videos were left out")
     extra = trainer.progress.extra
     if val["acc1"] > extra["best_acc1"]:
         extra["best_acc1"] = val["acc1"]
         trainer.save_weights("checkpoint-best.pth", epoch)
     print(f"Best val acc@1 so far: {extra['best_acc1']:.2f}")
     if trainer.tb is not None:
-        trainer.tb.update("val", step=epoch, **{k: val[k] for k in ("acc1", "acc5", "loss")})
+        trainer.tb.update("val", step=trainer.epoch_step(epoch), **{k: val[k] for k in ("acc1", "acc5", "loss")})
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ Without --data_path it trains on the built-in demo dataset (generated on first u
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -91,14 +92,16 @@ def train(args: argparse.Namespace, grid: PatchGrid, counts: MaskCounts, device:
         print(f"Patch grid: {grid.describe()}")
         print(f"Masking: {args.mask_type} {args.mask_ratio}: {counts.num_visible} visible, {counts.num_masked} "
               f"masked, decoder reconstructs {counts.num_decoded}")
-        found = choose_checkpoint(args.resume, args.auto_resume, args.output_dir, grid,
-                                  folders=args.enable_deepspeed)  # refused before data and model
+        build_model = functools.partial(create_video_model, args.model, grid=grid, decoder_depth=args.decoder_depth,
+                                        drop_path_rate=args.drop_path, pos_embed=args.pos_embed,
+                                        use_checkpoint=args.use_checkpoint)
+        # another grid or model size is refused before data and model
+        found = choose_checkpoint(args.resume, args.auto_resume, args.output_dir, grid, folders=args.enable_deepspeed)
+        trainer.refuse_misfit(found, build_model)
         cli_args.use_demo_data_if_no_data_path(args, finetuning=False)
         dataset, loader = pretraining_loader(cli_args.pretraining_data_config(args), cli_args.loader_config(args),
                                              grid, build_mask_generator(args, grid), trainer.device)
-        model = trainer.prepare_model(create_video_model(
-            args.model, grid=grid, decoder_depth=args.decoder_depth, drop_path_rate=args.drop_path,
-            pos_embed=args.pos_embed, use_checkpoint=args.use_checkpoint))
+        model = trainer.prepare_model(build_model())
         print(f"Model {args.model}: {trainer.n_parameters / 1e6:.2f} M parameters")
         print(f"{len(dataset)} videos, {loader.sampler.batches_per_epoch} steps per epoch of {clips_per_step} clips; "
               f"lr {args.lr:.3g}")

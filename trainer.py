@@ -9,13 +9,14 @@ fine-tuning, validation, the best checkpoint and the final test.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import math
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 
@@ -24,13 +25,13 @@ import data_health
 import resume
 import utils
 from attention import configure_attention
-from checkpoint import (LATEST, CheckpointError, CheckpointSaveError, FoundCheckpoint, checkpoint_state, link_atomically,
-                        load_model_state, print_saved_and_export_safetensors, prune_epoch_checkpoints,
-                        remove_stale_temp_files, save_checkpoint)
+from checkpoint import (LATEST, CheckpointError, CheckpointSaveError, FoundCheckpoint, check_model_state,
+                        checkpoint_state, link_atomically, load_model_state, print_saved_and_export_safetensors,
+                        prune_epoch_checkpoints, remove_stale_temp_files, save_checkpoint)
 from datasets import UnreadableDataError
 from optim_factory import apply_schedules
 from patch_grid import PatchGrid
-from resume import Interrupted, StopSignals
+from resume import Interrupted, StopChecked, StopRequested, StopSignals
 from updater import NonFiniteLossError, Updater
 
 T = TypeVar("T")
@@ -40,8 +41,9 @@ def launch(body: Callable[[str | None], T], device: str | None, deepspeed: bool 
     """Run ``body(device)`` in this process's share of the job, and leave the process group on every path.
 
     ``device`` comes back as ``cuda:LOCAL_RANK`` under torchrun on GPUs. Every way a run ends maps to one
-    exit status: a stop signal after saving -> 75 (the launchers requeue on it), a known failure -> an
-    ``error:`` line and 1, success -> ``body``'s result.
+    exit status: SIGTERM or SIGUSR1, in any phase, after saving -> 75 (the launchers requeue on it); a first
+    Ctrl-C after saving, or a second one at once -> 130, without a traceback; a known failure -> an ``error:``
+    line and 1; success -> ``body``'s result.
     """
     if deepspeed:
         import ds_utils
@@ -53,9 +55,13 @@ def launch(body: Callable[[str | None], T], device: str | None, deepspeed: bool 
         clean = True
         return result
     except resume.Interrupted as e:
-        print(f"{e}; exiting with status {resume.EXIT_REQUEUE}: run the same command again to resume")
+        print(f"{e}; exiting with status {e.exit_status}: run the same command again to resume", flush=True)
         clean = True
-        raise SystemExit(resume.EXIT_REQUEUE) from None
+        raise SystemExit(e.exit_status) from None
+    except KeyboardInterrupt:
+        print("\nstopped at once by Ctrl-C; what was saved before is intact (run the same command again to resume "
+              "from it)", flush=True)
+        raise SystemExit(resume.EXIT_CTRL_C) from None
     except (NonFiniteLossError, data_health.TooManyBadVideos, CheckpointSaveError, CheckpointError) as e:
         raise SystemExit(f"error: {e}") from None
     except UnreadableDataError as e:
@@ -135,6 +141,9 @@ class Trainer:
         self.loader = self.checkpoints = None
         self.progress = Progress(epoch=cfg.start_epoch)
         self.last_checkpoint: Path | None = None
+        self.stop = StopSignals()  # from entering to leaving: training, validation and testing alike
+        self._purge_step: int | None = None
+        self.pending_record: dict[str, Any] | None = None  # a trained epoch's record, awaiting its validation
         if utils.is_main_process():
             count, size = remove_stale_temp_files(self.output_dir)
             if count:
@@ -142,9 +151,11 @@ class Trainer:
                       f"{self.output_dir}")
 
     def __enter__(self) -> "Trainer":
+        self.stop.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        self.stop.__exit__()
         if self._tb is not None:
             self._tb.close()
             self._tb = None
@@ -157,11 +168,26 @@ class Trainer:
     def tb(self) -> utils.TensorboardLogger | None:
         """The TensorBoard writer (main process only), opened on first use."""
         if self._tb is None and utils.is_main_process():
-            self._tb = utils.TensorboardLogger(self.cfg.log_dir or os.path.join(self.cfg.output_dir, "tb"))
+            self._tb = utils.TensorboardLogger(self.cfg.log_dir or os.path.join(self.cfg.output_dir, "tb"),
+                                               purge_step=self._purge_step)
         return self._tb
 
     def log(self, record: dict[str, Any]) -> None:
         utils.append_jsonl(self.log_file, record)
+
+    def stoppable(self, loader: Any) -> StopChecked:
+        """``loader`` checked for a stop signal before each batch: for validation, testing, feature extraction."""
+        return StopChecked(loader, self.stop, self.device)
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """A phase after training (``name``: "the final test", ...): a stop signal in it ends the run as
+        :class:`Interrupted`, pointing at ``checkpoint-latest`` when training saved one."""
+        try:
+            yield
+        except StopRequested as e:
+            saved = self.checkpoints.latest if self.checkpoints is not None else None
+            raise Interrupted(e.signum, saved, name) from None
 
     # ------------------------------------------------------------ model
 
@@ -214,7 +240,7 @@ class Trainer:
         self.wd_schedule = utils.cosine_scheduler(s.weight_decay, wd_end, cfg.epochs, self.steps_per_epoch)
         self.checkpoints = Checkpointing(cfg.output_dir, self.state, self.batches_per_epoch, cfg.update_freq,
                                          every_steps=cfg.save_ckpt_every_steps, keep=cfg.keep_ckpts,
-                                         device=self.device, engine=self.engine)
+                                         device=self.device, engine=self.engine, stop=self.stop)
 
     # ------------------------------------------------------------ checkpoints
 
@@ -239,6 +265,15 @@ class Trainer:
             path = save_checkpoint(self.output_dir / name, state)
             print_saved_and_export_safetensors(path, state, self.grid, self.flags, self.cfg.save_safetensors)
 
+    def refuse_misfit(self, found: FoundCheckpoint | None, build_model: Callable[[], torch.nn.Module]) -> None:
+        """Before any data or model is built: raise :class:`CheckpointError` unless ``found``'s weights fit the
+        model ``build_model`` makes, built on the meta device (shapes only, no memory, no initialisation)."""
+        if found is None or "model" not in found.state:  # (a DeepSpeed folder's weights are checked on loading)
+            return
+        with torch.device("meta"):
+            skeleton = build_model()
+        check_model_state(skeleton, found.state, found.path, self.cfg.model_name)
+
     def restore(self, found: FoundCheckpoint) -> None:
         """Continue from ``found``: weights, EMA, optimizer and scaler, RNG states and position."""
         state = found.state
@@ -255,9 +290,22 @@ class Trainer:
             self.ema.module.load_state_dict(state["model_ema"])
         epoch, batch = resume.start_position(found.path, state, self.batches_per_epoch)
         self.progress = Progress(epoch, batch, self.progress.extra)
+        self.pending_record = state.get("epoch_record") if batch >= self.batches_per_epoch else None
         resume.restore_rng_states(state)
         print(f"Resumed from {found.path} (epoch {state['epoch']}); continuing at epoch {epoch}"
-              + (f", batch {batch}" if batch else ""))
+              + (", with its validation" if self.pending_record else f", batch {batch}" if batch else ""))
+        self.forget_logs_from(epoch, epoch * self.steps_per_epoch + batch // self.cfg.update_freq)
+
+    def forget_logs_from(self, epoch: int, step: int) -> None:
+        """On resume: drop what an earlier attempt logged from ``epoch`` (``log.txt``) and global ``step``
+        (TensorBoard's per-step scalars) on, so that the resumed run logs each epoch once."""
+        if not utils.is_main_process():
+            return
+        dropped = utils.drop_jsonl_records(self.log_file, lambda r: r.get("epoch", -1) >= epoch)
+        if dropped:
+            print(f"Dropped {dropped} records of epoch {epoch} on from {self.log_file}: the resumed run logs them "
+                  f"again")
+        self._purge_step = step
 
     # ------------------------------------------------------------ training
 
@@ -268,22 +316,35 @@ class Trainer:
         epoch's record."""
         cfg, record = self.cfg, {}
         start = time.time()
-        with self.checkpoints.stop:
-            for epoch in range(self.progress.epoch, cfg.epochs):
-                first = self.progress.batch if epoch == self.progress.epoch else 0
+        for epoch in range(self.progress.epoch, cfg.epochs):
+            first = self.progress.batch if epoch == self.progress.epoch else 0
+            if first >= self.batches_per_epoch and self.pending_record is not None:
+                record, self.pending_record = dict(self.pending_record), None  # trained before a stop in validation
+            else:
                 self.loader.sampler.set_epoch(epoch, first)
                 stats = self.train_one_epoch(loss_fn, epoch, first)
                 record = {**{f"train_{k}": v for k, v in stats.items()}, **self.loader.end_epoch(), "epoch": epoch,
                           "n_parameters": self.n_parameters}
-                if after_epoch is not None:
-                    after_epoch(epoch, record)
-                self.end_epoch(epoch, record, stats)
+            if after_epoch is not None:
+                self.validate(after_epoch, epoch, record)
+            self.end_epoch(epoch, record)
         print(f"Training time {datetime.timedelta(seconds=int(time.time() - start))}")
         if utils.is_dist():
             torch.distributed.barrier()  # rank 0's last saves are on disk before any rank reads them
         return record
 
-    def end_epoch(self, epoch: int, record: dict[str, Any], stats: dict[str, float]) -> None:
+    def validate(self, after_epoch: Callable[[int, dict[str, Any]], None], epoch: int, record: dict[str, Any]
+                 ) -> None:
+        """``after_epoch``; on a stop signal during it (see :meth:`stoppable`), save the trained epoch with its
+        record so far, and stop: the rerun validates the epoch again before going on."""
+        try:
+            after_epoch(epoch, record)
+        except StopRequested as e:
+            train_only = {k: v for k, v in record.items() if not k.startswith("val_")}
+            path = self.checkpoints.save_latest(epoch, self.batches_per_epoch, epoch_record=train_only)
+            raise Interrupted(e.signum, path, f"the validation of epoch {epoch}") from None
+
+    def end_epoch(self, epoch: int, record: dict[str, Any]) -> None:
         """The epoch's checkpoint (``checkpoint-N`` when due, ``checkpoint-latest`` always), logs, and a stop
         if a signal came in during the epoch's last steps."""
         last = epoch + 1 == self.cfg.epochs
@@ -295,12 +356,19 @@ class Trainer:
                 print_saved_and_export_safetensors(path, state, self.grid, self.flags, self.cfg.save_safetensors)
         self.log(record)
         if self.tb is not None:
-            self.tb.update("epoch", step=epoch, **stats)
-            self.tb.update("data", step=epoch, skipped_videos=record["skipped_videos"],
+            step = self.epoch_step(epoch)
+            self.tb.update("epoch", step=step, **{k[len("train_"):]: v for k, v in record.items()
+                                                  if k.startswith("train_")})
+            self.tb.update("data", step=step, skipped_videos=record["skipped_videos"],
                            bad_video_files=record["bad_video_files"])
             self.tb.flush()
         if not last:
             self.checkpoints.stop_if_requested()
+
+    def epoch_step(self, epoch: int) -> int:
+        """The global step of ``epoch``'s last update: where TensorBoard plots the epoch's figures, on the same
+        axis as the per-step ones (and so that a resume's purge of later steps covers them too)."""
+        return (epoch + 1) * self.steps_per_epoch - 1
 
     def train_one_epoch(self, loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor], epoch: int,
                         first_batch: int) -> dict[str, float]:
@@ -308,7 +376,7 @@ class Trainer:
         before a resume). Every ``update_freq`` batches make one optimizer update."""
         cfg = self.cfg
         self.model.train()
-        progress = utils.ProgressLogger(f"Epoch [{epoch}/{cfg.epochs - 1}]", cfg.print_freq, self.clips_per_step)
+        progress = utils.ProgressLogger(f"Epoch [{epoch + 1}/{cfg.epochs}]", cfg.print_freq, self.clips_per_step)
         self.updater.start_epoch()
         for i, batch in enumerate(progress.log_every(self.loader), start=first_batch):
             step = epoch * self.steps_per_epoch + i // cfg.update_freq
@@ -382,9 +450,9 @@ class Checkpointing:
         elif utils.is_main_process():
             link_atomically(src, self.output_dir / f"{LATEST}.pth")
 
-    def save_latest(self, epoch: int, batches_done: int) -> Path:
-        """``checkpoint-latest`` at ``batches_done`` batches into ``epoch``."""
-        state = self.make_state(epoch, epoch, batches_done)
+    def save_latest(self, epoch: int, batches_done: int, **fields: Any) -> Path:
+        """``checkpoint-latest`` at ``batches_done`` batches into ``epoch``, with ``fields`` added."""
+        state = {**self.make_state(epoch, epoch, batches_done), **fields}
         return self._write(LATEST, state)
 
     def end_of_epoch(self, epoch: int, epoch_file: bool) -> tuple[Path, dict[str, Any]]:

@@ -9,7 +9,7 @@ import os
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -259,9 +259,12 @@ class ProgressLogger:
 class TensorboardLogger:
     """tensorboardX writer with a global step, on the main process only."""
 
-    def __init__(self, log_dir: str | Path):
+    def __init__(self, log_dir: str | Path, purge_step: int | None = None):
+        """``purge_step``: on resume, TensorBoard hides the events an earlier attempt wrote at this step and later."""
         from tensorboardX import SummaryWriter
-        self.writer = SummaryWriter(logdir=str(log_dir))
+        # The suffix keeps a file of each writer, in order, where two open in the same second (tensorboardX
+        # names files by the second; a resumed run's writer would otherwise truncate its predecessor's file).
+        self.writer = SummaryWriter(logdir=str(log_dir), purge_step=purge_step, filename_suffix=f".{time.time_ns()}")
         self.step = 0
 
     def set_step(self, step: int) -> None:
@@ -285,6 +288,27 @@ def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
         return
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def drop_jsonl_records(path: str | Path, drop: Callable[[dict[str, Any]], bool]) -> int:
+    """Rewrite the JSON-lines file ``path`` (atomically) without the records ``drop`` selects; returns how many."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [line for line in lines if not (line.strip() and _parses_to_dict(line) and drop(json.loads(line)))]
+    if len(kept) < len(lines):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, path)
+    return len(lines) - len(kept)
+
+
+def _parses_to_dict(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
 
 
 # ---------------------------------------------------------------- models

@@ -93,8 +93,27 @@ def _list_lines(path: str) -> list[tuple[int, str]]:
         raise ValueError(f"{path}, line {line}: not UTF-8 text (byte {raw[e.start]:#04x}); save the list "
                          f"file as UTF-8") from None
     lines = text.splitlines()
-    return [(number, line) for number, line in ((n, raw.strip()) for n, raw in enumerate(lines, start=1))
+    kept = [(number, line) for number, line in ((n, raw.strip()) for n, raw in enumerate(lines, start=1))
             if line and not line.startswith("#")]
+    first: dict[str, int] = {}
+    repeats = []
+    for number, line in kept:
+        if first.setdefault(line, number) != number:
+            repeats.append((number, first[line]))
+    if repeats:
+        note_once(f"warning: {path}: {len(repeats)} duplicate lines (e.g. line {repeats[0][0]} repeats line "
+                  f"{repeats[0][1]}); each is used as often as it is listed")
+    return kept
+
+
+_NOTED: set[str] = set()
+
+
+def note_once(message: str) -> None:
+    """Print ``message`` the first time this process is told it (lists are read more than once per run)."""
+    if message not in _NOTED:
+        _NOTED.add(message)
+        print(message)
 
 
 
@@ -271,7 +290,7 @@ def _list_file_for(mode: str, lists: VideoListsConfig) -> str:
     if mode == "validation" and not os.path.isfile(path):
         fallback = os.path.join(folder, LIST_FILES["test"])
         if os.path.isfile(fallback):
-            print(f"note: no {path}; validating on {fallback}")
+            note_once(f"note: no {path}; validating on {fallback}")
             return fallback
     return _existing(path, "list file")
 

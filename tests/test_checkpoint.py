@@ -229,3 +229,47 @@ def test_stale_temp_files_of_dead_writers_are_removed_and_nothing_else(tmp_path)
     assert all(p.exists() for p in kept) and link.is_symlink() and (tmp_path / "checkpoint-6.old").is_dir()
     assert checkpoint.remove_stale_temp_files(tmp_path) == (0, 0)
     assert checkpoint.remove_stale_temp_files(tmp_path / "missing") == (0, 0)
+
+
+# ---------------------------------------------------------------- corruption (issue 16)
+
+def flip_middle(path: Path, size: int = 4096) -> None:
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + size] = bytes(b ^ 0xFF for b in data[middle:middle + size])
+    path.write_bytes(bytes(data))
+
+
+def test_flipped_bytes_are_refused_by_the_checksum_and_auto_resume_falls_back(tmp_path, capsys):
+    weights = {"encoder_to_decoder.weight": torch.randn(512, 512)}  # 1 MB: the flip lands in tensor data
+    save_checkpoint = checkpoint.save_checkpoint
+    save_checkpoint(tmp_path / "checkpoint-0.pth", {"model": weights, "epoch": 0})
+    latest = save_checkpoint(tmp_path / "checkpoint-latest.pth", {"model": weights, "epoch": 1, "next_epoch": 1,
+                                                                  "next_batch": 3})
+    flip_middle(latest)
+    with pytest.raises(checkpoint.CheckpointError, match=r"is corrupt: its tensors do not match the checksum"):
+        checkpoint.load_checkpoint(latest)
+    found = checkpoint.find_checkpoint(tmp_path)
+    assert found.path == tmp_path / "checkpoint-0.pth" and torch.equal(found.state["model"]["encoder_to_decoder.weight"],
+                                                                       weights["encoder_to_decoder.weight"])
+    assert f"Auto-resume: falling back to {tmp_path / 'checkpoint-0.pth'}" in capsys.readouterr().out
+
+
+def test_a_file_without_checksum_loads_with_a_note(tmp_path, capsys):
+    torch.save({"model": {"w": torch.ones(3)}, "epoch": 0}, tmp_path / "videomae.pth")  # as VideoMAE writes them
+    assert torch.equal(checkpoint.load_checkpoint(tmp_path / "videomae.pth")["model"]["w"], torch.ones(3))
+    assert "carries no checksum of its tensors" in capsys.readouterr().out
+
+
+def test_auto_resume_refuses_when_checkpoints_exist_but_none_loads(tmp_path):
+    (tmp_path / "checkpoint-latest.pth").write_bytes(b"")
+    (tmp_path / "checkpoint-2.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(checkpoint.CheckpointError) as refused:
+        checkpoint.find_checkpoint(tmp_path)
+    message = str(refused.value)
+    assert f"none of the 2 checkpoints in {tmp_path} loads" in message
+    assert f"{tmp_path / 'checkpoint-latest.pth'}: " in message and "truncated or corrupt (0 bytes" in message
+    assert f"{tmp_path / 'checkpoint-2.pth'}: " in message and "is not a PyTorch checkpoint" in message
+    assert "--no_auto_resume" in message and "another --output_dir" in message
+    with pytest.raises(SystemExit, match="^error: --auto_resume: none of the 2 checkpoints"):
+        checkpoint.choose_checkpoint("", True, tmp_path, GRID)

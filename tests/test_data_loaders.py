@@ -84,10 +84,14 @@ def test_evaluation_loader_takes_every_item_once_in_order() -> None:
         assert [x for ids, _ in loader for [x] in ids.tolist()] == [0, 1, 2, 3, 4]
 
 
-def test_too_many_bad_videos_stop_the_loader() -> None:
-    loader = data_loaders.evaluation_loader(Numbers(9), config(3, max_bad_fraction=0.1), CPU, False, "the list")
+def test_too_many_bad_videos_stop_training_never_evaluation() -> None:
+    train = data_loaders.classification_train_loader(Numbers(9), config(3, max_bad_fraction=0.1), 1, CPU, 1,
+                                                     "the list")
+    train.sampler.set_epoch(0)
     with pytest.raises(Exception, match="--max_bad_fraction 0.1"):
-        list(loader)
+        list(train)
+    evaluation = data_loaders.evaluation_loader(Numbers(9), config(3, max_bad_fraction=0.1), CPU, False, "the list")
+    assert len(list(evaluation)) == 3 and evaluation.end_epoch()["bad_video_files"] == 3
 
 
 def test_pretraining_loader(demo_root: Path) -> None:

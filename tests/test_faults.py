@@ -14,6 +14,7 @@ import pathlib
 import pickle
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import warnings
@@ -28,6 +29,8 @@ import torch
 
 import checkpoint
 import data_health
+import launch_helpers as lh
+import resume
 from datasets import (PretrainingDataConfig, UnreadableDataError, UnreadableVideoWarning, VideoClsEvalDataset,
                       VideoMAEPretrainDataset)
 from demo_data import render_clip, write_mp4
@@ -201,6 +204,12 @@ def cli(media: Path, broken_list: Path, demo_root: Path, evil: SimpleNamespace,
     demo_test = (demo_root / "test.csv").read_text().splitlines()
     write_text(ft_lists / "test.csv", "\n".join(demo_test[:3] + ["videos/no_label.mp4", "videos/x.mp4 abc",
                                                                  "videos/y.mp4 8"]) + "\n")
+    eval_lists = tmp / "eval_lists"  # validation and test: the 8 demo test clips and 4 broken videos
+    eval_lists.mkdir()
+    write_text(eval_lists / "train.csv", (demo_root / "train.csv").read_text())
+    broken_eval = [f"{media / name} {i}" for i, name in enumerate(BROKEN)]
+    for name in ("val.csv", "test.csv"):
+        write_text(eval_lists / name, "\n".join(demo_test[:8] + broken_eval) + "\n")
     mnt = tmp / "tmpfs"
     mountable = can_mount_tmpfs(mnt)
     pool = ThreadPoolExecutor(3)
@@ -234,6 +243,10 @@ def cli(media: Path, broken_list: Path, demo_root: Path, evil: SimpleNamespace,
         return run("run_mae_pretraining.py", *PRETRAIN, "--data_path", demo_root / "train.csv", "--data_root",
                    demo_root, "--output_dir", mnt, "--batch_size", "8", "--epochs", "2"), mnt
 
+    jobs["broken_eval"] = pool.submit(
+        run, "run_class_finetuning.py", *FINETUNE, "--data_path", eval_lists, "--data_root", demo_root, "--nb_classes",
+        "8", "--batch_size", "4", "--epochs", "1", "--test_num_segment", "2", "--test_num_crop", "2", "--output_dir",
+        tmp / "broken_eval")
     jobs["too_many_bad"] = pool.submit(
         run, "run_mae_pretraining.py", *PRETRAIN, "--data_path", broken_list, "--output_dir", tmp / "too_many",
         "--batch_size", "8", "--epochs", "1")  # default --max_bad_fraction 0.05: 2 of 40
@@ -325,14 +338,16 @@ def test_no_readable_video_left_names_the_files(media: Path) -> None:
         ds[0]
 
 
-def test_eval_views_of_an_unreadable_video_come_from_another(media: Path) -> None:
+def test_eval_views_of_an_unreadable_video_are_left_out_never_replaced(media: Path) -> None:
+    from datasets import CollateWithBad
     records = [VideoRecord(str(media / "random_bytes.mp4"), 0, "list", 1),
                VideoRecord(str(media / "short 5 frames.mp4"), 1, "list", 2)]
     ds = VideoClsEvalDataset(records, GRID, 2, num_segments=2, num_crops=3, with_view=True)
     ds.report_bad = True
-    (video, label, video_index, view), bad = ds[4]  # video 0, segment 1, crop 1
-    assert (label, video_index, view) == (1, 1, 4) and bad[0][0].endswith("random_bytes.mp4")
-    assert torch.equal(video, ds[1 * 6 + 4][0][0]), "the same view of the other video"
+    item, bad = ds[4]  # video 0, segment 1, crop 1
+    assert item is None and len(bad) == 1 and bad[0][0].endswith("random_bytes.mp4")
+    (videos, labels, video_index, views), bad = CollateWithBad()([ds[4], ds[1 * 6 + 4]])
+    assert video_index.tolist() == [1] and views.tolist() == [4] and len(bad) == 1, "only the readable view"
 
 
 def test_tracker_warns_once_counts_per_epoch_and_stops(capsys: pytest.CaptureFixture) -> None:
@@ -376,6 +391,24 @@ def test_too_many_broken_videos_stop_the_run_with_examples(cli, media: Path) -> 
     assert "of the 40 videos of" in err and "more than --max_bad_fraction 0.05 allows (2)" in err
     assert any(str(media / name) in err for name in BROKEN)
     assert "--check_data" in err
+
+
+def test_evaluation_scores_readable_videos_only_and_names_the_rest(cli, media: Path) -> None:
+    result = cli["broken_eval"].result()
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert out.index(f"warning: 1 of the 12 validation videos do not exist: {media / 'missing.mp4'}") < \
+        out.index("Epoch [1/1]"), "missing evaluation videos are named before training"
+    assert "(left out of the figures; each file is reported once)" in out and "replaced by another" not in out
+    folder = Path(re.search(r"Saved (\S+)checkpoint-0\.pth", out).group(1))
+    epoch, test = [json.loads(line) for line in (folder / "log.txt").read_text().splitlines()]
+    broken = sorted(str(media / name) for name in BROKEN)
+    assert epoch["val_count"] + epoch["val_bad_video_files"] == 12 and epoch["val_bad_videos"] == \
+        sorted(epoch["val_bad_videos"]) and set(epoch["val_bad_videos"]) >= set(broken) - {str(media / "cut_midstream.mp4")}
+    assert (test["test_videos"], test["test_views_per_video"], test["test_left_out"]) == (8, 4.0, 4)
+    assert test["test_left_out_videos"] == broken
+    assert "Test (2 x 2 views per video, 8 videos; 4 unreadable videos left out: " in out
+    assert checkpoint.load_checkpoint(folder / "checkpoint-best.pth")["best_acc1"] == epoch["val_acc1"]
 
 
 def test_check_data_reports_every_bad_video(cli, media: Path, broken_list: Path) -> None:
@@ -511,3 +544,93 @@ def test_full_disk_during_a_save_leaves_the_checkpoints_intact(cli) -> None:
             f"replaced; checkpoints saved earlier in {out} are intact") in err
     assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["checkpoint-0.pth"], "no temporary file left"
     assert checkpoint.load_checkpoint(out / "checkpoint-0.pth")["epoch"] == 0
+
+
+# ---------------------------------------------------------------- 6. signals in every phase (real processes)
+
+def test_a_stop_signal_during_the_final_test_exits_75_and_the_rerun_only_tests(demo_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    flags = [*lh.FINETUNE, "--data_path", str(demo_root), "--batch_size", "4", "--epochs", "1", "--num_workers", "0",
+             "--output_dir", str(out), "--disable_eval_during_finetuning"]  # (stopping in validation: test_trainer)
+    # 2 x 2 views of 8 videos, 8 test batches: the signal lands while batches are left, however loaded the CPU
+    status, text = lh.run_and_signal("run_class_finetuning.py", flags, "Test [1/", signal.SIGUSR1)
+    assert status == resume.EXIT_REQUEUE, text[-3000:]
+    assert "stopped by SIGUSR1 during the final test after saving" in text and "Traceback" not in text
+    assert (out / "checkpoint-0.pth").is_file(), "training is kept"
+    assert not list(out.glob("test_results_rank*")) and not list(out.glob(".*.tmp")), "no partial test results"
+
+    again = lh.run("run_class_finetuning.py", flags)
+    assert "continuing at epoch 1" in again.stdout and "Epoch [" not in again.stdout, "nothing is trained again"
+    assert "Test (2 x 2 views per video, 8 videos)" in again.stdout
+    logged = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
+    assert [r.get("epoch") for r in logged] == [0, None] and "test_acc1" in logged[1]
+
+
+def test_ctrl_c_saves_latest_and_exits_130_without_a_traceback(demo_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    stray = out / f".checkpoint-latest.pth.{2 ** 22 + 17}.tmp"  # above pid_max's default: its writer is gone
+    stray.write_bytes(b"\0" * 3_000_000)
+    flags = [*lh.PRETRAIN, "--data_path", str(demo_root / "train.csv"), "--data_root", str(demo_root), "--batch_size",
+             "4", "--epochs", "1", "--num_workers", "0", "--output_dir", str(out)]
+    status, text = lh.run_and_signal("run_mae_pretraining.py", flags, "Epoch [1/1] [1/4]", signal.SIGINT)
+    assert status == resume.EXIT_CTRL_C, text[-3000:]
+    assert "Ctrl-C: stopping at the next step boundary (training saves checkpoint-latest first)" in text and "Traceback" not in text
+    assert "stopped by SIGINT after saving" in text
+    assert f"Removed 1 temporary files (3.0 MB) that interrupted saves left in {out}" in text
+    assert not stray.exists()
+    assert checkpoint.load_checkpoint(out / "checkpoint-latest.pth")["next_batch"] >= 1
+
+
+def test_a_second_ctrl_c_stops_at_once_with_status_130() -> None:
+    from trainer import launch
+
+    def body(device: str | None) -> None:
+        with resume.StopSignals() as stop:
+            signal.raise_signal(signal.SIGINT)  # the first is recorded ...
+            assert stop.received == signal.SIGINT
+            signal.raise_signal(signal.SIGINT)  # ... the second stops
+            raise AssertionError("not reached")
+
+    with pytest.raises(SystemExit) as stopped:
+        launch(body, "cpu")
+    assert stopped.value.code == resume.EXIT_CTRL_C
+
+
+def test_flag_values_that_used_to_get_through_are_refused_naming_the_flag(tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture) -> None:
+    import cli_args
+    import run_mae_pretraining
+    a_file = write_text(tmp_path / "a_file", "not a folder")
+    cases = {
+        ("--lr", "nan"): "--lr must be a finite number, got nan",
+        ("--lr", "inf"): "--lr must be a finite number, got inf",
+        ("--lr", "1e-3", "--min_lr", "1e-2"): "--min_lr 0.01 is above --lr 0.001: the cosine would raise the learning",
+        ("--output_dir", str(a_file)): f"--output_dir {a_file} is a file, not a folder",
+    }
+    for flags, message in cases.items():
+        args = run_mae_pretraining.get_args_parser().parse_args(
+            [*PRETRAIN, "--output_dir", str(tmp_path / "out"), *flags])
+        assert any(message in problem for problem in cli_args.validate_common(args, ())[1]), flags
+    long_warmup = run_mae_pretraining.get_args_parser().parse_args([*PRETRAIN, "--output_dir", str(tmp_path / "out"),
+                                                                   "--warmup_epochs", "5", "--epochs", "1"])
+    capsys.readouterr()
+    assert cli_args.validate_common(long_warmup, ())[1] == []  # allowed, with a warning up front
+    assert ("warning: --warmup_epochs 5 is longer than the run's --epochs 1: the warmup is cut to the run, so the "
+            "learning rate rises all run long and never decays") in capsys.readouterr().out
+
+
+def test_a_checkpoint_of_another_model_size_is_refused_before_data_and_model(demo_root: Path, tmp_path: Path,
+                                                                             capsys: pytest.CaptureFixture) -> None:
+    import run_mae_pretraining
+    from models import create_video_model
+    tiny = create_video_model("pretrain_videomae_tiny_patch16_224", grid=GRID, decoder_depth=1)
+    args = run_mae_pretraining.get_args_parser().parse_args(
+        [*PRETRAIN, "--data_path", str(demo_root / "train.csv"), "--data_root", str(demo_root), "--batch_size", "4",
+         "--output_dir", str(tmp_path / "out"), "--resume", str(tmp_path / "tiny.pth")])
+    checkpoint.save_checkpoint(tmp_path / "tiny.pth", checkpoint.checkpoint_state(tiny, GRID, args, 0))
+    with pytest.raises(SystemExit, match=r"^error: .*tiny\.pth does not fit --model pretrain_videomae_micro_patch16_224 "
+                                         r"at this grid \(\d+ tensors of another shape"):
+        run_mae_pretraining.main(args)
+    printed = capsys.readouterr().out
+    assert "Patch grid" in printed and "Model " not in printed and "videos, " not in printed, printed

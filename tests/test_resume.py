@@ -67,7 +67,7 @@ def test_sigterm_under_torchrun_saves_latest_and_the_run_resumes(reference, demo
     out = tmp_path / "out"
     # Two processes of 2 clips: the same global batches as the one-process reference of 4.
     flags = pretrain_flags(demo_root, out, "--num_workers", "0", "--batch_size", "2", "--save_ckpt_every_steps", "0")
-    status, text = run_and_signal("run_mae_pretraining.py", flags, "Epoch [0/1] [1/4]", signal.SIGTERM, nproc=2)
+    status, text = run_and_signal("run_mae_pretraining.py", flags, "Epoch [1/2] [1/4]", signal.SIGTERM, nproc=2)
     assert status != 0  # torchrun reports its own SIGTERM as a failure; the workers exited with 75
     assert f"exiting with status {resume.EXIT_REQUEUE}" in text
     saved = load_checkpoint(out / "checkpoint-latest.pth")
@@ -82,7 +82,7 @@ def test_sigterm_under_torchrun_saves_latest_and_the_run_resumes(reference, demo
 def test_sigusr1_exits_75_with_a_checkpoint_to_resume_from(demo_root, tmp_path):
     out = tmp_path / "out"
     flags = pretrain_flags(demo_root, out, "--num_workers", "1", "--save_ckpt_every_steps", "0", "--epochs", "1")
-    status, text = run_and_signal("run_mae_pretraining.py", flags, "Epoch [0/0] [1/4]", signal.SIGUSR1)
+    status, text = run_and_signal("run_mae_pretraining.py", flags, "Epoch [1/1] [1/4]", signal.SIGUSR1)
     assert status == resume.EXIT_REQUEUE, text[-2000:]
     assert "stopped by SIGUSR1 after saving" in text
     assert load_checkpoint(out / "checkpoint-latest.pth")["next_batch"] >= 1

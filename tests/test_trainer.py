@@ -137,3 +137,52 @@ def test_a_non_finite_loss_ends_with_an_error_line(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match=r"error: loss is nan at epoch 0, step 0 of the epoch \(global step 0\)"):
         launch(body, "cpu")
     assert not list(tmp_path.glob("checkpoint-*")), "nothing is saved from a broken state"
+
+
+def test_resuming_from_an_older_checkpoint_logs_each_epoch_once(tmp_path: Path, capsys) -> None:
+    with start(config(tmp_path)) as trainer:
+        trainer.fit(mse)
+    for name in ("checkpoint-latest.pth", "checkpoint-2.pth"):  # both broken: auto-resume falls back to epoch 1
+        (tmp_path / name).write_bytes(b"")
+    with start(config(tmp_path)) as trainer:
+        assert (trainer.progress.epoch, trainer.progress.batch) == (2, 0)
+        trainer.fit(mse)
+    assert f"Dropped 1 records of epoch 2 on from {tmp_path / 'log.txt'}" in capsys.readouterr().out
+    assert [r["epoch"] for r in records(tmp_path)] == [0, 1, 2]
+    events = EventAccumulator(str(tmp_path / "tb")).Reload()  # the first attempt's epoch 2 is purged
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(24))
+    assert [e.step for e in events.Scalars("epoch/loss")] == [7, 15, 23]
+
+
+def test_a_stop_during_validation_saves_the_epoch_and_the_rerun_validates_it(tmp_path: Path) -> None:
+    with start(config(tmp_path / "straight")) as trainer:
+        trainer.fit(mse)
+
+    def validation(stop_in_epoch: int):
+        def after_epoch(epoch: int, record: dict) -> None:
+            for i in trainer.stoppable(range(3)):
+                if epoch == stop_in_epoch and i == 1:
+                    signal.raise_signal(signal.SIGUSR1)
+            record["val_batches"] = 3
+        return after_epoch
+
+    out = tmp_path / "stopped"
+    trainer = start(config(out))
+
+    def body(device: str | None) -> None:
+        with trainer:
+            trainer.fit(mse, validation(stop_in_epoch=1))
+
+    with pytest.raises(SystemExit) as stop:
+        launch(body, "cpu")
+    assert stop.value.code == resume.EXIT_REQUEUE
+    latest = load_checkpoint(out / "checkpoint-latest.pth")
+    assert (latest["next_epoch"], latest["next_batch"]) == (1, 8) and "train_loss" in latest["epoch_record"]
+    with start(config(out)) as trainer:
+        assert (trainer.progress.epoch, trainer.progress.batch) == (1, 8)
+        trainer.fit(mse, validation(stop_in_epoch=-1))
+    logged = records(out)
+    assert [r["epoch"] for r in logged] == [0, 1, 2] and all(r["val_batches"] == 3 for r in logged)
+    assert logged[1]["train_loss"] == latest["epoch_record"]["train_loss"]
+    straight, resumed = (load_checkpoint(d / "checkpoint-2.pth")["model"] for d in (tmp_path / "straight", out))
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)

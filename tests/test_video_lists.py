@@ -145,3 +145,15 @@ def test_unknown_data_set_and_mode_are_refused(tmp_path: Path) -> None:
         read_records("train", lists_config(tmp_path, data_set="K400"))
     with pytest.raises(ValueError, match="mode must be one of"):
         read_records("val", lists_config(tmp_path))
+
+
+def test_duplicate_lines_are_counted_in_one_warning_and_notes_print_once(tmp_path: Path, capsys) -> None:
+    listed = write(tmp_path / "train.csv", "a.mp4 1\nb.mp4 2\na.mp4 1\na.mp4 1\n")
+    for _ in range(2):  # a run reads its lists more than once
+        assert len(read_labelled_list(listed)) == 4
+    assert capsys.readouterr().out.splitlines() == [
+        f"warning: {listed}: 2 duplicate lines (e.g. line 3 repeats line 1); each is used as often as it is listed"]
+    write(tmp_path / "test.csv", "a.mp4 1\n")
+    for _ in range(2):
+        read_records("validation", lists_config(tmp_path))
+    assert capsys.readouterr().out.count(f"note: no {tmp_path / 'val.csv'}; validating on") == 1
