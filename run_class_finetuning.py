@@ -19,7 +19,7 @@ import utils
 from checkpoint import (CheckpointError, FoundCheckpoint, check_checkpoint_grid, choose_checkpoint, epoch_checkpoint_files,
                         load_checkpoint, load_model_state)
 from data_loaders import classification_train_loader, evaluation_loader
-from datasets import build_dataset
+from datasets import SAMPLINGS, build_dataset
 from engine_for_finetuning import Classification, evaluate, final_test, merge_test_results
 from models import create_video_model
 from optim_factory import build_optimizer
@@ -33,7 +33,6 @@ FINETUNE_HINT = " To fine-tune from its weights at this run's grid, pass it to -
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = cli_args.run_parser("PATCHES fine-tuning and testing", epochs=30, save_ckpt_freq=100)
-    p.add_argument("--update_freq", default=1, type=int, help="gradient accumulation: steps per optimizer update")
 
     g = cli_args.add_grid_args(p, "vit_base_patch16_224")
     g.add_argument("--nb_classes", default=None, type=int,
@@ -85,13 +84,16 @@ def get_args_parser() -> argparse.ArgumentParser:
                                   "default: the built-in demo dataset", num_sample=2)
     g.add_argument("--data_set", default="Kinetics-400", choices=DATA_SETS, help="dataset kind")
     g.add_argument("--eval_data_path", default=None, type=str, help="folder with val.csv/test.csv if not --data_path")
-    g.add_argument("--fname_tmpl", default="img_{:05}.jpg", type=str, help="frame file names for SSV2 frame folders")
     g.add_argument("--split", default=1, type=int, help="official split (UCF101, HMDB51)")
     g.add_argument("--short_side_size", default=None, type=int,
                    help="short side of the resize before validation/test crops (default: the smaller input side)")
     g.add_argument("--flip", default=None, type=utils.str2bool, nargs="?", const=True,
                    help="horizontal flip in training (default: on, except SSV2 and the demo data, whose classes "
                         "have a left and a right)")
+    g.add_argument("--sampling", default=None, choices=SAMPLINGS,
+                   help="frames of a clip: stride = num_frames frames sampling_rate apart; segment = the video cut "
+                        "into num_frames segments, one frame from each, as VideoMAE samples SSV2 (default: segment "
+                        "for SSV2, stride otherwise)")
     g.add_argument("--test_num_segment", default=5, type=int, help="temporal clips per video at test")
     g.add_argument("--test_num_crop", default=3, type=int, help="spatial crops per clip at test")
 
@@ -289,7 +291,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace, grid: PatchGrid, device: str | None) -> dict[str, Any]:
     if not args.eval:
-        cli_args.scale_lr(args, args.batch_size * args.num_sample * utils.get_world_size() * args.update_freq)
+        print(cli_args.scale_lr(args, utils.get_world_size()))
     with Trainer(cli_args.trainer_config(args, device), grid, args) as trainer:
         print(f"Patch grid: {grid.describe()}")
         # before data and model, so that a checkpoint of another grid is refused before any heavy work

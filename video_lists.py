@@ -72,6 +72,31 @@ def numbered_list_entries(path: str | os.PathLike, data_root: str | os.PathLike 
     return entries
 
 
+def numbered_pretraining_entries(path: str | os.PathLike, data_root: str | os.PathLike | None = None,
+                                 errors: list[str] | None = None) -> list[tuple[int, str, int | None]]:
+    """A pre-training list as ``[(line, path, num_frames), ...]``: video files (``num_frames`` None) and
+    VideoMAE's frame folders, ``folder num_frames label`` or ``folder num_frames`` (the folder must exist).
+    Rules and ``errors`` as in :func:`parse_list_file`."""
+    path = os.fspath(path)
+    entries = []
+    for number, video, label in numbered_list_entries(path, data_root, errors):
+        folder, count = video, label  # 'folder num_frames': the count was parsed as the label
+        if not os.path.isdir(video):
+            head = video.rsplit(None, 1)
+            folder, count = (head[0], int(head[1])) if len(head) == 2 and _INT.fullmatch(head[1]) else (video, None)
+            if not os.path.isdir(folder):
+                folder, count = video, None
+        elif count is None:
+            _raise_or_collect(ValueError(f"{path}, line {number}: {video} is a folder; a frame folder's line is "
+                                         f"'folder num_frames label'"), errors)
+            continue
+        if count is not None and count < 1:
+            _raise_or_collect(ValueError(f"{path}, line {number}: frame folder with {count} frames"), errors)
+            continue
+        entries.append((number, folder, count))
+    return entries
+
+
 def _raise_or_collect(error: Exception, errors: list[str] | None) -> None:
     if errors is None:
         raise error
