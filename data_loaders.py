@@ -90,7 +90,7 @@ def pretraining_loader(data: PretrainingDataConfig, config: LoaderConfig, grid: 
                           batches_multiple=update_freq, persistent_workers=True)
     tracker = BadVideoTracker(loader, len(dataset), config.max_bad_fraction, data.data_path)
     if tracker.sampler.batches_per_epoch == 0:
-        raise SystemExit(f"error: --batch_size {config.batch_size} x --update_freq {update_freq} x "
-                         f"{utils.get_world_size()} processes is larger "
-                         f"than the {len(dataset)} videos in {data.data_path}")
+        accumulation = f"--update_freq {update_freq} x " if update_freq > 1 else ""
+        raise SystemExit(f"error: --batch_size {config.batch_size} x {accumulation}{utils.get_world_size()} processes "
+                         f"is larger than the {len(dataset)} videos in {data.data_path}")
     return dataset, tracker
