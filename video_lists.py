@@ -302,8 +302,9 @@ def _list_file_for(mode: str, lists: VideoListsConfig) -> str:
 
 
 def _records_for(mode: str, lists: VideoListsConfig, errors: list[str] | None = None) -> list[VideoRecord]:
-    if lists.data_set in ("UCF101", "HMDB51"):
-        folder = lists.data_path if mode == "train" else lists.eval_folder
+    folder = lists.data_path if mode == "train" else lists.eval_folder
+    own_list = os.path.join(folder, LIST_FILES["train" if mode == "train" else "test"])
+    if lists.data_set in ("UCF101", "HMDB51") and not os.path.isfile(own_list):
         read = ucf101_records if lists.data_set == "UCF101" else hmdb51_records
         return read(folder, lists.data_root, lists.split, train=mode == "train")
     return read_labelled_list(_list_file_for(mode, lists), lists.data_root, frame_folders=lists.data_set == "SSV2",
@@ -346,8 +347,9 @@ def read_records(mode: str, lists: VideoListsConfig, errors: list[str] | None = 
                  ) -> tuple[list[VideoRecord], int]:
     """The videos of ``mode`` ("train", "validation" or "test") and the class count, after every list check.
 
-    Validation falls back to test.csv when val.csv is missing; UCF101/HMDB51 validate and test on the
-    test split.
+    Validation falls back to test.csv when val.csv is missing. UCF101/HMDB51 read train.csv/val.csv/test.csv
+    (VideoMAE's lists) when the folder has a train.csv, else the official split files, testing and validating
+    on the test split.
 
     Raises ``ValueError`` or ``FileNotFoundError`` naming the file (and line) of the first problem; with
     ``errors`` given, every problem is appended there instead and the bad lines are left out.

@@ -129,7 +129,8 @@ def parse_grid(grid: str) -> tuple[int, int]:
 def launcher_flags(name: str, stage: str, world: int, grid: str = "224/16", batch_size: int | None = None
                    ) -> list[str]:
     """The recipe's flags for ``world`` processes: VideoMAE's total batch kept with ``--update_freq``, the grid
-    set by ``--input_size``/``--patch_size``, the launchers' own flags left out. ``batch_size``: per process
+    set by ``--input_size``/``--patch_size`` (and ``--short_side_size``, which VideoMAE sets to the input size),
+    the launchers' own flags left out. ``batch_size``: per process
     (default: VideoMAE's)."""
     recipe = RECIPES[name]
     flags = [f for f in recipe.flags(stage) if f not in LAUNCHER_FLAGS]
@@ -142,6 +143,8 @@ def launcher_flags(name: str, stage: str, world: int, grid: str = "224/16", batc
     size, patch = parse_grid(grid)
     flags = _set(flags, "--batch_size", str(batch_size))
     flags = _set(flags, "--input_size", str(size))
+    if "--short_side_size" in flags:  # VideoMAE tests on crops of the whole short side
+        flags = _set(flags, "--short_side_size", str(size))
     return _set(_set(flags, "--patch_size", str(patch)), "--update_freq", str(total // (batch_size * world)))
 
 
