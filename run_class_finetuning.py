@@ -23,7 +23,7 @@ from datasets import SAMPLINGS, build_dataset
 from engine_for_finetuning import Classification, evaluate, final_test, merge_test_results
 from models import create_video_model
 from optim_factory import build_optimizer
-from patch_grid import PatchGrid
+from patch_grid import PatchGrid, recorded_grid
 from trainer import Trainer, launch
 from video_lists import DATA_SETS
 
@@ -200,6 +200,8 @@ def load_weights(path: str, model: torch.nn.Module, model_ema, args: argparse.Na
         except CheckpointError as e:
             raise SystemExit(f"error: {e}")
     try:
+        if recorded_grid(ckpt) is None:
+            ckpt = videomae_checkpoint(ckpt, path, grid, args.model_key)
         check_checkpoint_grid(ckpt, grid, path, f"Evaluating keeps a checkpoint's grid: pass the file's values."
                                                 f"{FINETUNE_HINT}")
         load_model_state(model, ckpt, path, args.model)
@@ -209,6 +211,22 @@ def load_weights(path: str, model: torch.nn.Module, model_ema, args: argparse.Na
         model_ema.module.load_state_dict(ckpt["model_ema"])
     print(f"Loaded {path} (epoch {ckpt.get('epoch')})")
     return ckpt
+
+
+def videomae_checkpoint(ckpt: dict[str, Any], path: str, grid: PatchGrid, model_key: str) -> dict[str, Any]:
+    """A checkpoint with no recorded grid (VideoMAE's own) as ours: the state dict under ``model_key`` as "model";
+    refused when the grid inferred from it (as --finetune infers it) is not this run's."""
+    from weight_loading import inferred_grid
+    try:
+        theirs, note = inferred_grid(ckpt, model_key)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+    if theirs is not None and "assumed" not in note and theirs.differences(grid):
+        raise CheckpointError(f"{path} was made at another patch grid than this run's ({note}: "
+                              f"{'; '.join(theirs.differences(grid))}: the file's value first).{FINETUNE_HINT}")
+    print(f"{path}: VideoMAE's layout, patch grid {note or 'unknown'}")
+    sd = next((ckpt[k] for k in model_key.split("|") if isinstance(ckpt.get(k), dict)), None)
+    return ckpt if sd is None else {**ckpt, "model": sd}
 
 
 def pretraining_model_hint(ckpt: dict[str, Any]) -> str:
@@ -336,7 +354,7 @@ def train(args: argparse.Namespace, trainer: Trainer, train_set: Any, found: Fou
     if steps_per_epoch == 0:
         raise SystemExit(f"error: --batch_size {args.batch_size} x --update_freq {args.update_freq} x "
                          f"{utils.get_world_size()} processes is larger than the {len(train_set)} training videos")
-    print(f"{len(train_set)} training videos, {steps_per_epoch} updates per epoch of "
+    print(f"{len(train_set)} training videos ({train_set.sampling} sampling), {steps_per_epoch} updates per epoch of "
           f"{clips_per_step * args.update_freq} clips; lr {args.lr:.3g}")
     optimizer = build_optimizer(cli_args.optimizer_config(args, args.layer_decay), trainer.model_without_ddp)
     trainer.setup_training(optimizer, train_loader, micro_batch=args.batch_size * args.num_sample,

@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> Path:
         ckpt = read_checkpoint(path)
         if args.model_key != "model" and args.model_key in ckpt:
             ckpt["model"] = ckpt[args.model_key]
+        if isinstance(ckpt.get("args"), argparse.Namespace):  # VideoMAE's flags: the model name tells its heads
+            ckpt = {**ckpt, "args": vars(ckpt["args"])}
         if recorded_grid(ckpt) is None:  # VideoMAE's own checkpoints: the grid as --finetune infers it
             grid, note = inferred_grid(ckpt, f"{args.model_key}|module")
             if grid is not None:

@@ -21,6 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+import cpu_memory  # noqa: E402,F401  (before torch, as in the run scripts)
+
 # Training videos in each data set's official training list (split 1 for UCF101 and HMDB51): clips per
 # epoch in the table. Runs count the lines of their own list.
 TRAIN_VIDEOS = {"k400": 240_436, "ssv2": 168_913, "ucf101": 9_537, "hmdb51": 3_570}
@@ -169,7 +171,6 @@ def parsed_args(name: str, stage: str, flags: list[str] | None = None) -> argpar
 def effective_values(name: str, stage: str, world: int | None = None, flags: list[str] | None = None) -> dict:
     """What PATCHES's script computes from the recipe's flags at ``world`` processes (VideoMAE's by default):
     total batch, the scaled LRs, steps and clips per epoch on the data set's official training list."""
-    import cpu_memory  # noqa: F401  (before torch, as in the run scripts)
     import cli_args
     recipe = RECIPES[name]
     world = world or recipe.gpus(stage)
