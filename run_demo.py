@@ -33,7 +33,8 @@ def pretrain_flags(args: argparse.Namespace) -> list[str]:
     # On the demo's unlabelled + labelled clips (pretrain.csv): 864 videos, 54 steps per epoch.
     return ["--model", "pretrain_videomae_micro_patch16_224", *GRID, *BATCH, "--mask_type", "tube",
             "--mask_ratio", "0.75", "--decoder_depth", "2", "--epochs", str(args.pretrain_epochs),
-            "--warmup_epochs", str(max(1, args.pretrain_epochs // 10)), "--lr", "2.4e-2", "--min_lr", "2e-5", "--warmup_lr", "2e-6",
+            "--warmup_epochs", str(max(1, args.pretrain_epochs // 10)), "--lr", "2.4e-2", "--min_lr", "2e-5",
+            "--warmup_lr", "2e-6",
             "--flip",  # flipped clips in pre-training, as when README's figures were measured
             "--save_ckpt_freq", str(args.pretrain_epochs), "--num_workers", "1", "--print_freq", "1000",
             "--demo_root", args.demo_root, "--device", "cpu", "--output_dir", str(Path(args.output_dir) / "pretrain")]
