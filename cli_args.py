@@ -21,11 +21,12 @@ LR_SCALE_BY = ("batch", "clips")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each default once: not after a help text that states it, nor for on/off switches."""
+    """Shows each default once: not after a help text that states it, nor for on/off switches and unset
+    (None) values, whose help says what happens."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        if "default" in text or action.nargs == 0:
+        if "default" in text or action.nargs == 0 or action.default is None:
             return text
         return super()._get_help_string(action)
 
