@@ -16,13 +16,31 @@ from model_layers import POS_EMBED_TYPES
 from optim_factory import OptimizerConfig
 from patch_grid import GridError, PatchGrid, grid_from_args
 from trainer import Schedule, TrainerConfig
-from video_lists import VideoListsConfig, parse_list_file, read_records
+from video_lists import VideoListsConfig, numbered_pretraining_entries, read_records
+
+LR_SCALE_BY = ("batch", "clips")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each default once: not after a help text that states it, nor for on/off switches and unset
+    (None) values, whose help says what happens."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.nargs == 0 or action.default is None:
+            return text
+        return super()._get_help_string(action)
 
 
 def run_parser(prog: str, epochs: int, save_ckpt_freq: int) -> argparse.ArgumentParser:
-    """A run script's parser, opening with the flags both scripts have first: batch, epochs, epoch checkpoints."""
-    p = argparse.ArgumentParser(prog, add_help=True, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--batch_size", default=64, type=int, help="clips per process per step (before --num_sample)")
+    """A run script's parser, opening with the flags both scripts have first: batch, accumulation, epochs,
+    epoch checkpoints."""
+    p = argparse.ArgumentParser(prog, add_help=True, formatter_class=HelpFormatter)
+    p.add_argument("--batch_size", default=64, type=int,
+                   help="videos per process per step (each gives --num_sample clips)")
+    p.add_argument("--update_freq", default=1, type=int,
+                   help="gradient accumulation: steps per optimizer update (total batch = batch_size x update_freq "
+                        "x processes, as in VideoMAE)")
     p.add_argument("--epochs", default=epochs, type=int, help="training epochs")
     p.add_argument("--save_ckpt_freq", default=save_ckpt_freq, type=int,
                    help="save a checkpoint every N epochs (and at the end)")
@@ -42,7 +60,8 @@ def add_grid_args(p: argparse.ArgumentParser, model: str) -> argparse._ArgumentG
                    help="position table: VideoMAE's 1-D sin-cos over the token index, a factorised "
                         "time/height/width 3-D sin-cos table, or a learned table")
     g.add_argument("--use_checkpoint", action="store_true",
-                   help="activation checkpointing (less memory, about a third slower)")
+                   help="activation checkpointing: less memory, more compute (each block's forward runs again "
+                        "in the backward pass)")
     g.add_argument("--attn_impl", default="auto", choices=ATTN_IMPLS,
                    help="attention kernel: sdpa (torch's fused scaled_dot_product_attention), math (matmul + "
                         "softmax), or auto: math for bf16/fp16 on CPU, where it is faster, sdpa elsewhere")
@@ -64,7 +83,11 @@ def add_optim_args(p: argparse.ArgumentParser, lr: float, min_lr: float, warmup_
     g.add_argument("--weight_decay_end", default=None, type=float,
                    help="weight decay at the end of a cosine schedule (default: constant)")
     g.add_argument("--lr", default=lr, type=float,
-                   help="base learning rate for a total batch of 256; scaled by total batch / 256")
+                   help="base learning rate for a total batch of 256; --lr, --min_lr and --warmup_lr are scaled by "
+                        "total batch / 256")
+    g.add_argument("--lr_scale_by", default="batch", choices=LR_SCALE_BY,
+                   help="what the linear scaling rule counts: batch = batch_size x update_freq x processes "
+                        "(VideoMAE), clips = that x num_sample")
     g.add_argument("--warmup_lr", default=1e-6, type=float, help="learning rate at the start of warmup")
     g.add_argument("--min_lr", default=min_lr, type=float, help="learning rate at the end of the cosine")
     g.add_argument("--warmup_epochs", default=warmup_epochs, type=int, help="linear warmup epochs")
@@ -82,6 +105,8 @@ def add_data_args(p: argparse.ArgumentParser, data_path_help: str, num_sample: i
     g.add_argument("--sampling_rate", default=4, type=int, help="frame stride inside a clip")
     g.add_argument("--num_sample", default=num_sample, type=int,
                    help="clips cut from each decoded video (repeated augmentation)")
+    g.add_argument("--fname_tmpl", default="img_{:05}.jpg", type=str,
+                   help="frame file names inside frame folders ('folder num_frames label' list lines)")
     g.add_argument("--num_workers", default=10, type=int, help="data loader worker processes")
     g.add_argument("--pin_mem", default=True, type=utils.str2bool, nargs="?", const=True,
                    help="pin host memory for faster copies to the GPU")
@@ -273,12 +298,12 @@ def pretraining_data_problems(args: argparse.Namespace) -> list[str]:
         return []  # no list (the demo data), already reported, or --check_data reports it all
     errors: list[str] = []
     try:
-        entries = parse_list_file(args.data_path, args.data_root, errors=errors)
+        entries = numbered_pretraining_entries(args.data_path, args.data_root, errors=errors)
     except (OSError, ValueError) as e:
         return [str(e)]
     if errors:
         return list_problems(errors)
-    return batch_problems(args, len(entries), args.data_path)
+    return batch_problems(args, len(entries), args.data_path, args.update_freq)
 
 
 def finetuning_data_problems(args: argparse.Namespace) -> list[str]:
@@ -329,11 +354,24 @@ def writable_dir_problems(folder: str, flag: str) -> list[str]:
     return []
 
 
-def scale_lr(args: argparse.Namespace, clips_per_step: int) -> None:
-    """VideoMAE's linear scaling rule: the LR flags are for a total batch of 256. The flags are changed in
-    place, so that checkpoints record the rates the run used."""
+def total_batch_size(args: argparse.Namespace, world_size: int) -> int:
+    """Videos per optimizer update over all processes, as VideoMAE counts them: batch x accumulation x processes."""
+    return args.batch_size * getattr(args, "update_freq", 1) * world_size
+
+
+def scale_lr(args: argparse.Namespace, world_size: int) -> str:
+    """VideoMAE's linear scaling rule: ``--lr``, ``--min_lr`` and ``--warmup_lr`` are for a total batch of 256
+    and are multiplied by total batch / 256 (``--lr_scale_by clips``: by total clips / 256). The flags change in
+    place, so that checkpoints record the rates the run used. Returns the lines to print, in VideoMAE's words."""
+    total = total_batch_size(args, world_size)
+    counted = total * (args.num_sample if args.lr_scale_by == "clips" else 1)
+    base = args.lr
     for name in ("lr", "min_lr", "warmup_lr"):
-        setattr(args, name, getattr(args, name) * clips_per_step / 256)
+        setattr(args, name, getattr(args, name) * counted / 256)
+    return (f"LR = {args.lr:.8f} (--lr {base:g} x {counted} / 256, counting the {args.lr_scale_by}); "
+            f"min_lr = {args.min_lr:.8g}, warmup_lr = {args.warmup_lr:.8g}\n"
+            f"Batch size = {total} ({args.batch_size} x update_freq {getattr(args, 'update_freq', 1)} x "
+            f"{world_size} processes; {total * args.num_sample} clips per update)")
 
 
 # ---------------------------------------------------------------- data flags -> data configs
@@ -372,7 +410,8 @@ def classification_data_config(args: argparse.Namespace) -> ClassificationDataCo
         lists=video_lists_config(args), sampling_rate=args.sampling_rate, num_sample=args.num_sample, aa=args.aa,
         train_crop_scale=_pair(args.train_crop_scale), flip=args.flip, train_interpolation=args.train_interpolation,
         reprob=args.reprob, remode=args.remode, recount=args.recount, short_side_size=args.short_side_size,
-        test_num_segment=args.test_num_segment, test_num_crop=args.test_num_crop, fname_tmpl=args.fname_tmpl)
+        test_num_segment=args.test_num_segment, test_num_crop=args.test_num_crop, fname_tmpl=args.fname_tmpl,
+        sampling=args.sampling)
 
 
 def _pair(values: list[float] | None) -> tuple[float, float] | None:
@@ -382,7 +421,7 @@ def _pair(values: list[float] | None) -> tuple[float, float] | None:
 def pretraining_data_config(args: argparse.Namespace) -> PretrainingDataConfig:
     """The pre-training flags' dataset."""
     return PretrainingDataConfig(data_path=args.data_path, sampling_rate=args.sampling_rate, data_root=args.data_root,
-                                 num_sample=args.num_sample)
+                                 num_sample=args.num_sample, flip=args.flip, fname_tmpl=args.fname_tmpl)
 
 
 def loader_config(args: argparse.Namespace) -> LoaderConfig:
@@ -407,7 +446,7 @@ def trainer_config(args: argparse.Namespace, device: str | None) -> TrainerConfi
     return TrainerConfig(
         output_dir=args.output_dir, model_name=args.model, device=device, amp=args.amp, epochs=args.epochs, schedule=schedule,
         log_dir=args.log_dir, seed=args.seed, deterministic=args.deterministic, start_epoch=args.start_epoch,
-        update_freq=getattr(args, "update_freq", 1), clip_grad=args.clip_grad, print_freq=args.print_freq,
+        update_freq=args.update_freq, clip_grad=args.clip_grad, print_freq=args.print_freq,
         save_ckpt_freq=args.save_ckpt_freq, save_ckpt_every_steps=args.save_ckpt_every_steps,
         keep_ckpts=args.keep_ckpts, save_safetensors=args.save_safetensors, attn_impl=args.attn_impl,
         compile=args.compile, model_ema_decay=args.model_ema_decay if getattr(args, "model_ema", False) else None,

@@ -17,7 +17,7 @@ import numpy as np
 
 import utils
 from datasets import PretrainingDataConfig
-from video_lists import VideoListsConfig, numbered_list_entries, read_records
+from video_lists import VideoListsConfig, numbered_pretraining_entries, read_records
 from video_reader import FrameFolder, VideoDecodeError, VideoFile
 
 MAX_LISTED = 100  # bad paths written into one log.txt record
@@ -141,14 +141,14 @@ def check_video(path: str, num_frames: int | None = None, fname_tmpl: str = "img
 
 
 def pretraining_entries(list_file: str, data_root: str | None, errors: list[str]) -> list[Entry]:
-    """The videos of the pre-training ``list_file`` (paths relative to ``data_root`` when given); bad lines go
-    to ``errors``."""
+    """The videos and frame folders of the pre-training ``list_file`` (paths relative to ``data_root`` when
+    given); bad lines go to ``errors``."""
     try:
-        parsed = numbered_list_entries(list_file, data_root, errors=errors)
+        parsed = numbered_pretraining_entries(list_file, data_root, errors=errors)
     except (OSError, ValueError) as e:
         errors.append(str(e))
         return []
-    return [Entry(path, f"{list_file}, line {number}") for number, path, _ in parsed]
+    return [Entry(path, f"{list_file}, line {number}", count) for number, path, count in parsed]
 
 
 def finetuning_entries(lists: VideoListsConfig, errors: list[str]) -> list[Entry]:

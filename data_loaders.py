@@ -80,18 +80,19 @@ def evaluation_loader(dataset: Dataset, config: LoaderConfig, device: torch.devi
 
 
 def pretraining_loader(data: PretrainingDataConfig, config: LoaderConfig, grid: PatchGrid,
-                       mask_generator: MaskGenerator, device: torch.device
+                       mask_generator: MaskGenerator, device: torch.device, update_freq: int = 1
                        ) -> tuple[VideoMAEPretrainDataset, BadVideoTracker]:
-    """The pre-training dataset of ``data`` and its training loader.
+    """The pre-training dataset of ``data`` and its training loader, in whole updates of ``update_freq`` batches.
 
     Exits with an error when one global batch (``batch_size`` x processes) holds more than all the videos.
     """
     dataset = build_pretraining_dataset(data, grid, mask_generator)
     dataset.report_bad = True  # unreadable videos travel with the batches to the tracker below
     loader = train_loader(dataset, config, CollateWithBad(collate_fn_for(data.num_sample)), device,
-                          persistent_workers=True)
+                          batches_multiple=update_freq, persistent_workers=True)
     tracker = BadVideoTracker(loader, len(dataset), config.max_bad_fraction, data.data_path)
     if tracker.sampler.batches_per_epoch == 0:
-        raise SystemExit(f"error: --batch_size {config.batch_size} x {utils.get_world_size()} processes is larger "
-                         f"than the {len(dataset)} videos in {data.data_path}")
+        accumulation = f"--update_freq {update_freq} x " if update_freq > 1 else ""
+        raise SystemExit(f"error: --batch_size {config.batch_size} x {accumulation}{utils.get_world_size()} processes "
+                         f"is larger than the {len(dataset)} videos in {data.data_path}")
     return dataset, tracker

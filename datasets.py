@@ -17,8 +17,8 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from patch_grid import PatchGrid
-from video_lists import VideoListsConfig, VideoRecord, parse_list_file, read_records
-from video_reader import VideoDecodeError, VideoFile, decode_clips
+from video_lists import VideoListsConfig, VideoRecord, numbered_pretraining_entries, read_records
+from video_reader import FrameFolder, VideoDecodeError, VideoFile, decode_clips
 from video_transforms import PRETRAIN_SCALES, EvalTransform, PretrainTransform, RandomResizedCropTransform
 
 MaskGenerator = Callable[[], tuple[Any, Any]]
@@ -77,6 +77,40 @@ def segment_clip_indices(num_video_frames: int, num_frames: int, sampling_rate: 
     starts = [slack // 2] if num_segments == 1 else np.round(np.linspace(0, slack, num_segments)).astype(int)
     offsets = np.arange(num_frames, dtype=np.int64) * sampling_rate
     return [(int(start) + offsets) % num_video_frames for start in starts]
+
+
+SAMPLINGS = ("stride", "segment")
+
+
+def segment_train_indices(num_video_frames: int, num_segments: int, rng: np.random.Generator) -> np.ndarray:
+    """TSN-style training indices, as VideoMAE's SSv2 loader draws them: the video cut into ``num_segments``
+    segments of ``len // num_segments`` frames, one frame at a random offset in each, int64 ``[num_segments]``.
+
+    A video shorter than ``num_segments`` frames spreads them evenly and repeats frames (VideoMAE repeats
+    frame 0 there).
+    """
+    if num_video_frames < 1:
+        raise ValueError(f"video has no frames (num_video_frames={num_video_frames})")
+    average = num_video_frames // num_segments
+    base = np.arange(num_segments, dtype=np.int64)
+    if average > 0:
+        return base * average + rng.integers(average, size=num_segments)
+    return base * num_video_frames // num_segments
+
+
+def segment_eval_indices(num_video_frames: int, num_segments: int, fraction: float) -> np.ndarray:
+    """One frame per segment of ``len / num_segments`` frames, ``fraction`` of the way into each: 0 gives the
+    segment starts and 0.5 the centres, VideoMAE's two SSv2 test clips. int64 ``[num_segments]``."""
+    if num_video_frames < 1:
+        raise ValueError(f"video has no frames (num_video_frames={num_video_frames})")
+    tick = num_video_frames / float(num_segments)
+    return np.array([int(tick * x + tick * fraction) for x in range(num_segments)], dtype=np.int64)
+
+
+def eval_view_fraction(segment: int, num_segments: int) -> float:
+    """Where segment sampling's evaluation view ``segment`` of ``num_segments`` sits in each segment: view j of
+    k at j / k (VideoMAE's starts and centres for k = 2); a single view at the centres."""
+    return 0.5 if num_segments == 1 else segment / num_segments
 
 
 def torch_seeded_rng() -> np.random.Generator:
@@ -158,12 +192,13 @@ class CollateWithBad:
 # ---- pre-training -------------------------------------------------------------------------------
 
 class VideoMAEPretrainDataset(SkipsUnreadableVideos, Dataset):
-    """Clips for masked-autoencoder pre-training, labels ignored.
+    """Clips for masked-autoencoder pre-training, labels ignored; videos are files or frame folders.
 
     Item ``i`` is ``(video, enc_mask, dec_mask)``: ``video`` uint8 ``[3, T, H, W]`` with
     ``T, (H, W) = grid.num_frames, grid.input_size`` (the training step normalises it on its device,
     see ``video_transforms.normalize_batch``), and the two masks as returned by one
-    call of ``mask_generator()`` (passed through untouched). With ``num_sample > 1`` each of
+    call of ``mask_generator()`` (passed through untouched). Augmentation is VideoMAE's multi-scale crop,
+    plus a horizontal flip only with ``flip``. With ``num_sample > 1`` each of
     the three is a list of ``num_sample`` independently sampled and augmented clips of the
     same video (repeated augmentation; the needed frames are decoded once); batch those
     with :func:`multiple_samples_collate`.
@@ -177,13 +212,15 @@ class VideoMAEPretrainDataset(SkipsUnreadableVideos, Dataset):
 
     def __init__(self, list_file: str | os.PathLike, data_root: str | os.PathLike | None, grid: PatchGrid,
                  sampling_rate: int, mask_generator: MaskGenerator, num_sample: int = 1,
-                 scales: Sequence[float] = PRETRAIN_SCALES, flip: bool = True, seed: int | None = None) -> None:
+                 scales: Sequence[float] = PRETRAIN_SCALES, flip: bool = False, seed: int | None = None,
+                 fname_tmpl: str = "img_{:05}.jpg") -> None:
         if num_sample < 1:
             raise ValueError(f"num_sample must be >= 1, got {num_sample}")
         if sampling_rate < 1:
             raise ValueError(f"sampling_rate must be >= 1, got {sampling_rate}")
         self.list_file = os.fspath(list_file)
-        self.samples = parse_list_file(list_file, data_root)
+        self.samples = [(path, count) for _, path, count in numbered_pretraining_entries(list_file, data_root)]
+        self.fname_tmpl = fname_tmpl
         self.grid = grid
         self.sampling_rate = sampling_rate
         self.mask_generator = mask_generator
@@ -201,7 +238,8 @@ class VideoMAEPretrainDataset(SkipsUnreadableVideos, Dataset):
 
     def load_clips(self, index: int, rng: np.random.Generator) -> list[torch.Tensor]:
         """``num_sample`` raw uint8 ``THWC`` clips of video ``index``, decoding each needed frame once."""
-        video = VideoFile(self.samples[index][0])
+        path, count = self.samples[index]
+        video = VideoFile(path) if count is None else FrameFolder(path, count, self.fname_tmpl)
         picks = [sample_clip_indices(len(video), self.grid.num_frames, self.sampling_rate, rng)
                  for _ in range(self.num_sample)]
         return decode_clips(video, picks)
@@ -248,12 +286,15 @@ def collate_fn_for(num_sample: int) -> Callable[[list], Any]:
 @dataclass(frozen=True)
 class PretrainingDataConfig:
     """The pre-training videos: the list file ``data_path`` (paths relative to ``data_root``, or to the list's
-    folder when None), ``sampling_rate`` frames between a clip's frames, ``num_sample`` clips per video."""
+    folder when None), ``sampling_rate`` frames between a clip's frames, ``num_sample`` clips per video,
+    ``flip``: random horizontal flips (VideoMAE has none), ``fname_tmpl``: the frames of frame folders."""
 
     data_path: str
     sampling_rate: int
     data_root: str | None = None
     num_sample: int = 1
+    flip: bool = False
+    fname_tmpl: str = "img_{:05}.jpg"
 
 
 def build_pretraining_dataset(config: PretrainingDataConfig, grid: PatchGrid,
@@ -266,6 +307,8 @@ def build_pretraining_dataset(config: PretrainingDataConfig, grid: PatchGrid,
         sampling_rate=config.sampling_rate,
         mask_generator=mask_generator,
         num_sample=config.num_sample,
+        flip=config.flip,
+        fname_tmpl=config.fname_tmpl,
     )
 
 
@@ -284,10 +327,12 @@ class VideoClsTrainDataset(SkipsUnreadableVideos, Dataset):
 
     def __init__(self, records: Sequence[VideoRecord], grid: PatchGrid, sampling_rate: int,
                  transform: RandomResizedCropTransform, num_sample: int = 1, fname_tmpl: str = "img_{:05}.jpg",
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, sampling: str = "stride") -> None:
         if num_sample < 1:
             raise ValueError(f"num_sample must be >= 1, got {num_sample}")
-        self.records, self.grid, self.sampling_rate = list(records), grid, sampling_rate
+        if sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+        self.records, self.grid, self.sampling_rate, self.sampling = list(records), grid, sampling_rate, sampling
         self.transform, self.num_sample, self.fname_tmpl, self.seed = transform, num_sample, fname_tmpl, seed
 
     def __len__(self) -> int:
@@ -300,22 +345,29 @@ class VideoClsTrainDataset(SkipsUnreadableVideos, Dataset):
     def _item(self, index: int, rng: np.random.Generator):
         record = self.records[index]
         source = record.open(self.fname_tmpl)
-        picks = [sample_clip_indices(len(source), self.grid.num_frames, self.sampling_rate, rng)
-                 for _ in range(self.num_sample)]
+        picks = [self.clip_indices(len(source), rng) for _ in range(self.num_sample)]
         videos = [self.transform(clip, rng) for clip in decode_clips(source, picks)]
         if self.num_sample == 1:
             return videos[0], record.label
         return videos, [record.label] * self.num_sample
 
+    def clip_indices(self, num_video_frames: int, rng: np.random.Generator) -> np.ndarray:
+        """One training clip's frame indices, by stride (:func:`sample_clip_indices`) or segments."""
+        if self.sampling == "segment":
+            return segment_train_indices(num_video_frames, self.grid.num_frames, rng)
+        return sample_clip_indices(num_video_frames, self.grid.num_frames, self.sampling_rate, rng)
+
     def __repr__(self) -> str:
-        return (f"VideoClsTrainDataset({len(self)} videos, {self.grid.describe()}, sampling_rate={self.sampling_rate}, "
+        return (f"VideoClsTrainDataset({len(self)} videos, {self.grid.describe()}, {self.sampling} sampling, "
+                f"sampling_rate={self.sampling_rate}, "
                 f"num_sample={self.num_sample}, {self.transform})")
 
 
 class VideoClsEvalDataset(SkipsUnreadableVideos, Dataset):
     """Deterministic evaluation views: one item per (video, temporal segment, spatial crop).
 
-    Segments come from :func:`segment_clip_indices`, crops from :class:`EvalTransform`
+    Temporal views come from :func:`segment_clip_indices` (stride sampling) or :func:`segment_eval_indices`
+    (segment sampling), crops from :class:`EvalTransform`
     (short side resized to ``short_side``, then ``num_crops`` crops spread along the axis with
     slack). Item ``i`` is ``(video, label, video_index)``, plus ``view = segment * num_crops + crop``
     when ``with_view``; ``len`` is videos x segments x crops. An unreadable video's views are never
@@ -327,10 +379,12 @@ class VideoClsEvalDataset(SkipsUnreadableVideos, Dataset):
 
     def __init__(self, records: Sequence[VideoRecord], grid: PatchGrid, sampling_rate: int,
                  short_side: int | None = None, num_segments: int = 1, num_crops: int = 1, with_view: bool = False,
-                 fname_tmpl: str = "img_{:05}.jpg") -> None:
+                 fname_tmpl: str = "img_{:05}.jpg", sampling: str = "stride") -> None:
         if num_segments < 1 or num_crops < 1:
             raise ValueError(f"num_segments and num_crops must be >= 1, got {num_segments}, {num_crops}")
-        self.records, self.grid, self.sampling_rate = list(records), grid, sampling_rate
+        if sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+        self.records, self.grid, self.sampling_rate, self.sampling = list(records), grid, sampling_rate, sampling
         self.num_segments, self.num_crops, self.with_view = num_segments, num_crops, with_view
         self.fname_tmpl = fname_tmpl
         self.transform = EvalTransform(grid.input_size, short_side, num_crops)
@@ -358,16 +412,28 @@ class VideoClsEvalDataset(SkipsUnreadableVideos, Dataset):
         segment, crop = divmod(view, self.num_crops)
         record = self.records[video_index]
         source = record.open(self.fname_tmpl)
-        indices = segment_clip_indices(len(source), self.grid.num_frames, self.sampling_rate,
-                                       self.num_segments)[segment]
+        indices = self.clip_indices(len(source), segment)
         video = self.transform.view(decode_clips(source, [indices])[0], crop)
         if self.with_view:
             return video, record.label, video_index, view
         return video, record.label, video_index
 
+    def clip_indices(self, num_video_frames: int, segment: int) -> np.ndarray:
+        """Frame indices of temporal view ``segment``: evenly placed stride clips, or one frame per segment."""
+        if self.sampling == "segment":
+            return segment_eval_indices(num_video_frames, self.grid.num_frames,
+                                        eval_view_fraction(segment, self.num_segments))
+        return segment_clip_indices(num_video_frames, self.grid.num_frames, self.sampling_rate,
+                                    self.num_segments)[segment]
+
     def __repr__(self) -> str:
         return (f"VideoClsEvalDataset({len(self.records)} videos x {self.num_segments} segments x {self.num_crops} "
                 f"crops, {self.grid.describe()}, sampling_rate={self.sampling_rate}, {self.transform})")
+
+
+def default_sampling(data_set: str) -> str:
+    """VideoMAE's frame sampling per data set: TSN segments for SSV2, a strided clip for the others."""
+    return "segment" if data_set == "SSV2" else "stride"
 
 
 def default_flip(data_set: str) -> bool:
@@ -383,7 +449,8 @@ class ClassificationDataConfig:
     ``train_crop_scale`` (None: ``(0.08, 1.0)``), ``flip`` (None: per data set, see :func:`default_flip`),
     ``train_interpolation``, random erasing ``reprob``/``remode``/``recount``. Evaluation:
     ``short_side_size``, and for test ``test_num_segment`` x ``test_num_crop`` views. ``fname_tmpl``
-    names the frames of SSV2 frame folders. The defaults mean off: no augmentation beyond crop and
+    names the frames of SSV2 frame folders; ``sampling`` ("stride", "segment", None: per data set, see
+    :func:`default_sampling`) how clips are cut from videos. The defaults mean off: no augmentation beyond crop and
     flip, one clip, one view.
     """
 
@@ -401,6 +468,12 @@ class ClassificationDataConfig:
     test_num_segment: int = 1
     test_num_crop: int = 1
     fname_tmpl: str = "img_{:05}.jpg"
+    sampling: str | None = None
+
+    @property
+    def frame_sampling(self) -> str:
+        """``sampling`` when set, else :func:`default_sampling` of the data set."""
+        return default_sampling(self.lists.data_set) if self.sampling is None else self.sampling
 
     @property
     def train_flip(self) -> bool:
@@ -428,11 +501,11 @@ def build_dataset(mode: str, config: ClassificationDataConfig, grid: PatchGrid) 
             rand_augment=config.aa, interpolation=config.train_interpolation, reprob=config.reprob,
             remode=config.remode, recount=config.recount)
         dataset: Dataset = VideoClsTrainDataset(records, grid, config.sampling_rate, transform, config.num_sample,
-                                                config.fname_tmpl)
+                                                config.fname_tmpl, sampling=config.frame_sampling)
     else:
         test = mode == "test"
         dataset = VideoClsEvalDataset(
             records, grid, config.sampling_rate, config.short_side_size,
             num_segments=config.test_num_segment if test else 1, num_crops=config.test_num_crop if test else 1,
-            with_view=test, fname_tmpl=config.fname_tmpl)
+            with_view=test, fname_tmpl=config.fname_tmpl, sampling=config.frame_sampling)
     return dataset, nb_classes

@@ -20,11 +20,11 @@ import utils
 from checkpoint import (CheckpointError, FoundCheckpoint, check_checkpoint_grid, choose_checkpoint, epoch_checkpoint_files,
                         load_checkpoint, load_model_state)
 from data_loaders import classification_train_loader, evaluation_loader
-from datasets import build_dataset
+from datasets import SAMPLINGS, build_dataset
 from engine_for_finetuning import Classification, evaluate, final_test, merge_test_results
 from models import create_video_model
 from optim_factory import build_optimizer
-from patch_grid import PatchGrid
+from patch_grid import PatchGrid, recorded_grid
 from trainer import Trainer, launch
 from video_lists import DATA_SETS, read_records
 
@@ -34,7 +34,6 @@ FINETUNE_HINT = " To fine-tune from its weights at this run's grid, pass it to -
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = cli_args.run_parser("PATCHES fine-tuning and testing", epochs=30, save_ckpt_freq=100)
-    p.add_argument("--update_freq", default=1, type=int, help="gradient accumulation: steps per optimizer update")
 
     g = cli_args.add_grid_args(p, "vit_base_patch16_224")
     g.add_argument("--nb_classes", default=None, type=int,
@@ -86,13 +85,16 @@ def get_args_parser() -> argparse.ArgumentParser:
                                   "default: the built-in demo dataset", num_sample=2)
     g.add_argument("--data_set", default="Kinetics-400", choices=DATA_SETS, help="dataset kind")
     g.add_argument("--eval_data_path", default=None, type=str, help="folder with val.csv/test.csv if not --data_path")
-    g.add_argument("--fname_tmpl", default="img_{:05}.jpg", type=str, help="frame file names for SSV2 frame folders")
     g.add_argument("--split", default=1, type=int, help="official split (UCF101, HMDB51)")
     g.add_argument("--short_side_size", default=None, type=int,
                    help="short side of the resize before validation/test crops (default: the smaller input side)")
     g.add_argument("--flip", default=None, type=utils.str2bool, nargs="?", const=True,
                    help="horizontal flip in training (default: on, except SSV2 and the demo data, whose classes "
                         "have a left and a right)")
+    g.add_argument("--sampling", default=None, choices=SAMPLINGS,
+                   help="frames of a clip: stride = num_frames frames sampling_rate apart; segment = the video cut "
+                        "into num_frames segments, one frame from each, as VideoMAE samples SSV2 (default: segment "
+                        "for SSV2, stride otherwise)")
     g.add_argument("--test_num_segment", default=5, type=int, help="temporal clips per video at test")
     g.add_argument("--test_num_crop", default=3, type=int, help="spatial crops per clip at test")
 
@@ -199,6 +201,8 @@ def load_weights(path: str, model: torch.nn.Module, model_ema, args: argparse.Na
         except CheckpointError as e:
             raise SystemExit(f"error: {e}")
     try:
+        if recorded_grid(ckpt) is None:
+            ckpt = videomae_checkpoint(ckpt, path, grid, args.model_key)
         check_checkpoint_grid(ckpt, grid, path, f"Evaluating keeps a checkpoint's grid: pass the file's values."
                                                 f"{FINETUNE_HINT}")
         load_model_state(model, ckpt, path, args.model)
@@ -208,6 +212,22 @@ def load_weights(path: str, model: torch.nn.Module, model_ema, args: argparse.Na
         model_ema.module.load_state_dict(ckpt["model_ema"])
     print(f"Loaded {path} (epoch {ckpt.get('epoch')})")
     return ckpt
+
+
+def videomae_checkpoint(ckpt: dict[str, Any], path: str, grid: PatchGrid, model_key: str) -> dict[str, Any]:
+    """A checkpoint with no recorded grid (VideoMAE's own) as ours: the state dict under ``model_key`` as "model";
+    refused when the grid inferred from it (as --finetune infers it) is not this run's."""
+    from weight_loading import inferred_grid
+    try:
+        theirs, note = inferred_grid(ckpt, model_key)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+    if theirs is not None and "assumed" not in note and theirs.differences(grid):
+        raise CheckpointError(f"{path} was made at another patch grid than this run's ({note}: "
+                              f"{'; '.join(theirs.differences(grid))}: the file's value first).{FINETUNE_HINT}")
+    print(f"{path}: VideoMAE's layout, patch grid {note or 'unknown'}")
+    sd = next((ckpt[k] for k in model_key.split("|") if isinstance(ckpt.get(k), dict)), None)
+    return ckpt if sd is None else {**ckpt, "model": sd}
 
 
 def pretraining_model_hint(ckpt: dict[str, Any]) -> str:
@@ -322,7 +342,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace, grid: PatchGrid, device: str | None) -> dict[str, Any]:
     if not args.eval:
-        cli_args.scale_lr(args, args.batch_size * args.num_sample * utils.get_world_size() * args.update_freq)
+        print(cli_args.scale_lr(args, utils.get_world_size()))
     with Trainer(cli_args.trainer_config(args, device), grid, args) as trainer:
         print(f"Patch grid: {grid.describe()}")
         # before data and model, so that a checkpoint of another grid is refused before any heavy work
@@ -380,7 +400,7 @@ def train(args: argparse.Namespace, trainer: Trainer, train_set: Any, found: Fou
     if steps_per_epoch == 0:
         raise SystemExit(f"error: --batch_size {args.batch_size} x --update_freq {args.update_freq} x "
                          f"{utils.get_world_size()} processes is larger than the {len(train_set)} training videos")
-    print(f"{len(train_set)} training videos, {steps_per_epoch} updates per epoch of "
+    print(f"{len(train_set)} training videos ({train_set.sampling} sampling), {steps_per_epoch} updates per epoch of "
           f"{clips_per_step * args.update_freq} clips; lr {args.lr:.3g}")
     optimizer = build_optimizer(cli_args.optimizer_config(args, args.layer_decay), trainer.model_without_ddp)
     trainer.setup_training(optimizer, train_loader, micro_batch=args.batch_size * args.num_sample,

@@ -43,8 +43,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="per-patch normalised pixel targets (true/false)")
 
     cli_args.add_optim_args(p, lr=1.5e-4, min_lr=1e-5, warmup_epochs=40, opt_betas=[0.9, 0.95])
-    cli_args.add_data_args(p, "list file of 'path' or 'path label' lines; default: the built-in demo dataset",
-                           num_sample=1)
+    g = cli_args.add_data_args(p, "list file of 'path' or 'path label' lines, or of frame folders 'folder "
+                                  "num_frames label'; default: the built-in demo dataset", num_sample=1)
+    g.add_argument("--flip", default=False, type=utils.str2bool, nargs="?", const=True,
+                   help="random horizontal flips (VideoMAE pre-trains without; never for data whose classes have a "
+                        "left and a right, such as SSV2)")
     cli_args.add_run_args(p, "output/pretrain")
     cli_args.add_scale_args(p)
     return p
@@ -53,7 +56,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def validate_args(args: argparse.Namespace):
     """Every cheap check, before data or model are built. Returns the grid and mask counts."""
     grid, problems = cli_args.validate_common(
-        args, ("batch_size", "epochs", "sampling_rate", "num_sample", "save_ckpt_freq", "print_freq"))
+        args, ("batch_size", "update_freq", "epochs", "sampling_rate", "num_sample", "save_ckpt_freq", "print_freq"))
     counts = None
     if grid is not None:
         try:
@@ -87,7 +90,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 def train(args: argparse.Namespace, grid: PatchGrid, counts: MaskCounts, device: str | None) -> dict[str, Any]:
     clips_per_step = args.batch_size * args.num_sample * utils.get_world_size()
-    cli_args.scale_lr(args, clips_per_step)
+    print(cli_args.scale_lr(args, utils.get_world_size()))
     with Trainer(cli_args.trainer_config(args, device), grid, args) as trainer:
         print(f"Patch grid: {grid.describe()}")
         print(f"Masking: {args.mask_type} {args.mask_ratio}: {counts.num_visible} visible, {counts.num_masked} "
@@ -100,11 +103,11 @@ def train(args: argparse.Namespace, grid: PatchGrid, counts: MaskCounts, device:
         trainer.refuse_misfit(found, build_model)
         cli_args.use_demo_data_if_no_data_path(args, finetuning=False)
         dataset, loader = pretraining_loader(cli_args.pretraining_data_config(args), cli_args.loader_config(args),
-                                             grid, build_mask_generator(args, grid), trainer.device)
+                                             grid, build_mask_generator(args, grid), trainer.device, args.update_freq)
         model = trainer.prepare_model(build_model())
         print(f"Model {args.model}: {trainer.n_parameters / 1e6:.2f} M parameters")
-        print(f"{len(dataset)} videos, {loader.sampler.batches_per_epoch} steps per epoch of {clips_per_step} clips; "
-              f"lr {args.lr:.3g}")
+        print(f"{len(dataset)} videos, {loader.sampler.batches_per_epoch // args.update_freq} updates per epoch of "
+              f"{clips_per_step * args.update_freq} clips; lr {args.lr:.3g}")
         trainer.setup_training(build_optimizer(cli_args.optimizer_config(args), model), loader,
                                micro_batch=args.batch_size * args.num_sample, clips_per_step=clips_per_step)
         if found is not None:

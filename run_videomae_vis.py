@@ -23,6 +23,7 @@ import torch
 
 import utils
 from checkpoint import read_checkpoint
+from weight_loading import inferred_grid
 from masking_generator import MASK_TYPES, MaskGenerator
 from model_registry import VIT_SIZES
 from modeling_pretrain import MaskedVideoAutoencoder, mask_to_index, patchify, unpatchify
@@ -77,8 +78,11 @@ def load_pretrain_model(path: str | Path, device: torch.device
         grid = recorded_grid(ckpt)
     except GridError as e:
         raise ValueError(f"{path}: {e}") from None
-    if grid is None:
-        raise ValueError(f"{path} records no patch grid; it was not written by PATCHES")
+    if grid is None:  # VideoMAE's own checkpoints: inferred from the tensors, as --finetune does
+        grid, note = inferred_grid(ckpt)
+        if grid is None:
+            raise ValueError(f"{path} records no patch grid and holds no patch embedding to infer one from")
+        print(f"{path}: patch grid {note}")
     if "encoder_to_decoder.weight" not in sd:
         raise ValueError(f"{path} is not a pre-training checkpoint (it has no decoder to reconstruct with)")
     args = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}

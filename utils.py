@@ -178,11 +178,16 @@ def all_reduce_mean(value: float, device: torch.device) -> float:
 
 def cosine_scheduler(base_value: float, final_value: float, epochs: int, steps_per_epoch: int,
                      warmup_epochs: int = 0, start_warmup_value: float = 0.0, warmup_steps: int = -1) -> np.ndarray:
-    """Per-step values: linear warmup to ``base_value``, then half-cosine down to ``final_value``."""
+    """Per-step values as VideoMAE's ``utils.cosine_scheduler``: a linear warmup from ``start_warmup_value`` that
+    reaches ``base_value`` on its last step, then a half-cosine from ``base_value`` down to ``final_value``.
+
+    VideoMAE's scripts never pass ``start_warmup_value`` (their warmup starts at 0, ignoring ``--warmup_lr``);
+    PATCHES's run scripts pass ``--warmup_lr``.
+    """
     total = epochs * steps_per_epoch
     warmup = warmup_steps if warmup_steps > 0 else warmup_epochs * steps_per_epoch
     warmup = min(warmup, total)
-    ramp = np.linspace(start_warmup_value, base_value, warmup, endpoint=False) if warmup else np.array([])
+    ramp = np.linspace(start_warmup_value, base_value, warmup) if warmup else np.array([])
     steps = np.arange(total - warmup)
     decay = final_value + 0.5 * (base_value - final_value) * (1 + np.cos(math.pi * steps / max(1, len(steps))))
     return np.concatenate([ramp, decay])

@@ -72,6 +72,31 @@ def numbered_list_entries(path: str | os.PathLike, data_root: str | os.PathLike 
     return entries
 
 
+def numbered_pretraining_entries(path: str | os.PathLike, data_root: str | os.PathLike | None = None,
+                                 errors: list[str] | None = None) -> list[tuple[int, str, int | None]]:
+    """A pre-training list as ``[(line, path, num_frames), ...]``: video files (``num_frames`` None) and
+    VideoMAE's frame folders, ``folder num_frames label`` or ``folder num_frames`` (the folder must exist).
+    Rules and ``errors`` as in :func:`parse_list_file`."""
+    path = os.fspath(path)
+    entries = []
+    for number, video, label in numbered_list_entries(path, data_root, errors):
+        folder, count = video, label  # 'folder num_frames': the count was parsed as the label
+        if not os.path.isdir(video):
+            head = video.rsplit(None, 1)
+            folder, count = (head[0], int(head[1])) if len(head) == 2 and _INT.fullmatch(head[1]) else (video, None)
+            if not os.path.isdir(folder):
+                folder, count = video, None
+        elif count is None:
+            _raise_or_collect(ValueError(f"{path}, line {number}: {video} is a folder; a frame folder's line is "
+                                         f"'folder num_frames label'"), errors)
+            continue
+        if count is not None and count < 1:
+            _raise_or_collect(ValueError(f"{path}, line {number}: frame folder with {count} frames"), errors)
+            continue
+        entries.append((number, folder, count))
+    return entries
+
+
 def _raise_or_collect(error: Exception, errors: list[str] | None) -> None:
     if errors is None:
         raise error
@@ -296,8 +321,9 @@ def _list_file_for(mode: str, lists: VideoListsConfig) -> str:
 
 
 def _records_for(mode: str, lists: VideoListsConfig, errors: list[str] | None = None) -> list[VideoRecord]:
-    if lists.data_set in ("UCF101", "HMDB51"):
-        folder = lists.data_path if mode == "train" else lists.eval_folder
+    folder = lists.data_path if mode == "train" else lists.eval_folder
+    own_list = os.path.join(folder, LIST_FILES["train" if mode == "train" else "test"])
+    if lists.data_set in ("UCF101", "HMDB51") and not os.path.isfile(own_list):
         read = ucf101_records if lists.data_set == "UCF101" else hmdb51_records
         return read(folder, lists.data_root, lists.split, train=mode == "train")
     return read_labelled_list(_list_file_for(mode, lists), lists.data_root, frame_folders=lists.data_set == "SSV2",
@@ -340,8 +366,9 @@ def read_records(mode: str, lists: VideoListsConfig, errors: list[str] | None = 
                  ) -> tuple[list[VideoRecord], int]:
     """The videos of ``mode`` ("train", "validation" or "test") and the class count, after every list check.
 
-    Validation falls back to test.csv when val.csv is missing; UCF101/HMDB51 validate and test on the
-    test split.
+    Validation falls back to test.csv when val.csv is missing. UCF101/HMDB51 read train.csv/val.csv/test.csv
+    (VideoMAE's lists) when the folder has a train.csv, else the official split files, testing and validating
+    on the test split.
 
     Raises ``ValueError`` or ``FileNotFoundError`` naming the file (and line) of the first problem; with
     ``errors`` given, every problem is appended there instead and the bad lines are left out.

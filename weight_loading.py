@@ -252,6 +252,16 @@ def _source_grid(ckpt: dict[str, Any], sd: dict[str, torch.Tensor],
 
 # ---------------------------------------------------------------- position table
 
+def inferred_grid(ckpt: dict[str, Any], model_key: str = "model|module") -> tuple[PatchGrid | None, str]:
+    """A checkpoint's patch grid as ``--finetune`` infers it (recorded, from its flags, or from the
+    patch-embedding kernel and position table; for VideoMAE's releases 16 frames at 224 px), and a note
+    saying how. ``(None, "")`` when it holds no patch embedding."""
+    raw, _ = _select_state_dict(ckpt, model_key, Path("checkpoint"))
+    report = LoadReport()
+    grid = _source_grid(ckpt, _prepare(raw, "", report), report)
+    return grid, report.grid_note
+
+
 def _matches_sincos(pos: torch.Tensor, grid: PatchGrid | None) -> str | None:
     """'1d' or '3d' when ``pos`` is that fixed table of ``grid`` (ignoring a leading cls row)."""
     if grid is None or pos.dim() != 3:

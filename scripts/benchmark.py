@@ -1,4 +1,4 @@
-"""PATCHES benchmark: train-step time, FLOP/s against the measured matmul rate, peak memory, loader clips/s.
+r"""PATCHES benchmark: train-step time, FLOP/s against the measured matmul rate, peak memory, loader clips/s.
 
 Each step configuration runs in its own process, so peak memory (RSS on CPU, allocator peak on CUDA) is its
 own. The data loader is measured by scripts/loader_bench.py (our loader against a VideoMAE-style baseline on

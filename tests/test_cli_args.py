@@ -67,3 +67,24 @@ def test_a_given_data_path_is_kept(fake_demo: Path, capsys: pytest.CaptureFixtur
     cli_args.use_demo_data_if_no_data_path(args, finetuning=True)
     assert (args.data_path, args.data_set, args.flip) == ("/d", "Kinetics-400", None)
     assert capsys.readouterr().out == ""
+
+
+def test_lr_is_scaled_by_videos_per_update_as_videomae_or_by_clips_when_asked() -> None:
+    parser = run_class_finetuning.get_args_parser()
+    args = parser.parse_args(["--batch_size", "8", "--num_sample", "2", "--update_freq", "4", "--lr", "1e-3"])
+    printed = cli_args.scale_lr(args, 2)
+    assert args.lr == pytest.approx(1e-3 * 64 / 256) and "LR = 0.00025000" in printed
+    assert "Batch size = 64 (8 x update_freq 4 x 2 processes; 128 clips per update)" in printed
+    args = parser.parse_args(["--batch_size", "8", "--num_sample", "2", "--lr_scale_by", "clips", "--min_lr", "1e-5"])
+    cli_args.scale_lr(args, 1)
+    assert (args.lr, args.min_lr) == pytest.approx((1e-3 * 16 / 256, 1e-5 * 16 / 256))
+
+
+def test_help_shows_each_default_once() -> None:
+    for script in (run_class_finetuning, run_mae_pretraining):
+        text = " ".join(script.get_args_parser().format_help().split())
+        assert "(default: None)" not in text and "default: cuda when present) (default" not in text
+    text = " ".join(run_class_finetuning.get_args_parser().format_help().split())
+    assert "--use_cls classify a cls token instead of mean pooling --model_ema" in text  # not "(default: True)"
+    assert "--no_auto_resume start fresh --start_epoch" in text
+    assert "--flip" in run_mae_pretraining.get_args_parser().format_help()

@@ -449,7 +449,7 @@ def test_bad_list_lines_stop_the_run_up_front(cli) -> None:
 def test_pretraining_list_is_checked_up_front(tmp_path: Path) -> None:
     import cli_args
     lst = write_text(tmp_path / "bad.csv", "a.mp4\nb.mp4 -4\nc.mp4\n")
-    args = SimpleNamespace(data_path=str(lst), data_root=None, check_data=False, batch_size=2)
+    args = SimpleNamespace(data_path=str(lst), data_root=None, check_data=False, batch_size=2, update_freq=1)
     assert cli_args.pretraining_data_problems(args) == [f"{lst}, line 2: negative label -4"]
     write_text(lst, "a.mp4\nc.mp4\n")
     assert cli_args.pretraining_data_problems(args) == []

@@ -4,8 +4,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ROOT_MODULES = {p.stem for p in ROOT.glob("*.py")}
-# These two drive the others' main(): run_demo.py chains the run scripts, patch_sweep.py runs them per grid.
-MAY_IMPORT_ENTRY_SCRIPTS = {"run_demo.py", "scripts/patch_sweep.py"}
+# These drive the others: run_demo.py chains the run scripts, patch_sweep.py runs them per grid, recipes.py
+# parses their flags as the scripts do.
+MAY_IMPORT_ENTRY_SCRIPTS = {"run_demo.py", "scripts/patch_sweep.py", "scripts/recipes.py"}
 
 
 def imported_root_modules(path: Path) -> set[str]:

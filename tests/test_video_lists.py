@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from video_lists import (DATA_SETS, NB_CLASSES, VideoListsConfig, numbered_list_entries, parse_list_file,
-                         read_labelled_list, read_records)
+from video_lists import (DATA_SETS, NB_CLASSES, VideoListsConfig, numbered_list_entries,
+                         numbered_pretraining_entries, parse_list_file, read_labelled_list, read_records)
 
 
 def write(path: Path, text: str | bytes) -> Path:
@@ -89,6 +89,31 @@ def test_frame_folder_lines(tmp_path: Path) -> None:
     lst = write(tmp_path / "train.csv", "frames/1 30 4\nframes/2 0 1\n")
     with pytest.raises(ValueError, match=r"train\.csv, line 2: frame folder with 0 frames"):
         read_labelled_list(lst, frame_folders=True)
+
+
+def test_pre_training_lists_read_frame_folders(tmp_path: Path) -> None:
+    for name in ("a", "b", "c"):
+        (tmp_path / "frames" / name).mkdir(parents=True)
+    (tmp_path / "clip.mp4").write_bytes(b"")
+    lst = write(tmp_path / "train.csv", "frames/a 30 4\nframes/b 12\nclip.mp4 3\nframes/c 0 1\nframes/c 2\n"
+                                        "frames/a\n")
+    errors: list[str] = []
+    entries = numbered_pretraining_entries(lst, errors=errors)
+    assert entries == [(1, str(tmp_path / "frames/a"), 30), (2, str(tmp_path / "frames/b"), 12),
+                       (3, str(tmp_path / "clip.mp4"), None), (5, str(tmp_path / "frames/c"), 2)]
+    assert errors == [f"{lst}, line 4: frame folder with 0 frames",
+                      f"{lst}, line 6: {tmp_path / 'frames/a'} is a folder; a frame folder's line is "
+                      f"'folder num_frames label'"]
+
+
+def test_videomae_csv_lists_for_ucf101_and_hmdb51(tmp_path: Path) -> None:
+    write(tmp_path / "train.csv", "a.avi 0\nb.avi 50\n")
+    write(tmp_path / "test.csv", "c.avi 100\n")
+    records, nb_classes = read_records("train", lists_config(tmp_path, data_set="UCF101"))
+    assert ([r.label for r in records], nb_classes) == ([0, 50], 101)
+    assert [r.label for r in read_records("validation", lists_config(tmp_path, data_set="UCF101"))[0]] == [100]
+    with pytest.raises(ValueError, match="label 100 is out of range"):
+        read_records("test", lists_config(tmp_path, data_set="HMDB51"))
 
 
 def test_parse_list_file_good_lines(tmp_path: Path) -> None:

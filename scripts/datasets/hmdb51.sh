@@ -1,19 +1,18 @@
-# HMDB51 settings for scripts/launch/*: variables only, each overridable from the environment.
-#   DATA_ROOT    the hmdb51/ video folder (<class>/<video>.avi)
-#   SPLIT_DIR    folder of the <class>_test_split{1,2,3}.txt files (default DATA_ROOT/../testTrainMulti_7030_splits)
-#   PRETRAIN_LIST  list of the training videos for pre-training (default SPLIT_DIR/pretrain_train0N.csv)
+# HMDB51 paths for scripts/launch/*: variables only, each overridable from the environment. The recipe
+# (RECIPE, default hmdb51_base_4800) lives in scripts/recipes.py.
+#   DATA_ROOT      the hmdb51/ video folder (<class>/<video>.avi)
+#   SPLIT          official split 1, 2 or 3 [1]
+#   SPLIT_DIR      folder of the <class>_test_split{1,2,3}.txt files [DATA_ROOT/../testTrainMulti_7030_splits];
+#                  or a folder of VideoMAE's train.csv/val.csv/test.csv, which are then read instead
+#   PRETRAIN_LIST  pre-training list [SPLIT_DIR/train.csv if there, else SPLIT_DIR/train0SPLIT.csv]; make it from the split files with
+#                  for f in "$SPLIT_DIR"/*_test_split1.txt; do c=$(basename "$f" _test_split1.txt)
+#                    awk -v c="$c" '$2 == 1 {print c "/" $1}' "$f"; done > "$SPLIT_DIR/train01.csv"
+#   FINETUNE_DATA  folder of the fine-tuning lists [SPLIT_DIR]
 : "${DATA_ROOT:?set DATA_ROOT to the HMDB51 video folder}"
 SPLIT=${SPLIT:-1}
 SPLIT_DIR=${SPLIT_DIR:-$DATA_ROOT/../testTrainMulti_7030_splits}
-PRETRAIN_LIST=${PRETRAIN_LIST:-$SPLIT_DIR/pretrain_train0$SPLIT.csv}
+if [ -z "${PRETRAIN_LIST:-}" ]; then
+  PRETRAIN_LIST=$SPLIT_DIR/train0$SPLIT.csv
+  [ -f "$SPLIT_DIR/train.csv" ] && PRETRAIN_LIST=$SPLIT_DIR/train.csv
+fi
 FINETUNE_DATA=${FINETUNE_DATA:-$SPLIT_DIR}
-DATA_SET=HMDB51
-NB_CLASSES=51
-SAMPLING_RATE=${SAMPLING_RATE:-2}
-MASK_RATIO=${MASK_RATIO:-0.9}
-PRETRAIN_EPOCHS=${PRETRAIN_EPOCHS:-4800}
-PRETRAIN_WARMUP=${PRETRAIN_WARMUP:-40}
-FINETUNE_EPOCHS=${FINETUNE_EPOCHS:-50}
-FINETUNE_LR=${FINETUNE_LR:-1e-3}
-TEST_SEGMENTS=${TEST_SEGMENTS:-10}
-TEST_CROPS=${TEST_CROPS:-3}

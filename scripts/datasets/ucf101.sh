@@ -1,20 +1,16 @@
-# UCF101 settings for scripts/launch/*: variables only, each overridable from the environment.
-#   DATA_ROOT    the UCF-101/ video folder (<Class>/v_<Class>_gXX_cYY.avi)
-#   SPLIT_DIR    folder of classInd.txt, trainlist0N.txt, testlist0N.txt (default DATA_ROOT/../ucfTrainTestlist)
-#   PRETRAIN_LIST  list of the training videos for pre-training (default SPLIT_DIR/pretrain_train0N.csv;
-#                make it with: cut -d' ' -f1 trainlist01.txt > pretrain_train01.csv)
+# UCF101 paths for scripts/launch/*: variables only, each overridable from the environment. The recipe
+# (RECIPE, default ucf101_base_3200) lives in scripts/recipes.py.
+#   DATA_ROOT      the UCF-101/ video folder (<Class>/v_<Class>_gXX_cYY.avi)
+#   SPLIT          official split 1, 2 or 3 [1]
+#   SPLIT_DIR      folder of classInd.txt, trainlist0N.txt, testlist0N.txt [DATA_ROOT/../ucfTrainTestlist];
+#                  or a folder of VideoMAE's train.csv/val.csv/test.csv, which are then read instead
+#   PRETRAIN_LIST  pre-training list [SPLIT_DIR/train.csv if there, else SPLIT_DIR/trainlist0SPLIT.txt: its 'path label' lines, labels unused]
+#   FINETUNE_DATA  folder of the fine-tuning lists [SPLIT_DIR]
 : "${DATA_ROOT:?set DATA_ROOT to the UCF-101 video folder}"
 SPLIT=${SPLIT:-1}
 SPLIT_DIR=${SPLIT_DIR:-$DATA_ROOT/../ucfTrainTestlist}
-PRETRAIN_LIST=${PRETRAIN_LIST:-$SPLIT_DIR/pretrain_train0$SPLIT.csv}
+if [ -z "${PRETRAIN_LIST:-}" ]; then
+  PRETRAIN_LIST=$SPLIT_DIR/trainlist0$SPLIT.txt
+  [ -f "$SPLIT_DIR/train.csv" ] && PRETRAIN_LIST=$SPLIT_DIR/train.csv
+fi
 FINETUNE_DATA=${FINETUNE_DATA:-$SPLIT_DIR}
-DATA_SET=UCF101
-NB_CLASSES=101
-SAMPLING_RATE=${SAMPLING_RATE:-4}
-MASK_RATIO=${MASK_RATIO:-0.75}
-PRETRAIN_EPOCHS=${PRETRAIN_EPOCHS:-3200}
-PRETRAIN_WARMUP=${PRETRAIN_WARMUP:-40}
-FINETUNE_EPOCHS=${FINETUNE_EPOCHS:-100}
-FINETUNE_LR=${FINETUNE_LR:-1e-3}
-TEST_SEGMENTS=${TEST_SEGMENTS:-5}
-TEST_CROPS=${TEST_CROPS:-3}
