@@ -17,7 +17,7 @@ import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -154,9 +154,16 @@ def save_safetensors(path: str | Path, state_dict: dict[str, torch.Tensor], grid
                 "args": json.dumps(flags)}
     # safetensors refuses views into shared storage; plain contiguous CPU copies are what it stores anyway.
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
+    return write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def write_atomically(path: str | Path, write: Callable[[Path], Any]) -> Path:
+    """``write(temporary path)``, then rename it over ``path``: a kill leaves the old file or none, never half of
+    one (at worst a stray ``.tmp``, which :func:`remove_stale_temp_files` clears)."""
+    path = Path(path)
     tmp = _temp_path(path)
     try:
-        save_file(tensors, str(tmp), metadata=metadata)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -52,7 +52,7 @@ def apply_checkpoint_defaults(args: argparse.Namespace, ckpt: dict[str, Any], fa
     parser's defaults). Returns the grid. Raises :class:`GridError` naming a bad combination."""
     recorded = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
     grid = recorded_grid(ckpt)
-    from_grid = {} if grid is None else {"input_size": list(grid.input_size), "patch_size": grid.patch_size[0],
+    from_grid = {} if grid is None else {"input_size": list(grid.input_size), "patch_size": grid.patch_size,
                                          "num_frames": grid.num_frames, "tubelet_size": grid.tubelet_size}
     for flag in ("model", "pos_embed", "sampling_rate", *GRID_FLAGS):
         if getattr(args, flag, None) is None:
@@ -207,3 +207,70 @@ def read_class_names(classes_file: str | None, ckpt: dict[str, Any], path: str) 
 def softmax_views(logits: torch.Tensor) -> np.ndarray:
     """Logits [B, V, K] -> class probabilities averaged over the views [B, K] (as the multi-view test)."""
     return logits.float().softmax(-1).mean(1).numpy()
+
+
+# ---------------------------------------------------------------- feature folders: key, shards, index
+
+FEATURES_KEY, INDEX = "features.json", "index.json"
+
+
+def inputs_digest(videos: Sequence[VideoSource]) -> str:
+    """SHA-256 of the ordered video paths: shards are positional, so a folder holds one input list's."""
+    return hashlib.sha256("\n".join(v.path for v in videos).encode()).hexdigest()
+
+
+def check_feature_folder(folder: Path, key: dict[str, Any]) -> None:
+    """ValueError naming ``folder`` when it holds features made otherwise than ``key`` says (another
+    checkpoint, model, grid, views, input list or layout); the encoder's path alone may differ."""
+    existing = folder / FEATURES_KEY
+    if not existing.is_file():
+        if any(folder.glob("shard-*")):
+            raise ValueError(f"--output_dir {folder} holds feature shards but no {FEATURES_KEY} saying how they "
+                             f"were made; use another folder")
+        return
+    theirs = json.loads(existing.read_text())
+    names = {"encoder": "checkpoint", "grid": "grid", "model": "model"}
+    differ = [k for k in key if k != "encoder" and theirs.get(k) != key[k]]
+    if theirs.get("encoder", {}).get("sha256") != key["encoder"]["sha256"]:
+        differ.insert(0, "encoder")
+    if differ:
+        what = ", ".join(f"{names.get(k, k)} ({theirs.get(k, {}).get('path') if k == 'encoder' else theirs.get(k)} "
+                         f"there)" for k in differ)
+        raise ValueError(f"--output_dir {folder} holds features from another {what}; give another --output_dir, or "
+                         f"empty this one")
+
+
+def shard_done(folder: Path, number: int) -> bool:
+    """A shard is finished when its record is written (after its arrays)."""
+    return (folder / f"shard-{number:05d}.json").is_file()
+
+
+def write_shard(folder: Path, number: int, arrays: dict[str, np.ndarray], record: dict[str, Any], fmt: str) -> None:
+    """The shard's arrays (one safetensors file, or one .npy per array), then its JSON record; all atomic."""
+    from checkpoint import write_atomically
+    base = f"shard-{number:05d}"
+    if fmt == "safetensors":
+        from safetensors.numpy import save_file
+        record["files"] = [f"{base}.safetensors"]
+        write_atomically(folder / record["files"][0], lambda tmp: save_file(arrays, str(tmp)))
+    else:
+        record["files"] = [f"{base}.{name}.npy" for name in arrays]
+        for file, array in zip(record["files"], arrays.values()):
+            write_atomically(folder / file, lambda tmp: _save_npy(tmp, array))
+    write_atomically(folder / f"{base}.json", lambda tmp: tmp.write_text(json.dumps(record, indent=1)))
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(f, array)
+
+
+def write_index(folder: Path, key: dict[str, Any], shards: int) -> dict[str, Any]:
+    """``index.json``: how the features were made, then per shard its files and videos, and the unreadable."""
+    records = [json.loads((folder / f"shard-{n:05d}.json").read_text()) for n in range(shards)]
+    index = {**key, "videos": sum(len(r["videos"]) for r in records),
+             "unreadable": [u for r in records for u in r["unreadable"]],
+             "shards": [{"files": r["files"], "videos": r["videos"], "labels": r["labels"]} for r in records]}
+    from checkpoint import write_atomically
+    write_atomically(folder / INDEX, lambda tmp: tmp.write_text(json.dumps(index, indent=1)))
+    return index
