@@ -393,6 +393,9 @@ def train(args: argparse.Namespace, trainer: Trainer, train_set: Any, found: Fou
                            clips_per_step=clips_per_step)
     # best_acc1 starts below any accuracy, so the first validation always writes checkpoint-best.pth, even at 0%.
     trainer.progress.extra = {"best_acc1": -1.0, "nb_classes": args.nb_classes, "run_id": shared_run_id(found)}
+    names = class_names_of(args.data_path, args.nb_classes)
+    if names:  # so that run_inference.py can name the classes without --classes
+        trainer.progress.extra["class_names"] = names
     if args.probe:  # the probe's checkpoints hold the probe only, and name the encoder it reads
         trainer.progress.extra.update(probe=args.probe, encoder=encoder_reference(args.finetune))
     if found is not None:
@@ -408,6 +411,15 @@ def train(args: argparse.Namespace, trainer: Trainer, train_set: Any, found: Fou
     if trainer.tb is not None:
         trainer.tb.update("test", step=args.epochs, acc1=test["acc1"], acc5=test["acc5"])
     return {**test, "checkpoint": tested}
+
+
+def class_names_of(data_path: str, nb_classes: int) -> list[str] | None:
+    """``DATA_PATH/classes.txt`` (one name per line, in label order) when there is one for ``nb_classes``."""
+    path = Path(data_path) / "classes.txt"
+    if not path.is_file():
+        return None
+    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return names if len(names) == nb_classes else None
 
 
 def restore(trainer: Trainer, found: FoundCheckpoint) -> None:
