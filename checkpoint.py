@@ -29,7 +29,9 @@ CHECKPOINT_FORMAT = "patches-checkpoint-v1"
 SAFETENSORS_FORMAT = "patches-safetensors-v1"
 LATEST = "checkpoint-latest"
 # What save_checkpoint, save_safetensors and link_atomically write first: ".{name}.{pid}.tmp".
-_TEMP_FILE = re.compile(r"^\.(checkpoint[^/]*\.(?:pth|safetensors))\.(\d+)\.tmp$")
+# Temporary files of checkpoints, and of extract_features.py's shards and index.
+_TEMP_FILE = re.compile(r"^\.(checkpoint[^/]*\.(?:pth|safetensors)|shard-\d+(?:\.\w+)?\.(?:safetensors|npy|json)|"
+                        r"(?:index|features)\.json)\.(\d+)\.tmp$")
 
 
 # ---------------------------------------------------------------- writing
@@ -477,7 +479,7 @@ def _process_alive(pid: int) -> bool:
 def remove_stale_temp_files(output_dir: str | Path) -> tuple[int, int]:
     """Remove the temporary files our writers left in ``output_dir`` (and in its DeepSpeed ``checkpoint-*``
     folders) when killed: ``.{name}.{pid}.tmp`` of a checkpoint or safetensors file whose writing process
-    is gone. Returns (files removed, bytes freed).
+    is gone (and those of extract_features.py's shards). Returns (files removed, bytes freed).
 
     Files of a live process are kept, and so is everything else, including DeepSpeed's ``checkpoint-*.tmp``
     and ``.old`` folders: they may hold the only complete checkpoint, which auto-resume accepts. The pid is

@@ -91,13 +91,16 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace, grid: PatchGrid, videos: list, key: dict[str, Any], device: str | None
         ) -> dict[str, Any]:
-    from checkpoint import write_atomically
     import json
+    from checkpoint import remove_stale_temp_files, write_atomically
     out, device = Path(args.output_dir), utils.resolve_device(device)
     model = build_encoder(args.finetune, args, grid, verbose=utils.is_main_process()).to(device)
     amp = utils.autocast_dtype(args.amp, device)
     shards = (len(videos) + args.shard_size - 1) // args.shard_size
     if utils.is_main_process():
+        count, _ = remove_stale_temp_files(out)  # of a killed run's unfinished shard
+        if count:
+            print(f"Removed {count} temporary files an interrupted run left in {out}")
         write_atomically(out / FEATURES_KEY, lambda tmp: tmp.write_text(json.dumps(key, indent=1)))
     mine = [n for n in range(utils.get_rank(), shards, utils.get_world_size())]
     todo = [n for n in mine if not shard_done(out, n)]
