@@ -140,7 +140,8 @@ def extract_shard(args: argparse.Namespace, model: torch.nn.Module, videos: list
     views_count, dim = args.test_num_segment * args.test_num_crop, model.embed_dim
     arrays = {"pooled": np.concatenate(pooled) if pooled else np.zeros((0, views_count, dim), np.float32)}
     if args.save_tokens:
-        shape = (-1, views_count, *grid.shape, dim) if model.cls_token is None else (-1, views_count, grid.num_tokens + 1, dim)
+        per_view = grid.shape if model.cls_token is None else (grid.num_tokens + 1,)  # a cls token: kept flat
+        shape = (-1, views_count, *per_view, dim)
         arrays["tokens"] = (np.concatenate(tokens) if tokens else np.zeros((0, views_count, grid.num_tokens, dim),
                                                                           np.float32)).reshape(shape)
     for i in bad:

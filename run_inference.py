@@ -127,6 +127,11 @@ def main(args: argparse.Namespace) -> list[dict[str, Any]]:
             print(json.dumps(r))
     else:
         print_table(results, f"{args.test_num_segment} x {args.test_num_crop}")
+        labelled = [r for r in results if r.get("label") is not None]
+        if labelled:  # videos from a list file with labels
+            right = sum(r["top"][0]["index"] == r["label"] for r in labelled)
+            print(f"\nTop-1 is the listed label for {right} of {len(labelled)} videos "
+                  f"({100 * right / len(labelled):.1f}%)")
     return results
 
 

@@ -5,8 +5,8 @@ fine-tunes and tests with the same budget (epochs, clips per step, schedule), me
 step time and peak memory with scripts/benchmark.py (each in its own process), then writes
 
     OUTPUT_DIR/sweep.md    the table: grid, patches/frame, tokens, final pre-training loss, how it was scored
-                           (--eval: fine-tuning, or a linear / attentive / k-NN probe of the frozen encoder), top-1, top-5,
-                           step time, peak memory
+                           (--eval: fine-tuning, or a linear / attentive / k-NN probe of the frozen encoder),
+                           top-1, top-5, step time, peak memory
     OUTPUT_DIR/sweep.png   top-1, step time and peak memory against patches per frame
     OUTPUT_DIR/sweep.json  every figure, for re-plotting
 

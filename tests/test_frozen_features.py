@@ -198,7 +198,8 @@ def test_inference_gives_the_multi_view_test_probabilities_as_table_and_json(cla
     assert f"| bad.mp4 | unreadable | | cannot decode video {bad}" in table.stdout
     capsys.readouterr()
     run_inference.main(run_inference.get_args_parser().parse_args(
-        [*videos, "--checkpoint", str(path), "--classes", str(demo_root / "classes.txt"), "--json", "--topk", "3", *CPU]))
+        [*videos, "--checkpoint", str(path), "--classes", str(demo_root / "classes.txt"), "--json", "--topk", "3",
+         *CPU]))
     results = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     # The fine-tuning test's views of the same videos, through the same model: softmax averaged over views.
     records = read_labelled_list(demo_root / "test.csv", demo_root)[:3]
