@@ -12,15 +12,19 @@ finished shards; under torchrun each rank writes its own shards.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
 import cpu_memory  # noqa: F401  (before torch: allocator settings torch reads once, see cpu_memory.py)
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 import cli_args
 import utils
+from checkpoint import remove_stale_temp_files, write_atomically
 from patch_grid import GridError, PatchGrid
 from trainer import launch
 from video_features import (FEATURES_KEY, VideoViews, apply_checkpoint_defaults, build_encoder, check_feature_folder,
@@ -91,8 +95,6 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace, grid: PatchGrid, videos: list, key: dict[str, Any], device: str | None
         ) -> dict[str, Any]:
-    import json
-    from checkpoint import remove_stale_temp_files, write_atomically
     out, device = Path(args.output_dir), utils.resolve_device(device)
     model = build_encoder(args.finetune, args, grid, verbose=utils.is_main_process()).to(device)
     amp = utils.autocast_dtype(args.amp, device)
@@ -106,7 +108,6 @@ def run(args: argparse.Namespace, grid: PatchGrid, videos: list, key: dict[str, 
     todo = [n for n in mine if not shard_done(out, n)]
     print(f"{len(videos)} videos at {grid.describe()}, {args.test_num_segment} x {args.test_num_crop} views: "
           f"{shards} shards, {len(mine) - len(todo)} already done")
-    from tqdm import tqdm
     total = sum(len(videos[n * args.shard_size:(n + 1) * args.shard_size]) for n in todo)
     with tqdm(total=total, unit="video", disable=not utils.is_main_process()) as bar:
         for n in todo:
@@ -123,7 +124,6 @@ def run(args: argparse.Namespace, grid: PatchGrid, videos: list, key: dict[str, 
 def extract_shard(args: argparse.Namespace, model: torch.nn.Module, videos: list, number: int, grid: PatchGrid,
                   amp: torch.dtype | None, bar: Any) -> None:
     """One shard: every view of its videos through the encoder, written atomically with its record."""
-    import numpy as np
     dataset = VideoViews(videos, grid, args.sampling_rate, args.test_num_segment, args.test_num_crop,
                          args.short_side_size, args.fname_tmpl)
     loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=collate_views)
