@@ -18,7 +18,7 @@ import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -31,7 +31,9 @@ SAFETENSORS_FORMAT = "patches-safetensors-v1"
 LATEST = "checkpoint-latest"
 CHECKSUM = "tensor_checksum"  # the key of a checkpoint's own checksum, see tensor_checksum()
 # What save_checkpoint, save_safetensors and link_atomically write first: ".{name}.{pid}.tmp".
-_TEMP_FILE = re.compile(r"^\.(checkpoint[^/]*\.(?:pth|safetensors))\.(\d+)\.tmp$")
+# Temporary files of checkpoints, and of extract_features.py's shards and index.
+_TEMP_FILE = re.compile(r"^\.(checkpoint[^/]*\.(?:pth|safetensors)|shard-\d+(?:\.\w+)?\.(?:safetensors|npy|json)|"
+                        r"(?:index|features)\.json)\.(\d+)\.tmp$")
 
 
 # ---------------------------------------------------------------- writing
@@ -158,9 +160,16 @@ def save_safetensors(path: str | Path, state_dict: dict[str, torch.Tensor], grid
                 "args": json.dumps(flags)}
     # safetensors refuses views into shared storage; plain contiguous CPU copies are what it stores anyway.
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
+    return write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def write_atomically(path: str | Path, write: Callable[[Path], Any]) -> Path:
+    """``write(temporary path)``, then rename it over ``path``: a kill leaves the old file or none, never half of
+    one (at worst a stray ``.tmp``, which :func:`remove_stale_temp_files` clears)."""
+    path = Path(path)
     tmp = _temp_path(path)
     try:
-        save_file(tensors, str(tmp), metadata=metadata)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -514,7 +523,7 @@ def prune_epoch_checkpoints(output_dir: str | Path, keep: int) -> list[Path]:
 def remove_stale_temp_files(output_dir: str | Path) -> tuple[int, int]:
     """Remove the temporary files our writers left in ``output_dir`` (and in its DeepSpeed ``checkpoint-*``
     folders) when killed: ``.{name}.{pid}.tmp`` of a checkpoint or safetensors file whose writing process
-    is gone. Returns (files removed, bytes freed).
+    is gone (and those of extract_features.py's shards). Returns (files removed, bytes freed).
 
     Files of a live process are kept, and so is everything else, including DeepSpeed's ``checkpoint-*.tmp``
     and ``.old`` folders: they may hold the only complete checkpoint, which auto-resume accepts. The pid is

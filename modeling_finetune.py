@@ -48,14 +48,21 @@ class VideoClassifier(VideoEncoder):
         return dict(stem=r"^cls_token|^pos_embed|^patch_embed",
                     blocks=[(r"^blocks\.(\d+)", None), (r"^norm|^fc_norm", (99999,))])
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def encode_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Clip [B, C, T, H, W] -> the last block's tokens [B, N, D] (with the cls token first when used)."""
         tokens = self.embed(x)
         if self.cls_token is not None:
             tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1).to(tokens.dtype), tokens], 1)
-        tokens = self.norm(self.run_blocks(tokens))
+        return self.norm(self.run_blocks(tokens))
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens [B, N, D] -> the pooled feature [B, D] the head classifies."""
         if self.fc_norm is not None:
             return self.fc_norm(tokens.mean(1))
         return tokens[:, 0]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.encode_tokens(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.fc_dropout(self.forward_features(x)))

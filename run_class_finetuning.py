@@ -20,12 +20,14 @@ import utils
 from checkpoint import (CheckpointError, FoundCheckpoint, check_checkpoint_grid, choose_checkpoint, epoch_checkpoint_files,
                         load_checkpoint, load_model_state)
 from data_loaders import classification_train_loader, evaluation_loader
-from datasets import SAMPLINGS, build_dataset
+from datasets import SAMPLINGS, VideoClsEvalDataset, build_dataset
 from engine_for_finetuning import Classification, evaluate, final_test, merge_test_results
 from models import create_video_model
 from optim_factory import build_optimizer
 from patch_grid import PatchGrid, recorded_grid
+from probes import PROBES, FrozenEncoderProbe, build_probe, fit_knn
 from trainer import Trainer, launch
+from video_features import encoder_reference
 from video_lists import DATA_SETS, read_records
 
 
@@ -104,6 +106,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval", action="store_true", help="only test: the best (else newest) checkpoint in "
                                                         "--output_dir, or --resume, or --finetune")
     g.add_argument("--disable_eval_during_finetuning", action="store_true", help="no validation between epochs")
+    g.add_argument("--probe", default=None, choices=PROBES,
+                   help="frozen-feature evaluation of --finetune's encoder instead of fine-tuning: train a linear or "
+                        "attentive probe on its tokens (the encoder stays frozen, in eval mode), or k-NN (no training)")
+    g.add_argument("--knn_k", default=20, type=int, help="--probe knn: neighbours that vote")
+    g.add_argument("--knn_temperature", default=0.07, type=float,
+                   help="--probe knn: a neighbour's vote is exp(cosine similarity / temperature)")
     g.add_argument("--dist_eval", default=True, type=utils.str2bool, nargs="?", const=True,
                    help="shard validation and test over processes (without padding: every view counted once)")
     return p
@@ -138,6 +146,12 @@ def validate_args(args: argparse.Namespace):
     if args.eval and not (args.resume or args.finetune or checkpoint_to_evaluate(args)):
         problems.append(f"--eval has nothing to test: no --resume, no --finetune and no checkpoint in "
                         f"--output_dir {args.output_dir}")
+    if args.probe and not args.finetune:
+        problems.append(f"--probe {args.probe} evaluates a trained encoder, frozen: give its checkpoint with "
+                        f"--finetune")
+    if args.knn_k < 1 or args.knn_temperature <= 0:
+        problems.append(f"--knn_k must be at least 1 and --knn_temperature positive, got {args.knn_k} and "
+                        f"{args.knn_temperature}")
     problems += cli_args.model_problems(args.model, pretraining=False)
     problems += cli_args.finetuning_data_problems(args)
     cli_args.fail_if(problems)
@@ -281,6 +295,33 @@ def load_finetune(args: argparse.Namespace, model: torch.nn.Module, model_ema) -
         model_ema.module.load_state_dict(model.state_dict())
 
 
+def probe_model(args: argparse.Namespace, encoder: torch.nn.Module, nb_classes: int) -> FrozenEncoderProbe:
+    """--probe: --finetune's encoder, frozen, with a new linear or attentive probe (k-NN's comes later)."""
+    load_finetune(args, encoder, None)
+    probe = torch.nn.Identity() if args.probe == "knn" else build_probe(args.probe, encoder, nb_classes)
+    return FrozenEncoderProbe(encoder, probe)
+
+
+def knn_probe(args: argparse.Namespace, trainer: Trainer) -> dict[str, Any]:
+    """--probe knn: the training videos' centre views are the bank, the test views vote."""
+    records, _ = read_records("train", cli_args.video_lists_config(args))
+    bank_set = VideoClsEvalDataset(records, trainer.grid, args.sampling_rate, args.short_side_size,
+                                   fname_tmpl=args.fname_tmpl)
+    loader = evaluation_loader(bank_set, cli_args.loader_config(args), trainer.device, False,
+                               f"the training list in {args.data_path}")
+    model = trainer.model_without_ddp
+    model.probe = fit_knn(model.encoder, loader, trainer.device, args.nb_classes, args.knn_k, args.knn_temperature,
+                          trainer.amp_dtype)
+    print(f"k-NN bank: {len(model.probe.labels)} training videos; k {model.probe.k}, "
+          f"temperature {args.knn_temperature}")
+    stats = run_test(args, trainer)
+    trainer.log({**{f"test_{k}": v for k, v in stats.items()}, "probe": "knn",
+                 "encoder": encoder_reference(args.finetune)})
+    if trainer.tb is not None:
+        trainer.tb.update("test", step=0, acc1=stats["acc1"], acc5=stats["acc5"])
+    return {**stats, "checkpoint": args.finetune}
+
+
 def run_test(args: argparse.Namespace, trainer: Trainer) -> dict[str, Any]:
     """Every test view scored into per-rank result files, merged into per-video accuracy over the videos whose
     views are all readable; the others are counted (``left_out``) and named (``left_out_videos``)."""
@@ -352,14 +393,21 @@ def run(args: argparse.Namespace, grid: PatchGrid, device: str | None) -> dict[s
             create_video_model, args.model, grid=grid, drop_rate=args.drop, attn_drop_rate=args.attn_drop_rate,
             drop_path_rate=args.drop_path, fc_drop_rate=args.fc_drop_rate, init_scale=args.init_scale,
             use_mean_pooling=args.use_mean_pooling, pos_embed=args.pos_embed, use_checkpoint=args.use_checkpoint)
-        refuse_misfit_early(trainer, found, build_model)
+        if not args.probe:  # a probe's checkpoint holds the probe alone
+            refuse_misfit_early(trainer, found, build_model)
         train_set, nb_classes = build_dataset("train", cli_args.classification_data_config(args), grid)
         args.nb_classes = nb_classes
-        model = trainer.prepare_model(build_model(num_classes=nb_classes))
-        print(f"Model {args.model}: {trainer.n_parameters / 1e6:.2f} M parameters, {nb_classes} classes")
+        model = build_model(num_classes=0 if args.probe else nb_classes)
+        if args.probe:
+            model = probe_model(args, model, nb_classes)
+        model = trainer.prepare_model(model)
+        print(f"Model {args.model}: {trainer.n_parameters / 1e6:.2f} M parameters"
+              f"{' trained (the probe)' if args.probe else ''}, {nb_classes} classes")
+        if args.probe == "knn":
+            return knn_probe(args, trainer)
         if args.eval:
             return evaluate_only(args, trainer)
-        if found is None and args.finetune:
+        if found is None and args.finetune and not args.probe:
             load_finetune(args, model, trainer.ema)
         return train(args, trainer, train_set, found)
 
@@ -378,6 +426,9 @@ def refuse_misfit_early(trainer: Trainer, found: FoundCheckpoint | None, build_m
 def evaluate_only(args: argparse.Namespace, trainer: Trainer) -> dict[str, Any]:
     """--eval: test the chosen checkpoint (see :func:`checkpoint_to_evaluate`), or --finetune's weights."""
     path = checkpoint_to_evaluate(args)
+    if args.probe and not path:
+        raise SystemExit(f"error: --eval --probe {args.probe} tests a trained probe: none in --output_dir "
+                         f"{args.output_dir}, and no --resume")
     if path:
         load_weights(path, trainer.model_without_ddp, trainer.ema, args, trainer.grid)
     elif args.finetune:
@@ -402,11 +453,17 @@ def train(args: argparse.Namespace, trainer: Trainer, train_set: Any, found: Fou
                          f"{utils.get_world_size()} processes is larger than the {len(train_set)} training videos")
     print(f"{len(train_set)} training videos ({train_set.sampling} sampling), {steps_per_epoch} updates per epoch of "
           f"{clips_per_step * args.update_freq} clips; lr {args.lr:.3g}")
-    optimizer = build_optimizer(cli_args.optimizer_config(args, args.layer_decay), trainer.model_without_ddp)
+    optimizer = build_optimizer(cli_args.optimizer_config(args, None if args.probe else args.layer_decay),
+                                trainer.model_without_ddp)
     trainer.setup_training(optimizer, train_loader, micro_batch=args.batch_size * args.num_sample,
                            clips_per_step=clips_per_step)
     # best_acc1 starts below any accuracy, so the first validation always writes checkpoint-best.pth, even at 0%.
     trainer.progress.extra = {"best_acc1": -1.0, "nb_classes": args.nb_classes, "run_id": shared_run_id(found)}
+    names = class_names_of(args.data_path, args.nb_classes)
+    if names:  # so that run_inference.py can name the classes without --classes
+        trainer.progress.extra["class_names"] = names
+    if args.probe:  # the probe's checkpoints hold the probe only, and name the encoder it reads
+        trainer.progress.extra.update(probe=args.probe, encoder=encoder_reference(args.finetune))
     if found is not None:
         restore(trainer, found)
         del found
@@ -420,6 +477,15 @@ def train(args: argparse.Namespace, trainer: Trainer, train_set: Any, found: Fou
     if trainer.tb is not None:
         trainer.tb.update("test", step=trainer.epoch_step(args.epochs - 1), acc1=test["acc1"], acc5=test["acc5"])
     return {**test, "checkpoint": tested}
+
+
+def class_names_of(data_path: str, nb_classes: int) -> list[str] | None:
+    """``DATA_PATH/classes.txt`` (one name per line, in label order) when there is one for ``nb_classes``."""
+    path = Path(data_path) / "classes.txt"
+    if not path.is_file():
+        return None
+    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return names if len(names) == nb_classes else None
 
 
 def restore(trainer: Trainer, found: FoundCheckpoint) -> None:

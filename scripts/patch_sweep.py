@@ -4,8 +4,9 @@ For each grid ("SIZE/PATCH": frames of SIZE x SIZE pixels cut into PATCH x PATCH
 fine-tunes and tests with the same budget (epochs, clips per step, schedule), measures the pre-training
 step time and peak memory with scripts/benchmark.py (each in its own process), then writes
 
-    OUTPUT_DIR/sweep.md    the table: grid, patches/frame, tokens, final pre-training loss, top-1, top-5,
-                           step time, peak memory
+    OUTPUT_DIR/sweep.md    the table: grid, patches/frame, tokens, final pre-training loss, how it was scored
+                           (--eval: fine-tuning, or a linear / attentive / k-NN probe of the frozen encoder),
+                           top-1, top-5, step time, peak memory
     OUTPUT_DIR/sweep.png   top-1, step time and peak memory against patches per frame
     OUTPUT_DIR/sweep.json  every figure, for re-plotting
 
@@ -95,6 +96,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads for every stage and the benchmark (default: torch's; demo: 1, which on a "
                         "shared 2-core machine leaves the other core to the data loader and is much faster)")
+    p.add_argument("--eval", default="finetune", choices=["finetune", "linear", "attentive", "knn"],
+                   help="how each grid's pre-trained encoder is scored: fine-tuned, or frozen with a linear or "
+                        "attentive probe or k-NN (run_class_finetuning.py --probe; much cheaper)")
     p.add_argument("--skip_training", action="store_true", help="only benchmark (no accuracy columns)")
     p.add_argument("--plot_only", action="store_true",
                    help="only remake sweep.md and sweep.png from OUTPUT_DIR/sweep.json (e.g. of an unfinished sweep)")
@@ -154,7 +158,8 @@ def stage_flags(args: argparse.Namespace, size: int, patch: int, out: Path) -> t
     if args.data_set:
         ft += ["--data_set", args.data_set]
     pre += [*shlex.split(args.pretrain_args), "--output_dir", str(out / "pretrain")]
-    ft += [*shlex.split(args.finetune_args), "--output_dir", str(out / "finetune")]
+    probe = [] if args.eval == "finetune" else ["--probe", args.eval]
+    ft += [*probe, *shlex.split(args.finetune_args), "--output_dir", str(out / args.eval)]
     return pre, ft
 
 
@@ -165,7 +170,8 @@ def bench_config(args: argparse.Namespace, size: int, patch: int, pre_flags: lis
     # One optimizer step of the pre-training run sees batch_size x num_sample clips.
     batch = args.bench_batch_size or (int(_flag_value(pre_flags, "--batch_size") or 2)
                                       * int(_flag_value(pre_flags, "--num_sample") or 1))
-    return dict(model=args.model, size=size, patch=patch, num_frames=args.num_frames,
+    return dict(task="pretrain", attn_impl="auto", compile=None, model=args.model, size=size, patch=patch,
+                num_frames=args.num_frames,
                 dtype="bf16" if device.startswith("cuda") else "fp32", decoder_mask="none",
                 mask_ratio=float(_flag_value(pre_flags, "--mask_ratio") or 0.75),
                 decoder_depth=int(_flag_value(pre_flags, "--decoder_depth") or 4), batch_size=batch,
@@ -181,14 +187,15 @@ def sweep_one(args: argparse.Namespace, size: int, patch: int) -> dict[str, Any]
     out = args.output_dir / f"grid_{size}_{patch}"
     pre_flags, ft_flags = stage_flags(args, size, patch, out)
     row: dict[str, Any] = {"grid": f"{size}/{patch}", "patches_per_frame": grid.patches_per_frame,
-                           "tokens": grid.num_tokens}
+                           "tokens": grid.num_tokens, "eval": args.eval}
     if not args.skip_training:
         pre, row["pretrain_s"] = run_stage(f"{size}/{patch}: masked pre-training", run_mae_pretraining, pre_flags)
         row["pretrain_loss"] = pre.get("train_loss")
         if pre["checkpoint"] is None:
             raise SystemExit(f"error: pre-training wrote no checkpoint in {out / 'pretrain'}")
         ft_flags += ["--finetune", str(pre["checkpoint"])]
-        test, row["finetune_s"] = run_stage(f"{size}/{patch}: fine-tuning and test", run_class_finetuning, ft_flags)
+        what = "fine-tuning and test" if args.eval == "finetune" else f"{args.eval} probe of the frozen encoder"
+        test, row["finetune_s"] = run_stage(f"{size}/{patch}: {what}", run_class_finetuning, ft_flags)
         row["acc1"], row["acc5"] = float(test["acc1"]), float(test["acc5"])
     cfg = bench_config(args, size, patch, pre_flags)
     print(f"\n=== {size}/{patch}: benchmark of one pre-training step ({cfg['batch_size']} clips, "
@@ -204,12 +211,13 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    head = ("| grid | patches/frame | tokens | pre-train final loss | top-1 | top-5 | step s | peak mem GB | "
-            "train time |")
+    head = ("| grid | patches/frame | tokens | pre-train final loss | scored by | top-1 | top-5 | step s | "
+            "peak mem GB | train time |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         minutes = (r["pretrain_s"] + r["finetune_s"]) / 60 if "pretrain_s" in r else None
         lines.append(f"| {r['grid']} | {r['patches_per_frame']} | {r['tokens']} | {_fmt(r.get('pretrain_loss'), '.4f')} | "
+                     f"{r.get('eval', 'finetune')} | "
                      f"{_fmt(r.get('acc1'), '.1f')} | {_fmt(r.get('acc5'), '.1f')} | {r['step_s']:.3f} | "
                      f"{r['peak_mem_gb']:.2f} | {_fmt(minutes, '.1f')}{'' if minutes is None else ' min'} |")
     return "\n".join(lines)
@@ -265,8 +273,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     table = markdown_table(rows)
     (args.output_dir / "sweep.md").write_text(table + "\n")
     title = (f"PATCHES sweep: ViT-{args.model}, {args.num_frames} frames, "
-             f"{args.pretrain_epochs or 'default'} pre-train + {args.finetune_epochs or 'default'} fine-tune epochs"
-             f"{' (demo data)' if args.demo or not args.data_path else ''}")
+             f"{args.pretrain_epochs or 'default'} pre-train + "
+             + ("k-NN" if args.eval == "knn" else f"{args.finetune_epochs or 'default'} {args.eval} epochs")
+             + f"{' (demo data)' if args.demo or not args.data_path else ''}")
     png = plot(rows, args.output_dir / "sweep.png", title)
     print(f"\n{table}\n\nWrote {args.output_dir / 'sweep.md'}, {png} and {args.output_dir / 'sweep.json'} "
           f"in {(time.time() - start) / 60:.1f} min")

@@ -1,0 +1,136 @@
+"""Frozen-feature probes: a frozen encoder in eval mode with a small trained (or, for k-NN, fitted) head.
+
+``linear``: a BatchNorm without affine parameters, then a linear layer over the mean-pooled tokens (MAE's
+linear probe). ``attentive``: one cross-attention block whose learned query reads all tokens, then a linear
+layer (V-JEPA's attentive probe). ``knn``: weighted k-NN votes over the L2-normalised pooled features of
+the training split (DINO's rule), no training.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import Mlp, trunc_normal_
+
+from model_layers import LayerNorm
+
+PROBES = ("linear", "attentive", "knn")
+
+
+class LinearProbe(nn.Module):
+    """Mean-pooled tokens -> BatchNorm (no affine) -> linear."""
+
+    def __init__(self, dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(dim, affine=False, eps=1e-6)
+        self.head = nn.Linear(dim, num_classes)
+        trunc_normal_(self.head.weight, std=0.01)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, tokens: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        return self.head(self.bn(tokens.float().mean(1)))
+
+
+class AttentiveProbe(nn.Module):
+    """A learned query cross-attends to all tokens (pre-norm attention and MLP, residual), then linear."""
+
+    def __init__(self, dim: int, num_classes: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.query = nn.Parameter(torch.zeros(1, 1, dim))
+        self.norm_kv = LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+        self.norm_mlp = LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.head = nn.Linear(dim, num_classes)
+        trunc_normal_(self.query, std=0.02)
+        trunc_normal_(self.head.weight, std=0.01)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, tokens: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        kv = self.norm_kv(tokens)
+        query = self.query.expand(tokens.shape[0], -1, -1).to(kv.dtype)
+        x = query + self.attn(query, kv, kv, need_weights=False)[0]
+        x = x + self.mlp(self.norm_mlp(x))
+        return self.head(x[:, 0])
+
+
+class KNNProbe(nn.Module):
+    """Weighted k-NN over a bank of L2-normalised training features: class score = sum over the k nearest of
+    exp(cosine / temperature). Returns log scores, so that a softmax gives the normalised votes."""
+
+    def __init__(self, bank: torch.Tensor, labels: torch.Tensor, num_classes: int, k: int = 20,
+                 temperature: float = 0.07) -> None:
+        super().__init__()
+        self.register_buffer("bank", F.normalize(bank.float(), dim=1))
+        self.register_buffer("labels", labels.long())
+        self.num_classes, self.k, self.temperature = num_classes, min(k, len(labels)), temperature
+
+    def forward(self, tokens: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        sims = F.normalize(pooled.float(), dim=1) @ self.bank.T
+        top, index = sims.topk(self.k, dim=1)
+        weights = (top / self.temperature).exp()
+        votes = torch.zeros(len(pooled), self.num_classes, device=pooled.device)
+        votes.scatter_add_(1, self.labels[index], weights)
+        return votes.clamp_min(1e-30).log()
+
+
+class FrozenEncoderProbe(nn.Module):
+    """``encoder`` (a :class:`modeling_finetune.VideoClassifier`) frozen in eval mode, ``probe`` on its tokens.
+
+    Only the probe trains, and only the probe is in the state dict: a probe checkpoint references its
+    encoder (see :func:`encoder_reference`) instead of holding a copy.
+    """
+
+    def __init__(self, encoder: nn.Module, probe: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder.eval().requires_grad_(False)
+        self.probe = probe
+        self.grid = encoder.grid
+
+    def train(self, mode: bool = True) -> "FrozenEncoderProbe":
+        self.training = mode
+        self.probe.train(mode)
+        self.encoder.eval()  # always: no drop path, no dropout
+        return self
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return self.probe.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        return self.probe.load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"probe.query"}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            tokens = self.encoder.encode_tokens(x)
+            pooled = self.encoder.pool(tokens)
+        return self.probe(tokens.detach(), pooled.detach())
+
+
+def build_probe(kind: str, encoder: nn.Module, num_classes: int) -> nn.Module:
+    """A fresh ``linear`` or ``attentive`` probe for ``encoder``'s width (``knn``: see :func:`fit_knn`)."""
+    dim = encoder.embed_dim
+    if kind == "linear":
+        return LinearProbe(dim, num_classes)
+    if kind == "attentive":
+        return AttentiveProbe(dim, num_classes, encoder.blocks[0].attn.num_heads)
+    raise ValueError(f"unknown trained probe {kind!r}; known: linear, attentive")
+
+
+@torch.no_grad()
+def fit_knn(encoder: nn.Module, loader: Iterable, device: torch.device, num_classes: int, k: int,
+            temperature: float, amp_dtype: torch.dtype | None = None) -> KNNProbe:
+    """The k-NN probe's bank: the pooled features of every clip ``loader`` gives (``(videos, labels, ...)``)."""
+    import utils
+    encoder.eval()
+    feats, labels = [], []
+    progress = utils.ProgressLogger("k-NN bank", print_freq=20)
+    for batch in progress.log_every(loader):
+        with utils.amp_autocast(device, amp_dtype):
+            feats.append(encoder.forward_features(batch[0].to(device)).float())
+        labels.append(batch[1].to(device))
+    return KNNProbe(torch.cat(feats), torch.cat(labels), num_classes, k, temperature).to(device)
