@@ -444,7 +444,8 @@ def trainer_config(args: argparse.Namespace, device: str | None) -> TrainerConfi
                         warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
                         weight_decay_end=args.weight_decay_end)
     return TrainerConfig(
-        output_dir=args.output_dir, model_name=args.model, device=device, amp=args.amp, epochs=args.epochs, schedule=schedule,
+        output_dir=args.output_dir, model_name=args.model, device=device, amp=args.amp, epochs=args.epochs,
+        schedule=schedule,
         log_dir=args.log_dir, seed=args.seed, deterministic=args.deterministic, start_epoch=args.start_epoch,
         update_freq=args.update_freq, clip_grad=args.clip_grad, print_freq=args.print_freq,
         save_ckpt_freq=args.save_ckpt_freq, save_ckpt_every_steps=args.save_ckpt_every_steps,

@@ -36,6 +36,34 @@ class Classification:
         return self.criterion(logits.float(), labels)
 
 
+def video_mixup(mixup: float, cutmix: float, cutmix_minmax: list[float] | None, prob: float, switch_prob: float,
+                mode: str, smoothing: float, num_classes: int) -> Callable | None:
+    """timm's Mixup/CutMix for clips (``--mixup --cutmix --cutmix_minmax --mixup_prob ...``), None when off."""
+    if not (mixup > 0 or cutmix > 0 or cutmix_minmax is not None):
+        return None
+    from timm.data import Mixup
+
+    mix = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, cutmix_minmax=cutmix_minmax, prob=prob,
+                switch_prob=switch_prob, mode=mode, label_smoothing=smoothing, num_classes=num_classes)
+
+    def mix_video(videos: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # timm's Mixup expects images: fold time into channels so cutmix cuts the same box from every frame.
+        b, c, t, h, w = videos.shape
+        mixed, soft = mix(videos.reshape(b, c * t, h, w), labels)
+        return mixed.reshape(b, c, t, h, w), soft
+    return mix_video
+
+
+def classification_criterion(mixup_fn: Callable | None, smoothing: float) -> torch.nn.Module:
+    """Soft-target cross-entropy after mixup, else label smoothing, else plain cross-entropy."""
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+    if mixup_fn is not None:
+        return SoftTargetCrossEntropy()
+    if smoothing > 0:
+        return LabelSmoothingCrossEntropy(smoothing=smoothing)
+    return torch.nn.CrossEntropyLoss()
+
+
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
     """How many rows have their label among the top-k scores, for each k (k capped at the class count)."""
     top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices

@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 import cli_args
 import utils
-from checkpoint import remove_stale_temp_files, write_atomically
+from checkpoint import write_atomically
+from checkpoint_folder import remove_stale_temp_files
 from patch_grid import GridError, PatchGrid
 from trainer import launch
 from video_features import (FEATURES_KEY, VideoViews, apply_checkpoint_defaults, build_encoder, check_feature_folder,

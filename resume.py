@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torch.utils.data import Dataset, Sampler
 
 import utils
-from checkpoint import resume_position
+from checkpoint_folder import resume_position
 
 # Exit status of a run stopped by SIGTERM/SIGUSR1 after saving checkpoint-latest: EX_TEMPFAIL from
 # sysexits.h ("try again later"); the sbatch launchers requeue the job when they see it.

@@ -17,18 +17,20 @@ import torch
 import cli_args
 import data_health
 import utils
-from checkpoint import (CheckpointError, FoundCheckpoint, check_checkpoint_grid, choose_checkpoint, epoch_checkpoint_files,
-                        load_checkpoint, load_model_state)
+from checkpoint import CheckpointError, check_checkpoint_grid, load_checkpoint, load_model_state
+from checkpoint_folder import FoundCheckpoint, choose_checkpoint, epoch_checkpoint_files
+from clip_sampling import SAMPLINGS
 from data_loaders import classification_train_loader, evaluation_loader
-from datasets import SAMPLINGS, VideoClsEvalDataset, build_dataset
-from engine_for_finetuning import Classification, evaluate, final_test, merge_test_results
+from datasets import VideoClsEvalDataset, build_dataset
+from engine_for_finetuning import (Classification, classification_criterion, evaluate, final_test,
+                                   merge_test_results, video_mixup)
 from models import create_video_model
 from optim_factory import build_optimizer
 from patch_grid import PatchGrid, recorded_grid
 from probes import PROBES, FrozenEncoderProbe, build_probe, fit_knn
 from trainer import Trainer, launch
 from video_features import encoder_reference
-from video_lists import DATA_SETS, read_records
+from video_lists import DATA_SETS, class_names, read_records
 
 
 FINETUNE_HINT = " To fine-tune from its weights at this run's grid, pass it to --finetune instead."
@@ -166,32 +168,6 @@ def make_loader(dataset, args: argparse.Namespace, train: bool, device: torch.de
                                            args.update_freq, source)
     return evaluation_loader(dataset, cli_args.loader_config(args), device, utils.is_dist() and args.dist_eval,
                              source)
-
-
-def build_mixup(args: argparse.Namespace, nb_classes: int):
-    if not (args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None):
-        return None
-    from timm.data import Mixup
-
-    mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
-                  prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
-                  label_smoothing=args.smoothing, num_classes=nb_classes)
-
-    def mix_video(videos: torch.Tensor, labels: torch.Tensor):
-        # timm's Mixup expects images: fold time into channels so cutmix cuts the same box from every frame.
-        b, c, t, h, w = videos.shape
-        mixed, soft = mixup(videos.reshape(b, c * t, h, w), labels)
-        return mixed.reshape(b, c, t, h, w), soft
-    return mix_video
-
-
-def build_criterion(args: argparse.Namespace, mixup_fn) -> torch.nn.Module:
-    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-    if mixup_fn is not None:
-        return SoftTargetCrossEntropy()
-    if args.smoothing > 0:
-        return LabelSmoothingCrossEntropy(smoothing=args.smoothing)
-    return torch.nn.CrossEntropyLoss()
 
 
 def checkpoint_to_evaluate(args: argparse.Namespace) -> str:
@@ -444,8 +420,8 @@ def train(args: argparse.Namespace, trainer: Trainer, train_set: Any, found: Fou
     train_loader = make_loader(train_set, args, train=True, device=trainer.device)
     val_loader = None
     if not args.disable_eval_during_finetuning:
-        val_loader = make_loader(build_dataset("validation", cli_args.classification_data_config(args), trainer.grid)[0], args, train=False,
-                                 device=trainer.device)
+        val_set, _ = build_dataset("validation", cli_args.classification_data_config(args), trainer.grid)
+        val_loader = make_loader(val_set, args, train=False, device=trainer.device)
     clips_per_step = args.batch_size * args.num_sample * utils.get_world_size()
     steps_per_epoch = train_loader.sampler.batches_per_epoch // args.update_freq
     if steps_per_epoch == 0:
@@ -459,7 +435,7 @@ def train(args: argparse.Namespace, trainer: Trainer, train_set: Any, found: Fou
                            clips_per_step=clips_per_step)
     # best_acc1 starts below any accuracy, so the first validation always writes checkpoint-best.pth, even at 0%.
     trainer.progress.extra = {"best_acc1": -1.0, "nb_classes": args.nb_classes, "run_id": shared_run_id(found)}
-    names = class_names_of(args.data_path, args.nb_classes)
+    names = class_names(args.data_path, args.nb_classes)
     if names:  # so that run_inference.py can name the classes without --classes
         trainer.progress.extra["class_names"] = names
     if args.probe:  # the probe's checkpoints hold the probe only, and name the encoder it reads
@@ -467,8 +443,10 @@ def train(args: argparse.Namespace, trainer: Trainer, train_set: Any, found: Fou
     if found is not None:
         restore(trainer, found)
         del found
-    mixup_fn = build_mixup(args, args.nb_classes)
-    loss = Classification(build_criterion(args, mixup_fn), trainer.device, trainer.amp_dtype, mixup_fn)
+    mixup_fn = video_mixup(args.mixup, args.cutmix, args.cutmix_minmax, args.mixup_prob, args.mixup_switch_prob,
+                           args.mixup_mode, args.smoothing, args.nb_classes)
+    loss = Classification(classification_criterion(mixup_fn, args.smoothing), trainer.device, trainer.amp_dtype,
+                          mixup_fn)
     trainer.fit(loss, after_epoch=None if val_loader is None else functools.partial(validate, args, trainer,
                                                                                     val_loader))
     tested = load_best_of_run(args, trainer.model_without_ddp, trainer.progress.extra["run_id"], trainer.grid)
@@ -477,15 +455,6 @@ def train(args: argparse.Namespace, trainer: Trainer, train_set: Any, found: Fou
     if trainer.tb is not None:
         trainer.tb.update("test", step=trainer.epoch_step(args.epochs - 1), acc1=test["acc1"], acc5=test["acc5"])
     return {**test, "checkpoint": tested}
-
-
-def class_names_of(data_path: str, nb_classes: int) -> list[str] | None:
-    """``DATA_PATH/classes.txt`` (one name per line, in label order) when there is one for ``nb_classes``."""
-    path = Path(data_path) / "classes.txt"
-    if not path.is_file():
-        return None
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return names if len(names) == nb_classes else None
 
 
 def restore(trainer: Trainer, found: FoundCheckpoint) -> None:

@@ -14,7 +14,7 @@ import cpu_memory  # noqa: F401  (before torch: allocator settings torch reads o
 import cli_args
 import data_health
 import utils
-from checkpoint import choose_checkpoint
+from checkpoint_folder import choose_checkpoint
 from data_loaders import pretraining_loader
 from engine_for_pretraining import MaskedReconstruction
 from masking_generator import DECODER_MASK_TYPES, MASK_TYPES, MaskCounts, build_mask_generator, mask_counts

@@ -25,9 +25,9 @@ import data_health
 import resume
 import utils
 from attention import configure_attention
-from checkpoint import (LATEST, CheckpointError, CheckpointSaveError, FoundCheckpoint, check_model_state,
-                        checkpoint_state, link_atomically, load_model_state, print_saved_and_export_safetensors,
-                        prune_epoch_checkpoints, remove_stale_temp_files, save_checkpoint)
+from checkpoint import (LATEST, CheckpointError, CheckpointSaveError, check_model_state, checkpoint_state,
+                        load_model_state, print_saved_and_export_safetensors, save_checkpoint)
+from checkpoint_folder import FoundCheckpoint, link_atomically, prune_epoch_checkpoints, remove_stale_temp_files
 from datasets import UnreadableDataError
 from optim_factory import apply_schedules
 from patch_grid import PatchGrid

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from checkpoint import CheckpointError, read_checkpoint
-from datasets import segment_clip_indices
+from clip_sampling import segment_clip_indices
 from patch_grid import GridError, PatchGrid, grid_from_args, recorded_grid
 from video_reader import FrameFolder, VideoDecodeError, VideoFile, decode_clips
 from video_transforms import EvalTransform

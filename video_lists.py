@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from video_reader import FrameFolder, VideoFile
 
@@ -386,3 +387,12 @@ def read_records(mode: str, lists: VideoListsConfig, errors: list[str] | None = 
         errors.append(str(e))
         return [], 0
     return _check_labels(records, nb_classes, source, errors), nb_classes
+
+
+def class_names(data_path: str, nb_classes: int) -> list[str] | None:
+    """``DATA_PATH/classes.txt`` (one name per line, in label order) when there is one for ``nb_classes``."""
+    path = Path(data_path) / "classes.txt"
+    if not path.is_file():
+        return None
+    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return names if len(names) == nb_classes else None

@@ -217,7 +217,7 @@ class ReferencePretrainDataset(Dataset):
         return tensor.view(t, 3, out_h, out_w).transpose(0, 1)
 
     def __getitem__(self, index: int):
-        from datasets import torch_seeded_rng
+        from clip_sampling import torch_seeded_rng
 
         rng = torch_seeded_rng()
         videos, enc, dec = [], [], []

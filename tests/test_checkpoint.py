@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import checkpoint
+import checkpoint_folder
 from checkpoint import CheckpointError, check_checkpoint_grid
 from patch_grid import make_grid
 
@@ -106,7 +107,7 @@ def test_one_reader_for_pth_safetensors_and_folders(tmp_path, capsys):
 # ---------------------------------------------------------------- names and discovery
 
 def test_one_parser_of_checkpoint_names():
-    parse = checkpoint.parse_checkpoint_name
+    parse = checkpoint_folder.parse_checkpoint_name
     assert parse("checkpoint-12.pth") == (12, ".pth")
     assert parse("checkpoint-3") == (3, "")
     assert parse("checkpoint-3.tmp") == (3, ".tmp") and parse("checkpoint-3.old") == (3, ".old")
@@ -120,7 +121,7 @@ def test_epoch_files_ignore_other_names(tmp_path):
     for name in ("checkpoint-2.pth", "checkpoint-10.pth", "checkpoint-3.old.pth", "checkpoint-latest.pth",
                  "checkpoint-best.pth", "checkpoint-4.safetensors"):
         (tmp_path / name).write_bytes(b"")
-    assert [(n, p.name) for n, p in checkpoint.epoch_checkpoint_files(tmp_path)] == [
+    assert [(n, p.name) for n, p in checkpoint_folder.epoch_checkpoint_files(tmp_path)] == [
         (2, "checkpoint-2.pth"), (10, "checkpoint-10.pth")]
 
 
@@ -133,14 +134,14 @@ def test_unreadable_newest_checkpoints_are_skipped_with_a_warning(tmp_path, caps
     save_checkpoint(tmp_path / "checkpoint-0.pth", state(0))
     save_checkpoint(tmp_path / "checkpoint-1.pth", state(1))
     save_checkpoint(tmp_path / "checkpoint-latest.pth", state(2, next_epoch=2, next_batch=3))
-    assert checkpoint.find_checkpoint(tmp_path).path.name == "checkpoint-latest.pth"
+    assert checkpoint_folder.find_checkpoint(tmp_path).path.name == "checkpoint-latest.pth"
 
     # A truncated latest (say a copy cut short) and a corrupt checkpoint-1: checkpoint-0 is the newest good one.
     data = (tmp_path / "checkpoint-latest.pth").read_bytes()
     (tmp_path / "checkpoint-latest.pth").write_bytes(data[:len(data) // 2])
     (tmp_path / "checkpoint-1.pth").write_bytes(b"not a checkpoint")
-    found = checkpoint.find_checkpoint(tmp_path)
-    assert found.path.name == "checkpoint-0.pth" and checkpoint.resume_position(found.state) == (1, 0)
+    found = checkpoint_folder.find_checkpoint(tmp_path)
+    assert found.path.name == "checkpoint-0.pth" and checkpoint_folder.resume_position(found.state) == (1, 0)
     warnings = capsys.readouterr().out
     assert f"warning: skipping {tmp_path / 'checkpoint-latest.pth'}" in warnings
     assert f"warning: skipping {tmp_path / 'checkpoint-1.pth'}" in warnings
@@ -148,7 +149,7 @@ def test_unreadable_newest_checkpoints_are_skipped_with_a_warning(tmp_path, caps
     # An epoch file further on than latest wins over it.
     save_checkpoint(tmp_path / "checkpoint-latest.pth", state(0, next_epoch=0, next_batch=2))
     save_checkpoint(tmp_path / "checkpoint-1.pth", state(1))
-    assert checkpoint.find_checkpoint(tmp_path).path.name == "checkpoint-1.pth"
+    assert checkpoint_folder.find_checkpoint(tmp_path).path.name == "checkpoint-1.pth"
 
 
 def test_deepspeed_folders_are_judged_by_the_checkpoint_pth_written_last(tmp_path, capsys):
@@ -160,27 +161,27 @@ def test_deepspeed_folders_are_judged_by_the_checkpoint_pth_written_last(tmp_pat
     (tmp_path / "checkpoint-latest" / "mp_rank_00_model_states.pt").write_bytes(b"partial")
     save_checkpoint(tmp_path / "checkpoint-latest.old" / "checkpoint.pth", {"epoch": 1, "next_epoch": 1,
                                                                           "next_batch": 2})
-    found = checkpoint.find_checkpoint(tmp_path, folders=True)
+    found = checkpoint_folder.find_checkpoint(tmp_path, folders=True)
     assert found.path == tmp_path / "checkpoint-latest.old" / "checkpoint.pth"
     assert f"warning: skipping {tmp_path / 'checkpoint-latest'}: it has no checkpoint.pth" in capsys.readouterr().out
-    assert [n for n, _ in checkpoint.epoch_checkpoint_files(tmp_path, folders=True)] == [0]
+    assert [n for n, _ in checkpoint_folder.epoch_checkpoint_files(tmp_path, folders=True)] == [0]
 
 
 def test_choose_checkpoint_takes_resume_else_auto_resume_and_keeps_the_grid(tmp_path):
-    assert checkpoint.choose_checkpoint("", True, tmp_path, GRID) is None
+    assert checkpoint_folder.choose_checkpoint("", True, tmp_path, GRID) is None
     path = checkpoint.save_checkpoint(tmp_path / "checkpoint-0.pth", {"epoch": 0, "grid": GRID.to_dict()})
-    assert checkpoint.choose_checkpoint("", False, tmp_path, GRID) is None
-    found = checkpoint.choose_checkpoint("", True, tmp_path, GRID)
-    assert found == checkpoint.FoundCheckpoint(path, found.state) and found.state["epoch"] == 0
+    assert checkpoint_folder.choose_checkpoint("", False, tmp_path, GRID) is None
+    found = checkpoint_folder.choose_checkpoint("", True, tmp_path, GRID)
+    assert found == checkpoint_folder.FoundCheckpoint(path, found.state) and found.state["epoch"] == 0
     with pytest.raises(AttributeError):
         found.path = tmp_path  # frozen
     other = checkpoint.save_checkpoint(tmp_path / "x" / "checkpoint.pth", {"epoch": 5, "grid": GRID.to_dict()})
-    assert checkpoint.choose_checkpoint(str(other.parent), True, tmp_path, GRID).path == other  # a folder's .pth
+    assert checkpoint_folder.choose_checkpoint(str(other.parent), True, tmp_path, GRID).path == other  # a folder's .pth
     with pytest.raises(SystemExit, match=r"^error: .*another patch grid.* or use another --output_dir or "
                                          r"--no_auto_resume to start afresh\. HINT$"):
-        checkpoint.choose_checkpoint("", True, tmp_path, make_grid(4, 2, 32, 8), other_grid_hint=" HINT")
+        checkpoint_folder.choose_checkpoint("", True, tmp_path, make_grid(4, 2, 32, 8), other_grid_hint=" HINT")
     with pytest.raises(SystemExit, match=r"or leave out --resume to start afresh\.$"):
-        checkpoint.choose_checkpoint(str(path), False, tmp_path, make_grid(4, 2, 32, 8))
+        checkpoint_folder.choose_checkpoint(str(path), False, tmp_path, make_grid(4, 2, 32, 8))
 
 
 # ---------------------------------------------------------------- links, pruning, leftovers
@@ -189,7 +190,7 @@ def test_link_atomically_replaces_the_target(tmp_path):
     src = tmp_path / "checkpoint-1.pth"
     src.write_bytes(b"new")
     (tmp_path / "checkpoint-latest.pth").write_bytes(b"old")
-    checkpoint.link_atomically(src, tmp_path / "checkpoint-latest.pth")
+    checkpoint_folder.link_atomically(src, tmp_path / "checkpoint-latest.pth")
     assert (tmp_path / "checkpoint-latest.pth").read_bytes() == b"new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1.pth", "checkpoint-latest.pth"]
 
@@ -200,8 +201,8 @@ def test_pruning_keeps_the_newest_epochs_best_latest_and_unfinished_swaps(tmp_pa
         (tmp_path / name).write_bytes(b"")  # a file without .pth is not a checkpoint
     for name in ("checkpoint-3", "checkpoint-4.tmp", "checkpoint-5.old"):
         (tmp_path / name).mkdir()
-    assert checkpoint.prune_epoch_checkpoints(tmp_path, 0) == []
-    removed = checkpoint.prune_epoch_checkpoints(tmp_path, 2)
+    assert checkpoint_folder.prune_epoch_checkpoints(tmp_path, 0) == []
+    removed = checkpoint_folder.prune_epoch_checkpoints(tmp_path, 2)
     assert sorted(p.name for p in removed) == ["checkpoint-0.pth", "checkpoint-1.pth"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "checkpoint-2.pth", "checkpoint-3", "checkpoint-4.tmp", "checkpoint-5.old", "checkpoint-9",
@@ -224,11 +225,11 @@ def test_stale_temp_files_of_dead_writers_are_removed_and_nothing_else(tmp_path)
     link = tmp_path / f".checkpoint-7.pth.{gone}.tmp"
     link.symlink_to(tmp_path / "log.txt")  # we never write links
 
-    assert checkpoint.remove_stale_temp_files(tmp_path) == (len(stale), sum(range(1, len(stale) + 1)))
+    assert checkpoint_folder.remove_stale_temp_files(tmp_path) == (len(stale), sum(range(1, len(stale) + 1)))
     assert not any(p.exists() for p in stale)
     assert all(p.exists() for p in kept) and link.is_symlink() and (tmp_path / "checkpoint-6.old").is_dir()
-    assert checkpoint.remove_stale_temp_files(tmp_path) == (0, 0)
-    assert checkpoint.remove_stale_temp_files(tmp_path / "missing") == (0, 0)
+    assert checkpoint_folder.remove_stale_temp_files(tmp_path) == (0, 0)
+    assert checkpoint_folder.remove_stale_temp_files(tmp_path / "missing") == (0, 0)
 
 
 # ---------------------------------------------------------------- corruption (issue 16)
@@ -249,7 +250,7 @@ def test_flipped_bytes_are_refused_by_the_checksum_and_auto_resume_falls_back(tm
     flip_middle(latest)
     with pytest.raises(checkpoint.CheckpointError, match=r"is corrupt: its tensors do not match the checksum"):
         checkpoint.load_checkpoint(latest)
-    found = checkpoint.find_checkpoint(tmp_path)
+    found = checkpoint_folder.find_checkpoint(tmp_path)
     assert found.path == tmp_path / "checkpoint-0.pth" and torch.equal(found.state["model"]["encoder_to_decoder.weight"],
                                                                        weights["encoder_to_decoder.weight"])
     assert f"Auto-resume: falling back to {tmp_path / 'checkpoint-0.pth'}" in capsys.readouterr().out
@@ -265,11 +266,11 @@ def test_auto_resume_refuses_when_checkpoints_exist_but_none_loads(tmp_path):
     (tmp_path / "checkpoint-latest.pth").write_bytes(b"")
     (tmp_path / "checkpoint-2.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(checkpoint.CheckpointError) as refused:
-        checkpoint.find_checkpoint(tmp_path)
+        checkpoint_folder.find_checkpoint(tmp_path)
     message = str(refused.value)
     assert f"none of the 2 checkpoints in {tmp_path} loads" in message
     assert f"{tmp_path / 'checkpoint-latest.pth'}: " in message and "truncated or corrupt (0 bytes" in message
     assert f"{tmp_path / 'checkpoint-2.pth'}: " in message and "is not a PyTorch checkpoint" in message
     assert "--no_auto_resume" in message and "another --output_dir" in message
     with pytest.raises(SystemExit, match="^error: --auto_resume: none of the 2 checkpoints"):
-        checkpoint.choose_checkpoint("", True, tmp_path, GRID)
+        checkpoint_folder.choose_checkpoint("", True, tmp_path, GRID)

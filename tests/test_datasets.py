@@ -8,8 +8,9 @@ import pytest
 import torch
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from clip_sampling import sample_clip_indices
 from datasets import (PretrainingDataConfig, VideoMAEPretrainDataset, build_pretraining_dataset, collate_fn_for,
-                      multiple_samples_collate, sample_clip_indices)
+                      multiple_samples_collate)
 from demo_data import render_clip, write_mp4
 from patch_grid import make_grid
 from video_reader import VideoDecodeError

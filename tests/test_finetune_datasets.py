@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from clip_sampling import segment_clip_indices
 from datasets import (ClassificationDataConfig, VideoClsEvalDataset, VideoClsTrainDataset, build_dataset,
-                      collate_fn_for, segment_clip_indices)
+                      collate_fn_for)
 from demo_data import render_clip, write_mp4
 from patch_grid import make_grid
 from video_lists import VideoListsConfig

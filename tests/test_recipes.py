@@ -16,8 +16,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import cli_args  # noqa: E402
 import recipes  # noqa: E402
 import utils  # noqa: E402
-from datasets import (VideoClsEvalDataset, eval_view_fraction, sample_clip_indices, segment_eval_indices,  # noqa: E402
-                      segment_train_indices)
+from clip_sampling import (eval_view_fraction, sample_clip_indices, segment_eval_indices,  # noqa: E402
+                           segment_train_indices)
+from datasets import VideoClsEvalDataset  # noqa: E402
 from patch_grid import make_grid  # noqa: E402
 from resume import ResumableSampler  # noqa: E402
 

@@ -17,7 +17,8 @@ import pytest
 import torch
 
 import resume
-from checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from checkpoint import load_checkpoint, save_checkpoint
+from checkpoint_folder import find_checkpoint
 from launch_helpers import FINETUNE, PRETRAIN, ROOT, assert_same_weights, run, run_and_signal, weights
 
 

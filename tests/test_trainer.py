@@ -14,7 +14,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.data import Dataset
 
 import resume
-from checkpoint import choose_checkpoint, load_checkpoint
+from checkpoint import load_checkpoint
+from checkpoint_folder import choose_checkpoint
 from data_health import BadVideoTracker
 from data_loaders import LoaderConfig, train_loader
 from datasets import CollateWithBad
