@@ -2,11 +2,13 @@
 
 ``linear``: a BatchNorm without affine parameters, then a linear layer over the mean-pooled tokens (MAE's
 linear probe). ``attentive``: one cross-attention block whose learned query reads all tokens, then a linear
-layer (V-JEPA's attentive probe). ``knn``: weighted k-NN votes over the L2-normalised pooled features of
-the training split (DINO's rule), no training.
+layer (V-JEPA's attentive probe). ``knn``: weighted k-NN votes over L2-normalised features of the training
+split (DINO's rule), no training; its feature is by default the tokens averaged over space in each time slice, in
+time order (``time``), which keeps the order of events that a mean over the whole clip (``mean``) averages away.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Iterable
 
 import torch
@@ -17,6 +19,17 @@ from timm.layers import Mlp, trunc_normal_
 from model_layers import LayerNorm
 
 PROBES = ("linear", "attentive", "knn")
+KNN_FEATURES = ("time", "mean")
+
+
+def knn_feature(kind: str, encoder: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """``time``: the tokens [B, N, D] averaged over space in each of the grid's time slices, concatenated in time
+    order [B, T' * D]; ``mean``: the pooled feature the classifier's head sees [B, D]."""
+    if kind == "mean":
+        return encoder.pool(tokens)
+    if getattr(encoder, "cls_token", None) is not None:
+        tokens = tokens[:, 1:]
+    return tokens.reshape(tokens.shape[0], encoder.grid.t, -1, tokens.shape[-1]).mean(2).flatten(1)
 
 
 class LinearProbe(nn.Module):
@@ -61,17 +74,19 @@ class KNNProbe(nn.Module):
     exp(cosine / temperature). Returns log scores, so that a softmax gives the normalised votes."""
 
     def __init__(self, bank: torch.Tensor, labels: torch.Tensor, num_classes: int, k: int = 20,
-                 temperature: float = 0.07) -> None:
+                 temperature: float = 0.07, feature: Any = None) -> None:
         super().__init__()
         self.register_buffer("bank", F.normalize(bank.float(), dim=1))
         self.register_buffer("labels", labels.long())
         self.num_classes, self.k, self.temperature = num_classes, min(k, len(labels)), temperature
+        self.feature = feature  # tokens -> the bank's kind of feature; None: the pooled feature
 
     def forward(self, tokens: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-        sims = F.normalize(pooled.float(), dim=1) @ self.bank.T
+        query = pooled if self.feature is None else self.feature(tokens)
+        sims = F.normalize(query.float(), dim=1) @ self.bank.T
         top, index = sims.topk(self.k, dim=1)
         weights = (top / self.temperature).exp()
-        votes = torch.zeros(len(pooled), self.num_classes, device=pooled.device)
+        votes = torch.zeros(len(query), self.num_classes, device=query.device)
         votes.scatter_add_(1, self.labels[index], weights)
         return votes.clamp_min(1e-30).log()
 
@@ -123,14 +138,16 @@ def build_probe(kind: str, encoder: nn.Module, num_classes: int) -> nn.Module:
 
 @torch.no_grad()
 def fit_knn(encoder: nn.Module, loader: Iterable, device: torch.device, num_classes: int, k: int,
-            temperature: float, amp_dtype: torch.dtype | None = None) -> KNNProbe:
-    """The k-NN probe's bank: the pooled features of every clip ``loader`` gives (``(videos, labels, ...)``)."""
+            temperature: float, amp_dtype: torch.dtype | None = None, feature: str = "time") -> KNNProbe:
+    """The k-NN probe's bank: the ``feature`` (see :func:`knn_feature`) of every clip ``loader`` gives
+    (``(videos, labels, ...)``)."""
     import utils
     encoder.eval()
+    to_feature = functools.partial(knn_feature, feature, encoder)
     feats, labels = [], []
     progress = utils.ProgressLogger("k-NN bank", print_freq=20)
     for batch in progress.log_every(loader):
-        with utils.amp_autocast(device, amp_dtype):
-            feats.append(encoder.forward_features(batch[0].to(device)).float())
+        with torch.no_grad(), utils.amp_autocast(device, amp_dtype):
+            feats.append(to_feature(encoder.encode_tokens(batch[0].to(device))).float())
         labels.append(batch[1].to(device))
-    return KNNProbe(torch.cat(feats), torch.cat(labels), num_classes, k, temperature).to(device)
+    return KNNProbe(torch.cat(feats), torch.cat(labels), num_classes, k, temperature, to_feature).to(device)

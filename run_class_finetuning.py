@@ -27,7 +27,7 @@ from engine_for_finetuning import (Classification, classification_criterion, eva
 from models import create_video_model
 from optim_factory import build_optimizer
 from patch_grid import PatchGrid, recorded_grid
-from probes import PROBES, FrozenEncoderProbe, build_probe, fit_knn
+from probes import KNN_FEATURES, PROBES, FrozenEncoderProbe, build_probe, fit_knn
 from trainer import Trainer, launch
 from video_features import encoder_reference
 from video_lists import DATA_SETS, class_names, read_records
@@ -112,6 +112,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="frozen-feature evaluation of --finetune's encoder instead of fine-tuning: train a linear or "
                         "attentive probe on its tokens (the encoder stays frozen, in eval mode), or k-NN (no training)")
     g.add_argument("--knn_k", default=20, type=int, help="--probe knn: neighbours that vote")
+    g.add_argument("--knn_feature", default="time", choices=KNN_FEATURES,
+                   help="--probe knn: the feature compared: the tokens averaged over space in each time slice, in time "
+                        "order (time), or the mean of all tokens the classifier pools (mean)")
     g.add_argument("--knn_temperature", default=0.07, type=float,
                    help="--probe knn: a neighbour's vote is exp(cosine similarity / temperature)")
     g.add_argument("--dist_eval", default=True, type=utils.str2bool, nargs="?", const=True,
@@ -287,11 +290,11 @@ def knn_probe(args: argparse.Namespace, trainer: Trainer) -> dict[str, Any]:
                                f"the training list in {args.data_path}")
     model = trainer.model_without_ddp
     model.probe = fit_knn(model.encoder, loader, trainer.device, args.nb_classes, args.knn_k, args.knn_temperature,
-                          trainer.amp_dtype)
-    print(f"k-NN bank: {len(model.probe.labels)} training videos; k {model.probe.k}, "
+                          trainer.amp_dtype, args.knn_feature)
+    print(f"k-NN bank: {len(model.probe.labels)} training videos, {args.knn_feature} features; k {model.probe.k}, "
           f"temperature {args.knn_temperature}")
     stats = run_test(args, trainer)
-    trainer.log({**{f"test_{k}": v for k, v in stats.items()}, "probe": "knn",
+    trainer.log({**{f"test_{k}": v for k, v in stats.items()}, "probe": "knn", "knn_feature": args.knn_feature,
                  "encoder": encoder_reference(args.finetune)})
     if trainer.tb is not None:
         trainer.tb.update("test", step=0, acc1=stats["acc1"], acc5=stats["acc5"])

@@ -248,6 +248,7 @@ def loader_args(list_file: str, num_workers: int, num_sample: int, batch_size: i
     cli_args.add_run_args(p, "output/pretrain")
     p.add_argument("--mask_type", default="tube", choices=MASK_TYPES)
     p.add_argument("--mask_ratio", default=0.9, type=float)
+    p.add_argument("--flip", action="store_true", help="horizontal flip, off as in pre-training's default")
     argv = ["--data_path", list_file, "--num_workers", str(num_workers), "--num_sample", str(num_sample),
             "--batch_size", str(batch_size), *extra_args]
     args = p.parse_args(argv)

@@ -13,7 +13,7 @@ import torch
 from checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
 from models import create_video_model
 from patch_grid import make_grid
-from probes import FrozenEncoderProbe, KNNProbe, build_probe
+from probes import FrozenEncoderProbe, KNNProbe, build_probe, knn_feature
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = ["--device", "cpu", "--num_workers", "0"]
@@ -75,6 +75,18 @@ def test_knn_probe_votes_hand_checked():
     assert torch.allclose(scores[1], expected.float(), atol=1e-6)
 
 
+def test_knn_time_feature_keeps_the_order_of_time_slices():
+    """Two clips whose time slices come in opposite orders have the same mean but different time features."""
+    encoder = create_video_model("vit_micro_patch16_224", grid=make_grid(4, 2, 32, 8), num_classes=0)
+    first, second = torch.randn(8, 128), torch.randn(8, 128)  # 2 time slices x 16 patches: tokens in time order
+    forward = torch.cat([first.repeat(2, 1), second.repeat(2, 1)])[None]
+    backward = torch.cat([second.repeat(2, 1), first.repeat(2, 1)])[None]
+    assert torch.allclose(knn_feature("mean", encoder, forward), knn_feature("mean", encoder, backward))
+    assert torch.allclose(knn_feature("time", encoder, forward),
+                          torch.cat([first.mean(0), second.mean(0)])[None])
+    assert not torch.allclose(knn_feature("time", encoder, forward), knn_feature("time", encoder, backward))
+
+
 # ---------------------------------------------------------------- probes, CLI
 
 PROBE = [*CPU, "--model", "vit_micro_patch16_224", "--data_set", "custom", "--sampling_rate", "2", "--batch_size",
@@ -105,7 +117,7 @@ def test_knn_probe_cli_at_324_patches_per_frame(pretrained, demo_root, tmp_path)
     result = run("run_class_finetuning.py", *PROBE, "--probe", "knn", "--knn_k", "5", "--finetune", str(pretrained),
                  "--data_path", str(demo_root), "--input_size", "144", "--patch_size", "8", "--num_frames", "2",
                  "--output_dir", str(tmp_path / "knn"), cwd=tmp_path)
-    assert "324 patches per frame" in result.stdout and "k-NN bank: 16 training videos; k 5" in result.stdout
+    assert "324 patches per frame" in result.stdout and "k-NN bank: 16 training videos, time features; k 5" in result.stdout
     record = json.loads((tmp_path / "knn" / "log.txt").read_text().splitlines()[-1])
     assert record["probe"] == "knn" and record["test_videos"] == 8 and 0 <= record["test_acc1"] <= 100
 
