@@ -180,6 +180,21 @@ def test_extraction_at_324_patches_per_frame_from_a_list_file_as_npy(pretrained,
                                             (demo_root / "val.csv").read_text().splitlines()]
 
 
+def test_extraction_under_torchrun_gives_the_shards_of_one_process(pretrained, demo_root, tmp_path):
+    from launch_helpers import run as launch
+    flags = [*CPU, "--finetune", str(pretrained), "--data_path", str(demo_root / "val.csv"), "--shard_size", "2"]
+    extract(*flags, "--output_dir", str(tmp_path / "one"))
+    launch("extract_features.py", [*flags, "--output_dir", str(tmp_path / "two")], nproc=2)
+    from safetensors.torch import load_file
+    shards = sorted(p.name for p in (tmp_path / "one").glob("shard-*"))
+    assert len(shards) == 8 and shards == sorted(p.name for p in (tmp_path / "two").glob("shard-*"))
+    for name in (n for n in shards if n.endswith(".safetensors")):
+        one, two = load_file(tmp_path / "one" / name), load_file(tmp_path / "two" / name)
+        assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
+    assert json.loads((tmp_path / "one" / "index.json").read_text()) == json.loads(
+        (tmp_path / "two" / "index.json").read_text())
+
+
 # ---------------------------------------------------------------- run_inference.py
 
 @pytest.fixture(scope="module")
