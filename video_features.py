@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from checkpoint import CheckpointError, read_checkpoint
 from clip_sampling import segment_clip_indices
-from patch_grid import GridError, PatchGrid, grid_from_args, recorded_grid
+from patch_grid import PatchGrid, grid_from_args, recorded_grid
 from video_reader import FrameFolder, VideoDecodeError, VideoFile, decode_clips
 from video_transforms import EvalTransform
 
@@ -202,11 +202,6 @@ def read_class_names(classes_file: str | None, ckpt: dict[str, Any], path: str) 
         if names and not all(n == f"LABEL_{i}" for i, n in enumerate(names)):
             return names
     return None
-
-
-def softmax_views(logits: torch.Tensor) -> np.ndarray:
-    """Logits [B, V, K] -> class probabilities averaged over the views [B, K] (as the multi-view test)."""
-    return logits.float().softmax(-1).mean(1).numpy()
 
 
 # ---------------------------------------------------------------- feature folders: key, shards, index
