@@ -16,7 +16,7 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -48,10 +48,6 @@ def plain_args(args: argparse.Namespace) -> dict[str, Any]:
     return {k: plain(v) for k, v in vars(args).items()}
 
 
-def temp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """Write atomically: temporary file in the same folder, fsync, then rename over the target.
 
@@ -63,7 +59,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     path = Path(path)
     state = {**{k: v for k, v in state.items() if k != CHECKSUM}, CHECKSUM: tensor_checksum(state)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
+    tmp = utils.temp_path(path)
     try:
         with open(tmp, "wb") as f:
             torch.save(state, f)
@@ -76,7 +72,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
         if cause is not None:
             raise CheckpointSaveError(path, cause) from e
         raise
-    _fsync_dir(path.parent)
+    utils.fsync_dir(path.parent)
     return path
 
 
@@ -102,19 +98,6 @@ def _os_error_in_chain(e: BaseException) -> OSError | None:
         seen.add(id(e))
         e = e.__cause__ or e.__context__
     return None
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def checkpoint_state(model: torch.nn.Module, grid: PatchGrid, args: argparse.Namespace, epoch: int,
@@ -157,22 +140,7 @@ def save_safetensors(path: str | Path, state_dict: dict[str, torch.Tensor], grid
                 "args": json.dumps(flags)}
     # safetensors refuses views into shared storage; plain contiguous CPU copies are what it stores anyway.
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
-    return write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-
-
-def write_atomically(path: str | Path, write: Callable[[Path], Any]) -> Path:
-    """``write(temporary path)``, then rename it over ``path``: a kill leaves the old file or none, never half of
-    one (at worst a stray ``.tmp``, which :func:`checkpoint_folder.remove_stale_temp_files` clears)."""
-    path = Path(path)
-    tmp = temp_path(path)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
+    return utils.write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def tensor_checksum(state: dict[str, Any]) -> str:

@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 import torch.distributed as dist
 
 import utils
-from checkpoint import LATEST, TEMP_FILE, CheckpointError, check_checkpoint_grid, load_checkpoint, temp_path
+from checkpoint import LATEST, TEMP_FILE, CheckpointError, check_checkpoint_grid, load_checkpoint
 from patch_grid import PatchGrid
 
 
@@ -166,7 +166,7 @@ def choose_checkpoint(resume_path: str, auto_resume: bool, output_dir: str | Pat
 
 def link_atomically(src: Path, dst: Path) -> None:
     """Make ``dst`` a hard link to ``src`` (a copy where links are impossible), replacing it atomically."""
-    tmp = temp_path(dst)
+    tmp = utils.temp_path(dst)
     tmp.unlink(missing_ok=True)
     try:
         os.link(src, tmp)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,18 +103,15 @@ def final_test(loader: Iterable, model: torch.nn.Module, device: torch.device, o
     complete or not at all (written under a temporary name, renamed at the end)."""
     model.eval()
     progress = utils.ProgressLogger("Test", print_freq=print_freq)
-    out_file = Path(out_file)
-    tmp = out_file.with_name(f".{out_file.name}.{os.getpid()}.tmp")
-    try:
+
+    def write(tmp: Path) -> None:  # a stop or an error leaves no partial file
         with open(tmp, "w", encoding="utf-8") as f:
             for videos, labels, video_ids, views in progress.log_every(loader):
                 with utils.amp_autocast(device, amp_dtype):
                     logits = model(videos.to(device)).float().cpu()
                 for logit, label, vid, view in zip(logits, labels.tolist(), video_ids.tolist(), views.tolist()):
                     f.write(json.dumps({"id": vid, "view": view, "label": label, "logits": logit.tolist()}) + "\n")
-        os.replace(tmp, out_file)
-    finally:
-        tmp.unlink(missing_ok=True)  # a stop or an error leaves no partial file
+    utils.write_atomically(out_file, write)
 
 
 def merge_test_results(files: Iterable[str | Path], views_per_video: int | None = None) -> dict[str, Any]:

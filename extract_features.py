@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 import cli_args
 import utils
-from checkpoint import write_atomically
+from utils import write_atomically
 from checkpoint_folder import remove_stale_temp_files
 from patch_grid import GridError, PatchGrid
 from trainer import launch

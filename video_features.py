@@ -242,7 +242,7 @@ def shard_done(folder: Path, number: int) -> bool:
 
 def write_shard(folder: Path, number: int, arrays: dict[str, np.ndarray], record: dict[str, Any], fmt: str) -> None:
     """The shard's arrays (one safetensors file, or one .npy per array), then its JSON record; all atomic."""
-    from checkpoint import write_atomically
+    from utils import write_atomically
     base = f"shard-{number:05d}"
     if fmt == "safetensors":
         from safetensors.numpy import save_file
@@ -266,6 +266,6 @@ def write_index(folder: Path, key: dict[str, Any], shards: int) -> dict[str, Any
     index = {**key, "videos": sum(len(r["videos"]) for r in records),
              "unreadable": [u for r in records for u in r["unreadable"]],
              "shards": [{"files": r["files"], "videos": r["videos"], "labels": r["labels"]} for r in records]}
-    from checkpoint import write_atomically
+    from utils import write_atomically
     write_atomically(folder / INDEX, lambda tmp: tmp.write_text(json.dumps(index, indent=1)))
     return index
