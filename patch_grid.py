@@ -53,6 +53,12 @@ class PatchGrid:
         """Pixel values in one token: channels x tubelet x patch x patch."""
         return self.in_chans * self.tubelet_size * self.patch_size * self.patch_size
 
+    @property
+    def spec(self) -> str:
+        """The grid in the sweep's SIZE/PATCH notation: '224/16' (or '224x288/16' for a non-square frame)."""
+        h, w = self.input_size
+        return f"{h}/{self.patch_size}" if h == w else f"{h}x{w}/{self.patch_size}"
+
     def describe(self) -> str:
         h, w = self.input_size
         return (f"{self.num_frames} frames x {h}x{w} px, tubelet {self.tubelet_size}, "
@@ -130,6 +136,37 @@ def make_grid(num_frames: int, tubelet_size: int, input_size: int | Sequence[int
     if problems:
         raise GridError("impossible patch grid: " + "; ".join(problems))
     return PatchGrid(num_frames, tubelet_size, hw, patch_size, in_chans)
+
+
+def parse_grid_spec(text: str) -> tuple[int, int]:
+    """'224/16' -> (224, 16): a square frame side and a patch side. Raises GridError naming the entry."""
+    parts = str(text).split("/")
+    try:
+        size, patch = (int(x) for x in parts)
+    except ValueError:
+        raise GridError(f"grid {text!r} is not SIZE/PATCH (e.g. 224/16)") from None
+    if size < 1 or patch < 1:
+        raise GridError(f"grid {text}: SIZE and PATCH must be positive")
+    if patch > size:
+        raise GridError(f"grid {text}: the patch ({patch} px) is larger than the frame ({size} px)")
+    if size % patch:
+        raise GridError(f"grid {text}: the frame side {size} is not divisible by the patch {patch}")
+    return size, patch
+
+
+def grids_from_specs(specs: Sequence[str], num_frames: int, tubelet_size: int, in_chans: int = 3) -> list[PatchGrid]:
+    """The grids named by SIZE/PATCH entries, all with the same frames and tubelet. Raises GridError naming the
+    first bad entry (not SIZE/PATCH, patch larger than the frame, size not divisible, or repeated)."""
+    grids: list[PatchGrid] = []
+    for text in specs:
+        size, patch = parse_grid_spec(text)
+        grid = make_grid(num_frames, tubelet_size, size, patch, in_chans)
+        if grid in grids:
+            raise GridError(f"grid {text} is listed twice")
+        grids.append(grid)
+    if not grids:
+        raise GridError("no grid given")
+    return grids
 
 
 def grid_from_args(args: Any) -> PatchGrid:
