@@ -136,3 +136,16 @@ def test_recorded_grid_reads_a_checkpoints_grid_entry():
     assert recorded_grid({"model": {}}) is None
     with pytest.raises(GridError, match="grid entry .* is unusable"):
         recorded_grid({"grid": {"num_frames": 6}})
+
+
+def test_grid_specs_parse_and_refuse_bad_entries_by_name():
+    from patch_grid import GridError, grids_from_specs
+
+    grids = grids_from_specs(["224/16", "216/12", "224/32"], num_frames=16, tubelet_size=2)
+    assert [g.spec for g in grids] == ["224/16", "216/12", "224/32"]
+    assert [g.patches_per_frame for g in grids] == [196, 324, 49]
+    for bad, words in (("224/15", "not divisible"), ("16/32", "larger than the frame"), ("224", "not SIZE/PATCH"),
+                       ("224/16", "listed twice")):
+        with pytest.raises(GridError, match=words) as info:
+            grids_from_specs(["224/16", bad] if bad == "224/16" else [bad], num_frames=16, tubelet_size=2)
+        assert bad.split("/")[0] in str(info.value)
