@@ -14,7 +14,7 @@ import cpu_memory  # noqa: F401  (before torch: allocator settings torch reads o
 import cli_args
 import data_health
 import utils
-from checkpoint_folder import choose_checkpoint
+from checkpoint_folder import FoundCheckpoint, choose_checkpoint
 from data_loaders import pretraining_loader
 from engine_for_pretraining import FlexibleReconstruction, MaskedReconstruction
 from masking_generator import (DECODER_MASK_TYPES, MASK_TYPES, MaskCounts, build_mask_generator, mask_counts,
@@ -156,6 +156,16 @@ def largest_size(grids: list[PatchGrid]) -> PatchGrid:
     return max(grids, key=lambda g: g.input_size[0] * g.input_size[1])
 
 
+def warn_if_other_grids(found: FoundCheckpoint | None, grids: list[PatchGrid]) -> None:
+    """A flexible checkpoint resumed with another ``--grids`` list: allowed (the weights fit), but the steps from
+    here on draw from the new list, so the run is no longer the one it would have been."""
+    recorded = found.state.get("grids") if found is not None else None
+    if recorded is not None and recorded != [g.to_dict() for g in grids]:
+        specs = " ".join(PatchGrid.from_dict(g).spec for g in recorded)
+        print(f"warning: {found.path} was trained at --grids {specs}; this run draws from "
+              f"{' '.join(g.spec for g in grids)} from here on")
+
+
 def train(args: argparse.Namespace, grids: list[PatchGrid], counts: list[MaskCounts], device: str | None
           ) -> dict[str, Any]:
     grid = base_grid(grids)  # the model's grid (the only one without --grids)
@@ -169,6 +179,7 @@ def train(args: argparse.Namespace, grids: list[PatchGrid], counts: list[MaskCou
         # another grid or model size is refused before data and model
         found = choose_checkpoint(args.resume, args.auto_resume, args.output_dir, grid, folders=args.enable_deepspeed)
         trainer.refuse_misfit(found, build_model)
+        warn_if_other_grids(found, grids)
         cli_args.use_demo_data_if_no_data_path(args, finetuning=False)
         masks = no_masks if args.grids else build_mask_generator(args, grid)  # flexible: drawn per step
         dataset, loader = pretraining_loader(cli_args.pretraining_data_config(args), cli_args.loader_config(args),

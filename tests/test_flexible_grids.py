@@ -150,3 +150,14 @@ def _tags(event_dir: Path) -> set[str]:
     acc = EventAccumulator(str(event_dir))
     acc.Reload()
     return set(acc.Tags()["scalars"])
+
+
+def test_resuming_a_flexible_checkpoint_with_another_grids_list_warns(tmp_path, capsys):
+    from checkpoint_folder import FoundCheckpoint
+    grids = grids_from_specs(["32/16", "32/8"], 4, 2)
+    found = FoundCheckpoint(tmp_path / "checkpoint-3.pth", {"grids": [g.to_dict() for g in grids]})
+    run_mae_pretraining.warn_if_other_grids(found, grids)
+    assert capsys.readouterr().out == ""
+    run_mae_pretraining.warn_if_other_grids(found, grids[:1])
+    assert f"warning: {tmp_path / 'checkpoint-3.pth'} was trained at --grids 32/16 32/8; this run draws from 32/16 " \
+           f"from here on" in capsys.readouterr().out
