@@ -77,8 +77,9 @@ class FlexibleReconstruction:
 
     ``loss(model, batch, position)``: ``batch`` holds clips at the largest grid's size (its masks are not used).
     The step's grid is drawn from ``(seed, epoch, batch)`` alone, the same on every process and after a resume;
-    the clips are resized on the device to its size, its masks drawn from ``(seed, epoch, batch, rank)`` by
-    ``masks[i]`` (grid ``i``'s generator) and the model runs at it. Each clip of a step shares the grid.
+    the clips are resized on the device to its size, each clip's masks drawn by ``masks[i]`` (grid ``i``'s
+    generator) from ``(seed, epoch, batch, the clip's place in the global batch)``, so that they do not depend on
+    the number of processes, and the model runs at it. Each clip of a step shares the grid.
     ``settings`` gives the device, precision and target normalisation (its grid is not used)."""
 
     def __init__(self, grids: Sequence[PatchGrid], masks: Sequence[MaskGenerator], settings: MaskedReconstruction,
@@ -101,8 +102,9 @@ class FlexibleReconstruction:
         if videos.dtype == torch.uint8:
             videos = normalize_batch(videos)
         videos = resize_clips(videos, grid.input_size)
-        rng = position.rng(self.seed, self.rank, 1)  # (the 1 keeps it apart from the grid's draw)
-        enc, dec = (torch.stack(m) for m in zip(*(self.masks[index](rng) for _ in range(videos.shape[0]))))
+        clips = videos.shape[0]  # each clip's masks from its place in the global batch (the 1: apart from the draw)
+        masks = [self.masks[index](position.rng(self.seed, 1, self.rank * clips + j)) for j in range(clips)]
+        enc, dec = (torch.stack(m) for m in zip(*masks))
         visible = mask_to_index(enc, select=False).to(device)
         target = mask_to_index(dec, select=True).to(device)
         loss = reconstruction_loss(model, videos, visible, target, self.settings, grid=grid)

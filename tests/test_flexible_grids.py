@@ -78,32 +78,50 @@ def test_the_steps_grid_is_a_function_of_seed_epoch_and_batch():
     assert sequence != [other_seed.grid_index(p) for p in positions]
 
 
-def test_a_flexible_step_trains_at_its_grid_and_the_epoch_record_counts_each(monkeypatch):
+def micro_model_and_loss(monkeypatch, rank: int = 0) -> tuple[torch.nn.Module, FlexibleReconstruction, list]:
+    """A micro model at 32/16, its flexible loss at 32/16 and 32/8, and the list of the model's calls:
+    (clip shape, visible index, target index, grid) each."""
     torch.manual_seed(0)
     grids = grids_from_specs(["32/16", "32/8"], 4, 2)
     model = create_video_model("pretrain_videomae_micro_patch16_224", grid=grids[0], decoder_depth=1, pos_embed="3d")
     loss = FlexibleReconstruction(grids, [MaskGenerator(g, "tube", 0.75) for g in grids],
-                                  MaskedReconstruction(grids[0], torch.device("cpu")), seed=0)
-    seen = []
+                                  MaskedReconstruction(grids[0], torch.device("cpu")), seed=0, rank=rank)
+    calls: list = []
     forward = model.forward
-    monkeypatch.setattr(model, "forward", lambda x, v, t, grid: seen.append((x.shape, v.shape, t.shape, grid))
+    monkeypatch.setattr(model, "forward", lambda x, v, t, grid: calls.append((x.shape, v, t, grid))
                         or forward(x, v, t, grid=grid))
+    return model, loss, calls
+
+
+def test_a_flexible_step_trains_at_its_grid_and_the_epoch_record_counts_each(monkeypatch):
+    model, loss, calls = micro_model_and_loss(monkeypatch)
     clips = torch.randint(0, 256, (2, 3, 4, 48, 48), dtype=torch.uint8)  # the loader's clips, larger than both
     values = [loss(model, (clips, None, None), StepPosition(0, b)) for b in range(6)]
     drawn = [loss.grid_index(StepPosition(0, b)) for b in range(6)]
     assert set(drawn) == {0, 1}
-    for (clip, visible, target, grid), i in zip(seen, drawn):  # the shapes the model was called with
-        assert grid == grids[i] and clip == (2, 3, 4, 32, 32)
+    for (clip, visible, target, grid), i in zip(calls, drawn):
+        assert grid == loss.grids[i] and clip == (2, 3, 4, 32, 32)
         per_frame = grid.patches_per_frame
-        assert visible == (2, 2 * (per_frame - int(0.75 * per_frame))) and visible[1] + target[1] == grid.num_tokens
+        assert visible.shape == (2, 2 * (per_frame - int(0.75 * per_frame)))
+        assert visible.shape[1] + target.shape[1] == grid.num_tokens
     record = loss.epoch_record()
     assert {k: v for k, v in record.items() if k.startswith("steps_")} == {
-        f"steps_{g.spec}": drawn.count(i) for i, g in enumerate(grids) if drawn.count(i)}
-    for i, g in enumerate(grids):
-        if drawn.count(i):
-            mean = np.mean([float(v.detach()) for v, d in zip(values, drawn) if d == i])
-            assert record[f"loss_{g.spec}"] == pytest.approx(mean)
+        f"steps_{g.spec}": drawn.count(i) for i, g in enumerate(loss.grids)}
+    for i, g in enumerate(loss.grids):
+        mean = np.mean([float(v.detach()) for v, d in zip(values, drawn) if d == i])
+        assert record[f"loss_{g.spec}"] == pytest.approx(mean)
     assert loss.epoch_record() == {}, "each epoch counts anew"
+
+
+def test_a_steps_masks_follow_each_clips_place_in_the_global_batch_not_the_process_count(monkeypatch):
+    clips = torch.randint(0, 256, (4, 3, 4, 32, 32), dtype=torch.uint8)
+    model, one_process, calls = micro_model_and_loss(monkeypatch)
+    one_process(model, (clips, None, None), StepPosition(1, 2))
+    for rank in (0, 1):  # two processes of 2 clips: the same global batch
+        _, loss, _ = micro_model_and_loss(monkeypatch, rank)
+        loss(model, (clips[2 * rank:2 * rank + 2], None, None), StepPosition(1, 2))
+    assert torch.equal(calls[0][1], torch.cat([calls[1][1], calls[2][1]]))
+    assert not torch.equal(calls[0][1][0], calls[0][1][1]), "clips get their own masks"
 
 
 def test_resize_clips_keeps_a_flat_frame_flat():
