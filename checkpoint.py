@@ -104,13 +104,16 @@ def checkpoint_state(model: torch.nn.Module, grid: PatchGrid, args: argparse.Nam
                      optimizer: torch.optim.Optimizer | None = None, scaler: Any = None,
                      **extra: Any) -> dict[str, Any]:
     """Everything a checkpoint holds: weights, training state, flags (``args``, recorded) and the patch grid."""
+    bare = utils.unwrap_model(model)
     state = {
         "format": CHECKPOINT_FORMAT,
-        "model": utils.unwrap_model(model).state_dict(),
+        "model": bare.state_dict(),
         "epoch": epoch,
         "args": plain_args(args),
         "grid": grid.to_dict(),
     }
+    if getattr(bare, "pos_embed_type", None) == "3d":  # the table is not in the state dict; its reference is
+        state["pos_reference"] = list(bare.pos_reference)
     if optimizer is not None:
         state["optimizer"] = optimizer.state_dict()
     if scaler is not None:
@@ -277,6 +280,15 @@ def load_model_state(model: torch.nn.Module, ckpt: dict[str, Any], path: str | P
     (no state dict, tensors of another shape, missing or unexpected names) before anything is changed."""
     check_model_state(model, ckpt, path, model_name)
     utils.unwrap_model(model).load_state_dict(ckpt["model"])
+    apply_pos_reference(model, ckpt)
+
+
+def apply_pos_reference(model: torch.nn.Module, ckpt: dict[str, Any]) -> None:
+    """Give ``model`` the '3d' table reference ``ckpt`` records (``"pos_reference"``, e.g. the base grid of a
+    flexible-grid pre-training): fixed tables are rebuilt, not loaded, so the weights alone would not carry it."""
+    bare = utils.unwrap_model(model)
+    if ckpt.get("pos_reference") is not None and hasattr(bare, "set_pos_reference"):
+        bare.set_pos_reference(ckpt["pos_reference"])
 
 
 def check_model_state(model: torch.nn.Module, ckpt: dict[str, Any], path: str | Path, model_name: str) -> None:
