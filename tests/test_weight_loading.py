@@ -372,6 +372,12 @@ def test_flexible_checkpoint_loads_at_an_untrained_grid(tmp_path, capsys):
     with torch.no_grad():
         assert torch.allclose(model.run_blocks(model.embed(x)),
                               pretrain.encoder.forward_tokens(x, grid=target), atol=1e-4)
+    # the same from the .safetensors export (--save_safetensors), whose metadata carries the records
+    st = checkpoint.save_safetensors(tmp_path / "flexible.safetensors", state["model"], base,
+                                     argparse.Namespace(pos_embed="3d"), {k: state[k] for k in checkpoint.GRID_RECORDS})
+    from_st = classifier(target, pos_embed="3d")
+    assert [g.spec for g in load_finetune_weights(from_st, st, verbose=False).trained_grids] == ["32/16", "32/8"]
+    assert torch.equal(from_st.pos_embed, model.pos_embed)
     # fine-tuning's own checkpoints carry the reference to a resume (the table is not in the state dict)
     ft = checkpoint.save_checkpoint(tmp_path / "ft.pth",
                                     checkpoint.checkpoint_state(model, target, argparse.Namespace(), epoch=1))
