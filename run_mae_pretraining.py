@@ -199,10 +199,9 @@ def train(args: argparse.Namespace, grids: list[PatchGrid], counts: list[MaskCou
         else:
             loss = FlexibleReconstruction(grids, [build_mask_generator(args, g) for g in grids], settings, args.seed,
                                           utils.get_rank())
-            # every checkpoint records the grids, and the token rows and columns (the base grid's) that the 3-D
-            # tables of every grid are laid out against
-            trainer.progress.extra.update(grids=[g.to_dict() for g in grids],
-                                          pos_reference=list(trainer.model_without_ddp.pos_reference))
+            # every checkpoint records the grids beside "grid", the base (and, as for every 3d model, its
+            # "pos_reference": the base grid's token rows and columns)
+            trainer.progress.extra["grids"] = [g.to_dict() for g in grids]
             record = trainer.fit(loss, lambda epoch, r: r.update({f"train_{k}": v for k, v in
                                                                    loss.epoch_record().items()}), with_position=True)
         return {**record, "checkpoint": trainer.last_checkpoint}
