@@ -280,6 +280,7 @@ class Trainer:
         if self.engine is not None:
             import ds_utils
             ds_utils.load_folder(self.engine, found.path.parent)
+            apply_pos_reference(self.model_without_ddp, state)
         else:
             load_model_state(self.model_without_ddp, state, found.path, self.cfg.model_name)
             if "optimizer" in state:
