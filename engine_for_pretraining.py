@@ -10,7 +10,7 @@ from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from modeling_pretrain import mask_to_index, pixel_targets
 from patch_grid import PatchGrid
 from utils import amp_autocast
-from video_transforms import normalize_batch
+from video_transforms import normalize_batch, pixel_mean_std
 
 PIXEL_MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN)
 PIXEL_STD = torch.tensor(IMAGENET_DEFAULT_STD)
@@ -50,7 +50,7 @@ def reconstruction_loss(model: torch.nn.Module, videos: torch.Tensor, visible: t
                         cfg: MaskedReconstruction) -> torch.Tensor:
     """Mean squared error between predicted and true pixels of the decoded tokens (in fp32)."""
     with torch.no_grad():
-        targets = pixel_targets(videos, cfg.grid, PIXEL_MEAN, PIXEL_STD, cfg.normalize_target, index=target)
+        targets = pixel_targets(videos, cfg.grid, *pixel_mean_std(videos.device), cfg.normalize_target, index=target)
     with amp_autocast(cfg.device, cfg.amp_dtype):
         prediction = model(videos, visible, target)
     return F.mse_loss(prediction.float(), targets)
