@@ -81,13 +81,6 @@ def record_stop(exit_status: int) -> None:
         utils.write_atomically(path, lambda tmp: tmp.write_text(f"{exit_status}\n"))
 
 
-def data_parallel(model: torch.nn.Module, device: torch.device) -> torch.nn.parallel.DistributedDataParallel:
-    """``model`` under DDP. Its buffers (the fixed position tables) are the same on every rank and never change,
-    so they are not broadcast before every forward."""
-    return torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
-
-
 @dataclass(frozen=True)
 class Schedule:
     """Per-step learning rate and weight decay: linear warmup, then half-cosine (LRs already scaled)."""
@@ -245,7 +238,7 @@ class Trainer:
             self.model = self.engine
         else:
             if utils.is_dist():
-                self.model = data_parallel(self.model, self.device)
+                self.model = utils.data_parallel(self.model, self.device)
             scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.optimizer, self.scaler = optimizer, scaler
         self.updater = Updater(self.model, optimizer, cfg.update_freq, cfg.clip_grad, scaler, self.engine, self.ema)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import inspect
 import json
 import math
 import os
@@ -195,6 +196,16 @@ def cleanup_distributed(barrier: bool = True) -> None:
         if barrier:
             dist.barrier()
         dist.destroy_process_group()
+
+
+def data_parallel(model: torch.nn.Module, device: torch.device) -> torch.nn.parallel.DistributedDataParallel:
+    """``model`` under DDP. Its buffers (the fixed position tables) are the same on every rank and never change,
+    so they are not broadcast before every forward."""
+    ddp = torch.nn.parallel.DistributedDataParallel
+    # torch 2.15 renamed the switch (the old name warns); the older torch of some clusters knows only the old one.
+    no_broadcast = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(ddp).parameters
+                    else {"broadcast_buffers": False})
+    return ddp(model, device_ids=[device.index] if device.type == "cuda" else None, **no_broadcast)
 
 
 def all_reduce_mean(value: float, device: torch.device) -> float:
