@@ -40,10 +40,10 @@ T = TypeVar("T")
 def launch(body: Callable[[str | None], T], device: str | None, deepspeed: bool = False) -> T:
     """Run ``body(device)`` in this process's share of the job, and leave the process group on every path.
 
-    ``device`` comes back as ``cuda:LOCAL_RANK`` (modulo the visible GPUs) under torchrun on GPUs. Every way a run ends maps to one
-    exit status: SIGTERM or SIGUSR1, in any phase, after saving -> 75 (the launchers requeue on it); a first
-    Ctrl-C after saving, or a second one at once -> 130, without a traceback; a known failure -> an ``error:``
-    line and 1; success -> ``body``'s result.
+    ``device`` comes back as ``cuda:LOCAL_RANK`` (modulo the visible GPUs) under torchrun on GPUs. Every way a
+    run ends maps to one exit status: SIGTERM or SIGUSR1, in any phase, after saving -> 75 (the launchers
+    requeue on it, see :func:`record_stop`); a first Ctrl-C after saving, or a second one at once -> 130, without
+    a traceback; a known failure -> an ``error:`` line and 1; success -> ``body``'s result.
     """
     if deepspeed:
         import ds_utils

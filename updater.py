@@ -27,7 +27,8 @@ class Updater:
         self.model, self.optimizer, self.update_freq = model, optimizer, update_freq
         self.clip_grad, self.scaler, self.engine, self.ema = clip_grad, scaler, engine, ema
         self.skipped = 0
-        self._scale: float | None = None  # the scaler's scale as last read, once per update
+        # The scaler's scale as last read, once per update (before its first use this reads no device).
+        self._scale: float | None = scaler.get_scale() if scaler is not None else None
 
     def start_epoch(self) -> None:
         self.skipped = 0

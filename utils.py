@@ -103,7 +103,8 @@ def init_distributed(device: str | None) -> str | None:
     Under ``srun`` with more than one task, SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID give the rank, the first
     node of the allocation is the master, and the port is derived from the job id (MASTER_PORT overrides).
     The backend is nccl on GPUs (each process on ``cuda:LOCAL_RANK`` modulo the visible GPUs, the device
-    returned) and gloo on the CPU. Other ranks' ``print`` output is silenced. Alone, nothing happens and ``device`` comes back.
+    returned) and gloo on the CPU. Other ranks' ``print`` output is silenced. Alone, nothing happens and
+    ``device`` comes back.
     """
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:
