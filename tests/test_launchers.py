@@ -79,3 +79,15 @@ def test_slurm_requeues_a_stopped_run_when_srun_reports_a_killed_rank(tmp_path):
     assert "requeueing job 4242" in result.stdout
     assert (tmp_path / "scontrol.args").read_text().split() == ["requeue", "4242"]
     assert not (tmp_path / "stop").exists(), "the note is used once"
+
+
+def test_torchrun_launcher_starts_one_process_per_gpu_torch_sees(tmp_path):
+    # nvidia-smi -L lists every GPU of the node; torch counts those CUDA_VISIBLE_DEVICES leaves (none here).
+    (tmp_path / "nvidia-smi").write_text("#!/bin/sh\nfor i in 0 1 2 3 4 5 6 7; do echo \"GPU $i: H100\"; done\n")
+    (tmp_path / "nvidia-smi").chmod(0o755)
+    variables = dict(env(), PATH=f"{tmp_path}{os.pathsep}{os.environ['PATH']}", DRY_RUN="1", DATASET="ucf101",
+                     DATA_ROOT=str(tmp_path), PYTHON=sys.executable, CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run(["bash", str(LAUNCH / "torchrun.sh"), "pretrain"], env=variables, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--nproc_per_node 1 " in result.stdout.splitlines()[-1]

@@ -37,9 +37,12 @@ set -euo pipefail
 STAGE=${1:?usage: torchrun.sh pretrain|finetune [extra flags]}
 shift
 if [ -z "${GPUS_PER_NODE:-}" ]; then
-  # torch's count honours CUDA_VISIBLE_DEVICES (nvidia-smi -L lists every GPU of the node)
-  GPUS_PER_NODE=$("${PYTHON:-python}" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)
-  [ "${GPUS_PER_NODE:-0}" -ge 1 ] 2>/dev/null || GPUS_PER_NODE=1
+  GPUS_PER_NODE=1
+  if command -v nvidia-smi >/dev/null || command -v rocm-smi >/dev/null; then
+    # torch's count honours CUDA_VISIBLE_DEVICES (nvidia-smi -L lists every GPU of the node)
+    GPUS_PER_NODE=$("${PYTHON:-python}" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)
+    [ "${GPUS_PER_NODE:-0}" -ge 1 ] 2>/dev/null || GPUS_PER_NODE=1
+  fi
 fi
 PATCHES_WORLD=$(( ${NNODES:-1} * GPUS_PER_NODE ))
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh" "$STAGE"
