@@ -93,7 +93,8 @@ def add_optim_args(p: argparse.ArgumentParser, lr: float, min_lr: float, warmup_
     g.add_argument("--warmup_epochs", default=warmup_epochs, type=int, help="linear warmup epochs")
     g.add_argument("--warmup_steps", default=-1, type=int, help="warmup steps (overrides --warmup_epochs when > 0)")
     g.add_argument("--amp", default="auto", choices=["auto", "none", "bf16", "fp16"],
-                   help="mixed precision: auto = bf16 on CUDA, none on CPU; fp16 needs CUDA")
+                   help="mixed precision: auto = bf16 on GPUs that compute it natively (Ampere and newer), fp16 on "
+                        "older GPUs, none on CPU; fp16 needs CUDA")
 
 
 def add_data_args(p: argparse.ArgumentParser, data_path_help: str, num_sample: int) -> argparse._ArgumentGroup:
@@ -182,13 +183,17 @@ def validate_common(args: argparse.Namespace, positive: tuple[str, ...]) -> tupl
             problems.append(MISSING)
     try:
         device = utils.resolve_device(args.device)
+        native_bf16 = device.type == "cuda" and utils.cuda_native_bf16(device)
         if args.amp == "auto":
-            args.amp = "bf16" if device.type == "cuda" else "none"
+            args.amp = utils.auto_amp(device.type, native_bf16)
         utils.autocast_dtype(args.amp, device)
-        if args.amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            problems.append(f"--amp bf16: {torch.cuda.get_device_name(device)} has no bfloat16 support; "
-                            f"use --amp fp16 or none")
+        if args.amp == "bf16" and device.type == "cuda" and not native_bf16:
+            print(f"warning: --amp bf16: {torch.cuda.get_device_name(device)} only emulates bfloat16 (slow, and "
+                  f"without flash attention); --amp fp16 is faster there")
         problems += _compile_problems(args.compile, device)
+        if deepspeed:
+            from ds_utils import amp_problem
+            problems += [p for p in [amp_problem(getattr(args, "zero_stage", 1), args.amp)] if p]
     except ValueError as e:
         problems.append(str(e))
     problems += writable_dir_problems(args.output_dir, "--output_dir")
@@ -217,12 +222,15 @@ def _compile_problems(backend: str | None, device: torch.device) -> list[str]:
     known = torch._dynamo.list_backends(exclude_tags=())
     if backend not in known:
         return [f"--compile {backend}: not a torch.compile backend; known: {', '.join(known)}"]
-    if backend == "inductor" and device.type == "cpu":
+    if backend == "inductor":
         import os
         import shutil
-        if not any(shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "c++", "clang++") if c):
-            return ["--compile: inductor on CPU needs a C++ compiler (g++ or clang++, or $CXX) and none was "
-                    "found; install one, or run without --compile"]
+        # Inductor builds C++ kernels on the CPU; on CUDA, Triton builds a small C launcher for each kernel.
+        var, names, language = (("CXX", ("g++", "c++", "clang++"), "C++") if device.type == "cpu"
+                                else ("CC", ("cc", "gcc", "clang"), "C"))
+        if not any(shutil.which(c) for c in (os.environ.get(var, ""), *names) if c):
+            return [f"--compile: inductor on {device.type.upper()} needs a {language} compiler ({' or '.join(names)}, "
+                    f"or ${var}) and none was found; install one, or run without --compile"]
     return []
 
 

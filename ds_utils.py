@@ -71,12 +71,33 @@ def build_config(zero_stage: int, amp: str, clip_grad: float | None, micro_batch
         "steps_per_print": 10 ** 9,
         "wall_clock_breakdown": False,
     }
+    problem = amp_problem(zero_stage, amp)
+    if problem:
+        raise ValueError(problem)
     if amp in ("bf16", "fp16"):
         # fp32 weights and autocast inside the engine's forward, as --amp without DeepSpeed (fp16 adds
         # DeepSpeed's gradient scaler). The "bf16"/"fp16" sections would cast the weights instead, which
         # CPU autocast cannot feed (layer_norm of fp32 inputs) and which turns an outer autocast off.
-        config["torch_autocast"] = {"enabled": True, "dtype": "bfloat16" if amp == "bf16" else "float16"}
+        # No "lower precision safe" modules: DeepSpeed would otherwise all-reduce the gradients of every
+        # Linear and Conv3d in the autocast dtype; in fp32 ZeRO's updates equal DDP's.
+        config["torch_autocast"] = {"enabled": True, "dtype": "bfloat16" if amp == "bf16" else "float16",
+                                    "lower_precision_safe_modules": []}
     return config
+
+
+def amp_problem(zero_stage: int, amp: str) -> str | None:
+    """Why ``--zero_stage`` with ``--amp`` cannot train correctly, or None.
+
+    Under ZeRO 1 and 2, DeepSpeed 0.19.8 drives torch's gradient scaler from its per-group optimizer step: it
+    steps and updates the scaler once per parameter group (layer decay makes many), and clips the still
+    scaled gradients, so an fp16 overflow can leave the loss scale stuck and training silently stalls.
+    Without ZeRO (stage 0) the engine steps the scaler once per update, after unscaling, as DDP does."""
+    if amp == "fp16" and zero_stage in (1, 2):
+        return (f"--enable_deepspeed --zero_stage {zero_stage} with --amp fp16 is refused: DeepSpeed's ZeRO "
+                f"mis-drives the fp16 gradient scaler (the loss scale may never drop after an overflow, and "
+                f"--clip_grad clips scaled gradients), so training can stop learning without an error; use "
+                f"--amp bf16 (A100, H100 and newer), --zero_stage 0, or DDP without --enable_deepspeed")
+    return None
 
 
 def _safe_globals() -> list[type]:

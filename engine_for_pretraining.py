@@ -7,7 +7,6 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 import utils
 from masking_generator import MaskGenerator
@@ -15,10 +14,8 @@ from modeling_pretrain import mask_to_index, pixel_targets
 from patch_grid import PatchGrid
 from resume import StepPosition
 from utils import amp_autocast
-from video_transforms import normalize_batch
+from video_transforms import normalize_batch, pixel_mean_std
 
-PIXEL_MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN)
-PIXEL_STD = torch.tensor(IMAGENET_DEFAULT_STD)
 
 
 @dataclass(frozen=True)
@@ -56,7 +53,8 @@ def reconstruction_loss(model: torch.nn.Module, videos: torch.Tensor, visible: t
     """Mean squared error between predicted and true pixels of the decoded tokens (in fp32); with ``grid``, the
     model runs at that grid instead of its own."""
     with torch.no_grad():
-        targets = pixel_targets(videos, grid or cfg.grid, PIXEL_MEAN, PIXEL_STD, cfg.normalize_target, index=target)
+        targets = pixel_targets(videos, grid or cfg.grid, *pixel_mean_std(videos.device), cfg.normalize_target,
+                                index=target)
     with amp_autocast(cfg.device, cfg.amp_dtype):
         prediction = model(videos, visible, target) if grid is None else model(videos, visible, target, grid=grid)
     return F.mse_loss(prediction.float(), targets)

@@ -174,8 +174,17 @@ def rng_state() -> dict[str, Any]:
         "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        # This process's GPU only: a resume may see fewer GPUs (one per task under srun, for instance).
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
+
+
+def cuda_state_of_this_device(saved: torch.Tensor | list[torch.Tensor], index: int) -> torch.Tensor | None:
+    """The CUDA RNG state to restore on device ``index``: the one state saved, or, from older checkpoints that
+    hold every visible GPU's state, that device's when it was recorded (None when it was not)."""
+    if isinstance(saved, torch.Tensor):
+        return saved
+    return saved[index] if index < len(saved) else None
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
@@ -187,7 +196,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
     p = state["python"]
     random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        cuda = cuda_state_of_this_device(state["cuda"], torch.cuda.current_device())
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda)
 
 
 def gather_rng_states() -> list[dict[str, Any]]:

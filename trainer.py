@@ -40,10 +40,10 @@ T = TypeVar("T")
 def launch(body: Callable[[str | None], T], device: str | None, deepspeed: bool = False) -> T:
     """Run ``body(device)`` in this process's share of the job, and leave the process group on every path.
 
-    ``device`` comes back as ``cuda:LOCAL_RANK`` under torchrun on GPUs. Every way a run ends maps to one
-    exit status: SIGTERM or SIGUSR1, in any phase, after saving -> 75 (the launchers requeue on it); a first
-    Ctrl-C after saving, or a second one at once -> 130, without a traceback; a known failure -> an ``error:``
-    line and 1; success -> ``body``'s result.
+    ``device`` comes back as ``cuda:LOCAL_RANK`` (modulo the visible GPUs) under torchrun on GPUs. Every way a
+    run ends maps to one exit status: SIGTERM or SIGUSR1, in any phase, after saving -> 75 (the launchers
+    requeue on it, see :func:`record_stop`); a first Ctrl-C after saving, or a second one at once -> 130, without
+    a traceback; a known failure -> an ``error:`` line and 1; success -> ``body``'s result.
     """
     if deepspeed:
         import ds_utils
@@ -57,6 +57,7 @@ def launch(body: Callable[[str | None], T], device: str | None, deepspeed: bool 
     except resume.Interrupted as e:
         print(f"{e}; exiting with status {e.exit_status}: run the same command again to resume", flush=True)
         clean = True
+        record_stop(e.exit_status)
         raise SystemExit(e.exit_status) from None
     except KeyboardInterrupt:
         print("\nstopped at once by Ctrl-C; what was saved before is intact (run the same command again to resume "
@@ -69,6 +70,15 @@ def launch(body: Callable[[str | None], T], device: str | None, deepspeed: bool 
     finally:
         # On an error a peer may never reach the barrier: only leave through it when all ranks agree.
         utils.cleanup_distributed(barrier=clean)
+
+
+def record_stop(exit_status: int) -> None:
+    """Rank 0 writes ``exit_status`` to $PATCHES_STOP_FILE when the launcher set one. srun reports the highest
+    status of its tasks, and with --kill-on-bad-exit the peers of the first rank to exit 75 are killed (137):
+    scripts/launch/slurm.sbatch requeues on this file, not on srun's status."""
+    path = os.environ.get("PATCHES_STOP_FILE")
+    if path and utils.is_main_process():
+        utils.write_atomically(path, lambda tmp: tmp.write_text(f"{exit_status}\n"))
 
 
 @dataclass(frozen=True)
@@ -228,8 +238,7 @@ class Trainer:
             self.model = self.engine
         else:
             if utils.is_dist():
-                self.model = torch.nn.parallel.DistributedDataParallel(
-                    self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                self.model = utils.data_parallel(self.model, self.device)
             scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.optimizer, self.scaler = optimizer, scaler
         self.updater = Updater(self.model, optimizer, cfg.update_freq, cfg.clip_grad, scaler, self.engine, self.ema)
@@ -386,9 +395,10 @@ class Trainer:
             step = epoch * self.steps_per_epoch + i // cfg.update_freq
             if i % cfg.update_freq == 0:
                 apply_schedules(self.optimizer, float(self.lr_schedule[step]), float(self.wd_schedule[step]))
-            loss = loss_fn(self.model, batch, StepPosition(epoch, i)) if with_position else loss_fn(self.model, batch)
             update = (i + 1) % cfg.update_freq == 0
-            grad_norm = self.updater(loss, update)
+            with self.updater.accumulating(update):
+                loss = loss_fn(self.model, batch, StepPosition(epoch, i)) if with_position else loss_fn(self.model, batch)
+                grad_norm = self.updater(loss, update)
             loss_value = self.global_loss(loss, epoch, i, step)
             self.log_step(progress, step, loss_value, grad_norm)
             if update:

@@ -2,6 +2,7 @@
 optimizer step, the EMA, and counting the updates fp16 overflow skipped (in the spirit of MAE's loss scaler)."""
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -26,15 +27,26 @@ class Updater:
         self.model, self.optimizer, self.update_freq = model, optimizer, update_freq
         self.clip_grad, self.scaler, self.engine, self.ema = clip_grad, scaler, engine, ema
         self.skipped = 0
+        # The scaler's scale as last read, once per update (before its first use this reads no device).
+        self._scale: float | None = scaler.get_scale() if scaler is not None else None
 
     def start_epoch(self) -> None:
         self.skipped = 0
+        self._scale = self.scaler.get_scale() if self.scaler is not None else None  # after any resume
         if self.engine is None:
             self.optimizer.zero_grad(set_to_none=True)
 
     @property
     def loss_scale(self) -> float | None:
-        return self.scaler.get_scale() if self.scaler is not None else None
+        """The fp16 loss scale after the last update (no device sync: read once per update)."""
+        return self._scale
+
+    def accumulating(self, update: bool) -> contextlib.AbstractContextManager:
+        """Wrap a micro-step's forward and backward: under DDP, a step that does not ``update`` keeps its
+        gradients local (``no_sync``), so that only the last micro-step of an update all-reduces."""
+        if not update and isinstance(self.model, torch.nn.parallel.DistributedDataParallel):
+            return self.model.no_sync()
+        return contextlib.nullcontext()
 
     def __call__(self, loss: torch.Tensor, update: bool = True) -> float | None:
         if self.engine is not None:
@@ -43,12 +55,14 @@ class Updater:
         (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
         if not update:
             return None
-        scale_before = self.loss_scale
         grad_norm = self._clip_and_step()
         self.optimizer.zero_grad(set_to_none=True)
-        # The scaler lowers its scale exactly when the gradients held inf or NaN, and then skips the step.
-        if scale_before is not None and self.loss_scale < scale_before:
-            self.skipped += 1
+        if self.scaler is not None:
+            # The scaler lowers its scale exactly when the gradients held inf or NaN, and then skips the step.
+            # Read once, after the step is queued (the loss is read then too), never between forward and backward.
+            scale_before, self._scale = self._scale, self.scaler.get_scale()
+            if scale_before is not None and self._scale < scale_before:
+                self.skipped += 1
         if self.ema is not None:
             self.ema.update(self.model)
         return None if grad_norm is None else float(grad_norm)

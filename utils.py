@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import inspect
 import json
 import math
 import os
@@ -53,6 +54,21 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     raise ValueError(f"--amp must be none, bf16 or fp16, got {amp!r}")
 
 
+def cuda_native_bf16(device: torch.device) -> bool:
+    """Whether the GPU computes bfloat16 natively (Ampere and newer). Asked from its properties, so that no CUDA
+    context is made; ``torch.cuda.is_bf16_supported()`` also counts the slow emulation of V100 and T4."""
+    if torch.version.hip:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
+def auto_amp(device_type: str, native_bf16: bool) -> str:
+    """``--amp auto``: bf16 where the GPU has it natively, fp16 (with the grad scaler) on older GPUs, none on CPU."""
+    if device_type != "cuda":
+        return "none"
+    return "bf16" if native_bf16 else "fp16"
+
+
 def amp_autocast(device: torch.device, amp_dtype: torch.dtype | None) -> torch.autocast:
     """Autocast context for ``--amp`` (a no-op when ``amp_dtype`` is None)."""
     return torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
@@ -67,14 +83,28 @@ def seed_everything(seed: int) -> None:
 
 # ---------------------------------------------------------------- distributed
 
+# The ranks wait in collectives while rank 0 writes a checkpoint alone: a ViT-L's weights and optimizer state
+# (several GB) on a slow network filesystem can take far longer than torch's default of 10 minutes.
+PROCESS_GROUP_TIMEOUT = datetime.timedelta(minutes=60)
+
+
+def local_device_index(local_rank: int, device_count: int) -> int:
+    """This process's GPU among the visible ones. Under ``srun`` with one GPU bound per task each task sees one
+    GPU while SLURM_LOCALID counts the node's tasks, so the local rank wraps around the visible devices."""
+    if device_count < 1:
+        raise RuntimeError("no CUDA device is visible to this process (check CUDA_VISIBLE_DEVICES)")
+    return local_rank % device_count
+
+
 def init_distributed(device: str | None) -> str | None:
     """Join the job's process group when launched as one of several processes; return the device to use.
 
     torchrun (and the deepspeed launcher) set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT.
     Under ``srun`` with more than one task, SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID give the rank, the first
     node of the allocation is the master, and the port is derived from the job id (MASTER_PORT overrides).
-    The backend is nccl on GPUs (each process on ``cuda:LOCAL_RANK``, the device returned) and gloo on the
-    CPU. Other ranks' ``print`` output is silenced. Alone, nothing happens and ``device`` comes back.
+    The backend is nccl on GPUs (each process on ``cuda:LOCAL_RANK`` modulo the visible GPUs, the device
+    returned) and gloo on the CPU. Other ranks' ``print`` output is silenced. Alone, nothing happens and
+    ``device`` comes back.
     """
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:
@@ -89,11 +119,14 @@ def init_distributed(device: str | None) -> str | None:
     else:
         return device
     use_cuda = torch.cuda.is_available() and device != "cpu"
+    device_id = None
     if use_cuda:
-        torch.cuda.set_device(local_rank)
-        device = f"cuda:{local_rank}"
+        device_id = torch.device("cuda", local_device_index(local_rank, torch.cuda.device_count()))
+        torch.cuda.set_device(device_id)
+        device = str(device_id)
+    # device_id binds NCCL to this rank's GPU at once (the first barrier would guess it otherwise).
     dist.init_process_group(backend="nccl" if use_cuda else "gloo", init_method="env://", world_size=world_size,
-                            rank=rank)
+                            rank=rank, timeout=PROCESS_GROUP_TIMEOUT, device_id=device_id)
     dist.barrier()
     _print_on_main_only(rank == 0)
     return device
@@ -164,6 +197,16 @@ def cleanup_distributed(barrier: bool = True) -> None:
         if barrier:
             dist.barrier()
         dist.destroy_process_group()
+
+
+def data_parallel(model: torch.nn.Module, device: torch.device) -> torch.nn.parallel.DistributedDataParallel:
+    """``model`` under DDP. Its buffers (the fixed position tables) are the same on every rank and never change,
+    so they are not broadcast before every forward."""
+    ddp = torch.nn.parallel.DistributedDataParallel
+    # torch 2.15 renamed the switch (the old name warns); the older torch of some clusters knows only the old one.
+    no_broadcast = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(ddp).parameters
+                    else {"broadcast_buffers": False})
+    return ddp(model, device_ids=[device.index] if device.type == "cuda" else None, **no_broadcast)
 
 
 def all_reduce_mean(value: float, device: torch.device) -> float:

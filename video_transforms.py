@@ -22,6 +22,7 @@ normalising, random erasing of one box shared by all frames.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import random
 from typing import Iterator, Sequence
@@ -179,10 +180,24 @@ def hflip(video: torch.Tensor) -> torch.Tensor:
 
 def _scale_and_shift(mean: Sequence[float], std: Sequence[float], shape: tuple[int, ...],
                      device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``x * scale - shift`` equals ``(x / 255 - mean) / std`` per channel, as tensors of ``shape``."""
+    """``x * scale - shift`` equals ``(x / 255 - mean) / std`` per channel, as tensors of ``shape``: made once
+    per device (a copy to the GPU at every step would wait for the host)."""
+    return _device_scale_and_shift(tuple(mean), tuple(std), shape, torch.device(device or "cpu"))
+
+
+@functools.lru_cache(maxsize=32)
+def _device_scale_and_shift(mean: tuple[float, ...], std: tuple[float, ...], shape: tuple[int, ...],
+                            device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     scale = torch.tensor([1.0 / (255.0 * s) for s in std], dtype=torch.float32, device=device).view(shape)
     shift = torch.tensor([m / s for m, s in zip(mean, std)], dtype=torch.float32, device=device).view(shape)
     return scale, shift
+
+
+@functools.lru_cache(maxsize=8)
+def pixel_mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet's per-channel pixel mean and std as float32 tensors on ``device``, made once per device."""
+    return (torch.tensor(IMAGENET_DEFAULT_MEAN, dtype=torch.float32, device=device),
+            torch.tensor(IMAGENET_DEFAULT_STD, dtype=torch.float32, device=device))
 
 
 def normalize(video: torch.Tensor, mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,

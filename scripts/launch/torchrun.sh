@@ -29,16 +29,20 @@
 #   KEEP_CKPTS       epoch checkpoints kept [3]
 #   DEEPSPEED        set to 1 for --enable_deepspeed, with ZERO_STAGE [1]
 #   NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT   the torchrun rendezvous [1, 0, 127.0.0.1, 29500]
-#   GPUS_PER_NODE    processes per node [the GPUs nvidia-smi lists, else 1]
-#   PYTHON           the interpreter that reads scripts/recipes.py [python]
+#   GPUS_PER_NODE    processes per node [the GPUs torch sees (CUDA_VISIBLE_DEVICES counts), else 1]
+#   PYTHON           the interpreter that reads scripts/recipes.py and counts the GPUs [python]
 #   PATCHES_ROOT     the repository [the folder above scripts/]
 #   DRY_RUN          set to 1 to print the command instead of running it
 set -euo pipefail
 STAGE=${1:?usage: torchrun.sh pretrain|finetune [extra flags]}
 shift
 if [ -z "${GPUS_PER_NODE:-}" ]; then
-  GPUS_PER_NODE=$( (nvidia-smi -L 2>/dev/null || true) | grep -c '^GPU' || true)
-  [ "$GPUS_PER_NODE" -ge 1 ] || GPUS_PER_NODE=1
+  GPUS_PER_NODE=1
+  if command -v nvidia-smi >/dev/null || command -v rocm-smi >/dev/null; then
+    # torch's count honours CUDA_VISIBLE_DEVICES (nvidia-smi -L lists every GPU of the node)
+    GPUS_PER_NODE=$("${PYTHON:-python}" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)
+    [ "${GPUS_PER_NODE:-0}" -ge 1 ] 2>/dev/null || GPUS_PER_NODE=1
+  fi
 fi
 PATCHES_WORLD=$(( ${NNODES:-1} * GPUS_PER_NODE ))
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh" "$STAGE"

@@ -1,0 +1,152 @@
+"""The CUDA paths' decisions, checked on the CPU: the DeepSpeed config, the automatic precision, the GPU of each
+rank, the RNG state of fewer GPUs, the C compiler for --compile, DDP's all-reduces while accumulating and the
+loss scale read once per update. What only a GPU can show is left to scripts/selfcheck.py."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import ds_utils
+import resume
+import utils
+from cli_args import _compile_problems
+from launch_helpers import ROOT, env, free_port
+from updater import Updater
+
+
+DEEPSPEED_PROBE = """
+import sys
+sys.path.insert(0, {root!r})
+import torch
+import ds_utils, utils
+ds_utils.prepare_environment("cpu")
+utils.init_distributed("cpu")
+model = torch.nn.Sequential(torch.nn.Conv3d(3, 4, 2), torch.nn.Flatten(), torch.nn.LazyLinear(2))
+model(torch.zeros(1, 3, 2, 2, 2))
+engine, _ = ds_utils.initialize(model, torch.optim.AdamW(model.parameters()), 2, "bf16", 1.0, micro_batch=1)
+from deepspeed.runtime.torch_autocast import get_comm_dtype
+print("reduced in", sorted({{str(get_comm_dtype(p)) for p in engine.module.parameters()}}), force=True)
+utils.cleanup_distributed()
+"""
+
+
+def test_deepspeed_refuses_fp16_under_zero_and_reduces_autocast_gradients_in_fp32():
+    for stage in (1, 2):
+        with pytest.raises(ValueError, match=f"--zero_stage {stage} with --amp fp16 is refused"):
+            ds_utils.build_config(stage, "fp16", 1.0, micro_batch=2)
+    # Without ZeRO the engine steps torch's scaler once per update, after unscaling: allowed.
+    assert ds_utils.build_config(0, "fp16", 1.0, micro_batch=2)["torch_autocast"]["dtype"] == "float16"
+    # A real ZeRO-2 bf16 engine: DeepSpeed would all-reduce the Linear and Conv3d gradients in bf16 by default.
+    result = subprocess.run([sys.executable, "-c", DEEPSPEED_PROBE.format(root=str(ROOT))], env=env(),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "reduced in ['torch.float32']"
+
+
+def test_auto_amp_is_bf16_only_where_the_gpu_has_it_natively():
+    assert utils.auto_amp("cuda", native_bf16=True) == "bf16"  # A100, H100
+    assert utils.auto_amp("cuda", native_bf16=False) == "fp16"  # V100, T4: bf16 would be emulated
+    assert utils.auto_amp("cpu", native_bf16=False) == "none"
+
+
+def test_local_rank_wraps_around_the_visible_gpus():
+    # srun with one GPU bound per task: each task sees one GPU, SLURM_LOCALID counts the node's 4 tasks.
+    assert [utils.local_device_index(r, 1) for r in range(4)] == [0, 0, 0, 0]
+    assert [utils.local_device_index(r, 8) for r in range(4)] == [0, 1, 2, 3]
+    assert [utils.local_device_index(r, 2) for r in range(4)] == [0, 1, 0, 1]
+    with pytest.raises(RuntimeError, match="no CUDA device is visible"):
+        utils.local_device_index(0, 0)
+
+
+def test_resume_restores_this_gpus_rng_state_even_when_fewer_gpus_are_visible():
+    states = [torch.full((8,), i, dtype=torch.uint8) for i in range(8)]  # an old checkpoint: all 8 GPUs' states
+    assert torch.equal(resume.cuda_state_of_this_device(states, 3), states[3])
+    assert resume.cuda_state_of_this_device(states[:1], 3) is None  # recorded on fewer GPUs: left as seeded
+    assert torch.equal(resume.cuda_state_of_this_device(states[5], 0), states[5])  # new checkpoints: one state
+
+
+def test_compile_on_cuda_asks_for_a_c_compiler(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no compiler on it
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.delenv("CXX", raising=False)
+    [cuda] = _compile_problems("inductor", torch.device("cuda"))
+    assert "inductor on CUDA needs a C compiler" in cuda
+    [cpu] = _compile_problems("inductor", torch.device("cpu"))
+    assert "inductor on CPU needs a C++ compiler" in cpu
+    (tmp_path / "gcc").write_text("#!/bin/sh\n")
+    (tmp_path / "gcc").chmod(0o755)
+    assert _compile_problems("inductor", torch.device("cuda")) == []
+
+
+def test_fp16_loss_scale_is_read_once_per_update_and_a_resumed_scale_is_no_skip():
+    reads = []
+
+    class CountingScaler(torch.amp.GradScaler):
+        def get_scale(self) -> float:
+            reads.append(1)
+            return super().get_scale()
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 3)
+    scaler = CountingScaler("cpu", init_scale=2.0 ** 16)
+    updater = Updater(model, torch.optim.SGD(model.parameters(), lr=0.1), update_freq=2, scaler=scaler)
+    scaler.load_state_dict({**scaler.state_dict(), "scale": 2.0 ** 8})  # restored after the updater was made
+    updater.start_epoch()
+    reads.clear()
+    x, y = torch.randn(8, 6), torch.randn(8, 3)
+    for i in range(6):
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = torch.nn.functional.mse_loss(model(x).float(), y)
+        updater(loss, update=i % 2 == 1)
+        assert updater.loss_scale == 2.0 ** 8
+    assert len(reads) == 3, "one read per update, none per micro-step"
+    assert updater.skipped == 0
+
+
+DDP_PROBE = """
+import sys
+sys.path.insert(0, {root!r})
+import torch, torch.distributed as dist
+import utils
+from updater import Updater
+utils.init_distributed("cpu")
+torch.manual_seed(0)
+model = utils.data_parallel(torch.nn.Linear(6, 3), torch.device("cpu"))
+calls = []
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+def count(state, bucket):
+    calls.append(1)
+    return allreduce_hook(state, bucket)
+model.register_comm_hook(None, count)
+updater = Updater(model, torch.optim.SGD(model.parameters(), lr=0.1), update_freq=2)
+updater.start_epoch()
+torch.manual_seed(1 + dist.get_rank())
+for i in range(4):
+    update = i % 2 == 1
+    with updater.accumulating(update):
+        x, y = torch.randn(4, 6), torch.randn(4, 3)
+        updater(torch.nn.functional.mse_loss(model(x), y), update)
+w = model.module.weight.detach().clone()
+others = [torch.zeros_like(w) for _ in range(2)]
+dist.all_gather(others, w)
+print(f"all-reduces {{len(calls)}} same {{torch.equal(others[0], others[1])}} broadcast {{model.broadcast_buffers}}",
+      force=True)
+utils.cleanup_distributed()
+"""
+
+
+def test_ddp_accumulation_all_reduces_once_per_update():
+    # 2 gloo processes, update_freq 2, 4 micro-steps: 2 updates, so 2 all-reduces of the one gradient bucket.
+    port = free_port()
+    procs = [subprocess.Popen([sys.executable, "-c", DDP_PROBE.format(root=str(ROOT))],
+                              env=dict(env(), RANK=str(r), WORLD_SIZE="2", LOCAL_RANK=str(r),
+                                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    for p, (_, err) in zip(procs, outputs):
+        assert p.returncode == 0, textwrap.shorten(err[-3000:], 3000)
+    assert [o.strip() for o, _ in outputs] == ["all-reduces 2 same True broadcast False"] * 2
