@@ -95,7 +95,7 @@ def pretrain_step_fn(cfg: dict, device: torch.device):
 
     grid = make_grid(cfg["num_frames"], 2, cfg["size"], cfg["patch"])
     model = build_model(f"pretrain_videomae_{cfg['model']}_patch16_224", cfg, device, grid=grid,
-                        decoder_depth=cfg["decoder_depth"])
+                        decoder_depth=cfg["decoder_depth"], use_checkpoint=cfg.get("use_checkpoint", False))
     optimizer = build_benchmark_optimizer(model)
     gen = MaskGenerator(grid, "tube", cfg["mask_ratio"], cfg["decoder_mask"], 0.5, rng=np.random.default_rng(0))
     masks = [gen() for _ in range(cfg["batch_size"])]
@@ -226,7 +226,8 @@ def configurations(args: argparse.Namespace) -> list[dict]:
                                     compile=None if compile_backend == "none" else compile_backend,
                                     decoder_mask=decoder_mask, mask_ratio=args.mask_ratio,
                                     decoder_depth=args.decoder_depth, batch_size=args.batch_size,
-                                    warmup=args.warmup, iters=args.iters, device=args.device))
+                                    warmup=args.warmup, iters=args.iters, device=args.device,
+                                    use_checkpoint=args.use_checkpoint))
     return configs
 
 
@@ -267,6 +268,8 @@ def main() -> None:
     p.add_argument("--mask_ratio", type=float, default=0.9)
     p.add_argument("--decoder_depth", type=int, default=4)
     p.add_argument("--batch_size", type=int, default=2)
+    p.add_argument("--use_checkpoint", action="store_true", help="pre-training with activation checkpointing, "
+                   "as the run scripts' --use_checkpoint (less memory: the largest batch that fits)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--iters", type=int, default=5, help="timed steps; the median is reported")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
