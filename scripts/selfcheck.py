@@ -17,6 +17,7 @@ scripts' logs of a failed run stay in ``selfcheck_work/`` there.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -25,7 +26,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
@@ -447,6 +448,9 @@ def run_check(name: str, fn: Callable[[], dict[str, Any]], index: int, total: in
     except Exception as e:  # a failed check is a row of the report, not the end of the run
         check.status, check.detail = "fail", f"{type(e).__name__}: {e}"
     check.seconds = time.perf_counter() - start
+    if torch.cuda.is_available():  # what this process's checks cached would be missing to the timing processes
+        gc.collect()
+        torch.cuda.empty_cache()
     print(f"    {check.status} ({check.seconds:.1f} s) {format_figures(check.figures)} {check.detail}".rstrip(),
           flush=True)
     return check
@@ -499,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     profile = QUICK if args.quick else FULL
     if args.timing_batch:
-        profile = Profile(**{**vars(profile), "timing_batch": args.timing_batch})
+        profile = replace(profile, timing_batch=args.timing_batch)
     output_dir = Path(args.output_dir)
     work = output_dir / "selfcheck_work"
     shutil.rmtree(work, ignore_errors=True)
