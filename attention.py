@@ -1,16 +1,22 @@
 """Attention for the video ViT blocks: timm's BEiT attention with an in-place CPU path, and ``--attn_impl``.
 
 The blocks carry timm's ``fused_attn`` switch: True runs torch's scaled_dot_product_attention, False the
-explicit matmul + softmax path of :class:`BlockAttention`.
+explicit matmul + softmax path of :class:`BlockAttention`. ``--attn_impl auto`` times both on the run's shapes
+and keeps the faster (the best path differs from machine to machine), remembering the choice in a cache file.
 """
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.beit import Attention as BeitAttention
+
+from utils import write_atomically
 
 
 class MatmulSoftmaxAttention(torch.autograd.Function):
@@ -82,23 +88,130 @@ def set_fused_attention(model: nn.Module, fused: bool) -> None:
 
 
 ATTN_IMPLS = ("auto", "sdpa", "math")
+PATHS = ("sdpa", "math")
+_CHOICES: dict[str, str] = {}  # this process's choices of ``auto``, by :func:`auto_cache_key`
 
 
-def attention_path(impl: str, device: torch.device, amp_dtype: torch.dtype | None) -> str:
-    """Resolve ``--attn_impl``: 'sdpa' (torch's fused kernels) or 'math' (matmul, softmax, matmul).
+def configure_attention(model: nn.Module, impl: str, device: torch.device, amp_dtype: torch.dtype | None,
+                        batch_size: int = 2) -> str:
+    """Set every block's attention path for ``--attn_impl``; returns the path chosen.
 
-    ``auto`` follows scripts/benchmark.py's measurements: on CPU with 16-bit autocast torch's flash kernel
-    is the slowest part of the step, and plain matmul + softmax is faster; everywhere else SDPA wins.
+    ``auto`` times both paths on this run's shapes (:func:`choose_attention_path`); in a process group rank 0
+    chooses and the others follow, so that every rank computes the same way.
     """
     if impl not in ATTN_IMPLS:
         raise ValueError(f"--attn_impl must be one of {', '.join(ATTN_IMPLS)}, got {impl!r}")
-    if impl != "auto":
-        return impl
-    return "math" if device.type == "cpu" and amp_dtype is not None else "sdpa"
-
-
-def configure_attention(model: nn.Module, impl: str, device: torch.device, amp_dtype: torch.dtype | None) -> str:
-    """Set every block's attention path for ``--attn_impl``; returns the path chosen."""
-    path = attention_path(impl, device, amp_dtype)
+    path = impl
+    if impl == "auto":
+        import torch.distributed as dist
+        spread = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        choice = [choose_attention_path(model, device, amp_dtype, batch_size)
+                  if not spread or dist.get_rank() == 0 else None]
+        if spread:
+            dist.broadcast_object_list(choice, src=0)
+        path = choice[0]
     set_fused_attention(model, path == "sdpa")
     return path
+
+
+def choose_attention_path(model: nn.Module, device: torch.device, amp_dtype: torch.dtype | None,
+                          batch_size: int = 2, cache_file: Path | None = None) -> str:
+    """``auto``: the faster path for the model's widest-token attention layer (its last one: the decoder's in
+    pre-training, the encoder's in fine-tuning) at the grid's token count, in this dtype, at this batch.
+
+    The choice is remembered per (device, dtype, shape) in this process and in :func:`auto_cache_file`,
+    so that later runs on the same machine skip the timing.
+    """
+    attn = [m for m in model.modules() if isinstance(m, BlockAttention)][-1]
+    tokens = model.grid.num_tokens
+    key = auto_cache_key(attn, device, amp_dtype, batch_size, tokens)
+    cache_file = cache_file or auto_cache_file()
+    if key not in _CHOICES:
+        _CHOICES.update(_read_cache(cache_file))
+    if key in _CHOICES:
+        print(f"Attention auto: {_CHOICES[key]} (measured before for {key}, cached in {cache_file})")
+        return _CHOICES[key]
+    seconds = time_attention_paths(attn, device, amp_dtype, batch_size, tokens)
+    path = min(PATHS, key=seconds.__getitem__)
+    print(f"Attention auto: {path} ({', '.join(f'{p} {1e3 * seconds[p]:.2f} ms' for p in PATHS)} per forward + "
+          f"backward of one attention layer at {key})")
+    _CHOICES[key] = path
+    _write_cache(cache_file, key, path)
+    return path
+
+
+def time_attention_paths(attn: nn.Module, device: torch.device, amp_dtype: torch.dtype | None, batch_size: int,
+                         tokens: int, repeats: int = 3) -> dict[str, float]:
+    """Median seconds of a forward + backward of a copy of ``attn`` on random [batch, tokens, dim] input,
+    per path (after one untimed pass each)."""
+    import copy
+    import statistics
+    import time
+
+    layer = copy.deepcopy(attn).to(device).train()
+    x = torch.randn(batch_size, tokens, layer.qkv.in_features, device=device, requires_grad=True)
+    seconds = {}
+    for path in PATHS:
+        layer.fused_attn = path == "sdpa"
+        times = []
+        for i in range(repeats + 1):
+            _synchronize(device)
+            start = time.perf_counter()
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                out = layer(x)
+            out.float().sum().backward()
+            _synchronize(device)
+            if i:
+                times.append(time.perf_counter() - start)
+        seconds[path] = statistics.median(times)
+    return seconds
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def auto_cache_key(attn: nn.Module, device: torch.device, amp_dtype: torch.dtype | None, batch_size: int,
+                   tokens: int) -> str:
+    """'cuda NVIDIA H100 80GB HBM3 | bf16 | 1568 tokens x 384 dim, 6 heads, batch 2': what the timing depends on."""
+    dtype = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[amp_dtype]
+    return (f"{device.type} {_device_name(device)} | {dtype} | {tokens} tokens x {attn.qkv.in_features} dim, "
+            f"{attn.num_heads} heads, batch {batch_size}")
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    except OSError:
+        names = []
+    return f"{names[0] if names else platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def auto_cache_file() -> Path:
+    """Where ``auto``'s choices are kept: $PATCHES_CACHE_DIR, else $XDG_CACHE_HOME/patches or ~/.cache/patches."""
+    folder = os.environ.get("PATCHES_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "patches")
+    return Path(folder) / "attn_auto.json"
+
+
+def _read_cache(path: Path) -> dict[str, str]:
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in entries.items() if v in PATHS} if isinstance(entries, dict) else {}
+
+
+def _write_cache(path: Path, key: str, path_chosen: str) -> None:
+    """Add one choice to the cache file, atomically; a cache that cannot be written only costs the timing again."""
+    entries = {**_read_cache(path), key: path_chosen}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, lambda tmp: tmp.write_text(json.dumps(entries, indent=1, sort_keys=True)))
+    except OSError as e:
+        print(f"Attention auto: could not write the cache {path} ({e}); the next run times again")

@@ -1,8 +1,8 @@
 r"""PATCHES benchmark: train-step time, FLOP/s against the measured matmul rate, peak memory, loader clips/s.
 
-Each step configuration runs in its own process, so peak memory (RSS on CPU, allocator peak on CUDA) is its
-own. The data loader is measured by scripts/loader_bench.py (our loader against a VideoMAE-style baseline on
-generated 320p, 10 s mp4s). Prints markdown tables and writes JSON. The full table of PERFORMANCE.md:
+Each step configuration runs in its own process, so peak memory (RSS on CPU, allocator peak on CUDA, both
+counted from after the FLOP count) is its own. The data loader is measured by scripts/loader_bench.py (our
+loader against a VideoMAE-style baseline on generated 320p, 10 s mp4s). Prints markdown tables and writes JSON. The full table of PERFORMANCE.md:
 
     python scripts/benchmark.py --tasks pretrain finetune --models small base --sizes 224 288 \
         --dtypes fp32 bf16 --decoder_masks none run_cell --json bench.json
@@ -26,25 +26,63 @@ import cpu_memory  # noqa: E402  (before torch: allocator settings torch reads o
 import torch  # noqa: E402
 
 
-def matmul_rate(dtype: torch.dtype, device: torch.device, n: int = 2048, iters: int = 10) -> float:
-    """Dense n x n matmul FLOP/s: the ceiling a step's FLOP/s is compared with."""
+def matmul_rate(dtype: torch.dtype, device: torch.device, n: int | None = None, iters: int = 10) -> float:
+    """Dense n x n matmul FLOP/s: the ceiling a step's FLOP/s is compared with.
+
+    On CUDA n is 8192 and ``iters`` products run back to back between two CUDA events: one small product per
+    synchronize measures launch and sync latency as much as the tensor cores, and would inflate MFU.
+    """
+    n = n or (8192 if device.type == "cuda" else 2048)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
+    c = torch.empty(n, n, device=device, dtype=dtype)
     for _ in range(3):
-        a @ b
+        torch.matmul(a, b, out=c)
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(iters):
+                torch.matmul(a, b, out=c)
+            end.record()
+            end.synchronize()
+            return 2 * n ** 3 * iters / (start.elapsed_time(end) / 1e3)
     times = []
     for _ in range(iters):
-        sync(device)
         t = time.perf_counter()
-        a @ b
-        sync(device)
+        torch.matmul(a, b, out=c)
         times.append(time.perf_counter() - t)
     return 2 * n ** 3 / statistics.median(times)
 
 
 def sync(device: torch.device) -> None:
+    """Wait for the named device (not the current one) to finish its work."""
     if device.type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start the peak-memory count afresh: the allocator's peak on CUDA, the process's peak RSS (VmHWM) on CPU."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets VmHWM to the current RSS
+    except OSError:
+        pass  # elsewhere the peak stays the process's lifetime peak
+
+
+def peak_memory(device: torch.device) -> int:
+    """Bytes: the allocator's peak on CUDA; on CPU VmHWM since :func:`reset_peak_memory` (ru_maxrss elsewhere)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def pretrain_step_fn(cfg: dict, device: torch.device):
@@ -57,7 +95,7 @@ def pretrain_step_fn(cfg: dict, device: torch.device):
 
     grid = make_grid(cfg["num_frames"], 2, cfg["size"], cfg["patch"])
     model = build_model(f"pretrain_videomae_{cfg['model']}_patch16_224", cfg, device, grid=grid,
-                        decoder_depth=cfg["decoder_depth"])
+                        decoder_depth=cfg["decoder_depth"], use_checkpoint=cfg.get("use_checkpoint", False))
     optimizer = build_benchmark_optimizer(model)
     gen = MaskGenerator(grid, "tube", cfg["mask_ratio"], cfg["decoder_mask"], 0.5, rng=np.random.default_rng(0))
     masks = [gen() for _ in range(cfg["batch_size"])]
@@ -148,6 +186,9 @@ def measure(cfg: dict) -> dict:
     matmul_dtype = torch.bfloat16 if cfg["dtype"] == "bf16" else torch.float32
     rate_before = matmul_rate(matmul_dtype, device)
     flops = count_model_flops(model, forward_backward, cfg["attention"])
+    # The count ran the explicit attention path: its memory is not the measured path's.
+    sync(device)
+    reset_peak_memory(device)
     for _ in range(cfg["warmup"]):
         step()
     times = []
@@ -158,13 +199,10 @@ def measure(cfg: dict) -> dict:
         sync(device)
         times.append(time.perf_counter() - t)
     seconds = statistics.median(times)
+    peak_mem = peak_memory(device)  # before the second matmul measurement's 3 n x n tensors
     # The machine's ceiling is the faster of two measurements: on a shared machine one short measurement can
     # land in a slow spell and flatter the step (ViT-B once showed 121% of a single measurement).
     rate = max(rate_before, matmul_rate(matmul_dtype, device))
-    if device.type == "cuda":
-        peak_mem = torch.cuda.max_memory_allocated(device)
-    else:
-        peak_mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {**cfg, "patches_per_frame": grid.patches_per_frame, "tokens": grid.num_tokens,
             "step_s": seconds, "step_s_each": times, "clips_per_s": cfg["batch_size"] / seconds,
             "gflop_per_step": flops / 1e9,
@@ -188,7 +226,8 @@ def configurations(args: argparse.Namespace) -> list[dict]:
                                     compile=None if compile_backend == "none" else compile_backend,
                                     decoder_mask=decoder_mask, mask_ratio=args.mask_ratio,
                                     decoder_depth=args.decoder_depth, batch_size=args.batch_size,
-                                    warmup=args.warmup, iters=args.iters, device=args.device))
+                                    warmup=args.warmup, iters=args.iters, device=args.device,
+                                    use_checkpoint=args.use_checkpoint))
     return configs
 
 
@@ -229,6 +268,8 @@ def main() -> None:
     p.add_argument("--mask_ratio", type=float, default=0.9)
     p.add_argument("--decoder_depth", type=int, default=4)
     p.add_argument("--batch_size", type=int, default=2)
+    p.add_argument("--use_checkpoint", action="store_true", help="pre-training with activation checkpointing, "
+                   "as the run scripts' --use_checkpoint (less memory: the largest batch that fits)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--iters", type=int, default=5, help="timed steps; the median is reported")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -1,7 +1,9 @@
 """Shared fixtures. ``demo_root`` is used across test files: keep its signature stable."""
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cpu_memory  # noqa: E402,F401  (before torch, as in the run scripts: the same allocator settings)
 from demo_data import make_demo_dataset  # noqa: E402
+
+# --attn_impl auto's cache of timed choices: one per test session (and its subprocesses), not the user's.
+os.environ.setdefault("PATCHES_CACHE_DIR", tempfile.mkdtemp(prefix="patches-cache-"))
 
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
