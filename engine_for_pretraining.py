@@ -1,14 +1,19 @@
-"""The loss of masked-video pre-training: the batch to the device, pixel targets, the reconstruction error."""
+"""The loss of masked-video pre-training: the batch to the device, pixel targets, the reconstruction error; at one
+grid (:class:`MaskedReconstruction`) or at a grid drawn for each step (:class:`FlexibleReconstruction`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+import utils
+from masking_generator import MaskGenerator
 from modeling_pretrain import mask_to_index, pixel_targets
 from patch_grid import PatchGrid
+from resume import StepPosition
 from utils import amp_autocast
 from video_transforms import normalize_batch
 
@@ -47,10 +52,72 @@ def prepare_batch(batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], device
 
 
 def reconstruction_loss(model: torch.nn.Module, videos: torch.Tensor, visible: torch.Tensor, target: torch.Tensor,
-                        cfg: MaskedReconstruction) -> torch.Tensor:
-    """Mean squared error between predicted and true pixels of the decoded tokens (in fp32)."""
+                        cfg: MaskedReconstruction, grid: PatchGrid | None = None) -> torch.Tensor:
+    """Mean squared error between predicted and true pixels of the decoded tokens (in fp32); with ``grid``, the
+    model runs at that grid instead of its own."""
     with torch.no_grad():
-        targets = pixel_targets(videos, cfg.grid, PIXEL_MEAN, PIXEL_STD, cfg.normalize_target, index=target)
+        targets = pixel_targets(videos, grid or cfg.grid, PIXEL_MEAN, PIXEL_STD, cfg.normalize_target, index=target)
     with amp_autocast(cfg.device, cfg.amp_dtype):
-        prediction = model(videos, visible, target)
+        prediction = model(videos, visible, target) if grid is None else model(videos, visible, target, grid=grid)
     return F.mse_loss(prediction.float(), targets)
+
+
+def resize_clips(videos: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``[B, C, T, H, W]`` clips to frames of ``size``, each frame resized bilinearly with antialiasing."""
+    b, c, t, h, w = videos.shape
+    if (h, w) == tuple(size):
+        return videos
+    frames = videos.transpose(1, 2).reshape(b * t, c, h, w)
+    frames = F.interpolate(frames, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
+    return frames.reshape(b, t, c, *size).transpose(1, 2).contiguous()
+
+
+class FlexibleReconstruction:
+    """The pre-training loss at a grid drawn for each step from ``grids`` (flexible-grid pre-training).
+
+    ``loss(model, batch, position)``: ``batch`` holds clips at the largest grid's size (its masks are not used).
+    The step's grid is drawn from ``(seed, epoch, batch)`` alone, the same on every process and after a resume;
+    the clips are resized on the device to its size, its masks drawn from ``(seed, epoch, batch, rank)`` by
+    ``masks[i]`` (grid ``i``'s generator) and the model runs at it. Each clip of a step shares the grid.
+    ``settings`` gives the device, precision and target normalisation (its grid is not used)."""
+
+    def __init__(self, grids: Sequence[PatchGrid], masks: Sequence[MaskGenerator], settings: MaskedReconstruction,
+                 seed: int, rank: int = 0) -> None:
+        if len(masks) != len(grids):
+            raise ValueError(f"{len(grids)} grids but {len(masks)} mask generators")
+        self.grids, self.masks, self.settings = tuple(grids), tuple(masks), settings
+        self.seed, self.rank = seed, rank
+        self._losses = torch.zeros(len(grids), dtype=torch.float64, device=settings.device)
+        self._steps = [0] * len(grids)
+
+    def grid_index(self, position: StepPosition) -> int:
+        """Which grid the step at ``position`` trains at."""
+        return int(position.rng(self.seed).integers(len(self.grids)))
+
+    def __call__(self, model: torch.nn.Module, batch: Sequence[Any], position: StepPosition) -> torch.Tensor:
+        index = self.grid_index(position)
+        grid, device = self.grids[index], self.settings.device
+        videos = batch[0].to(device, non_blocking=device.type == "cuda")
+        if videos.dtype == torch.uint8:
+            videos = normalize_batch(videos)
+        videos = resize_clips(videos, grid.input_size)
+        rng = position.rng(self.seed, self.rank, 1)  # (the 1 keeps it apart from the grid's draw)
+        enc, dec = (torch.stack(m) for m in zip(*(self.masks[index](rng) for _ in range(videos.shape[0]))))
+        visible = mask_to_index(enc, select=False).to(device)
+        target = mask_to_index(dec, select=True).to(device)
+        loss = reconstruction_loss(model, videos, visible, target, self.settings, grid=grid)
+        self._losses[index] += loss.detach()
+        self._steps[index] += 1
+        return loss
+
+    def epoch_record(self) -> dict[str, float]:
+        """Since the last call: the mean loss (over all processes) and the steps of each grid trained at, as
+        ``loss_SIZE/PATCH`` and ``steps_SIZE/PATCH``; then starts counting anew."""
+        record: dict[str, float] = {}
+        for grid, total, steps in zip(self.grids, self._losses.tolist(), self._steps):
+            if steps:  # (the same on every process: the grids are drawn alike)
+                record[f"loss_{grid.spec}"] = utils.all_reduce_mean(total / steps, self.settings.device)
+                record[f"steps_{grid.spec}"] = steps
+        self._losses.zero_()
+        self._steps = [0] * len(self.grids)
+        return record

@@ -89,10 +89,11 @@ class MaskGenerator:
         return (f"MaskGenerator({self.mask_type}, {c.num_masked}/{c.num_tokens} masked, "
                 f"{c.num_visible} visible, decoder {self.decoder_mask_type}: {c.num_decoded} reconstructed)")
 
-    def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        # Without an explicit rng, each call is seeded from torch, so torch.manual_seed and the
+    def __call__(self, rng: np.random.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw from ``rng``, else the generator's own, else one seeded from torch."""
+        # Without an rng, each call is seeded from torch, so torch.manual_seed and the
         # DataLoader's per-worker seeding make masks reproducible and different across workers.
-        rng = self._rng or np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
+        rng = rng or self._rng or np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
         enc = self._encoder_mask(rng)
         dec = enc if self.decoder_mask_type == "none" else self._decoder_mask(enc, rng)
         return torch.from_numpy(enc), torch.from_numpy(dec)
@@ -146,3 +147,11 @@ def build_mask_generator(args, grid: PatchGrid) -> MaskGenerator:
     return MaskGenerator(grid, args.mask_type, args.mask_ratio,
                          getattr(args, "decoder_mask_type", "none"),
                          getattr(args, "decoder_mask_ratio", 0.0))
+
+
+NO_MASK = torch.zeros(0, dtype=torch.bool)
+
+
+def no_masks() -> tuple[torch.Tensor, torch.Tensor]:
+    """A loader's mask generator when the masks are drawn elsewhere (flexible grids: per step, at its grid)."""
+    return NO_MASK, NO_MASK

@@ -7,14 +7,15 @@ Parameter layout is that of VideoMAE's released pre-training checkpoints: ``enco
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
 from einops import rearrange
 from timm.layers import trunc_normal_
 
-from model_layers import LayerNorm, TransformerStack, VideoEncoder, build_pos_table, gather_tokens, init_vit_weights
+from model_layers import (LayerNorm, TransformerStack, VideoEncoder, build_pos_table, gather_tokens, init_vit_weights,
+                          pos_table_at, resize_patch_pixels)
 from model_registry import VIT_SIZES, register_sizes, resolve_grid, split_model_kwargs
 from patch_grid import PatchGrid
 
@@ -26,8 +27,8 @@ class PretrainEncoder(VideoEncoder):
         super().__init__(grid, embed_dim, depth, num_heads, **kwargs)
         self.norm = LayerNorm(embed_dim)
 
-    def forward(self, x: torch.Tensor, visible_index: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.forward_tokens(x, visible_index))
+    def forward(self, x: torch.Tensor, visible_index: torch.Tensor, grid: PatchGrid | None = None) -> torch.Tensor:
+        return self.norm(self.forward_tokens(x, visible_index, grid))
 
 
 class PretrainDecoder(TransformerStack):
@@ -44,39 +45,83 @@ class PretrainDecoder(TransformerStack):
 
 
 class MaskedVideoAutoencoder(nn.Module):
-    """Masked autoencoder for video. Call with the clip and per-sample token indices (see :func:`mask_to_index`)."""
+    """Masked autoencoder for video. Call with the clip and per-sample token indices (see :func:`mask_to_index`).
+
+    ``forward(..., grid=)`` runs at another grid of the same frames, tubelet and channels (flexible-grid
+    pre-training): the patch kernel is PI-resized on the fly, the position tables are that grid's '3d' tables
+    (scaled to ``pos_reference``, default the model's own token rows/cols) and the decoder's pixels are
+    resized from the model's patch to the grid's (see :meth:`forward`).
+    """
 
     def __init__(self, grid: PatchGrid, embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
                  decoder_embed_dim: int = 384, decoder_depth: int = 4, decoder_num_heads: int = 6,
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_path_rate: float = 0.0,
-                 init_values: float = 0.0, pos_embed: str = "1d", use_checkpoint: bool = False):
+                 init_values: float = 0.0, pos_embed: str = "1d", use_checkpoint: bool = False,
+                 pos_reference: Sequence[int] | None = None):
         super().__init__()
         self.grid = grid
         common = dict(mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, init_values=init_values,
                       use_checkpoint=use_checkpoint)
         self.encoder = PretrainEncoder(grid, embed_dim, depth, num_heads, pos_embed=pos_embed,
-                                       drop_path_rate=drop_path_rate, **common)
+                                       pos_reference=pos_reference, drop_path_rate=drop_path_rate, **common)
         self.decoder = PretrainDecoder(decoder_embed_dim, decoder_depth, decoder_num_heads, grid.target_dim,
                                        **common)
         self.encoder_to_decoder = nn.Linear(embed_dim, decoder_embed_dim, bias=False)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
         # The decoder's table is always fixed: it is thrown away after pre-training.
-        self.register_buffer("decoder_pos_embed", build_pos_table(grid, decoder_embed_dim,
-                                                                  "3d" if pos_embed == "3d" else "1d"),
-                             persistent=False)
+        self.decoder_pos_kind = "3d" if pos_embed == "3d" else "1d"
+        self.register_buffer("decoder_pos_embed", self._decoder_table(grid, torch.device("cpu")), persistent=False)
+        self._decoder_tables: dict = {}
         self.apply(lambda m: init_vit_weights(m, "xavier"))
         trunc_normal_(self.mask_token, std=0.02)
+
+    @property
+    def pos_reference(self) -> tuple[int, int]:
+        return self.encoder.pos_reference
+
+    @property
+    def pos_embed_type(self) -> str:
+        return self.encoder.pos_embed_type
+
+    def set_pos_reference(self, reference: Sequence[int]) -> None:
+        """Use another '3d' reference (a checkpoint's) for the encoder's and decoder's tables."""
+        self.encoder.set_pos_reference(reference)
+        self._decoder_tables.clear()
+        self.decoder_pos_embed = self._decoder_table(self.grid, self.decoder_pos_embed.device)
+
+    def _decoder_table(self, grid: PatchGrid, device: torch.device) -> torch.Tensor:
+        ref = self.pos_reference if self.decoder_pos_kind == "3d" else None
+        return build_pos_table(grid, self.mask_token.shape[-1], self.decoder_pos_kind, ref).to(device)
+
+    def decoder_pos_table(self, grid: PatchGrid) -> torch.Tensor:
+        if grid.shape == self.grid.shape:
+            return self.decoder_pos_embed
+        ref = self.pos_reference if self.decoder_pos_kind == "3d" else (self.grid.h, self.grid.w)
+        return pos_table_at(self._decoder_tables, grid, self.mask_token.shape[-1], self.decoder_pos_kind, ref,
+                            self.decoder_pos_embed.device)
 
     def no_weight_decay(self) -> set[str]:
         return {"encoder.pos_embed", "mask_token"}
 
-    def forward(self, x: torch.Tensor, visible_index: torch.Tensor, target_index: torch.Tensor) -> torch.Tensor:
-        """x [B, C, T, H, W]; indices [B, Nv] and [B, K] -> predicted pixels [B, K, target_dim]."""
-        latent = self.encoder_to_decoder(self.encoder(x, visible_index))
-        pos = self.decoder_pos_embed.to(latent.dtype)
+    def forward(self, x: torch.Tensor, visible_index: torch.Tensor, target_index: torch.Tensor,
+                grid: PatchGrid | None = None) -> torch.Tensor:
+        """x [B, C, T, H, W] at ``grid`` (default: the model's); indices [B, Nv] and [B, K] of that grid's
+        tokens -> predicted pixels [B, K, grid.target_dim].
+
+        At another patch size the head still predicts the model's (base) patch, and its output is resized to
+        the grid's patch by the bilinear matrix R (the head's weights become R W: the transpose of the
+        kernel's pinv(R^T)). Why this way: the loss stays on the grid's true pixels (resizing the targets to
+        the base patch instead would score interpolated pixels, not the clip), the state dict stays that of
+        a fixed model at the base grid, and with the base patch the largest (design of --grids) R maps onto
+        every pixel pattern of the smaller patch, so no target is out of the head's reach.
+        """
+        grid = self.grid if grid is None else grid
+        latent = self.encoder_to_decoder(self.encoder(x, visible_index, grid))
+        pos = self.decoder_pos_table(grid).to(latent.dtype)
         visible = latent + gather_tokens(pos, visible_index)
         masked = self.mask_token.to(latent.dtype) + gather_tokens(pos, target_index)
-        return self.decoder(torch.cat([visible, masked], dim=1), target_index.shape[1])
+        pred = self.decoder(torch.cat([visible, masked], dim=1), target_index.shape[1])
+        return resize_patch_pixels(pred, self.grid, grid)
 
 
 def mask_to_index(mask: torch.Tensor, select: bool) -> torch.Tensor:

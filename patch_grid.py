@@ -169,6 +169,14 @@ def grids_from_specs(specs: Sequence[str], num_frames: int, tubelet_size: int, i
     return grids
 
 
+def base_grid(grids: Sequence[PatchGrid]) -> PatchGrid:
+    """The grid a flexible model is built at: the one with the largest patch (ties: the first listed).
+
+    Its patch kernel is resized to every other patch; resizing to a smaller patch reaches every kernel of that
+    size, to a larger one only a subspace, so the largest patch is the one to keep."""
+    return max(grids, key=lambda g: g.patch_size)  # max keeps the first of equals
+
+
 def grid_from_args(args: Any) -> PatchGrid:
     """The grid named by an argparse namespace's --num_frames/--tubelet_size/--input_size/--patch_size."""
     return make_grid(args.num_frames, args.tubelet_size, args.input_size, args.patch_size)

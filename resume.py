@@ -19,6 +19,7 @@ import os
 import random
 import signal
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -48,6 +49,19 @@ def item_seed(seed: int, epoch: int, index: int) -> int:
     """The seed of item ``index`` in ``epoch``: a hash of the three, so nearby triples give unrelated streams."""
     words = np.random.SeedSequence(_entropy(seed, epoch, index)).generate_state(2, np.uint32)
     return (int(words[0]) << 31) ^ int(words[1])
+
+
+@dataclass(frozen=True)
+class StepPosition:
+    """Where a training step is: local batch ``batch`` of ``epoch``, the same on every process. Randomness drawn
+    from :meth:`rng` is a function of the position alone, so it repeats exactly after a resume."""
+
+    epoch: int
+    batch: int
+
+    def rng(self, seed: int, *more: int) -> np.random.Generator:
+        """A generator seeded from ``(seed, epoch, batch, *more)`` alone."""
+        return np.random.default_rng(_entropy(seed, self.epoch, self.batch, *more))
 
 
 class ResumableSampler(Sampler[tuple[int, int]]):

@@ -31,7 +31,7 @@ from checkpoint_folder import FoundCheckpoint, link_atomically, prune_epoch_chec
 from datasets import UnreadableDataError
 from optim_factory import apply_schedules
 from patch_grid import PatchGrid
-from resume import Interrupted, StopChecked, StopRequested, StopSignals
+from resume import Interrupted, StepPosition, StopChecked, StopRequested, StopSignals
 from updater import NonFiniteLossError, Updater
 
 T = TypeVar("T")
@@ -309,9 +309,11 @@ class Trainer:
 
     # ------------------------------------------------------------ training
 
-    def fit(self, loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor],
-            after_epoch: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
-        """Train from the current position to ``epochs``. ``loss_fn(model, batch)`` is the task's loss;
+    def fit(self, loss_fn: Callable[..., torch.Tensor],
+            after_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+            with_position: bool = False) -> dict[str, Any]:
+        """Train from the current position to ``epochs``. ``loss_fn(model, batch)`` is the task's loss (with
+        ``with_position``: ``loss_fn(model, batch, StepPosition)``, for a loss that draws from where the step is);
         ``after_epoch(epoch, record)`` may validate and add to the epoch's ``log.txt`` record. Returns the last
         epoch's record."""
         cfg, record = self.cfg, {}
@@ -322,7 +324,7 @@ class Trainer:
                 record, self.pending_record = dict(self.pending_record), None  # trained before a stop in validation
             else:
                 self.loader.sampler.set_epoch(epoch, first)
-                stats = self.train_one_epoch(loss_fn, epoch, first)
+                stats = self.train_one_epoch(loss_fn, epoch, first, with_position)
                 record = {**{f"train_{k}": v for k, v in stats.items()}, **self.loader.end_epoch(), "epoch": epoch,
                           "n_parameters": self.n_parameters}
             if after_epoch is not None:
@@ -370,8 +372,8 @@ class Trainer:
         axis as the per-step ones (and so that a resume's purge of later steps covers them too)."""
         return (epoch + 1) * self.steps_per_epoch - 1
 
-    def train_one_epoch(self, loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor], epoch: int,
-                        first_batch: int) -> dict[str, float]:
+    def train_one_epoch(self, loss_fn: Callable[..., torch.Tensor], epoch: int, first_batch: int,
+                        with_position: bool = False) -> dict[str, float]:
         """One pass over the loader from local batch ``first_batch`` (the batches before it were trained
         before a resume). Every ``update_freq`` batches make one optimizer update."""
         cfg = self.cfg
@@ -382,7 +384,7 @@ class Trainer:
             step = epoch * self.steps_per_epoch + i // cfg.update_freq
             if i % cfg.update_freq == 0:
                 apply_schedules(self.optimizer, float(self.lr_schedule[step]), float(self.wd_schedule[step]))
-            loss = loss_fn(self.model, batch)
+            loss = loss_fn(self.model, batch, StepPosition(epoch, i)) if with_position else loss_fn(self.model, batch)
             update = (i + 1) % cfg.update_freq == 0
             grad_norm = self.updater(loss, update)
             loss_value = self.global_loss(loss, epoch, i, step)

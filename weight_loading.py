@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from checkpoint import read_checkpoint
 from load_report import LoadReport, format_shape, split_entry
-from model_layers import build_pos_table
+from model_layers import build_pos_table, pi_resize_kernel
 from model_registry import DEFAULT_GRID
 from modeling_finetune import VideoClassifier
 from patch_grid import GridError, PatchGrid, make_grid, recorded_grid
@@ -64,21 +64,11 @@ def _temporal_matrix(t_old: int, t_new: int) -> torch.Tensor:
     return a
 
 
-def _bilinear_matrix(old_hw: tuple[int, int], new_hw: tuple[int, int]) -> torch.Tensor:
-    """R [new_h*new_w, old_h*old_w] with resize(x).flatten() == R @ x.flatten() (bilinear, no antialias)."""
-    n_old = old_hw[0] * old_hw[1]
-    basis = torch.eye(n_old, dtype=torch.float64).reshape(n_old, 1, *old_hw)
-    resized = F.interpolate(basis, size=new_hw, mode="bilinear", align_corners=False, antialias=False)
-    return resized.reshape(n_old, -1).T
-
-
 def resize_patch_embed(weight: torch.Tensor, new_kernel: tuple[int, int, int]) -> torch.Tensor:
     """Resample a Conv3d patch-embedding weight [D, C, t, ph, pw] to the kernel (t', ph', pw').
 
-    Space (FlexiViT's pseudo-inverse resize): with R the bilinear resize of a patch to the new size,
-    the new weight solves R^T w_new = w_old in the least-squares, minimum-norm sense, so that
-    <resize(x), w_new> == <x, w_old>. This is exact for every x when the patch grows (R has full column
-    rank) and, when it shrinks, for patches in the row space of R (smooth ones, approximately).
+    Space: FlexiViT's pseudo-inverse resize, :func:`model_layers.pi_resize_kernel` (the same function
+    flexible-grid pre-training applies on the fly), here in float64.
 
     Time (tubelet change): old slice k is spread over the new slices by time overlap (2 -> 1 sums the
     two slices, 1 -> 2 splits the slice evenly, 4 -> 2 sums pairs). The sum over time is preserved, so
@@ -88,15 +78,11 @@ def resize_patch_embed(weight: torch.Tensor, new_kernel: tuple[int, int, int]) -
     if weight.dim() != 5:
         raise ValueError(f"patch-embedding weight must be [D, C, t, ph, pw], got {list(weight.shape)}")
     t_new, ph_new, pw_new = (int(k) for k in new_kernel)
-    d, c, t_old, ph_old, pw_old = weight.shape
+    t_old = weight.shape[2]
     w = weight.detach().to(torch.float64)
     if t_old != t_new:
         w = torch.einsum("jk,dckhw->dcjhw", _temporal_matrix(t_old, t_new), w)
-    if (ph_old, pw_old) != (ph_new, pw_new):
-        r = _bilinear_matrix((ph_old, pw_old), (ph_new, pw_new))
-        # Row form of w_new = pinv(R^T) w_old: w_new^T = w_old^T pinv(R).
-        w = (w.reshape(-1, ph_old * pw_old) @ torch.linalg.pinv(r)).reshape(d, c, t_new, ph_new, pw_new)
-    return w.to(weight.dtype)
+    return pi_resize_kernel(w, (ph_new, pw_new)).to(weight.dtype)
 
 
 def interpolate_pos_embed(pos: torch.Tensor, old_grid_shape: tuple[int, int, int],

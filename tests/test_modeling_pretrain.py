@@ -100,3 +100,38 @@ def test_mask_to_index_rejects_uneven_masks():
     mask = torch.tensor([[True, False, False], [True, True, False]])
     with pytest.raises(ValueError, match="different numbers"):
         mask_to_index(mask, True)
+
+
+def test_forward_at_other_grids_of_one_model():
+    """Flexible grids: one model at base 32/16 runs at 32/8 and 48/8 with the grid's targets; grid=None unchanged."""
+    base = make_grid(4, 2, 32, 16)
+    torch.manual_seed(0)
+    model = create_video_model("pretrain_videomae_micro_patch16_224", grid=base, pos_embed="3d", **TINY)
+    x = torch.randn(2, 3, 4, 32, 32)
+    _, _, vis, tgt = batch_indices(base, 2)
+    assert torch.equal(model(x, vis, tgt), model(x, vis, tgt, grid=base))
+    mean, std = torch.zeros(3), torch.ones(3)
+    for grid in (make_grid(4, 2, 32, 8), make_grid(4, 2, 48, 8)):
+        model.zero_grad()
+        _, _, vis, tgt = batch_indices(grid, 2)
+        clip = torch.randn(2, 3, 4, *grid.input_size)
+        pred = model(clip, vis, tgt, grid=grid)
+        assert pred.shape == (2, tgt.shape[1], grid.target_dim)
+        loss = (pred - pixel_targets(clip, grid, mean, std, index=tgt)).square().mean()
+        assert torch.isfinite(loss)
+        loss.backward()
+        assert model.encoder.patch_embed.proj.weight.grad.abs().sum() > 0  # reaches the base kernel
+        assert model.decoder.head.weight.grad.abs().sum() > 0
+    fixed_1d = create_video_model("pretrain_videomae_micro_patch16_224", grid=base, **TINY)
+    with pytest.raises(ValueError, match="pos_embed 3d"):
+        fixed_1d(clip, vis, tgt, grid=grid)
+
+
+def test_decoder_pixels_resize_like_the_frame():
+    """The head's output at the base patch, resized to a half-size patch, is the frame resized by half."""
+    from model_layers import resize_patch_pixels
+    base, half = make_grid(4, 2, 32, 16), make_grid(4, 2, 16, 8)  # same 2x2 tokens per frame
+    video = torch.rand(1, 3, 4, 32, 32)
+    small = torch.nn.functional.interpolate(video[0].transpose(0, 1), size=(16, 16), mode="bilinear",
+                                            align_corners=False).transpose(0, 1)[None]
+    assert torch.allclose(resize_patch_pixels(patchify(video, base), base, half), patchify(small, half), atol=1e-6)
