@@ -248,13 +248,16 @@ def grid_cost(args: argparse.Namespace, grid: PatchGrid) -> dict[str, Any]:
 
 def new_row(args: argparse.Namespace, grid: PatchGrid, how: str) -> dict[str, Any]:
     return {"grid": grid.spec, "patches_per_frame": grid.patches_per_frame, "tokens": grid.num_tokens,
-            "mode": args.mode, "eval": how, "model": args.model, "pretrain_epochs": args.pretrain_epochs,
+            "mode": args.mode, "eval": how, "model": args.model, "num_frames": args.num_frames,
+            "data": args.data_path or "demo", "pretrain_epochs": args.pretrain_epochs,
             "seeds": [], "top1": [], "top5": [], "pretrain_loss": [], "pretrain_s": [], "eval_s": []}
 
 
 def _grid_loss(record: dict[str, Any], grid: PatchGrid) -> float | None:
-    """A flexible run's last loss at ``grid`` (its log's per-grid entry), else the run's overall loss."""
-    value = record.get(f"train_loss_{grid.spec}", record.get("train_loss"))
+    """The last epoch's loss at ``grid``: a flexible run's per-grid entry (None if its last epoch never drew the
+    grid), a fixed run's loss."""
+    flexible = any(k.startswith("train_loss_") for k in record)
+    value = record.get(f"train_loss_{grid.spec}") if flexible else record.get("train_loss")
     return None if value is None else float(value)
 
 
@@ -310,9 +313,10 @@ def sweep(args: argparse.Namespace, save) -> list[dict[str, Any]]:
 def title_of(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
     modes = "/".join(sorted({r["mode"] for r in rows}))
     epochs = sorted({r.get("pretrain_epochs") or "default" for r in rows}, key=str)
-    return (f"PATCHES sweep ({modes}): ViT-{rows[0].get('model', args.model)}, {args.num_frames} frames, "
-            f"{'/'.join(map(str, epochs))} pre-training epochs"
-            f"{' (demo data)' if args.demo or not args.data_path else ''}")
+    first = rows[0]
+    return (f"PATCHES sweep ({modes}): ViT-{first.get('model', args.model)}, "
+            f"{first.get('num_frames', args.num_frames)} frames, {'/'.join(map(str, epochs))} pre-training epochs, "
+            f"data: {first.get('data', 'demo')}")
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:

@@ -13,11 +13,12 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import sweep_report  # noqa: E402
 
-# Two grids (4 and 16 patches per frame), one seed, one pre-training epoch on the 16 clips, k-NN (no training).
+# Two grids (4 and 16 patches per frame), one seed, one pre-training epoch (4 steps) on the 16 clips, k-NN (no
+# training).
 TINY = ["--model", "micro", "--num_frames", "4", "--sampling_rate", "2", "--grids", "32/16", "32/8", "--seeds", "0",
         "--eval", "knn", "--pretrain_epochs", "1", "--device", "cpu", "--threads", "1", "--data_set", "custom",
         "--bench_iters", "1", "--bench_batch_size", "2",
-        "--pretrain_args", "--batch_size 8 --decoder_depth 1 --num_workers 0 --warmup_epochs 0 --print_freq 50",
+        "--pretrain_args", "--batch_size 4 --decoder_depth 1 --num_workers 0 --warmup_epochs 0 --print_freq 50",
         "--finetune_args", "--batch_size 8 --num_workers 0 --test_num_segment 1 --test_num_crop 1 --knn_k 5"]
 
 
@@ -29,26 +30,38 @@ def run_sweep(demo_root: Path, out: Path, *flags: str) -> subprocess.CompletedPr
     return result
 
 
-def test_fixed_sweep_writes_table_plot_and_json_and_resumes(demo_root, tmp_path):
-    out = tmp_path / "sweep"
-    first = run_sweep(demo_root, out, "--mode", "fixed")
+def check_rows(out: Path, mode: str) -> list[dict]:
     rows = json.loads((out / "sweep.json").read_text())
     assert [(r["grid"], r["patches_per_frame"], r["tokens"], r["mode"], r["eval"]) for r in rows] == [
-        ("32/16", 4, 8, "fixed", "knn"), ("32/8", 16, 32, "fixed", "knn")]
+        ("32/16", 4, 8, mode, "knn"), ("32/8", 16, 32, mode, "knn")]
     for r in rows:
         assert r["seeds"] == [0] and len(r["top1"]) == 1 and 0 <= r["top1"][0] <= 100
         assert r["pretrain_loss"][0] > 0 and r["step_s"] > 0 and r["clips_per_s"] > 0 and r["peak_mem_gb"] > 0
-        assert r["gflop_per_step"] > 0
-    assert rows[1]["gflop_per_step"] > rows[0]["gflop_per_step"]  # 4x the tokens
-    assert (out / "fixed" / "seed0" / "grid_32_8" / "pretrain" / "checkpoint-0.pth").exists()
+    assert rows[1]["gflop_per_step"] > rows[0]["gflop_per_step"] > 0  # 4x the tokens
     table = (out / "sweep.md").read_text()
-    assert "| 32/8 | 16 | 32 | fixed | " in table and "top-1 k-NN" in table and "half the min-max range" in table
+    assert f"| 32/8 | 16 | 32 | {mode} | " in table and "top-1 k-NN" in table and "half the min-max range" in table
     assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert first.stdout.count("$ python run_mae_pretraining.py") == 2
+    return rows
 
-    again = run_sweep(demo_root, out, "--mode", "fixed")  # every stage done: read back, nothing re-run
-    assert "$ python" not in again.stdout and again.stdout.count("done earlier") == 4
+
+def test_flexible_sweep_pretrains_once_evaluates_every_grid_and_resumes(demo_root, tmp_path):
+    out = tmp_path / "sweep"
+    first = run_sweep(demo_root, out)  # --mode flexible is the default
+    rows = check_rows(out, "flexible")
+    assert first.stdout.count("$ python run_mae_pretraining.py") == 1 and "--grids 32/16 32/8" in first.stdout
+    checkpoint = str(out / "flexible" / "seed0" / "pretrain" / "checkpoint-0.pth")
+    evals = [line for line in first.stdout.splitlines() if line.startswith("$ python run_class_finetuning.py")]
+    assert len(evals) == 2 and all(f"--finetune {checkpoint}" in line for line in evals)
+    record = json.loads((out / "flexible" / "seed0" / "pretrain" / "log.txt").read_text().splitlines()[-1])
+    for r in rows:  # each grid's own loss (the grids a step drew), not the run's mean
+        assert r["pretrain_loss"] == [pytest.approx(record[f"train_loss_{r['grid']}"])]
+
+    again = run_sweep(demo_root, out)  # every stage done: read back, nothing re-run
+    assert "$ python" not in again.stdout and again.stdout.count("done earlier") == 3
     assert json.loads((out / "sweep.json").read_text()) == rows
+    replot = subprocess.run([sys.executable, str(ROOT / "scripts" / "patch_sweep.py"), "--plot_only", "--output_dir",
+                             str(out)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert replot.returncode == 0 and "| 32/16 | 4 | 8 | flexible |" in replot.stdout
 
 
 def test_a_bad_grid_is_refused_by_name_before_any_work(tmp_path):
