@@ -58,7 +58,7 @@ MODES = ("fixed", "flexible")
 DEFAULT_GRIDS = ["224/16", "288/16", "216/12", "224/32"]
 # Demo scale (the demo videos are 64x64, read at SIZE): DEMO_GRIDS_NOTE.
 DEMO_GRIDS = ["32/16", "32/8", "48/8"]
-DEMO_PRETRAIN_EPOCHS = 15
+DEMO_PRETRAIN_EPOCHS = 55
 
 # The demo's pre-training recipe is run_demo.py's (there 55 epochs on pretrain.csv, the 864 unlabelled + labelled
 # clips; here --pretrain_epochs).
