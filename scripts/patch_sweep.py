@@ -56,7 +56,8 @@ import sweep_report  # noqa: E402
 
 MODES = ("fixed", "flexible")
 DEFAULT_GRIDS = ["224/16", "288/16", "216/12", "224/32"]
-# Demo scale (the demo videos are 64x64, read at SIZE): DEMO_GRIDS_NOTE.
+# Demo scale (the 64x64 demo videos, read at SIZE): 4, 16 and 36 patches per frame, the 9x range of the real
+# default's 49..324; 32/8 is run_demo.py's grid.
 DEMO_GRIDS = ["32/16", "32/8", "48/8"]
 DEMO_PRETRAIN_EPOCHS = 55
 
