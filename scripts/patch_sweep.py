@@ -227,7 +227,7 @@ def bench_config(args: argparse.Namespace, grid: PatchGrid, pre_flags: list[str]
                 dtype="bf16" if device.startswith("cuda") else "fp32", decoder_mask="none",
                 mask_ratio=float(_flag_value(pre_flags, "--mask_ratio") or 0.75),
                 decoder_depth=int(_flag_value(pre_flags, "--decoder_depth") or 4), batch_size=batch,
-                warmup=2, iters=args.bench_iters, device=device)
+                warmup=2, iters=args.bench_iters, device=device, matmul_ceiling=False)
 
 
 def grid_cost(args: argparse.Namespace, grid: PatchGrid) -> dict[str, Any]:
