@@ -26,6 +26,8 @@ from patch_grid import GridError, PatchGrid, recorded_grid
 CHECKPOINT_FORMAT = "patches-checkpoint-v1"
 SAFETENSORS_FORMAT = "patches-safetensors-v1"
 LATEST = "checkpoint-latest"
+# What a flexible-grid pre-training adds beside "grid": the grids trained on, and the 3-D table's reference.
+GRID_RECORDS = ("grids", "pos_reference")
 CHECKSUM = "tensor_checksum"  # the key of a checkpoint's own checksum, see tensor_checksum()
 # What save_checkpoint, save_safetensors and link_atomically write first: ".{name}.{pid}.tmp".
 # Temporary files of checkpoints, and of extract_features.py's shards and index.
@@ -104,13 +106,16 @@ def checkpoint_state(model: torch.nn.Module, grid: PatchGrid, args: argparse.Nam
                      optimizer: torch.optim.Optimizer | None = None, scaler: Any = None,
                      **extra: Any) -> dict[str, Any]:
     """Everything a checkpoint holds: weights, training state, flags (``args``, recorded) and the patch grid."""
+    bare = utils.unwrap_model(model)
     state = {
         "format": CHECKPOINT_FORMAT,
-        "model": utils.unwrap_model(model).state_dict(),
+        "model": bare.state_dict(),
         "epoch": epoch,
         "args": plain_args(args),
         "grid": grid.to_dict(),
     }
+    if getattr(bare, "pos_embed_type", None) == "3d":  # the table is not in the state dict; its reference is
+        state["pos_reference"] = list(bare.pos_reference)
     if optimizer is not None:
         state["optimizer"] = optimizer.state_dict()
     if scaler is not None:
@@ -125,19 +130,21 @@ def print_saved_and_export_safetensors(path: Path, state: dict[str, Any], grid: 
     it as ``.safetensors``, with ``grid`` and ``flags`` in the metadata, and print that path too."""
     print(f"Saved {path}")
     if export:
-        print(f"Saved {save_safetensors(path.with_suffix('.safetensors'), state['model'], grid, flags)}")
+        records = {k: state[k] for k in GRID_RECORDS if k in state}
+        print(f"Saved {save_safetensors(path.with_suffix('.safetensors'), state['model'], grid, flags, records)}")
 
 
 def save_safetensors(path: str | Path, state_dict: dict[str, torch.Tensor], grid: PatchGrid,
-                     args: argparse.Namespace | dict[str, Any]) -> Path:
-    """Model weights only, as safetensors, with the grid and the flags as JSON in the metadata; atomic."""
+                     args: argparse.Namespace | dict[str, Any], records: dict[str, Any] | None = None) -> Path:
+    """Model weights only, as safetensors, with the grid, the flags and ``records`` (the checkpoint's
+    :data:`GRID_RECORDS`) as JSON in the metadata; atomic."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     flags = plain_args(args) if isinstance(args, argparse.Namespace) else plain_args(argparse.Namespace(**args))
     metadata = {"format": "pt", "patches_format": SAFETENSORS_FORMAT, "grid": json.dumps(grid.to_dict()),
-                "args": json.dumps(flags)}
+                "args": json.dumps(flags), **{k: json.dumps(v) for k, v in (records or {}).items()}}
     # safetensors refuses views into shared storage; plain contiguous CPU copies are what it stores anyway.
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
     return utils.write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
@@ -233,7 +240,8 @@ def _load_failure_message(path: Path, e: BaseException) -> str:
 
 
 def load_safetensors(path: str | Path) -> dict[str, Any]:
-    """A .safetensors file as a checkpoint dict: {"model"}, plus "grid" and "args" when ours wrote it."""
+    """A .safetensors file as a checkpoint dict: {"model"}, plus "grid", "args" and the grid records when ours
+    wrote it."""
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
@@ -244,7 +252,7 @@ def load_safetensors(path: str | Path) -> dict[str, Any]:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
         ckpt: dict[str, Any] = {"model": dict(load_file(str(path), device="cpu"))}
-        for key in ("grid", "args"):
+        for key in ("grid", "args", *GRID_RECORDS):
             if key in metadata:
                 ckpt[key] = json.loads(metadata[key])
     except (OSError, ValueError, SafetensorError) as e:
@@ -277,6 +285,15 @@ def load_model_state(model: torch.nn.Module, ckpt: dict[str, Any], path: str | P
     (no state dict, tensors of another shape, missing or unexpected names) before anything is changed."""
     check_model_state(model, ckpt, path, model_name)
     utils.unwrap_model(model).load_state_dict(ckpt["model"])
+    apply_pos_reference(model, ckpt)
+
+
+def apply_pos_reference(model: torch.nn.Module, ckpt: dict[str, Any]) -> None:
+    """Give ``model`` the '3d' table reference ``ckpt`` records (``"pos_reference"``, e.g. the base grid of a
+    flexible-grid pre-training): fixed tables are rebuilt, not loaded, so the weights alone would not carry it."""
+    bare = utils.unwrap_model(model)
+    if ckpt.get("pos_reference") is not None and hasattr(bare, "set_pos_reference"):
+        bare.set_pos_reference(ckpt["pos_reference"])
 
 
 def check_model_state(model: torch.nn.Module, ckpt: dict[str, Any], path: str | Path, model_name: str) -> None:

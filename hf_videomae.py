@@ -252,9 +252,13 @@ def export_to_hf(ckpt: dict[str, Any], out_dir: str | Path, num_heads: int | Non
     if grid is None:
         raise ExportError("the checkpoint records no patch grid ('grid'); only PATCHES checkpoints can be exported")
     args = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
-    if args.get("pos_embed", "1d") != "1d":
-        raise ExportError(f"the model uses the '{args['pos_embed']}' position table; transformers' VideoMAE only "
-                          f"has the fixed 1-D sin-cos table")
+    pos_embed = "3d" if ckpt.get("pos_reference") is not None else args.get("pos_embed") or "1d"
+    if pos_embed != "1d":
+        flexible = (" A flexible-grid checkpoint (pre-trained with --grids) needs the 3-D table, at every grid: use it "
+                    "through run_class_finetuning.py --finetune/--probe or extract_features.py instead."
+                    if len(ckpt.get("grids") or []) > 1 else "")
+        raise ExportError(f"the model uses the '{pos_embed}' position table; transformers' VideoMAE only "
+                          f"has the fixed 1-D sin-cos table.{flexible}")
     sd = dict(ckpt["model"])
     cfg = hf_config(sd, grid, args, num_heads, decoder_num_heads, labels)
     tensors = ours_to_hf(sd)

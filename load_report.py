@@ -113,7 +113,8 @@ class LoadReport:
     ``missing``: model tensors the checkpoint did not provide (left at their initialisation);
     ``unexpected``: checkpoint tensors with no counterpart in the model; ``dropped``: checkpoint tensors
     discarded on purpose (``"name (why)"``); ``rebuilt``: model tensors set from the model's own grid
-    instead of the checkpoint (``"name (how)"``). ``notes`` holds warnings worth reading.
+    instead of the checkpoint (``"name (how)"``). ``notes`` holds warnings worth reading. ``trained_grids``: the
+    grids a flexible-grid pre-training recorded; ``pos_reference``: the checkpoint's '3d' table reference, applied.
     """
 
     loaded: list[str] = field(default_factory=list)
@@ -127,6 +128,8 @@ class LoadReport:
     path: str = ""
     model_grid: PatchGrid | None = None
     notes: list[str] = field(default_factory=list)
+    trained_grids: list[PatchGrid] = field(default_factory=list)
+    pos_reference: list[int] | None = None
 
     CATEGORIES: ClassVar[tuple[str, ...]] = ("loaded", "resized", "missing", "unexpected", "dropped", "rebuilt")
 
@@ -140,6 +143,9 @@ class LoadReport:
             lines.append(f"  checkpoint grid: {_describe(self.source_grid)}")
         if self.grid_note:
             lines.append(f"                   ({self.grid_note})")
+        if self.trained_grids:
+            lines.append(f"  trained on:      grids {', '.join(g.spec for g in self.trained_grids)} (flexible)"
+                         + (f"; loaded at {self.model_grid.spec}" if self.model_grid is not None else ""))
         if self.model_grid is not None:
             lines.append(f"  model grid:      {_describe(self.model_grid)}")
         name_w = max(len(c) for c in self.CATEGORIES)

@@ -5,7 +5,7 @@ Parameter names follow VideoMAE's released fine-tuned checkpoints (``patch_embed
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
@@ -17,12 +17,17 @@ from patch_grid import PatchGrid
 
 
 class VideoClassifier(VideoEncoder):
-    """Action classifier: trunk, then mean-pooled tokens through ``fc_norm`` (or a cls token) and ``head``."""
+    """Action classifier: trunk, then mean-pooled tokens through ``fc_norm`` (or a cls token) and ``head``.
+
+    ``pos_reference``: see :class:`model_layers.VideoEncoder` (``--finetune`` sets a checkpoint's).
+    """
 
     def __init__(self, grid: PatchGrid, num_classes: int = 400, embed_dim: int = 768, depth: int = 12,
                  num_heads: int = 12, use_mean_pooling: bool = True, fc_drop_rate: float = 0.0,
-                 init_scale: float = 0.0, pos_embed: str = "1d", **block_kwargs: Any):
-        super().__init__(grid, embed_dim, depth, num_heads, pos_embed=pos_embed, **block_kwargs)
+                 init_scale: float = 0.0, pos_embed: str = "1d", pos_reference: Sequence[int] | None = None,
+                 **block_kwargs: Any):
+        super().__init__(grid, embed_dim, depth, num_heads, pos_embed=pos_embed, pos_reference=pos_reference,
+                         **block_kwargs)
         self.num_classes = num_classes
         self.use_mean_pooling = use_mean_pooling
         self.norm = nn.Identity() if use_mean_pooling else LayerNorm(embed_dim)

@@ -17,7 +17,8 @@ import torch
 import cli_args
 import data_health
 import utils
-from checkpoint import CheckpointError, check_checkpoint_grid, load_checkpoint, load_model_state
+from checkpoint import (CheckpointError, apply_pos_reference, check_checkpoint_grid, load_checkpoint,
+                        load_model_state)
 from checkpoint_folder import FoundCheckpoint, choose_checkpoint, epoch_checkpoint_files
 from clip_sampling import SAMPLINGS
 from data_loaders import classification_train_loader, evaluation_loader
@@ -203,6 +204,7 @@ def load_weights(path: str, model: torch.nn.Module, model_ema, args: argparse.Na
         raise SystemExit(f"error: {e}{pretraining_model_hint(ckpt)}") from None
     if model_ema is not None and "model_ema" in ckpt:
         model_ema.module.load_state_dict(ckpt["model_ema"])
+        apply_pos_reference(model_ema.module, ckpt)
     print(f"Loaded {path} (epoch {ckpt.get('epoch')})")
     return ckpt
 
@@ -266,12 +268,14 @@ def load_finetune(args: argparse.Namespace, model: torch.nn.Module, model_ema) -
     """Start from --finetune (any supported layout, any grid)."""
     from weight_loading import load_finetune_weights
     try:
-        load_finetune_weights(model, args.finetune, model_key=args.model_key, model_prefix=args.model_prefix,
-                              verbose=utils.is_main_process())
+        report = load_finetune_weights(model, args.finetune, model_key=args.model_key,
+                                       model_prefix=args.model_prefix, verbose=utils.is_main_process())
     except ValueError as e:
         raise SystemExit(f"error: --finetune: {e}")
     if model_ema is not None:
         model_ema.module.load_state_dict(model.state_dict())
+        if report.pos_reference is not None:
+            model_ema.module.set_pos_reference(report.pos_reference)
 
 
 def probe_model(args: argparse.Namespace, encoder: torch.nn.Module, nb_classes: int) -> FrozenEncoderProbe:

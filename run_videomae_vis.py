@@ -8,7 +8,9 @@ and ``vis/clip_reconstruction.gif`` (the three side by side, one GIF frame per c
 ``--save_path`` ending in ``.png`` names the picture itself; the GIF goes next to it.
 
 The patch grid is the checkpoint's own (any granularity it was trained at); only the frame sampling
-(``--sampling_rate``) may differ from training. ``.safetensors`` weights written with
+(``--sampling_rate``) may differ from training. A flexible-grid checkpoint (``run_mae_pretraining.py --grids``)
+also reconstructs at any other ``--grid SIZE/PATCH``, trained or not (the kernel PI-resized on the fly, the
+3-D table on the checkpoint's reference). ``.safetensors`` weights written with
 ``--save_safetensors`` work too (their grid and flags are in the file's metadata).
 """
 from __future__ import annotations
@@ -22,13 +24,13 @@ import numpy as np
 import torch
 
 import utils
-from checkpoint import read_checkpoint
+from checkpoint import apply_pos_reference, read_checkpoint
 from weight_loading import inferred_grid
 from masking_generator import MASK_TYPES, MaskGenerator
 from model_registry import VIT_SIZES
 from modeling_pretrain import MaskedVideoAutoencoder, mask_to_index, patchify, unpatchify
 from models import create_video_model
-from patch_grid import GridError, PatchGrid, recorded_grid
+from patch_grid import GridError, PatchGrid, make_grid, parse_grid_spec, recorded_grid
 from video_transforms import EvalTransform, denormalize
 
 MASK_FILL = 0.5  # hidden patches are shown mid-grey
@@ -46,6 +48,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_frames", type=int, default=None,
                    help="frames per clip; must equal the checkpoint grid's (it is part of the grid)")
     p.add_argument("--sampling_rate", type=int, default=None, help="frame stride (default: the checkpoint's)")
+    p.add_argument("--grid", default=None, metavar="SIZE/PATCH",
+                   help="reconstruct at this grid (e.g. 96/8); needs a flexible-grid checkpoint (pre-trained with "
+                        "--grids), whose grids it need not be among (default: the checkpoint's grid)")
     p.add_argument("--seed", type=int, default=0, help="seed of the mask")
     p.add_argument("--scale", type=int, default=1, help="enlarge the pictures by this factor (nearest neighbour)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
@@ -67,8 +72,9 @@ def _pretrain_name(args: dict[str, Any], sd: dict[str, torch.Tensor]) -> str:
 
 
 def load_pretrain_model(path: str | Path, device: torch.device
-                        ) -> tuple[MaskedVideoAutoencoder, PatchGrid, dict[str, Any]]:
-    """Model, grid and flags of a pre-training checkpoint (.pth or .safetensors); ValueError when unusable."""
+                        ) -> tuple[MaskedVideoAutoencoder, PatchGrid, dict[str, Any], list[PatchGrid]]:
+    """Model, grid, flags and the grids trained on (several for a flexible-grid pre-training) of a pre-training
+    checkpoint (.pth or .safetensors); ValueError when unusable."""
     path = Path(path)
     ckpt = read_checkpoint(path)
     sd = ckpt.get("model")
@@ -88,12 +94,32 @@ def load_pretrain_model(path: str | Path, device: torch.device
     args = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
     decoder_depth = len({m.group(1) for k in sd if (m := re.match(r"^decoder\.blocks\.(\d+)\.", k))})
     model = create_video_model(_pretrain_name(args, sd), grid=grid, decoder_depth=decoder_depth,
-                               pos_embed=args.get("pos_embed") or "1d")
+                               pos_embed=args.get("pos_embed") or ("3d" if "pos_reference" in ckpt else "1d"))
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
         raise ValueError(f"{path} does not fit {args.get('model', 'the model')} at its grid "
                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    return model.to(device).eval(), grid, args
+    apply_pos_reference(model, ckpt)
+    try:
+        trained = [PatchGrid.from_dict(g) for g in ckpt.get("grids") or [grid.to_dict()]]
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}: its 'grids' record is unusable ({e})") from None
+    return model.to(device).eval(), grid, args, trained
+
+
+def chosen_grid(spec: str, model: MaskedVideoAutoencoder, grids: list[PatchGrid]) -> PatchGrid:
+    """``--grid SIZE/PATCH`` at the model's frames and tubelet: any grid for a flexible-grid checkpoint (one
+    that records several ``grids``), only its own otherwise. Raises GridError saying why."""
+    size, patch = parse_grid_spec(spec)
+    base = model.grid
+    grid = make_grid(base.num_frames, base.tubelet_size, size, patch, base.in_chans)
+    if grid != base and len(grids) < 2:
+        raise GridError(f"--grid {spec}: the checkpoint was pre-trained at {base.spec} only; other grids need a "
+                        f"flexible-grid checkpoint (run_mae_pretraining.py --grids)")
+    if grid != base and model.pos_embed_type != "3d":
+        raise GridError(f"--grid {spec}: the model's '{model.pos_embed_type}' position table is for "
+                        f"{base.spec} only (flexible grids need --pos_embed 3d)")
+    return grid
 
 
 # ---------------------------------------------------------------- clip and reconstruction
@@ -135,7 +161,7 @@ def reconstruct(model: MaskedVideoAutoencoder, video: torch.Tensor, mask: torch.
     patches = patchify(pixels[None], grid)  # [1, N, q*p*p*C], channel last
     hidden = mask_to_index(mask[None], select=True)
     pred = model(video[None].to(device), mask_to_index(mask[None], select=False).to(device),
-                 hidden.to(device)).float().cpu()
+                 hidden.to(device), grid=grid).float().cpu()
     pred = pred[0]
     if normalize_target:
         pred = unnormalize_patches(pred, patches[0, hidden[0]], grid.in_chans)
@@ -194,9 +220,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"error: --scale must be at least 1, got {a.scale}")
     try:
         device = utils.resolve_device(a.device)
-        model, grid, args = load_pretrain_model(a.model_path, device)
+        model, grid, args, trained = load_pretrain_model(a.model_path, device)
     except ValueError as e:  # CheckpointError included
         raise SystemExit(f"error: --model_path: {e}")
+    if a.grid is not None:
+        try:
+            grid = chosen_grid(a.grid, model, trained)
+        except GridError as e:
+            raise SystemExit(f"error: {e}")
     if a.num_frames is not None and a.num_frames != grid.num_frames:
         raise SystemExit(f"error: --num_frames {a.num_frames}: the checkpoint's grid has {grid.num_frames} frames "
                          f"({grid.describe()}); only the sampling may change")
@@ -219,6 +250,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = {"png": png, "gif": gif, "grid": grid,
               "mse_masked": hidden_pixel_mse(views, grid, "masked"),
               "mse_reconstruction": hidden_pixel_mse(views, grid, "reconstruction")}
+    if len(trained) > 1:
+        print(f"Flexible-grid checkpoint trained on grids {', '.join(g.spec for g in trained)}; run at {grid.spec}")
     print(f"Grid: {grid.describe()}; {mask_type} mask {mask_ratio}: {int(mask.sum())} of {grid.num_tokens} tokens "
           f"hidden; {'normalised' if normalize_target else 'raw'} pixel targets")
     print(f"MSE over hidden patches: masked input {result['mse_masked']:.4f}, "

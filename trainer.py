@@ -26,7 +26,7 @@ import resume
 import utils
 from attention import configure_attention
 from checkpoint import (LATEST, CheckpointError, CheckpointSaveError, check_model_state, checkpoint_state,
-                        load_model_state, print_saved_and_export_safetensors, save_checkpoint)
+                        apply_pos_reference, load_model_state, print_saved_and_export_safetensors, save_checkpoint)
 from checkpoint_folder import FoundCheckpoint, link_atomically, prune_epoch_checkpoints, remove_stale_temp_files
 from datasets import UnreadableDataError
 from optim_factory import apply_schedules
@@ -280,6 +280,7 @@ class Trainer:
         if self.engine is not None:
             import ds_utils
             ds_utils.load_folder(self.engine, found.path.parent)
+            apply_pos_reference(self.model_without_ddp, state)
         else:
             load_model_state(self.model_without_ddp, state, found.path, self.cfg.model_name)
             if "optimizer" in state:
@@ -288,6 +289,7 @@ class Trainer:
                 self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and "model_ema" in state:
             self.ema.module.load_state_dict(state["model_ema"])
+            apply_pos_reference(self.ema.module, state)
         epoch, batch = resume.start_position(found.path, state, self.batches_per_epoch)
         self.progress = Progress(epoch, batch, self.progress.extra)
         self.pending_record = state.get("epoch_record") if batch >= self.batches_per_epoch else None

@@ -158,6 +158,11 @@ def test_bad_folders_and_unexportable_models_are_refused(tmp_path):
     ckpt = save_ours(tmp_path / "learned.pth", learned, GRIDS[196], pos_embed="learned", num_heads=2)
     with pytest.raises(SystemExit, match="only has the fixed 1-D sin-cos table"):
         export_hf.main([str(ckpt), str(tmp_path / "out")])
+    flexible = VideoClassifier(GRIDS[196], num_classes=5, embed_dim=32, depth=1, num_heads=2, pos_embed="3d")
+    state = checkpoint.checkpoint_state(flexible, GRIDS[196], argparse.Namespace(num_heads=2), epoch=3,
+                                        grids=[GRIDS[196].to_dict(), make_grid(2, 2, 224, 8).to_dict()])
+    with pytest.raises(SystemExit, match="'3d' position table.*A flexible-grid checkpoint"):
+        export_hf.main([str(checkpoint.save_checkpoint(tmp_path / "flexible.pth", state)), str(tmp_path / "out")])
     plain = save_ours(tmp_path / "plain.pth", VideoClassifier(GRIDS[196], num_classes=5, embed_dim=48, depth=1,
                                                                 num_heads=2), GRIDS[196], model="custom")
     with pytest.raises(SystemExit, match="pass --num_heads"):

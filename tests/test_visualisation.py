@@ -1,4 +1,5 @@
 """run_videomae_vis.py: picture sizes, and a trained checkpoint really reconstructs hidden patches."""
+import argparse
 import os
 import subprocess
 import sys
@@ -125,3 +126,20 @@ def test_bad_inputs_stop_with_a_message(tmp_path, demo_root):
 def test_frame_count_is_part_of_the_grid(trained, demo_root, tmp_path):
     with pytest.raises(SystemExit, match="--num_frames 8: the checkpoint's grid has 4 frames"):
         run_vis(trained, clip(demo_root), tmp_path, "--num_frames", "8")
+
+
+def test_flexible_checkpoint_reconstructs_at_a_chosen_grid(demo_root, tmp_path):
+    """--grid: a flexible-grid checkpoint (base 32/16, grids 32/16 and 32/8) runs at 48/8; a fixed one refuses."""
+    base = make_grid(4, 2, 32, 16)
+    model = create_video_model("pretrain_videomae_micro_patch16_224", grid=base, decoder_depth=1, pos_embed="3d")
+    flags = argparse.Namespace(pos_embed="3d", normlize_target=True)
+    grids = [base.to_dict(), make_grid(4, 2, 32, 8).to_dict()]
+    flexible = checkpoint.save_checkpoint(tmp_path / "flexible.pth",
+                                          checkpoint.checkpoint_state(model, base, flags, epoch=0, grids=grids))
+    result = run_vis(flexible, clip(demo_root), tmp_path, "--grid", "48/8")
+    assert result["grid"] == make_grid(4, 2, 48, 8)
+    assert Image.open(result["png"]).size == (4 * 48, 3 * 48)
+    assert np.isfinite(result["mse_reconstruction"])
+    fixed = checkpoint.save_checkpoint(tmp_path / "fixed.pth", checkpoint.checkpoint_state(model, base, flags, epoch=0))
+    with pytest.raises(SystemExit, match="pre-trained at 32/16 only"):
+        run_vis(fixed, clip(demo_root), tmp_path, "--grid", "48/8")

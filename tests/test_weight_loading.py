@@ -346,3 +346,41 @@ def test_stored_sincos_table_is_rebuilt_quietly(tmp_path):
     report = load_finetune_weights(model, path, verbose=False)
     assert [r.split(" ")[0] for r in report.rebuilt] == ["pos_embed"] and not report.notes
     assert torch.equal(model.pos_embed, build_pos_table(grid, DIM, "1d"))
+
+
+def test_flexible_checkpoint_loads_at_an_untrained_grid(tmp_path, capsys):
+    """A flexible-grid pre-training (base 32/16, grids 32/16 and 32/8) loads at 48/8: the kernel is PI-resized,
+    the 3-D table takes the checkpoint's reference, the features are the pre-training encoder's at 48/8, the
+    load table names the trained grids, and a resumed classifier keeps the reference."""
+    torch.manual_seed(0)
+    base, target = make_grid(4, 2, 32, 16), make_grid(4, 2, 48, 8)
+    grids = [base, make_grid(4, 2, 32, 8)]
+    pretrain = create_video_model(PRETRAIN_MICRO, grid=base, decoder_depth=1, pos_embed="3d")
+    state = checkpoint.checkpoint_state(pretrain, base, argparse.Namespace(pos_embed="3d"), epoch=1,
+                                        grids=[g.to_dict() for g in grids])
+    assert state["pos_reference"] == [2, 2]
+    path = checkpoint.save_checkpoint(tmp_path / "flexible.pth", state)
+    model = classifier(target, pos_embed="3d").eval()
+    report = load_finetune_weights(model, path)
+    assert "trained on:      grids 32/16, 32/8 (flexible); loaded at 48/8" in capsys.readouterr().out
+    assert [g.spec for g in report.trained_grids] == ["32/16", "32/8"]
+    assert torch.equal(model.pos_embed, build_pos_table(target, DIM, "3d", reference=(2, 2)))
+    assert not torch.equal(model.pos_embed, build_pos_table(target, DIM, "3d"))
+    assert torch.allclose(model.patch_embed.proj.weight,
+                          resize_patch_embed(pretrain.encoder.patch_embed.proj.weight, (2, 8, 8)), atol=1e-6)
+    x = torch.randn(1, 3, 4, 48, 48)
+    with torch.no_grad():
+        assert torch.allclose(model.run_blocks(model.embed(x)),
+                              pretrain.encoder.forward_tokens(x, grid=target), atol=1e-4)
+    # the same from the .safetensors export (--save_safetensors), whose metadata carries the records
+    st = checkpoint.save_safetensors(tmp_path / "flexible.safetensors", state["model"], base,
+                                     argparse.Namespace(pos_embed="3d"), {k: state[k] for k in checkpoint.GRID_RECORDS})
+    from_st = classifier(target, pos_embed="3d")
+    assert [g.spec for g in load_finetune_weights(from_st, st, verbose=False).trained_grids] == ["32/16", "32/8"]
+    assert torch.equal(from_st.pos_embed, model.pos_embed)
+    # fine-tuning's own checkpoints carry the reference to a resume (the table is not in the state dict)
+    ft = checkpoint.save_checkpoint(tmp_path / "ft.pth",
+                                    checkpoint.checkpoint_state(model, target, argparse.Namespace(), epoch=1))
+    resumed = classifier(target, pos_embed="3d")
+    checkpoint.load_model_state(resumed, checkpoint.load_checkpoint(ft), ft, MICRO)
+    assert torch.equal(resumed.pos_embed, model.pos_embed)
