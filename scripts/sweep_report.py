@@ -99,6 +99,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     cost = {}  # the benchmark's figures depend on the grid only
     for r in rows:
@@ -114,8 +115,11 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
         ax.plot([r["patches_per_frame"] for r in cost_rows], [r[key] for r in cost_rows], "o-", color="tab:gray")
         ax.set_ylim(bottom=0)
         ax.set_ylabel(label)
+    ticks = sorted({r["patches_per_frame"] for r in rows})
     for ax in axes[0]:
         ax.set_xscale("log")
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("patches per frame")
         ax.grid(alpha=0.3, which="both")
     fig.suptitle(title, fontsize=10)
