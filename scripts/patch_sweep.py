@@ -1,24 +1,36 @@
 """The PATCHES experiment: how does the number of patches per frame change accuracy and cost?
 
-For each grid ("SIZE/PATCH": frames of SIZE x SIZE pixels cut into PATCH x PATCH patches) this pre-trains,
-fine-tunes and tests with the same budget (epochs, clips per step, schedule), measures the pre-training
-step time and peak memory with scripts/benchmark.py (each in its own process), then writes
+Two modes, the same outputs:
 
-    OUTPUT_DIR/sweep.md    the table: grid, patches/frame, tokens, final pre-training loss, how it was scored
-                           (--eval: fine-tuning, or a linear / attentive / k-NN probe of the frozen encoder),
-                           top-1, top-5, step time, peak memory
-    OUTPUT_DIR/sweep.png   top-1, step time and peak memory against patches per frame
-    OUTPUT_DIR/sweep.json  every figure, for re-plotting
+- ``--mode fixed``: the faithful experiment. For each grid ("SIZE/PATCH": frames of SIZE x SIZE pixels cut
+  into PATCH x PATCH patches) and seed, one pre-training at that grid, then its evaluation at that grid.
+- ``--mode flexible`` (default): for each seed ONE pre-training over every grid (run_mae_pretraining.py
+  --grids; each step draws one grid), then each grid evaluated from that one checkpoint. One pre-training
+  instead of one per grid; what it answers is how a model trained on all grids does at each (see README).
 
-On the demo data (about 15 minutes on 2 CPU cores):
+Every pre-training gets the same --pretrain_epochs, so a fixed model and the flexible one have the same
+pre-training budget. Each seed (--seeds, default 0 1) is a whole pre-training + evaluation run with --seed;
+--eval names how a pre-trained encoder is scored (one or more of finetune, linear, attentive, knn: the last
+three are probes of the frozen encoder, run_class_finetuning.py --probe). Both modes use --pos_embed 3d, so
+they differ only in the pre-training. The cost columns come from scripts/benchmark.py at each grid (one
+pre-training step in its own process). The sweep writes, in OUTPUT_DIR,
 
-    python scripts/patch_sweep.py --demo
+    sweep.json  one row per (grid, mode, eval): per-seed top1/top5/pretrain_loss and the grid's step_s,
+                clips_per_s, gflop_per_step, peak_mem_gb; rows of the other mode already there are kept
+    sweep.md    the table: top-1 per evaluation as mean ± half the min-max range over seeds, and the costs
+    sweep.png   top-1 with its spread against patches per frame (log x), one line per mode and evaluation,
+                and the cost panels; --plot_only re-plots an existing sweep.json (e.g. one holding both modes)
+
+On the demo data (2 CPU cores; the commands README's "The patch question" ran):
+
+    python scripts/patch_sweep.py --demo                  # flexible, 2 seeds
+    python scripts/patch_sweep.py --demo --mode fixed     # one pre-training per grid and seed
 
 On real data (every stage is an ordinary run of run_mae_pretraining.py / run_class_finetuning.py, printed
-so it can be re-run alone; re-running the sweep resumes finished stages from their checkpoints):
+so it can be re-run alone; re-running the sweep resumes: finished stages are read back from their results):
 
     python scripts/patch_sweep.py --model base --data_path k400 --data_set Kinetics-400 \\
-        --pretrain_data_path k400/train.csv --grids 224/16 288/16 216/12 224/32 \\
+        --pretrain_data_path k400/train.csv --grids 224/16 288/16 216/12 224/32 --eval finetune knn \\
         --pretrain_epochs 800 --finetune_epochs 75 --output_dir output/sweep_k400 \\
         --pretrain_args "--batch_size 32 --num_workers 10" --finetune_args "--batch_size 8 --layer_decay 0.75"
 """
@@ -37,54 +49,59 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from patch_grid import GridError, PatchGrid, grids_from_specs  # noqa: E402
 from stages import run_stage  # noqa: E402
 import benchmark  # noqa: E402  (scripts/benchmark.py: step time and peak memory, one process per configuration)
+import sweep_report  # noqa: E402
 
+MODES = ("fixed", "flexible")
 DEFAULT_GRIDS = ["224/16", "288/16", "216/12", "224/32"]
-# Demo scale (the demo videos are 64x64; 96/8 upsamples): 16, 36, 64 and 144 patches per frame, a 9x range like the real
-# default's 49..324. 64/16 plays 224/32, 64/8 the 224/16 baseline, 96/8 the larger frame at the same patch.
-DEMO_GRIDS = ["64/16", "48/8", "64/8", "96/8"]
+# Demo scale (the 64x64 demo videos, read at SIZE): 4, 16 and 36 patches per frame, the 9x range of the real
+# default's 49..324; 32/8 is run_demo.py's grid.
+DEMO_GRIDS = ["32/16", "32/8", "48/8"]
+DEMO_PRETRAIN_EPOCHS = 55
 
-# Small settings for the demo data, after run_demo.py: shortened to fit four grids in ~15 minutes, with
-# larger learning rates (and no regularisation in fine-tuning) because the runs are so short.
-DEMO_PRETRAIN = ["--mask_type", "tube", "--mask_ratio", "0.75", "--decoder_depth", "2", "--batch_size", "16",
-                 "--num_sample", "1", "--warmup_epochs", "1", "--lr", "1e-2", "--min_lr", "1e-5",
-                 "--num_workers", "1", "--print_freq", "50", "--device", "cpu"]
-DEMO_FINETUNE = ["--batch_size", "16", "--num_sample", "1", "--warmup_epochs", "1", "--lr", "1e-2",
-                 "--layer_decay", "0.9", "--drop_path", "0", "--mixup", "0", "--cutmix", "0", "--smoothing", "0",
-                 "--aa", "none", "--reprob", "0", "--test_num_segment", "2", "--test_num_crop", "1",
-                 "--num_workers", "1", "--print_freq", "50", "--device", "cpu", "--disable_eval_during_finetuning"]
-
-
-def parse_grid(text: str) -> tuple[int, int]:
-    """'224/16' -> (224, 16)."""
-    try:
-        size, patch = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a grid is SIZE/PATCH, e.g. 224/16; got {text!r}") from None
-    if size % patch:
-        raise argparse.ArgumentTypeError(f"grid {text}: {size} is not divisible by {patch}")
-    return size, patch
+# The demo's pre-training recipe is run_demo.py's (there 55 epochs on pretrain.csv, the 864 unlabelled + labelled
+# clips; here --pretrain_epochs).
+DEMO_PRETRAIN = ["--batch_size", "16", "--num_sample", "2", "--mask_type", "tube", "--mask_ratio", "0.75",
+                 "--decoder_depth", "2", "--lr", "2.4e-2", "--min_lr", "2e-5", "--warmup_lr", "2e-6", "--flip",
+                 "--num_workers", "1", "--print_freq", "1000", "--device", "cpu"]
+# Fine-tuning and the probes on the 64 labelled demo clips; k-NN (the demo's default) trains nothing.
+DEMO_EVAL = ["--batch_size", "16", "--num_sample", "1", "--warmup_epochs", "1", "--lr", "1e-2",
+             "--layer_decay", "0.9", "--drop_path", "0", "--mixup", "0", "--cutmix", "0", "--smoothing", "0",
+             "--aa", "none", "--reprob", "0", "--test_num_segment", "2", "--test_num_crop", "1",
+             "--num_workers", "1", "--print_freq", "1000", "--device", "cpu", "--disable_eval_during_finetuning"]
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mode", default="flexible", choices=MODES,
+                   help="fixed: one pre-training per grid; flexible: one pre-training over all grids (default)")
     p.add_argument("--demo", action="store_true",
-                   help="the demo preset: demo data, micro model, grids " + " ".join(DEMO_GRIDS) + ", short runs")
-    p.add_argument("--grids", nargs="+", type=parse_grid, default=None, metavar="SIZE/PATCH",
+                   help=f"the demo preset: demo data, micro model, grids {' '.join(DEMO_GRIDS)}, "
+                        f"{DEMO_PRETRAIN_EPOCHS} pre-training epochs, k-NN evaluation")
+    p.add_argument("--grids", nargs="+", default=None, metavar="SIZE/PATCH",
                    help=f"grids to compare (default: {' '.join(DEFAULT_GRIDS)}; with --demo: {' '.join(DEMO_GRIDS)})")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1],
+                   help="one whole pre-training + evaluation per seed (--seed); the table gives mean and spread")
+    p.add_argument("--eval", nargs="+", default=None, choices=sweep_report.EVALS,
+                   help="how each grid's pre-trained encoder is scored, one top-1 column each: fine-tuned, or frozen "
+                        "with a linear or attentive probe or k-NN (run_class_finetuning.py --probe; much cheaper) "
+                        "(default: finetune; demo: knn)")
     p.add_argument("--model", default=None, help="ViT size: micro tiny small base large huge (default: base; demo: micro)")
     p.add_argument("--num_frames", type=int, default=None, help="frames per clip (default 16; demo 8)")
     p.add_argument("--tubelet_size", type=int, default=2)
     p.add_argument("--sampling_rate", type=int, default=None, help="frame stride (default 4)")
-    p.add_argument("--pretrain_epochs", type=int, default=None, help="default: the script's (800); demo 6")
-    p.add_argument("--finetune_epochs", type=int, default=None, help="default: the script's (30); demo 8")
+    p.add_argument("--pretrain_epochs", type=int, default=None,
+                   help=f"epochs of every pre-training (default: the script's, 800; demo {DEMO_PRETRAIN_EPOCHS})")
+    p.add_argument("--finetune_epochs", type=int, default=None,
+                   help="epochs of fine-tuning or probe training (default: the script's, 30; demo 8)")
     p.add_argument("--data_path", default=None,
                    help="fine-tuning data: folder with train.csv/val.csv/test.csv (default: the demo data)")
     p.add_argument("--data_set", default=None, help="fine-tuning --data_set (e.g. Kinetics-400, SSV2)")
     p.add_argument("--data_root", default=None, help="folder the list files' video paths are relative to")
     p.add_argument("--pretrain_data_path", default=None,
-                   help="pre-training list file (default: DATA_PATH/train.csv, or the demo data)")
+                   help="pre-training list file (default: DATA_PATH/train.csv, or the demo's pretrain.csv)")
     p.add_argument("--demo_root", default="data/demo", help="where the demo videos are (generated on first use)")
     p.add_argument("--pretrain_args", default="", help="extra flags for run_mae_pretraining.py, one quoted string")
     p.add_argument("--finetune_args", default="", help="extra flags for run_class_finetuning.py, one quoted string")
@@ -96,29 +113,35 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads for every stage and the benchmark (default: torch's; demo: 1, which on a "
                         "shared 2-core machine leaves the other core to the data loader and is much faster)")
-    p.add_argument("--eval", default="finetune", choices=["finetune", "linear", "attentive", "knn"],
-                   help="how each grid's pre-trained encoder is scored: fine-tuned, or frozen with a linear or "
-                        "attentive probe or k-NN (run_class_finetuning.py --probe; much cheaper)")
     p.add_argument("--skip_training", action="store_true", help="only benchmark (no accuracy columns)")
     p.add_argument("--plot_only", action="store_true",
-                   help="only remake sweep.md and sweep.png from OUTPUT_DIR/sweep.json (e.g. of an unfinished sweep)")
+                   help="only remake sweep.md and sweep.png from OUTPUT_DIR/sweep.json (e.g. one holding both modes)")
     return p
 
 
 def resolve(args: argparse.Namespace) -> argparse.Namespace:
-    """Fill the defaults that depend on --demo."""
+    """Fill the defaults that depend on --demo; refuse a bad --grids entry by name before any work."""
     demo = args.demo
-    args.grids = args.grids or [parse_grid(g) for g in (DEMO_GRIDS if demo else DEFAULT_GRIDS)]
     args.model = args.model or ("micro" if demo else "base")
     args.num_frames = args.num_frames or (8 if demo else 16)
     args.sampling_rate = args.sampling_rate or 4
     args.threads = args.threads or (1 if demo else None)
+    args.eval = list(dict.fromkeys(args.eval or (["knn"] if demo else ["finetune"])))
     if demo:
-        args.pretrain_epochs = args.pretrain_epochs or 6
+        args.pretrain_epochs = args.pretrain_epochs or DEMO_PRETRAIN_EPOCHS
         args.finetune_epochs = args.finetune_epochs or 8
     args.output_dir = Path(args.output_dir or ("output/patch_sweep_demo" if demo else "output/patch_sweep"))
     if args.data_path and not args.pretrain_data_path:
         args.pretrain_data_path = str(Path(args.data_path) / "train.csv")
+    try:
+        args.grids = grids_from_specs(args.grids or (DEMO_GRIDS if demo else DEFAULT_GRIDS), args.num_frames,
+                                      args.tubelet_size)
+    except GridError as e:
+        raise SystemExit(f"error: --grids: {e}") from None
+    if args.mode == "flexible" and len(args.grids) < 2 and not args.skip_training:
+        raise SystemExit("error: --mode flexible pre-trains over several grids: give at least two in --grids")
+    if len(set(args.seeds)) != len(args.seeds):
+        raise SystemExit(f"error: --seeds lists a seed twice: {args.seeds}")
     return args
 
 
@@ -131,42 +154,71 @@ def _flag_value(flags: list[str], name: str) -> str | None:
     return value
 
 
-def stage_flags(args: argparse.Namespace, size: int, patch: int, out: Path) -> tuple[list[str], list[str]]:
-    """Flag lists for the pre-training and fine-tuning runs of one grid."""
-    grid = ["--input_size", str(size), "--patch_size", str(patch), "--num_frames", str(args.num_frames),
-            "--tubelet_size", str(args.tubelet_size), "--sampling_rate", str(args.sampling_rate)]
-    pre = ["--model", f"pretrain_videomae_{args.model}_patch16_224", *grid]
-    ft = ["--model", f"vit_{args.model}_patch16_224", *grid]
+def _common(args: argparse.Namespace, epochs: int | None, seed: int) -> list[str]:
+    flags = ["--num_frames", str(args.num_frames), "--tubelet_size", str(args.tubelet_size),
+             "--sampling_rate", str(args.sampling_rate), "--pos_embed", "3d", "--seed", str(seed)]
+    if epochs:
+        flags += ["--epochs", str(epochs), "--save_ckpt_freq", str(epochs)]
+    if args.device:
+        flags += ["--device", args.device]
+    if args.data_root:
+        flags += ["--data_root", args.data_root]
+    return flags
+
+
+def _grid_flags(grid: PatchGrid) -> list[str]:
+    size, patch = grid.spec.split("/")
+    return ["--input_size", size, "--patch_size", patch]
+
+
+def pretrain_flags(args: argparse.Namespace, grids: list[PatchGrid], seed: int, out: Path) -> list[str]:
+    """One pre-training: at ``grids[0]`` when it is the only one, else over all of them (--grids)."""
+    where = _grid_flags(grids[0]) if len(grids) == 1 else ["--grids", *(g.spec for g in grids)]
+    flags = ["--model", f"pretrain_videomae_{args.model}_patch16_224", *where,
+             *_common(args, args.pretrain_epochs, seed)]
     if args.demo:
-        pre += [*DEMO_PRETRAIN, "--demo_root", args.demo_root]
-        if not args.pretrain_data_path:
-            # The labelled clips only: the demo's unlabelled pool (pretrain.csv, 13x larger) would not fit the
-            # preset's ~15 minutes for four grids.
-            pre += ["--data_path", str(Path(args.demo_root) / "train.csv"), "--data_root", args.demo_root]
-        ft += [*DEMO_FINETUNE, "--demo_root", args.demo_root]
-    for flags, epochs in ((pre, args.pretrain_epochs), (ft, args.finetune_epochs)):
-        if epochs:
-            flags += ["--epochs", str(epochs), "--save_ckpt_freq", str(epochs)]
-        if args.device:
-            flags += ["--device", args.device]
-        if args.data_root:
-            flags += ["--data_root", args.data_root]
+        warmup = max(1, (args.pretrain_epochs or 10) // 10)
+        flags += [*DEMO_PRETRAIN, "--warmup_epochs", str(warmup), "--demo_root", args.demo_root]
     if args.pretrain_data_path:
-        pre += ["--data_path", args.pretrain_data_path]
+        flags += ["--data_path", args.pretrain_data_path]
+    return flags + [*shlex.split(args.pretrain_args), "--output_dir", str(out)]
+
+
+def eval_flags(args: argparse.Namespace, grid: PatchGrid, seed: int, how: str, checkpoint: str, out: Path
+               ) -> list[str]:
+    """Fine-tuning and test, or a probe (``how``), of ``checkpoint``'s encoder at ``grid``."""
+    flags = ["--model", f"vit_{args.model}_patch16_224", *_grid_flags(grid),
+             *_common(args, None if how == "knn" else args.finetune_epochs, seed)]
+    if args.demo:
+        flags += [*DEMO_EVAL, "--demo_root", args.demo_root]
     if args.data_path:
-        ft += ["--data_path", args.data_path]
+        flags += ["--data_path", args.data_path]
     if args.data_set:
-        ft += ["--data_set", args.data_set]
-    pre += [*shlex.split(args.pretrain_args), "--output_dir", str(out / "pretrain")]
-    probe = [] if args.eval == "finetune" else ["--probe", args.eval]
-    ft += [*probe, *shlex.split(args.finetune_args), "--output_dir", str(out / args.eval)]
-    return pre, ft
+        flags += ["--data_set", args.data_set]
+    probe = [] if how == "finetune" else ["--probe", how]
+    return flags + [*probe, *shlex.split(args.finetune_args), "--finetune", checkpoint, "--output_dir", str(out)]
 
 
-def bench_config(args: argparse.Namespace, size: int, patch: int, pre_flags: list[str]) -> dict[str, Any]:
-    """A scripts/benchmark.py configuration matching the pre-training run of this grid."""
+def run_once(title: str, script: Any, flags: list[str], out: Path) -> dict[str, Any]:
+    """``run_stage``, or the result a finished earlier run left in ``out/sweep_stage.json`` (resuming a sweep)."""
+    from utils import write_atomically
+
+    done = out / "sweep_stage.json"
+    if done.exists():
+        result = json.loads(done.read_text())
+        print(f"\n=== {title}: done earlier ({done})", flush=True)
+        return result
+    result, seconds = run_stage(title, script, flags)
+    result = {**json.loads(json.dumps(result, default=str)), "stage_s": seconds}
+    write_atomically(done, lambda tmp: tmp.write_text(json.dumps(result, indent=2)))
+    return result
+
+
+def bench_config(args: argparse.Namespace, grid: PatchGrid, pre_flags: list[str]) -> dict[str, Any]:
+    """A scripts/benchmark.py configuration matching the pre-training run at this grid."""
     import torch
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    size, patch = (int(x) for x in grid.spec.split("/"))
     # One optimizer step of the pre-training run sees batch_size x num_sample clips.
     batch = args.bench_batch_size or (int(_flag_value(pre_flags, "--batch_size") or 2)
                                       * int(_flag_value(pre_flags, "--num_sample") or 1))
@@ -175,82 +227,97 @@ def bench_config(args: argparse.Namespace, size: int, patch: int, pre_flags: lis
                 dtype="bf16" if device.startswith("cuda") else "fp32", decoder_mask="none",
                 mask_ratio=float(_flag_value(pre_flags, "--mask_ratio") or 0.75),
                 decoder_depth=int(_flag_value(pre_flags, "--decoder_depth") or 4), batch_size=batch,
-                warmup=2, iters=args.bench_iters, device=device)
+                warmup=2, iters=args.bench_iters, device=device, matmul_ceiling=False)
 
 
-def sweep_one(args: argparse.Namespace, size: int, patch: int) -> dict[str, Any]:
+def grid_cost(args: argparse.Namespace, grid: PatchGrid) -> dict[str, Any]:
+    """Step time, clips/s, FLOPs and peak memory of one pre-training step at ``grid`` (cached in OUTPUT_DIR/bench)."""
+    from utils import write_atomically
+
+    path = args.output_dir / "bench" / f"grid_{grid.spec.replace('/', '_')}.json"
+    if not path.exists():
+        cfg = bench_config(args, grid, pretrain_flags(args, [grid], 0, args.output_dir))
+        print(f"\n=== {grid.spec}: benchmark of one pre-training step ({cfg['batch_size']} clips, "
+              f"{cfg['dtype']}, {cfg['device']})", flush=True)
+        bench = benchmark.run_isolated(cfg)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cost = dict(step_s=bench["step_s"], clips_per_s=bench["clips_per_s"], gflop_per_step=bench["gflop_per_step"],
+                    peak_mem_gb=bench["peak_mem_gb"], bench_batch=cfg["batch_size"], bench_device=cfg["device"])
+        write_atomically(path, lambda tmp: tmp.write_text(json.dumps(cost, indent=2)))
+    return json.loads(path.read_text())
+
+
+def new_row(args: argparse.Namespace, grid: PatchGrid, how: str) -> dict[str, Any]:
+    return {"grid": grid.spec, "patches_per_frame": grid.patches_per_frame, "tokens": grid.num_tokens,
+            "mode": args.mode, "eval": how, "model": args.model, "num_frames": args.num_frames,
+            "data": args.data_path or "demo", "pretrain_epochs": args.pretrain_epochs,
+            "seeds": [], "top1": [], "top5": [], "pretrain_loss": [], "pretrain_s": [], "eval_s": []}
+
+
+def _grid_loss(record: dict[str, Any], grid: PatchGrid) -> float | None:
+    """The last epoch's loss at ``grid``: a flexible run's per-grid entry (None if its last epoch never drew the
+    grid), a fixed run's loss."""
+    flexible = any(k.startswith("train_loss_") for k in record)
+    value = record.get(f"train_loss_{grid.spec}") if flexible else record.get("train_loss")
+    return None if value is None else float(value)
+
+
+def evaluate_seed(args: argparse.Namespace, grid: PatchGrid, seed: int, pre: dict[str, Any], out: Path,
+                  rows: dict[tuple[str, str], dict[str, Any]]) -> None:
+    """Every --eval of one pre-trained checkpoint at ``grid``, added to that grid's rows as seed ``seed``."""
     import run_class_finetuning
+
+    for how in args.eval:
+        flags = eval_flags(args, grid, seed, how, str(pre["checkpoint"]), out / how)
+        what = "fine-tuning and test" if how == "finetune" else f"{how} probe of the frozen encoder"
+        test = run_once(f"{args.mode} seed {seed}, {grid.spec}: {what}", run_class_finetuning, flags, out / how)
+        row = rows[(grid.spec, how)]
+        row["seeds"].append(seed)
+        row["top1"].append(float(test["acc1"]))
+        row["top5"].append(float(test["acc5"]))
+        row["pretrain_loss"].append(_grid_loss(pre, grid))
+        row["pretrain_s"].append(pre["stage_s"])
+        row["eval_s"].append(test["stage_s"])
+
+
+def pretrain(args: argparse.Namespace, grids: list[PatchGrid], seed: int, out: Path) -> dict[str, Any]:
     import run_mae_pretraining
-    from patch_grid import make_grid
 
-    grid = make_grid(args.num_frames, args.tubelet_size, size, patch)
-    out = args.output_dir / f"grid_{size}_{patch}"
-    pre_flags, ft_flags = stage_flags(args, size, patch, out)
-    row: dict[str, Any] = {"grid": f"{size}/{patch}", "patches_per_frame": grid.patches_per_frame,
-                           "tokens": grid.num_tokens, "eval": args.eval}
-    if not args.skip_training:
-        pre, row["pretrain_s"] = run_stage(f"{size}/{patch}: masked pre-training", run_mae_pretraining, pre_flags)
-        row["pretrain_loss"] = pre.get("train_loss")
-        if pre["checkpoint"] is None:
-            raise SystemExit(f"error: pre-training wrote no checkpoint in {out / 'pretrain'}")
-        ft_flags += ["--finetune", str(pre["checkpoint"])]
-        what = "fine-tuning and test" if args.eval == "finetune" else f"{args.eval} probe of the frozen encoder"
-        test, row["finetune_s"] = run_stage(f"{size}/{patch}: {what}", run_class_finetuning, ft_flags)
-        row["acc1"], row["acc5"] = float(test["acc1"]), float(test["acc5"])
-    cfg = bench_config(args, size, patch, pre_flags)
-    print(f"\n=== {size}/{patch}: benchmark of one pre-training step ({cfg['batch_size']} clips, "
-          f"{cfg['dtype']}, {cfg['device']})", flush=True)
-    bench = benchmark.run_isolated(cfg)
-    row.update(step_s=bench["step_s"], peak_mem_gb=bench["peak_mem_gb"], bench_batch=cfg["batch_size"],
-               gflop_per_step=bench["gflop_per_step"])
-    return row
+    where = grids[0].spec if len(grids) == 1 else "grids " + " ".join(g.spec for g in grids)
+    pre = run_once(f"{args.mode} seed {seed}: masked pre-training at {where}", run_mae_pretraining,
+                   pretrain_flags(args, grids, seed, out), out)
+    if pre.get("checkpoint") is None:
+        raise SystemExit(f"error: pre-training wrote no checkpoint in {out}")
+    return pre
 
 
-def _fmt(value: Any, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+def sweep(args: argparse.Namespace, save) -> list[dict[str, Any]]:
+    """Every seed's pre-training(s) and evaluations in ``args.mode``; ``save(rows)`` after each seed."""
+    rows = {(g.spec, how): new_row(args, g, how) for g in args.grids for how in args.eval}
+    for g in args.grids:
+        cost = grid_cost(args, g)
+        for how in args.eval:
+            rows[(g.spec, how)].update(cost)
+    if args.skip_training:
+        return list(rows.values())
+    for seed in args.seeds:
+        base = args.output_dir / args.mode / f"seed{seed}"
+        flexible = pretrain(args, args.grids, seed, base / "pretrain") if args.mode == "flexible" else None
+        for g in args.grids:
+            out = base / f"grid_{g.spec.replace('/', '_')}"
+            pre = flexible or pretrain(args, [g], seed, out / "pretrain")
+            evaluate_seed(args, g, seed, pre, out, rows)
+        save(list(rows.values()))  # partial results survive a stop
+    return list(rows.values())
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    head = ("| grid | patches/frame | tokens | pre-train final loss | scored by | top-1 | top-5 | step s | "
-            "peak mem GB | train time |")
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in rows:
-        minutes = (r["pretrain_s"] + r["finetune_s"]) / 60 if "pretrain_s" in r else None
-        lines.append(f"| {r['grid']} | {r['patches_per_frame']} | {r['tokens']} | {_fmt(r.get('pretrain_loss'), '.4f')} | "
-                     f"{r.get('eval', 'finetune')} | "
-                     f"{_fmt(r.get('acc1'), '.1f')} | {_fmt(r.get('acc5'), '.1f')} | {r['step_s']:.3f} | "
-                     f"{r['peak_mem_gb']:.2f} | {_fmt(minutes, '.1f')}{'' if minutes is None else ' min'} |")
-    return "\n".join(lines)
-
-
-def plot(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = sorted(rows, key=lambda r: (r["patches_per_frame"], r["grid"]))
-    x = [r["patches_per_frame"] for r in rows]
-    panels = [("acc1", "test top-1 (%)"), ("step_s", f"pre-training step (s, {rows[0]['bench_batch']} clips)"),
-              ("peak_mem_gb", "peak memory (GB)")]
-    panels = [(k, label) for k, label in panels if all(r.get(k) is not None for r in rows)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
-    for ax, (key, label) in zip(axes[0], panels):
-        y = [r[key] for r in rows]
-        ax.plot(x, y, "o-", color="tab:blue")
-        for xi, yi, r in zip(x, y, rows):
-            ax.annotate(r["grid"], (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        if key == "acc1":
-            ax.set_ylim(0, max(100.0 if max(y) > 50 else 50.0, max(y) * 1.1))  # a wide axis: small gaps are noise
-        else:
-            ax.set_ylim(bottom=0)
-        ax.set_xlabel("patches per frame")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+def title_of(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
+    modes = "/".join(sorted({r["mode"] for r in rows}))
+    epochs = sorted({r.get("pretrain_epochs") or "default" for r in rows}, key=str)
+    first = rows[0]
+    return (f"PATCHES sweep ({modes}): ViT-{first.get('model', args.model)}, "
+            f"{first.get('num_frames', args.num_frames)} frames, {'/'.join(map(str, epochs))} pre-training epochs, "
+            f"data: {first.get('data', 'demo')}")
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -260,24 +327,25 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         import torch
         torch.set_num_threads(args.threads)
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by the benchmark's processes
-    rows = []
     start = time.time()
-    if args.demo and not args.plot_only:
-        from demo_data import ensure_demo_dataset
-        ensure_demo_dataset(args.demo_root)
+    json_path = args.output_dir / "sweep.json"
+    earlier = sweep_report.read_rows(json_path)
     if args.plot_only:
-        rows = json.loads((args.output_dir / "sweep.json").read_text())
-    for size, patch in [] if args.plot_only else args.grids:
-        rows.append(sweep_one(args, size, patch))
-        (args.output_dir / "sweep.json").write_text(json.dumps(rows, indent=2))  # partial results survive a stop
-    table = markdown_table(rows)
-    (args.output_dir / "sweep.md").write_text(table + "\n")
-    title = (f"PATCHES sweep: ViT-{args.model}, {args.num_frames} frames, "
-             f"{args.pretrain_epochs or 'default'} pre-train + "
-             + ("k-NN" if args.eval == "knn" else f"{args.finetune_epochs or 'default'} {args.eval} epochs")
-             + f"{' (demo data)' if args.demo or not args.data_path else ''}")
-    png = plot(rows, args.output_dir / "sweep.png", title)
-    print(f"\n{table}\n\nWrote {args.output_dir / 'sweep.md'}, {png} and {args.output_dir / 'sweep.json'} "
+        if not earlier:
+            raise SystemExit(f"error: --plot_only: no {json_path}")
+        rows = earlier
+    else:
+        if args.demo:
+            from demo_data import ensure_demo_dataset
+            ensure_demo_dataset(args.demo_root)
+
+        def save(new: list[dict[str, Any]]) -> None:
+            rows = sweep_report.merge_rows(earlier, new)
+            sweep_report.write_reports(rows, args.output_dir, title_of(args, rows))
+
+        rows = sweep_report.merge_rows(earlier, sweep(args, save))
+    table = sweep_report.write_reports(rows, args.output_dir, title_of(args, rows))
+    print(f"\n{table}\n\nWrote {args.output_dir / 'sweep.md'}, {args.output_dir / 'sweep.png'} and {json_path} "
           f"in {(time.time() - start) / 60:.1f} min")
     return rows
 

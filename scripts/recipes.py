@@ -120,12 +120,8 @@ def _flag_value(flags: list[str], name: str, default: str) -> str:
 
 def parse_grid(grid: str) -> tuple[int, int]:
     """``SIZE/PATCH`` (e.g. 288/16), or 196 / 324 patches per frame (224/16, 288/16)."""
-    named = {"196": "224/16", "324": "288/16"}
-    size, sep, patch = named.get(grid, grid).partition("/")
-    if not (sep and size.isdigit() and patch.isdigit() and int(patch) > 0 and int(size) % int(patch) == 0):
-        raise ValueError(f"GRID must be SIZE/PATCH with SIZE a multiple of PATCH (e.g. 224/16, 288/16, 216/12) "
-                         f"or 196 or 324, got {grid!r}")
-    return int(size), int(patch)
+    from patch_grid import parse_grid_spec
+    return parse_grid_spec({"196": "224/16", "324": "288/16"}.get(grid, grid))
 
 
 def launcher_flags(name: str, stage: str, world: int, grid: str = "224/16", batch_size: int | None = None
