@@ -177,6 +177,15 @@ def base_grid(grids: Sequence[PatchGrid]) -> PatchGrid:
     return max(grids, key=lambda g: g.patch_size)  # max keeps the first of equals
 
 
+def position_reference(grids: Sequence[PatchGrid]) -> tuple[int, int]:
+    """The token rows and columns a flexible model's 3-D position table is scaled to: the most of any of its grids.
+
+    The finest grid's tokens then sit at integer positions, spaced as in a fixed run, and a coarser grid's
+    tokens at the centres of the frame areas they cover. Scaling to a coarser grid instead would crowd the finest
+    grid's positions into fractions of a unit, where only the few fastest sin-cos channels tell them apart."""
+    return max(g.h for g in grids), max(g.w for g in grids)
+
+
 def grid_from_args(args: Any) -> PatchGrid:
     """The grid named by an argparse namespace's --num_frames/--tubelet_size/--input_size/--patch_size."""
     return make_grid(args.num_frames, args.tubelet_size, args.input_size, args.patch_size)

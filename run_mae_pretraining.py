@@ -21,7 +21,7 @@ from masking_generator import (DECODER_MASK_TYPES, MASK_TYPES, MaskCounts, build
                                no_masks)
 from models import create_video_model
 from optim_factory import build_optimizer
-from patch_grid import GridError, PatchGrid, base_grid, grids_from_specs
+from patch_grid import GridError, PatchGrid, base_grid, grids_from_specs, position_reference
 from trainer import Trainer, launch
 
 
@@ -175,6 +175,7 @@ def train(args: argparse.Namespace, grids: list[PatchGrid], counts: list[MaskCou
         print_grids(args, grids, counts)
         build_model = functools.partial(create_video_model, args.model, grid=grid, decoder_depth=args.decoder_depth,
                                         drop_path_rate=args.drop_path, pos_embed=args.pos_embed,
+                                        pos_reference=position_reference(grids) if args.grids else None,
                                         use_checkpoint=args.use_checkpoint)
         # another grid or model size is refused before data and model
         found = choose_checkpoint(args.resume, args.auto_resume, args.output_dir, grid, folders=args.enable_deepspeed)
@@ -200,7 +201,7 @@ def train(args: argparse.Namespace, grids: list[PatchGrid], counts: list[MaskCou
             loss = FlexibleReconstruction(grids, [build_mask_generator(args, g) for g in grids], settings, args.seed,
                                           utils.get_rank())
             # every checkpoint records the grids beside "grid", the base (and, as for every 3d model, its
-            # "pos_reference": the base grid's token rows and columns)
+            # "pos_reference": here the finest grid's token rows and columns)
             trainer.progress.extra["grids"] = [g.to_dict() for g in grids]
             record = trainer.fit(loss, lambda epoch, r: r.update({f"train_{k}": v for k, v in
                                                                    loss.epoch_record().items()}), with_position=True)
