@@ -122,8 +122,10 @@ def choose_attention_path(model: nn.Module, device: torch.device, amp_dtype: tor
     The choice is remembered per (device, dtype, shape) in this process and in :func:`auto_cache_file`,
     so that later runs on the same machine skip the timing.
     """
-    attn = [m for m in model.modules() if isinstance(m, BlockAttention)][-1]
-    tokens = model.grid.num_tokens
+    layers = [m for m in model.modules() if isinstance(m, BlockAttention)]
+    if not layers:  # nothing to choose for
+        return "sdpa"
+    attn, tokens = layers[-1], model.grid.num_tokens
     key = auto_cache_key(attn, device, amp_dtype, batch_size, tokens)
     cache_file = cache_file or auto_cache_file()
     if key not in _CHOICES:

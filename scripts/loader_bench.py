@@ -302,8 +302,8 @@ def measure_loader(paths: Sequence[str], num_workers: int, num_sample: int = 1, 
     dev = torch.device(device)
     warmup = warmup_batches if warmup_batches is not None else 2 * max(1, num_workers)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        # enough lines that the run never ends the epoch: at 10 ms a clip far more than `seconds` takes
-        lines = batch_size * (warmup + min_batches + 2 * num_workers + 2) + int(seconds * 200)
+        # enough lines that the run rarely ends the epoch: at 2 ms a clip more than `seconds` takes
+        lines = batch_size * (warmup + min_batches + 2 * num_workers + 2) + int(seconds * 500)
         list_file = os.path.join(tmp, "list.csv")
         with open(list_file, "w") as f:
             f.writelines(f"{os.path.abspath(paths[i % len(paths)])}\n" for i in range(lines))
@@ -314,13 +314,14 @@ def measure_loader(paths: Sequence[str], num_workers: int, num_sample: int = 1, 
             for _ in range(warmup):
                 next(it)
             batches, start, cpu_start = 0, time.perf_counter(), time.process_time()
-            while True:
-                videos = next(it)[0]
+            for batch in it:  # a fast loader may reach the end of the list before `seconds`: time what came
+                videos = batch[0]
                 batches += 1
-                elapsed = time.perf_counter() - start
-                if elapsed >= seconds and batches >= min_batches:
+                if time.perf_counter() - start >= seconds and batches >= min_batches:
                     break
-            cpu = time.process_time() - cpu_start
+            elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+            if batches == 0:
+                raise RuntimeError(f"the loader gave no batch after its {warmup} warm-up batches")
         finally:
             del it, loader  # stops the workers
     clips = batches * batch_size * num_sample

@@ -160,7 +160,7 @@ def test_a_flexible_run_stopped_mid_epoch_resumes_to_the_same_losses_grids_and_w
     assert_same_weights(weights(out / "checkpoint-1.pth"), weights(reference / "checkpoint-1.pth"))
     ckpt = load_checkpoint(out / "checkpoint-1.pth")
     assert [g["patch_size"] for g in ckpt["grids"]] == [16, 8] and ckpt["grid"]["patch_size"] == 16
-    assert ckpt["pos_reference"] == [2, 2] and ckpt["args"]["grids"] == ["32/16", "32/8"]
+    assert ckpt["pos_reference"] == [4, 4] and ckpt["args"]["grids"] == ["32/16", "32/8"]
 
 
 def _tags(event_dir: Path) -> set[str]:
