@@ -289,7 +289,7 @@ def load_model_state(model: torch.nn.Module, ckpt: dict[str, Any], path: str | P
 
 
 def apply_pos_reference(model: torch.nn.Module, ckpt: dict[str, Any]) -> None:
-    """Give ``model`` the '3d' table reference ``ckpt`` records (``"pos_reference"``, e.g. the base grid of a
+    """Give ``model`` the '3d' table reference ``ckpt`` records (``"pos_reference"``, e.g. the finest grid of a
     flexible-grid pre-training): fixed tables are rebuilt, not loaded, so the weights alone would not carry it."""
     bare = utils.unwrap_model(model)
     if ckpt.get("pos_reference") is not None and hasattr(bare, "set_pos_reference"):

@@ -39,13 +39,21 @@ def prepare_batch(batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], device
     """Clips to the device and normalised there (uint8 from the loader; float clips are taken as already
     normalised), masks to indices on the host (no device sync), then to the device."""
     videos, enc_mask, dec_mask = batch
-    visible = mask_to_index(enc_mask, select=False)
-    target = mask_to_index(dec_mask, select=True)
+    return (clips_to_device(videos, device), *mask_indices_to_device(enc_mask, dec_mask, device))
+
+
+def clips_to_device(videos: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Clips to the device, normalised there when they come as uint8 from the loader."""
+    videos = videos.to(device, non_blocking=device.type == "cuda")
+    return normalize_batch(videos) if videos.dtype == torch.uint8 else videos
+
+
+def mask_indices_to_device(enc_mask: torch.Tensor, dec_mask: torch.Tensor, device: torch.device
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bool masks -> visible and decoded token indices, computed on the host (no device sync), then moved."""
     non_blocking = device.type == "cuda"
-    videos = videos.to(device, non_blocking=non_blocking)
-    if videos.dtype == torch.uint8:
-        videos = normalize_batch(videos)
-    return videos, visible.to(device, non_blocking=non_blocking), target.to(device, non_blocking=non_blocking)
+    visible = mask_to_index(enc_mask, select=False).to(device, non_blocking=non_blocking)
+    return visible, mask_to_index(dec_mask, select=True).to(device, non_blocking=non_blocking)
 
 
 def reconstruction_loss(model: torch.nn.Module, videos: torch.Tensor, visible: torch.Tensor, target: torch.Tensor,
@@ -96,15 +104,10 @@ class FlexibleReconstruction:
     def __call__(self, model: torch.nn.Module, batch: Sequence[Any], position: StepPosition) -> torch.Tensor:
         index = self.grid_index(position)
         grid, device = self.grids[index], self.settings.device
-        videos = batch[0].to(device, non_blocking=device.type == "cuda")
-        if videos.dtype == torch.uint8:
-            videos = normalize_batch(videos)
-        videos = resize_clips(videos, grid.input_size)
+        videos = resize_clips(clips_to_device(batch[0], device), grid.input_size)
         clips = videos.shape[0]  # each clip's masks from its place in the global batch (the 1: apart from the draw)
         masks = [self.masks[index](position.rng(self.seed, 1, self.rank * clips + j)) for j in range(clips)]
-        enc, dec = (torch.stack(m) for m in zip(*masks))
-        visible = mask_to_index(enc, select=False).to(device)
-        target = mask_to_index(dec, select=True).to(device)
+        visible, target = mask_indices_to_device(*(torch.stack(m) for m in zip(*masks)), device)
         loss = reconstruction_loss(model, videos, visible, target, self.settings, grid=grid)
         self._losses[index] += loss.detach()
         self._steps[index] += 1

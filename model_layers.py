@@ -224,7 +224,8 @@ class VideoEncoder(TransformerStack):
     """Patch embedding + position table + blocks: the trunk of both the MAE encoder and the classifier.
 
     ``pos_reference`` (rows, cols; default: the grid's own) scales a '3d' table's coordinates (see
-    :func:`sincos_3d_table`); a model pre-trained on several grids keeps its base grid's. ``grid`` arguments
+    :func:`sincos_3d_table`); a model pre-trained on several grids keeps its finest grid's
+    (:func:`patch_grid.position_reference`). ``grid`` arguments
     run the trunk at another grid (patch kernel PI-resized, the grid's '3d' table).
     """
 
