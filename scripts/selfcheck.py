@@ -39,6 +39,8 @@ import cpu_memory  # noqa: E402,F401  (before torch: allocator settings torch re
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from selfcheck_report import Check, format_figures, markdown_report, write_reports  # noqa: E402,F401
+
 PACKAGES = ("timm", "einops", "safetensors", "tensorboardX", "av", "decord", "deepspeed")
 # Resumed against uninterrupted weights, max abs difference. CPU kernels are deterministic; on CUDA the runs use
 # --deterministic (cuBLAS workspace, deterministic algorithms) and the explicit attention path, which should
@@ -80,15 +82,6 @@ FULL = Profile("base", 4, 16, ("224/16", "288/16"), 8, 2e-4, 32, 2, 6,
 
 class Skip(Exception):
     """A check that cannot run here; the message says why."""
-
-
-@dataclass
-class Check:
-    name: str
-    status: str = "pass"
-    figures: dict[str, Any] = field(default_factory=dict)
-    seconds: float = 0.0
-    detail: str = ""
 
 
 @dataclass
@@ -465,38 +458,6 @@ def run_check(name: str, fn: Callable[[], dict[str, Any]], index: int, total: in
     print(f"    {check.status} ({check.seconds:.1f} s) {format_figures(check.figures)} {check.detail}".rstrip(),
           flush=True)
     return check
-
-
-def format_figures(figures: dict[str, Any]) -> str:
-    def short(v: Any) -> str:
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        if isinstance(v, list):
-            return "[" + ", ".join(short(x) for x in v) + "]"
-        return str(v)
-    return ", ".join(f"{k} {short(v)}" for k, v in figures.items())
-
-
-def markdown_report(checks: list[Check], meta: dict[str, Any], timing: list[dict]) -> str:
-    import benchmark
-    lines = [f"# PATCHES self-check: {'PASS' if meta['passed'] else 'FAIL'}", "",
-             f"{meta['device_name']}, torch {meta['torch']}, {meta['mode']} mode, {meta['seconds']:.0f} s", "",
-             "| check | status | figures | s |", "|---|---|---|---|"]
-    for c in checks:
-        text = format_figures(c.figures) + (f" ({c.detail})" if c.detail else "")
-        lines.append(f"| {c.name} | {c.status} | {text.replace('|', '/')} | {c.seconds:.1f} |")
-    if timing:
-        lines += ["", "Step timings (scripts/benchmark.py; % of matmul = MFU against the bf16 matmul rate measured "
-                  "in the same process):", "", benchmark.markdown_table(timing)]
-    return "\n".join(lines) + "\n"
-
-
-def write_reports(output_dir: Path, checks: list[Check], meta: dict[str, Any], timing: list[dict]) -> None:
-    from utils import write_atomically
-    output_dir.mkdir(parents=True, exist_ok=True)
-    record = {**meta, "checks": [vars(c) for c in checks], "timing": timing}
-    write_atomically(output_dir / "selfcheck.json", lambda t: t.write_text(json.dumps(record, indent=2) + "\n"))
-    write_atomically(output_dir / "selfcheck.md", lambda t: t.write_text(markdown_report(checks, meta, timing)))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
