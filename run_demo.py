@@ -18,36 +18,17 @@ import torch
 
 import run_class_finetuning
 import run_mae_pretraining
+from demo_recipe import FINETUNE_EPOCHS, GRID, PRETRAIN_EPOCHS, finetune_recipe, pretrain_recipe
 from stages import run_stage
 
-# A grid small enough for a CPU: 8 frames of 32x32 (the 64x64 demo videos, downscaled) in 4 x 4 x 4
-# tubelets of 2 x 8 x 8 pixels, with separable 3-D position tables.
-GRID = ["--input_size", "32", "--patch_size", "8", "--num_frames", "8", "--tubelet_size", "2",
-        "--sampling_rate", "4", "--pos_embed", "3d"]
-# Clips per optimizer step in both stages: --batch_size 16 videos x --num_sample 2 clips each. The LR flags
-# are for a total batch of 256 videos (VideoMAE's rule), so pre-training's --lr 2.4e-2 is 1.5e-3 here.
-BATCH = ["--batch_size", "16", "--num_sample", "2"]
-
-
 def pretrain_flags(args: argparse.Namespace) -> list[str]:
-    # On the demo's unlabelled + labelled clips (pretrain.csv): 864 videos, 54 steps per epoch.
-    return ["--model", "pretrain_videomae_micro_patch16_224", *GRID, *BATCH, "--mask_type", "tube",
-            "--mask_ratio", "0.75", "--decoder_depth", "2", "--epochs", str(args.pretrain_epochs),
-            "--warmup_epochs", str(max(1, args.pretrain_epochs // 10)), "--lr", "2.4e-2", "--min_lr", "2e-5",
-            "--warmup_lr", "2e-6",
-            "--flip",  # flipped clips in pre-training, as when README's figures were measured
-            "--save_ckpt_freq", str(args.pretrain_epochs), "--num_workers", "1", "--print_freq", "1000",
-            "--demo_root", args.demo_root, "--device", "cpu", "--output_dir", str(Path(args.output_dir) / "pretrain")]
+    return ["--model", "pretrain_videomae_micro_patch16_224", *GRID,
+            *pretrain_recipe(args.pretrain_epochs, args.demo_root),
+            "--output_dir", str(Path(args.output_dir) / "pretrain")]
 
 
 def finetune_flags(args: argparse.Namespace, name: str, checkpoint: str = "") -> list[str]:
-    # 64 labelled videos (8 per class): 4 steps per epoch.
-    flags = ["--model", "vit_micro_patch16_224", *GRID, *BATCH, "--epochs", str(args.finetune_epochs),
-             "--warmup_epochs", str(max(1, args.finetune_epochs // 10)), "--lr", "1.6e-2", "--layer_decay", "0.75",
-             "--min_lr", "2e-6", "--warmup_lr", "2e-6",
-             "--drop_path", "0.1", "--mixup", "0", "--cutmix", "0", "--smoothing", "0.1", "--aa", "none",
-             "--reprob", "0", "--train_crop_scale", "0.5", "1", "--test_num_segment", "2", "--test_num_crop", "1",
-             "--num_workers", "1", "--print_freq", "1000", "--demo_root", args.demo_root, "--device", "cpu",
+    flags = ["--model", "vit_micro_patch16_224", *GRID, *finetune_recipe(args.finetune_epochs, args.demo_root),
              "--output_dir", str(Path(args.output_dir) / name)]
     return flags + (["--finetune", checkpoint] if checkpoint else [])
 
@@ -56,8 +37,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output_dir", default="output/demo", help="where the three runs write")
     p.add_argument("--demo_root", default="data/demo", help="where the demo videos are generated")
-    p.add_argument("--pretrain_epochs", default=55, type=int, help="pre-training epochs")
-    p.add_argument("--finetune_epochs", default=50, type=int, help="fine-tuning epochs (both arms)")
+    p.add_argument("--pretrain_epochs", default=PRETRAIN_EPOCHS, type=int, help="pre-training epochs")
+    p.add_argument("--finetune_epochs", default=FINETUNE_EPOCHS, type=int, help="fine-tuning epochs (both arms)")
     args = p.parse_args()
     # The demo's model is tiny: one thread computes it fastest while a DataLoader worker decodes on the
     # other core (measured on 2 cores: 0.084 s a pre-training step, against 0.103 s with 2 threads).

@@ -49,6 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import demo_recipe  # noqa: E402  (run_demo.py's recipe: the demo preset trains as the demo does)
 from patch_grid import GridError, PatchGrid, grids_from_specs  # noqa: E402
 from stages import run_stage  # noqa: E402
 import benchmark  # noqa: E402  (scripts/benchmark.py: step time and peak memory, one process per configuration)
@@ -56,21 +57,12 @@ import sweep_report  # noqa: E402
 
 MODES = ("fixed", "flexible")
 DEFAULT_GRIDS = ["224/16", "288/16", "216/12", "224/32"]
-# Demo scale (the 64x64 demo videos, read at SIZE): 4, 16 and 36 patches per frame, the 9x range of the real
-# default's 49..324; 32/8 is run_demo.py's grid.
-DEMO_GRIDS = ["32/16", "32/8", "48/8"]
-DEMO_PRETRAIN_EPOCHS = 55
-
-# The demo's pre-training recipe is run_demo.py's (there 55 epochs on pretrain.csv, the 864 unlabelled + labelled
-# clips; here --pretrain_epochs).
-DEMO_PRETRAIN = ["--batch_size", "16", "--num_sample", "2", "--mask_type", "tube", "--mask_ratio", "0.75",
-                 "--decoder_depth", "2", "--lr", "2.4e-2", "--min_lr", "2e-5", "--warmup_lr", "2e-6", "--flip",
-                 "--num_workers", "1", "--print_freq", "1000", "--device", "cpu"]
-# Fine-tuning and the probes on the 64 labelled demo clips; k-NN (the demo's default) trains nothing.
-DEMO_EVAL = ["--batch_size", "16", "--num_sample", "1", "--warmup_epochs", "1", "--lr", "1e-2",
-             "--layer_decay", "0.9", "--drop_path", "0", "--mixup", "0", "--cutmix", "0", "--smoothing", "0",
-             "--aa", "none", "--reprob", "0", "--test_num_segment", "2", "--test_num_crop", "1",
-             "--num_workers", "1", "--print_freq", "1000", "--device", "cpu", "--disable_eval_during_finetuning"]
+# Demo scale (the 64x64 demo videos, read at SIZE): 9, 36 and 81 patches per frame, the 9x range of the real
+# default's 49..324. Grids of 4 patches per frame (16/8, 32/16) stay at chance with this recipe and budget.
+DEMO_GRIDS = ["24/8", "48/8", "72/8"]
+# The demo preset pre-trains with run_demo.py's recipe but random masks: with tube masks the grids of 9 or fewer
+# patches per frame reconstruct without learning the motion (k-NN near chance, README "The patch question").
+DEMO_MASK_TYPE = "random"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -79,7 +71,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="fixed: one pre-training per grid; flexible: one pre-training over all grids (default)")
     p.add_argument("--demo", action="store_true",
                    help=f"the demo preset: demo data, micro model, grids {' '.join(DEMO_GRIDS)}, "
-                        f"{DEMO_PRETRAIN_EPOCHS} pre-training epochs, k-NN evaluation")
+                        f"{demo_recipe.PRETRAIN_EPOCHS} pre-training epochs of run_demo.py's recipe with {DEMO_MASK_TYPE} "
+                        "masks, k-NN evaluation")
     p.add_argument("--grids", nargs="+", default=None, metavar="SIZE/PATCH",
                    help=f"grids to compare (default: {' '.join(DEFAULT_GRIDS)}; with --demo: {' '.join(DEMO_GRIDS)})")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1],
@@ -93,9 +86,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--tubelet_size", type=int, default=2)
     p.add_argument("--sampling_rate", type=int, default=None, help="frame stride (default 4)")
     p.add_argument("--pretrain_epochs", type=int, default=None,
-                   help=f"epochs of every pre-training (default: the script's, 800; demo {DEMO_PRETRAIN_EPOCHS})")
+                   help=f"epochs of every pre-training (default: the script's, 800; demo {demo_recipe.PRETRAIN_EPOCHS})")
     p.add_argument("--finetune_epochs", type=int, default=None,
-                   help="epochs of fine-tuning or probe training (default: the script's, 30; demo 8)")
+                   help="epochs of fine-tuning or probe training (default: the script's, 30; demo "
+                        f"{demo_recipe.FINETUNE_EPOCHS})")
     p.add_argument("--data_path", default=None,
                    help="fine-tuning data: folder with train.csv/val.csv/test.csv (default: the demo data)")
     p.add_argument("--data_set", default=None, help="fine-tuning --data_set (e.g. Kinetics-400, SSV2)")
@@ -128,8 +122,8 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     args.threads = args.threads or (1 if demo else None)
     args.eval = list(dict.fromkeys(args.eval or (["knn"] if demo else ["finetune"])))
     if demo:
-        args.pretrain_epochs = args.pretrain_epochs or DEMO_PRETRAIN_EPOCHS
-        args.finetune_epochs = args.finetune_epochs or 8
+        args.pretrain_epochs = args.pretrain_epochs or demo_recipe.PRETRAIN_EPOCHS
+        args.finetune_epochs = args.finetune_epochs or demo_recipe.FINETUNE_EPOCHS
     args.output_dir = Path(args.output_dir or ("output/patch_sweep_demo" if demo else "output/patch_sweep"))
     if args.data_path and not args.pretrain_data_path:
         args.pretrain_data_path = str(Path(args.data_path) / "train.csv")
@@ -154,11 +148,9 @@ def _flag_value(flags: list[str], name: str) -> str | None:
     return value
 
 
-def _common(args: argparse.Namespace, epochs: int | None, seed: int) -> list[str]:
+def _common(args: argparse.Namespace, seed: int) -> list[str]:
     flags = ["--num_frames", str(args.num_frames), "--tubelet_size", str(args.tubelet_size),
              "--sampling_rate", str(args.sampling_rate), "--pos_embed", "3d", "--seed", str(seed)]
-    if epochs:
-        flags += ["--epochs", str(epochs), "--save_ckpt_freq", str(epochs)]
     if args.device:
         flags += ["--device", args.device]
     if args.data_root:
@@ -174,11 +166,13 @@ def _grid_flags(grid: PatchGrid) -> list[str]:
 def pretrain_flags(args: argparse.Namespace, grids: list[PatchGrid], seed: int, out: Path) -> list[str]:
     """One pre-training: at ``grids[0]`` when it is the only one, else over all of them (--grids)."""
     where = _grid_flags(grids[0]) if len(grids) == 1 else ["--grids", *(g.spec for g in grids)]
-    flags = ["--model", f"pretrain_videomae_{args.model}_patch16_224", *where,
-             *_common(args, args.pretrain_epochs, seed)]
+    epochs = args.pretrain_epochs
+    flags = ["--model", f"pretrain_videomae_{args.model}_patch16_224", *where]
     if args.demo:
-        warmup = max(1, (args.pretrain_epochs or 10) // 10)
-        flags += [*DEMO_PRETRAIN, "--warmup_epochs", str(warmup), "--demo_root", args.demo_root]
+        flags += demo_recipe.pretrain_recipe(epochs, args.demo_root, DEMO_MASK_TYPE)
+    elif epochs:
+        flags += ["--epochs", str(epochs), "--save_ckpt_freq", str(epochs)]
+    flags += _common(args, seed)
     if args.pretrain_data_path:
         flags += ["--data_path", args.pretrain_data_path]
     return flags + [*shlex.split(args.pretrain_args), "--output_dir", str(out)]
@@ -187,10 +181,13 @@ def pretrain_flags(args: argparse.Namespace, grids: list[PatchGrid], seed: int, 
 def eval_flags(args: argparse.Namespace, grid: PatchGrid, seed: int, how: str, checkpoint: str, out: Path
                ) -> list[str]:
     """Fine-tuning and test, or a probe (``how``), of ``checkpoint``'s encoder at ``grid``."""
-    flags = ["--model", f"vit_{args.model}_patch16_224", *_grid_flags(grid),
-             *_common(args, None if how == "knn" else args.finetune_epochs, seed)]
+    epochs = None if how == "knn" else args.finetune_epochs
+    flags = ["--model", f"vit_{args.model}_patch16_224", *_grid_flags(grid)]
     if args.demo:
-        flags += [*DEMO_EVAL, "--demo_root", args.demo_root]
+        flags += [*demo_recipe.finetune_recipe(epochs or 1, args.demo_root), "--disable_eval_during_finetuning"]
+    elif epochs:
+        flags += ["--epochs", str(epochs), "--save_ckpt_freq", str(epochs)]
+    flags += _common(args, seed)
     if args.data_path:
         flags += ["--data_path", args.data_path]
     if args.data_set:

@@ -1,0 +1,40 @@
+"""The demo's training recipe on CPU: the flags run_demo.py and ``scripts/patch_sweep.py --demo`` give
+run_mae_pretraining.py and run_class_finetuning.py, kept in one place so the two run the same recipe.
+
+The flags for the grid (``GRID``), the model and ``--output_dir`` are the caller's.
+"""
+from __future__ import annotations
+
+# A grid small enough for a CPU: 8 frames of 32x32 (the 64x64 demo videos, downscaled) in 4 x 4 x 4
+# tubelets of 2 x 8 x 8 pixels, with separable 3-D position tables.
+GRID = ["--input_size", "32", "--patch_size", "8", "--num_frames", "8", "--tubelet_size", "2",
+        "--sampling_rate", "4", "--pos_embed", "3d"]
+PRETRAIN_EPOCHS = 55
+FINETUNE_EPOCHS = 50
+# Clips per optimizer step in both stages: --batch_size 16 videos x --num_sample 2 clips each. The LR flags
+# are for a total batch of 256 videos (VideoMAE's rule), so pre-training's --lr 2.4e-2 is 1.5e-3 here.
+BATCH = ["--batch_size", "16", "--num_sample", "2"]
+# One loader worker: on 2 cores it decodes while the one torch thread computes.
+CPU = ["--num_workers", "1", "--print_freq", "1000", "--device", "cpu"]
+
+
+def _schedule(epochs: int) -> list[str]:
+    return ["--epochs", str(epochs), "--warmup_epochs", str(max(1, epochs // 10))]
+
+
+def pretrain_recipe(epochs: int, demo_root: str, mask_type: str = "tube") -> list[str]:
+    """Masked pre-training on the demo's unlabelled + labelled clips (pretrain.csv: 864 videos, 54 steps
+    an epoch)."""
+    return [*BATCH, "--mask_type", mask_type, "--mask_ratio", "0.75", "--decoder_depth", "2", *_schedule(epochs),
+            "--save_ckpt_freq", str(epochs),
+            "--lr", "2.4e-2", "--min_lr", "2e-5", "--warmup_lr", "2e-6",
+            "--flip",  # flipped clips in pre-training, as when README's figures were measured
+            *CPU, "--demo_root", demo_root]
+
+
+def finetune_recipe(epochs: int, demo_root: str) -> list[str]:
+    """Fine-tuning on the 64 labelled videos (8 per class, 4 steps an epoch), then the 2-view test."""
+    return [*BATCH, *_schedule(epochs), "--lr", "1.6e-2", "--layer_decay", "0.75", "--min_lr", "2e-6",
+            "--warmup_lr", "2e-6", "--drop_path", "0.1", "--mixup", "0", "--cutmix", "0", "--smoothing", "0.1",
+            "--aa", "none", "--reprob", "0", "--train_crop_scale", "0.5", "1", "--test_num_segment", "2",
+            "--test_num_crop", "1", *CPU, "--demo_root", demo_root]
