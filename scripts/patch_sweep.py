@@ -158,6 +158,11 @@ def _common(args: argparse.Namespace, seed: int) -> list[str]:
     return flags
 
 
+def _epoch_flags(epochs: int | None) -> list[str]:
+    """--epochs, and a checkpoint at the last one; nothing (the script's default) when ``epochs`` is None."""
+    return ["--epochs", str(epochs), "--save_ckpt_freq", str(epochs)] if epochs else []
+
+
 def _grid_flags(grid: PatchGrid) -> list[str]:
     size, patch = grid.spec.split("/")
     return ["--input_size", size, "--patch_size", patch]
@@ -166,13 +171,9 @@ def _grid_flags(grid: PatchGrid) -> list[str]:
 def pretrain_flags(args: argparse.Namespace, grids: list[PatchGrid], seed: int, out: Path) -> list[str]:
     """One pre-training: at ``grids[0]`` when it is the only one, else over all of them (--grids)."""
     where = _grid_flags(grids[0]) if len(grids) == 1 else ["--grids", *(g.spec for g in grids)]
-    epochs = args.pretrain_epochs
-    flags = ["--model", f"pretrain_videomae_{args.model}_patch16_224", *where]
-    if args.demo:
-        flags += demo_recipe.pretrain_recipe(epochs, args.demo_root, DEMO_MASK_TYPE)
-    elif epochs:
-        flags += ["--epochs", str(epochs), "--save_ckpt_freq", str(epochs)]
-    flags += _common(args, seed)
+    recipe = (demo_recipe.pretrain_recipe(args.pretrain_epochs, args.demo_root, DEMO_MASK_TYPE) if args.demo
+              else _epoch_flags(args.pretrain_epochs))
+    flags = ["--model", f"pretrain_videomae_{args.model}_patch16_224", *where, *recipe, *_common(args, seed)]
     if args.pretrain_data_path:
         flags += ["--data_path", args.pretrain_data_path]
     return flags + [*shlex.split(args.pretrain_args), "--output_dir", str(out)]
@@ -181,13 +182,10 @@ def pretrain_flags(args: argparse.Namespace, grids: list[PatchGrid], seed: int, 
 def eval_flags(args: argparse.Namespace, grid: PatchGrid, seed: int, how: str, checkpoint: str, out: Path
                ) -> list[str]:
     """Fine-tuning and test, or a probe (``how``), of ``checkpoint``'s encoder at ``grid``."""
-    epochs = None if how == "knn" else args.finetune_epochs
-    flags = ["--model", f"vit_{args.model}_patch16_224", *_grid_flags(grid)]
-    if args.demo:
-        flags += [*demo_recipe.finetune_recipe(epochs or 1, args.demo_root), "--disable_eval_during_finetuning"]
-    elif epochs:
-        flags += ["--epochs", str(epochs), "--save_ckpt_freq", str(epochs)]
-    flags += _common(args, seed)
+    epochs = None if how == "knn" else args.finetune_epochs  # k-NN trains nothing
+    recipe = ([*demo_recipe.finetune_recipe(epochs or 1, args.demo_root), "--disable_eval_during_finetuning"]
+              if args.demo else _epoch_flags(epochs))
+    flags = ["--model", f"vit_{args.model}_patch16_224", *_grid_flags(grid), *recipe, *_common(args, seed)]
     if args.data_path:
         flags += ["--data_path", args.data_path]
     if args.data_set:
