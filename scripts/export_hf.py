@@ -1,70 +1,7 @@
-"""Export a PATCHES or VideoMAE checkpoint as a Hugging Face transformers VideoMAE folder (config.json + model.safetensors).
+"""Export a PATCHES checkpoint as a Hugging Face transformers VideoMAE folder.
 
-A pre-training checkpoint becomes a ``VideoMAEForPreTraining`` folder, a fine-tuned one a
-``VideoMAEForVideoClassification`` folder; image_size, patch_size, num_frames and tubelet_size come from
-the checkpoint's stored grid, so any patch granularity exports as it was trained. VideoMAE's own checkpoints
-record no grid: it is inferred from their tensors as ``--finetune`` infers it (16 frames at 224 px assumed
-where the tensors do not tell).
-
-    python scripts/export_hf.py output/pretrain/checkpoint-799.pth hf/videomae-patches-pretrain
-    python scripts/export_hf.py output/finetune/checkpoint-best.pth hf/videomae-patches-k400 --labels classes.txt
-
-    # then, in Python:
-    from transformers import VideoMAEForPreTraining
-    model = VideoMAEForPreTraining.from_pretrained("hf/videomae-patches-pretrain")
-
-The reverse: pass such a folder to ``run_class_finetuning.py --finetune``.
-"""
-from __future__ import annotations
-
-import argparse
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from checkpoint import CheckpointError, read_checkpoint  # noqa: E402
-from hf_videomae import ExportError, export_to_hf  # noqa: E402
-from patch_grid import GridError, recorded_grid  # noqa: E402
-from weight_loading import inferred_grid  # noqa: E402
-
-
-def main(argv: list[str] | None = None) -> Path:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="our checkpoint (.pth, or .safetensors written with --save_safetensors), or VideoMAE's")
-    p.add_argument("out_dir", help="folder to write config.json and model.safetensors into")
-    p.add_argument("--model_key", default="model",
-                   help="key of the state dict inside a .pth checkpoint ('module' is tried too)")
-    p.add_argument("--num_heads", type=int, default=None,
-                   help="encoder attention heads (default: from the checkpoint's --model size)")
-    p.add_argument("--decoder_num_heads", type=int, default=None,
-                   help="decoder attention heads (default: from the checkpoint's --model size)")
-    p.add_argument("--labels", default=None,
-                   help="text file with one class name per line, for a classifier's id2label")
-    args = p.parse_args(argv)
-    path = Path(args.checkpoint)
-    try:
-        ckpt = read_checkpoint(path)
-        if args.model_key != "model" and args.model_key in ckpt:
-            ckpt["model"] = ckpt[args.model_key]
-        if isinstance(ckpt.get("args"), argparse.Namespace):  # VideoMAE's flags: the model name tells its heads
-            ckpt = {**ckpt, "args": vars(ckpt["args"])}
-        if recorded_grid(ckpt) is None:  # VideoMAE's own checkpoints: the grid as --finetune infers it
-            grid, note = inferred_grid(ckpt, f"{args.model_key}|module")
-            if grid is not None:
-                ckpt = {**ckpt, "model": ckpt.get("model", ckpt.get("module")), "grid": grid.to_dict()}
-                print(f"{path}: patch grid {note}")
-        labels = None
-        if args.labels:
-            labels = [line.strip() for line in Path(args.labels).read_text().splitlines() if line.strip()]
-        out = export_to_hf(ckpt, args.out_dir, args.num_heads, args.decoder_num_heads, labels)
-    except (CheckpointError, ExportError, GridError, OSError, ValueError) as e:
-        raise SystemExit(f"error: {path}: {e}")
-    kind = "VideoMAEForPreTraining" if any(k.startswith("encoder.") for k in ckpt["model"]) \
-        else "VideoMAEForVideoClassification"
-    print(f"Wrote {out}/config.json and model.safetensors: load with transformers.{kind}.from_pretrained('{out}')")
-    return out
-
+The code lives in :mod:`patches.cli.export_hf`; ``python scripts/export_hf.py --help`` lists the flags."""
+from patches.cli.export_hf import main
 
 if __name__ == "__main__":
     main()

@@ -2,17 +2,13 @@
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
-# The project is a flat set of modules at the repo root; make them importable however pytest is started.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import cpu_memory  # noqa: E402,F401  (before torch, as in the run scripts: the same allocator settings)
-from demo_data import make_demo_dataset  # noqa: E402
+from patches.utils import cpu_memory  # noqa: F401  (before torch, as in the run scripts: the same allocator settings)
+from patches.data.demo import make_demo_dataset
 
 # --attn_impl auto's cache of timed choices: one per test session (and its subprocesses), not the user's.
 os.environ.setdefault("PATCHES_CACHE_DIR", tempfile.mkdtemp(prefix="patches-cache-"))

@@ -84,7 +84,7 @@ def read_scalars(event_dir: Path, tag: str) -> list[float]:
 
 
 def weights(path: Path, key: str = "model") -> dict[str, torch.Tensor]:
-    from checkpoint import load_checkpoint
+    from patches.checkpoints.files import load_checkpoint
     return load_checkpoint(path)[key]
 
 

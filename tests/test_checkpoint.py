@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import checkpoint
-import checkpoint_folder
-from checkpoint import CheckpointError, check_checkpoint_grid
-from patch_grid import make_grid
+from patches.checkpoints import files as checkpoint
+from patches.checkpoints import folder as checkpoint_folder
+from patches.checkpoints.files import CheckpointError, check_checkpoint_grid
+from patches.grid import make_grid
 
 GRID = make_grid(8, 2, 32, 8)
 
@@ -48,7 +48,7 @@ def test_full_disk_when_replacing_a_checkpoint_keeps_the_old_one(tmp_path: Path)
 
 
 def test_checkpoint_of_another_model_size_is_refused_before_loading() -> None:
-    from models import create_video_model
+    from patches.models.factory import create_video_model
     small = create_video_model("pretrain_videomae_micro_patch16_224", grid=GRID, decoder_depth=1)
     tiny = create_video_model("pretrain_videomae_tiny_patch16_224", grid=GRID, decoder_depth=1)
     before = {k: v.clone() for k, v in tiny.state_dict().items()}

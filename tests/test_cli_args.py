@@ -5,13 +5,13 @@ from pathlib import Path
 
 import pytest
 
-import cli_args
-import demo_data
-import run_class_finetuning
-import run_mae_pretraining
-from data_loaders import LoaderConfig
-from datasets import ClassificationDataConfig, PretrainingDataConfig
-from video_lists import VideoListsConfig
+from patches.config import flags as cli_args
+from patches.data import demo as demo_data
+from patches.cli import finetune as run_class_finetuning
+from patches.cli import pretrain as run_mae_pretraining
+from patches.data.loaders import LoaderConfig
+from patches.data.datasets import ClassificationDataConfig, PretrainingDataConfig
+from patches.data.lists import VideoListsConfig
 
 
 def test_fine_tuning_flags_become_the_data_configs() -> None:

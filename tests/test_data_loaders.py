@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import data_loaders
-from data_health import BadVideoTracker
-from data_loaders import LoaderConfig
-from datasets import PretrainingDataConfig, collate_fn_for
-from masking_generator import MaskGenerator
-from patch_grid import make_grid
-from resume import ResumableSampler, SeededItems, ShardSampler
+from patches.data import loaders as data_loaders
+from patches.data.health import BadVideoTracker
+from patches.data.loaders import LoaderConfig
+from patches.data.datasets import PretrainingDataConfig, collate_fn_for
+from patches.data.masking import MaskGenerator
+from patches.grid import make_grid
+from patches.data.samplers import ResumableSampler, SeededItems, ShardSampler
 
 CPU = torch.device("cpu")
 

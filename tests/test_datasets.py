@@ -8,15 +8,12 @@ import pytest
 import torch
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from clip_sampling import sample_clip_indices
-from datasets import (PretrainingDataConfig, VideoMAEPretrainDataset, build_pretraining_dataset, collate_fn_for,
-                      multiple_samples_collate)
-from demo_data import render_clip, write_mp4
-from patch_grid import make_grid
-from video_reader import VideoDecodeError
-from video_transforms import (EvalTransform, PretrainTransform, RandomResizedCropTransform, crop_resize,
-                              hflip, multi_scale_crop_params, normalize, normalize_batch, random_resized_crop_params,
-                              to_cthw, uniform_crop_boxes)
+from patches.data.clip_sampling import sample_clip_indices
+from patches.data.datasets import (PretrainingDataConfig, VideoMAEPretrainDataset, build_pretraining_dataset, collate_fn_for, multiple_samples_collate)
+from patches.data.demo import render_clip, write_mp4
+from patches.grid import make_grid
+from patches.data.video_reader import VideoDecodeError
+from patches.data.transforms import (EvalTransform, PretrainTransform, RandomResizedCropTransform, crop_resize, hflip, multi_scale_crop_params, normalize, normalize_batch, random_resized_crop_params, to_cthw, uniform_crop_boxes)
 
 
 
@@ -147,7 +144,7 @@ def test_normalize_batch_equals_normalize_of_each_clip() -> None:
 
 
 def test_pretraining_step_normalises_uint8_batches_on_its_device() -> None:
-    from engine_for_pretraining import prepare_batch
+    from patches.train.reconstruction import prepare_batch
     clips = torch.randint(0, 256, (2, 3, 4, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     masks = torch.zeros(2, 8, dtype=torch.bool)
     masks[:, ::2] = True

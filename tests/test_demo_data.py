@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import demo_data
-from demo_data import CLASS_NAMES, ensure_demo_dataset, make_demo_dataset, render_clip, write_mp4
+from patches.data import demo as demo_data
+from patches.data.demo import CLASS_NAMES, ensure_demo_dataset, make_demo_dataset, render_clip, write_mp4
 
 TINY = dict(num_frames=12, size=(32, 40))
 

@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
 
-import patch_sweep  # noqa: E402
-import run_class_finetuning  # noqa: E402
-import run_demo  # noqa: E402
-import run_mae_pretraining  # noqa: E402
+from patches.sweep import patch_sweep
+from patches.cli import finetune as run_class_finetuning
+from patches.cli import demo as run_demo
+from patches.cli import pretrain as run_mae_pretraining
 
 # What the demo sweep sets itself: where it writes, the seed, the grid (--grids) and the masks.
 SWEEP_OWN = {"output_dir", "seed", "grids", "input_size", "patch_size", "mask_type"}

@@ -40,15 +40,14 @@ def test_two_processes_give_the_loss_sequence_of_one_with_the_same_global_batch(
 
 SLURM_PROBE = """
 import sys
-sys.path.insert(0, {root!r})
 import torch, torch.distributed as dist
-import utils
-device = utils.init_distributed("cpu")
+from patches.utils.distributed import cleanup_distributed, init_distributed
+device = init_distributed("cpu")
 t = torch.tensor([dist.get_rank() + 1.0])
 dist.all_reduce(t)
 print(f"rank {{dist.get_rank()}} of {{dist.get_world_size()}} backend {{dist.get_backend()}} sum {{t.item():.0f}} "
       f"device {{device}}", force=True)
-utils.cleanup_distributed()
+cleanup_distributed()
 """
 
 
@@ -74,11 +73,11 @@ def finetune_flags(demo_root: Path, out: Path, *extra: str) -> list[str]:
 
 
 def test_dist_eval_validates_each_clip_once_and_tests_like_one_process(demo_root, tmp_path):
-    from engine_for_finetuning import evaluate
-    import cli_args
-    import run_class_finetuning
-    from datasets import build_dataset
-    from patch_grid import grid_from_args
+    from patches.eval.testing import evaluate
+    from patches.config import flags as cli_args
+    from patches.cli import finetune as run_class_finetuning
+    from patches.data.datasets import build_dataset
+    from patches.grid import grid_from_args
 
     flags = finetune_flags(demo_root, tmp_path / "two")
     run("run_class_finetuning.py", flags, nproc=2)
@@ -90,7 +89,7 @@ def test_dist_eval_validates_each_clip_once_and_tests_like_one_process(demo_root
     # Validation of the same weights in this process, without any sharding.
     args = run_class_finetuning.get_args_parser().parse_args(flags)
     grid = grid_from_args(args)
-    from models import create_video_model
+    from patches.models.factory import create_video_model
     model = create_video_model(args.model, grid=grid, num_classes=8)
     model.load_state_dict(weights(tmp_path / "two" / "checkpoint-0.pth"))
     val_set, _ = build_dataset("validation", cli_args.classification_data_config(args), grid)
@@ -140,8 +139,8 @@ def test_deepspeed_zero_pretrains_on_cpu_and_resumes_from_its_own_checkpoint(dem
 
 
 def test_deepspeed_loads_refuse_pickled_code(tmp_path):
-    import ds_utils
-    from checkpoint import CheckpointError
+    from patches.train import deepspeed_engine as ds_utils
+    from patches.checkpoints.files import CheckpointError
 
     class Payload:
         def __reduce__(self):
@@ -172,8 +171,8 @@ def test_missing_deepspeed_is_a_clear_error(tmp_path):
 def test_launchers_give_the_entry_scripts_valid_flags_for_every_dataset_and_grid(launcher, stage, tmp_path):
     import shlex
 
-    import run_class_finetuning
-    import run_mae_pretraining
+    from patches.cli import finetune as run_class_finetuning
+    from patches.cli import pretrain as run_mae_pretraining
     module = run_mae_pretraining if stage == "pretrain" else run_class_finetuning
     for dataset in ("k400", "ssv2", "ucf101", "hmdb51"):
         for grid in ("196", "216/12"):

@@ -27,16 +27,15 @@ import numpy as np
 import pytest
 import torch
 
-import checkpoint
-import data_health
+from patches.checkpoints import files as checkpoint
+from patches.data import health as data_health
 import launch_helpers as lh
-import resume
-from datasets import (PretrainingDataConfig, UnreadableDataError, UnreadableVideoWarning, VideoClsEvalDataset,
-                      VideoMAEPretrainDataset)
-from demo_data import render_clip, write_mp4
-from masking_generator import MaskGenerator
-from patch_grid import make_grid
-from video_lists import VideoListsConfig, VideoRecord
+from patches.train.stop_signals import EXIT_CTRL_C, EXIT_REQUEUE, StopSignals
+from patches.data.datasets import (PretrainingDataConfig, UnreadableDataError, UnreadableVideoWarning, VideoClsEvalDataset, VideoMAEPretrainDataset)
+from patches.data.demo import render_clip, write_mp4
+from patches.data.masking import MaskGenerator
+from patches.grid import make_grid
+from patches.data.lists import VideoListsConfig, VideoRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = make_grid(8, 2, 32, 8)  # what the CLI flags below describe
@@ -339,7 +338,7 @@ def test_no_readable_video_left_names_the_files(media: Path) -> None:
 
 
 def test_eval_views_of_an_unreadable_video_are_left_out_never_replaced(media: Path) -> None:
-    from datasets import CollateWithBad
+    from patches.data.datasets import CollateWithBad
     records = [VideoRecord(str(media / "random_bytes.mp4"), 0, "list", 1),
                VideoRecord(str(media / "short 5 frames.mp4"), 1, "list", 2)]
     ds = VideoClsEvalDataset(records, GRID, 2, num_segments=2, num_crops=3, with_view=True)
@@ -447,7 +446,7 @@ def test_bad_list_lines_stop_the_run_up_front(cli) -> None:
 
 
 def test_pretraining_list_is_checked_up_front(tmp_path: Path) -> None:
-    import cli_args
+    from patches.config import flags as cli_args
     lst = write_text(tmp_path / "bad.csv", "a.mp4\nb.mp4 -4\nc.mp4\n")
     args = SimpleNamespace(data_path=str(lst), data_root=None, check_data=False, batch_size=2, update_freq=1)
     assert cli_args.pretraining_data_problems(args) == [f"{lst}, line 2: negative label -4"]
@@ -554,7 +553,7 @@ def test_a_stop_signal_during_the_final_test_exits_75_and_the_rerun_only_tests(d
              "--output_dir", str(out), "--disable_eval_during_finetuning"]  # (stopping in validation: test_trainer)
     # 2 x 2 views of 8 videos, 8 test batches: the signal lands while batches are left, however loaded the CPU
     status, text = lh.run_and_signal("run_class_finetuning.py", flags, "Test [1/", signal.SIGUSR1)
-    assert status == resume.EXIT_REQUEUE, text[-3000:]
+    assert status == EXIT_REQUEUE, text[-3000:]
     assert "stopped by SIGUSR1 during the final test after saving" in text and "Traceback" not in text
     assert (out / "checkpoint-0.pth").is_file(), "training is kept"
     assert not list(out.glob("test_results_rank*")) and not list(out.glob(".*.tmp")), "no partial test results"
@@ -574,7 +573,7 @@ def test_ctrl_c_saves_latest_and_exits_130_without_a_traceback(demo_root: Path, 
     flags = [*lh.PRETRAIN, "--data_path", str(demo_root / "train.csv"), "--data_root", str(demo_root), "--batch_size",
              "4", "--epochs", "1", "--num_workers", "0", "--output_dir", str(out)]
     status, text = lh.run_and_signal("run_mae_pretraining.py", flags, "Epoch [1/1] [1/4]", signal.SIGINT)
-    assert status == resume.EXIT_CTRL_C, text[-3000:]
+    assert status == EXIT_CTRL_C, text[-3000:]
     assert "Ctrl-C: stopping at the next step boundary (training saves checkpoint-latest first)" in text and "Traceback" not in text
     assert "stopped by SIGINT after saving" in text
     assert f"Removed 1 temporary files (3.0 MB) that interrupted saves left in {out}" in text
@@ -583,10 +582,10 @@ def test_ctrl_c_saves_latest_and_exits_130_without_a_traceback(demo_root: Path, 
 
 
 def test_a_second_ctrl_c_stops_at_once_with_status_130() -> None:
-    from trainer import launch
+    from patches.train.trainer import launch
 
     def body(device: str | None) -> None:
-        with resume.StopSignals() as stop:
+        with StopSignals() as stop:
             signal.raise_signal(signal.SIGINT)  # the first is recorded ...
             assert stop.received == signal.SIGINT
             signal.raise_signal(signal.SIGINT)  # ... the second stops
@@ -594,13 +593,13 @@ def test_a_second_ctrl_c_stops_at_once_with_status_130() -> None:
 
     with pytest.raises(SystemExit) as stopped:
         launch(body, "cpu")
-    assert stopped.value.code == resume.EXIT_CTRL_C
+    assert stopped.value.code == EXIT_CTRL_C
 
 
 def test_flag_values_that_used_to_get_through_are_refused_naming_the_flag(tmp_path: Path,
                                                                            capsys: pytest.CaptureFixture) -> None:
-    import cli_args
-    import run_mae_pretraining
+    from patches.config import flags as cli_args
+    from patches.cli import pretrain as run_mae_pretraining
     a_file = write_text(tmp_path / "a_file", "not a folder")
     cases = {
         ("--lr", "nan"): "--lr must be a finite number, got nan",
@@ -622,8 +621,8 @@ def test_flag_values_that_used_to_get_through_are_refused_naming_the_flag(tmp_pa
 
 def test_a_checkpoint_of_another_model_size_is_refused_before_data_and_model(demo_root: Path, tmp_path: Path,
                                                                              capsys: pytest.CaptureFixture) -> None:
-    import run_mae_pretraining
-    from models import create_video_model
+    from patches.cli import pretrain as run_mae_pretraining
+    from patches.models.factory import create_video_model
     tiny = create_video_model("pretrain_videomae_tiny_patch16_224", grid=GRID, decoder_depth=1)
     args = run_mae_pretraining.get_args_parser().parse_args(
         [*PRETRAIN, "--data_path", str(demo_root / "train.csv"), "--data_root", str(demo_root), "--batch_size", "4",

@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from clip_sampling import segment_clip_indices
-from datasets import (ClassificationDataConfig, VideoClsEvalDataset, VideoClsTrainDataset, build_dataset,
-                      collate_fn_for)
-from demo_data import render_clip, write_mp4
-from patch_grid import make_grid
-from video_lists import VideoListsConfig
-from video_reader import FrameFolder
-from video_transforms import RandomResizedCropTransform, parse_rand_augment
+from patches.data.clip_sampling import segment_clip_indices
+from patches.data.datasets import (ClassificationDataConfig, VideoClsEvalDataset, VideoClsTrainDataset, build_dataset, collate_fn_for)
+from patches.data.demo import render_clip, write_mp4
+from patches.grid import make_grid
+from patches.data.lists import VideoListsConfig
+from patches.data.video_reader import FrameFolder
+from patches.data.transforms import RandomResizedCropTransform, parse_rand_augment
 
 # torchvision 0.29 deprecates its JPEG codecs (for TorchCodec); they are still what SSV2 frame folders use.
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")

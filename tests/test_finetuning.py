@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from checkpoint import load_checkpoint
-from engine_for_finetuning import merge_test_results, topk_correct
+from patches.checkpoints.files import load_checkpoint
+from patches.eval.testing import merge_test_results, topk_correct
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,8 +75,8 @@ def pretrained_196(demo_root, tmp_path_factory):
     (["--input_size", "224", "--num_frames", "8"], "196 patches per frame"),
 ])
 def test_checkpoint_at_196_fine_tunes_at_another_grid(pretrained_196, demo_root, tmp_path, grid_flags, expect):
-    from models import create_video_model
-    from weight_loading import load_finetune_weights
+    from patches.models.factory import create_video_model
+    from patches.checkpoints.finetune_weights import load_finetune_weights
     grid_kwargs = dict(input_size=int(grid_flags[1]), num_frames=int(grid_flags[3]))
     model = create_video_model("vit_micro_patch16_224", num_classes=8, **grid_kwargs)
     assert expect.split()[0] == str(model.grid.patches_per_frame)

@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-import resume
-import run_mae_pretraining
-from checkpoint import load_checkpoint
-from engine_for_pretraining import FlexibleReconstruction, MaskedReconstruction, resize_clips
+from patches.train.stop_signals import EXIT_REQUEUE
+from patches.cli import pretrain as run_mae_pretraining
+from patches.checkpoints.files import load_checkpoint
+from patches.train.reconstruction import FlexibleReconstruction, MaskedReconstruction, resize_clips
 from launch_helpers import ROOT, assert_same_weights, read_scalars, run, run_and_signal, weights
-from masking_generator import MaskGenerator
-from models import create_video_model
-from patch_grid import grids_from_specs
-from resume import StepPosition
+from patches.data.masking import MaskGenerator
+from patches.models.factory import create_video_model
+from patches.grid import grids_from_specs
+from patches.data.samplers import StepPosition
 
 TINY = ["--model", "pretrain_videomae_micro_patch16_224", "--decoder_depth", "1", "--num_frames", "4",
         "--sampling_rate", "2", "--device", "cpu"]
@@ -146,7 +146,7 @@ def test_a_flexible_run_stopped_mid_epoch_resumes_to_the_same_losses_grids_and_w
     out = tmp_path / "out"
     status, text = run_and_signal("run_mae_pretraining.py", flexible_flags(demo_root, out), "Epoch [1/2] [2/4]",
                                   signal.SIGTERM)
-    assert status == resume.EXIT_REQUEUE, text[-2000:]
+    assert status == EXIT_REQUEUE, text[-2000:]
     assert 2 <= load_checkpoint(out / "checkpoint-latest.pth")["next_batch"] < 4
     again = run("run_mae_pretraining.py", flexible_flags(demo_root, out))
     assert "continuing at epoch 0, batch" in again.stdout
@@ -171,7 +171,7 @@ def _tags(event_dir: Path) -> set[str]:
 
 
 def test_resuming_a_flexible_checkpoint_with_another_grids_list_warns(tmp_path, capsys):
-    from checkpoint_folder import FoundCheckpoint
+    from patches.checkpoints.folder import FoundCheckpoint
     grids = grids_from_specs(["32/16", "32/8"], 4, 2)
     found = FoundCheckpoint(tmp_path / "checkpoint-3.pth", {"grids": [g.to_dict() for g in grids]})
     run_mae_pretraining.warn_if_other_grids(found, grids)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
-from models import create_video_model
-from patch_grid import make_grid
-from probes import FrozenEncoderProbe, KNNProbe, build_probe, knn_feature
+from patches.checkpoints.files import checkpoint_state, load_checkpoint, save_checkpoint
+from patches.models.factory import create_video_model
+from patches.grid import make_grid
+from patches.models.probes import FrozenEncoderProbe, KNNProbe, build_probe, knn_feature
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = ["--device", "cpu", "--num_workers", "0"]
@@ -21,7 +21,7 @@ CPU = ["--device", "cpu", "--num_workers", "0"]
 
 def extract(*flags: str) -> dict:
     """extract_features.py in this process (the CLI itself runs in the first extraction test)."""
-    import extract_features
+    from patches.cli import extract_features
     return extract_features.main(extract_features.get_args_parser().parse_args(list(flags)))
 
 
@@ -211,10 +211,10 @@ def classifier(tmp_path_factory):
 
 
 def test_inference_gives_the_multi_view_test_probabilities_as_table_and_json(classifier, demo_root, tmp_path, capsys):
-    from datasets import VideoClsEvalDataset
-    from video_lists import parse_list_file, read_labelled_list
+    from patches.data.datasets import VideoClsEvalDataset
+    from patches.data.lists import parse_list_file, read_labelled_list
     path, model = classifier
-    import run_inference
+    from patches.cli import inference as run_inference
     videos = [v for v, _ in parse_list_file(demo_root / "test.csv", demo_root)][:3]
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"not a video")
@@ -241,7 +241,7 @@ def test_inference_gives_the_multi_view_test_probabilities_as_table_and_json(cla
 
 
 def test_inference_without_class_names_says_so(classifier, tmp_path):
-    import run_inference
+    from patches.cli import inference as run_inference
     path, _ = classifier
     with pytest.raises(SystemExit, match=f"--checkpoint {path} records no class names: pass --classes FILE"):
         run_inference.main(run_inference.get_args_parser().parse_args([str(tmp_path), "--checkpoint", str(path)]))

@@ -10,27 +10,28 @@ import textwrap
 import pytest
 import torch
 
-import ds_utils
-import resume
-import utils
-from cli_args import _compile_problems
+from patches.train import deepspeed_engine as ds_utils
+from patches.train.rng import cuda_state_of_this_device
+from patches.utils.devices import auto_amp
+from patches.utils.distributed import local_device_index
+from patches.config.flags import _compile_problems
 from launch_helpers import ROOT, env, free_port
-from updater import Updater
+from patches.train.updater import Updater
 
 
 DEEPSPEED_PROBE = """
 import sys
-sys.path.insert(0, {root!r})
 import torch
-import ds_utils, utils
+from patches.train import deepspeed_engine as ds_utils
+from patches.utils.distributed import cleanup_distributed, init_distributed
 ds_utils.prepare_environment("cpu")
-utils.init_distributed("cpu")
+init_distributed("cpu")
 model = torch.nn.Sequential(torch.nn.Conv3d(3, 4, 2), torch.nn.Flatten(), torch.nn.LazyLinear(2))
 model(torch.zeros(1, 3, 2, 2, 2))
 engine, _ = ds_utils.initialize(model, torch.optim.AdamW(model.parameters()), 2, "bf16", 1.0, micro_batch=1)
 from deepspeed.runtime.torch_autocast import get_comm_dtype
 print("reduced in", sorted({{str(get_comm_dtype(p)) for p in engine.module.parameters()}}), force=True)
-utils.cleanup_distributed()
+cleanup_distributed()
 """
 
 
@@ -48,25 +49,25 @@ def test_deepspeed_refuses_fp16_under_zero_and_reduces_autocast_gradients_in_fp3
 
 
 def test_auto_amp_is_bf16_only_where_the_gpu_has_it_natively():
-    assert utils.auto_amp("cuda", native_bf16=True) == "bf16"  # A100, H100
-    assert utils.auto_amp("cuda", native_bf16=False) == "fp16"  # V100, T4: bf16 would be emulated
-    assert utils.auto_amp("cpu", native_bf16=False) == "none"
+    assert auto_amp("cuda", native_bf16=True) == "bf16"  # A100, H100
+    assert auto_amp("cuda", native_bf16=False) == "fp16"  # V100, T4: bf16 would be emulated
+    assert auto_amp("cpu", native_bf16=False) == "none"
 
 
 def test_local_rank_wraps_around_the_visible_gpus():
     # srun with one GPU bound per task: each task sees one GPU, SLURM_LOCALID counts the node's 4 tasks.
-    assert [utils.local_device_index(r, 1) for r in range(4)] == [0, 0, 0, 0]
-    assert [utils.local_device_index(r, 8) for r in range(4)] == [0, 1, 2, 3]
-    assert [utils.local_device_index(r, 2) for r in range(4)] == [0, 1, 0, 1]
+    assert [local_device_index(r, 1) for r in range(4)] == [0, 0, 0, 0]
+    assert [local_device_index(r, 8) for r in range(4)] == [0, 1, 2, 3]
+    assert [local_device_index(r, 2) for r in range(4)] == [0, 1, 0, 1]
     with pytest.raises(RuntimeError, match="no CUDA device is visible"):
-        utils.local_device_index(0, 0)
+        local_device_index(0, 0)
 
 
 def test_resume_restores_this_gpus_rng_state_even_when_fewer_gpus_are_visible():
     states = [torch.full((8,), i, dtype=torch.uint8) for i in range(8)]  # an old checkpoint: all 8 GPUs' states
-    assert torch.equal(resume.cuda_state_of_this_device(states, 3), states[3])
-    assert resume.cuda_state_of_this_device(states[:1], 3) is None  # recorded on fewer GPUs: left as seeded
-    assert torch.equal(resume.cuda_state_of_this_device(states[5], 0), states[5])  # new checkpoints: one state
+    assert torch.equal(cuda_state_of_this_device(states, 3), states[3])
+    assert cuda_state_of_this_device(states[:1], 3) is None  # recorded on fewer GPUs: left as seeded
+    assert torch.equal(cuda_state_of_this_device(states[5], 0), states[5])  # new checkpoints: one state
 
 
 def test_compile_on_cuda_asks_for_a_c_compiler(tmp_path, monkeypatch):
@@ -109,13 +110,12 @@ def test_fp16_loss_scale_is_read_once_per_update_and_a_resumed_scale_is_no_skip(
 
 DDP_PROBE = """
 import sys
-sys.path.insert(0, {root!r})
 import torch, torch.distributed as dist
-import utils
-from updater import Updater
-utils.init_distributed("cpu")
+from patches.train.updater import Updater
+from patches.utils.distributed import cleanup_distributed, data_parallel, init_distributed
+init_distributed("cpu")
 torch.manual_seed(0)
-model = utils.data_parallel(torch.nn.Linear(6, 3), torch.device("cpu"))
+model = data_parallel(torch.nn.Linear(6, 3), torch.device("cpu"))
 calls = []
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 def count(state, bucket):
@@ -135,7 +135,7 @@ others = [torch.zeros_like(w) for _ in range(2)]
 dist.all_gather(others, w)
 print(f"all-reduces {{len(calls)}} same {{torch.equal(others[0], others[1])}} broadcast {{model.broadcast_buffers}}",
       force=True)
-utils.cleanup_distributed()
+cleanup_distributed()
 """
 
 

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from masking_generator import MaskGenerator, mask_counts, running_cell_pattern
-from patch_grid import GridError, PatchGrid, make_grid
+from patches.data.masking import MaskGenerator, mask_counts, running_cell_pattern
+from patches.grid import GridError, PatchGrid, make_grid
 
 
 @pytest.mark.parametrize("frames,tubelet,size,patch,expect", [
@@ -130,7 +130,7 @@ def test_highest_ratio_below_one_keeps_a_visible_token():
 
 
 def test_recorded_grid_reads_a_checkpoints_grid_entry():
-    from patch_grid import recorded_grid
+    from patches.grid import recorded_grid
     saved = make_grid(6, 3, (48, 72), 12)
     assert recorded_grid({"grid": saved.to_dict()}) == saved
     assert recorded_grid({"model": {}}) is None
@@ -139,7 +139,7 @@ def test_recorded_grid_reads_a_checkpoints_grid_entry():
 
 
 def test_grid_specs_parse_and_refuse_bad_entries_by_name():
-    from patch_grid import GridError, grids_from_specs
+    from patches.grid import GridError, grids_from_specs
 
     grids = grids_from_specs(["224/16", "216/12", "224/32"], num_frames=16, tubelet_size=2)
     assert [g.spec for g in grids] == ["224/16", "216/12", "224/32"]

@@ -1,7 +1,6 @@
 """Hugging Face transformers interop: our checkpoints -> VideoMAE folders -> the same outputs, and back."""
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,17 +8,16 @@ import pytest
 import torch
 import transformers
 
-import checkpoint
-from hf_videomae import hf_to_ours, read_hf_dir
-from masking_generator import MaskGenerator
-from modeling_finetune import VideoClassifier
-from modeling_pretrain import MaskedVideoAutoencoder, mask_to_index
-from models import create_video_model
-from patch_grid import make_grid
-from weight_loading import load_finetune_weights
+from patches.checkpoints import files as checkpoint
+from patches.checkpoints.hf_videomae import hf_to_ours, read_hf_dir
+from patches.data.masking import MaskGenerator
+from patches.models.classifier import VideoClassifier
+from patches.models.pretrain import MaskedVideoAutoencoder, mask_to_index
+from patches.models.factory import create_video_model
+from patches.grid import make_grid
+from patches.checkpoints.finetune_weights import load_finetune_weights
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import export_hf  # noqa: E402
+from patches.cli import export_hf
 
 # 2 frames, tubelet 2: one time slice of 196 or 324 patches.
 GRIDS = {196: make_grid(2, 2, 224, 16), 324: make_grid(2, 2, 288, 16)}

@@ -52,10 +52,11 @@ def test_two_torchrun_nodes_train_like_one_node_with_two_processes(demo_root, tm
 STAND_IN_SRUN = """#!/bin/sh
 # As srun --kill-on-bad-exit=1 on a stop signal: rank 0 saves and exits 75 (the real code, below), the other
 # ranks are killed at once, and srun reports the highest status, 137.
-"{python}" -c 'import sys; sys.path.insert(0, "{root}")
-import signal, resume, trainer
+"{python}" -c 'import signal
+from patches.train import trainer
+from patches.train.stop_signals import Interrupted
 def stopped(device):
-    raise resume.Interrupted(signal.SIGUSR1, None)
+    raise Interrupted(signal.SIGUSR1, None)
 trainer.launch(stopped, "cpu")'
 echo "rank 0 exited $?"
 exit 137

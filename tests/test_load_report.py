@@ -1,8 +1,8 @@
 """load_report.py: the compact listing of tensor names and the table of what a --finetune load did."""
 from __future__ import annotations
 
-from load_report import LoadReport, compact_names, format_shape, split_entry
-from patch_grid import make_grid
+from patches.checkpoints.load_report import LoadReport, compact_names, format_shape, split_entry
+from patches.grid import make_grid
 
 
 def test_names_are_listed_compactly():

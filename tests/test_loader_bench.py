@@ -3,7 +3,6 @@ and the JSON and the table are written. No timing is checked (figures depend on 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +10,8 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
 
-import loader_bench  # noqa: E402
+from patches.perf import loader_bench
 
 # 8 frames at sampling rate 2, 32 px, patch 8: what the tiny videos can hold
 SMALL = ["--model", "pretrain_videomae_micro_patch16_224", "--input_size", "32", "--patch_size", "8",
@@ -49,8 +47,8 @@ def test_both_pipelines_deliver_clips(videos: list[str], pipeline: str, num_samp
 
 
 def test_baseline_clip_matches_the_reference_recipe(videos: list[str]) -> None:
-    from masking_generator import MaskGenerator
-    from patch_grid import make_grid
+    from patches.data.masking import MaskGenerator
+    from patches.grid import make_grid
     grid = make_grid(8, 2, 32, 8)
     ds = loader_bench.ReferencePretrainDataset(videos, grid, 2, MaskGenerator(grid, "tube", 0.9), num_sample=2)
     torch.manual_seed(0)

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from model_layers import build_pos_table
-from patch_grid import make_grid
+from patches.models.layers import build_pos_table
+from patches.grid import make_grid
 
 
 def test_pos_tables():
@@ -21,7 +21,7 @@ def test_pos_tables():
 
 def test_pos_table_reference():
     """A 3-D table scaled to a reference puts a token at the frame place it covers; the own grid is unchanged."""
-    from model_layers import sincos_1d_table
+    from patches.models.layers import sincos_1d_table
     base, fine = make_grid(4, 2, 64, 16), make_grid(4, 2, 64, 8)  # 4x4 and 8x8 tokens per frame
     assert torch.equal(build_pos_table(base, 60, "3d", reference=(4, 4)), build_pos_table(base, 60, "3d"))
     table = build_pos_table(fine, 60, "3d", reference=(4, 4))[0].view(fine.t, 8, 8, 60)
@@ -35,8 +35,8 @@ def test_pos_table_reference():
 
 
 def test_pi_resize_kernel_is_resize_patch_embed_and_differentiable():
-    from model_layers import pi_resize_kernel
-    from weight_loading import resize_patch_embed
+    from patches.models.layers import pi_resize_kernel
+    from patches.checkpoints.finetune_weights import resize_patch_embed
     torch.manual_seed(0)
     w = torch.randn(6, 3, 2, 16, 16, requires_grad=True)
     on_the_fly = pi_resize_kernel(w, (8, 8))
@@ -53,7 +53,7 @@ def test_pi_resize_kernel_is_resize_patch_embed_and_differentiable():
 
 
 def test_patch_embed_at_another_grid():
-    from model_layers import PatchEmbed
+    from patches.models.layers import PatchEmbed
     base, other = make_grid(4, 2, 32, 16), make_grid(4, 2, 48, 8)
     embed = PatchEmbed(base, 16)
     x = torch.randn(2, 3, 4, 48, 48)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from models import create_video_model
+from patches.models.factory import create_video_model
 
 
 def test_classifier_shapes_at_non_square_grid():

@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from masking_generator import MaskGenerator
-from modeling_pretrain import mask_to_index, patchify, pixel_targets, unpatchify
-from models import create_video_model
-from patch_grid import make_grid
+from patches.data.masking import MaskGenerator
+from patches.models.pretrain import mask_to_index, patchify, pixel_targets, unpatchify
+from patches.models.factory import create_video_model
+from patches.grid import make_grid
 
 TINY = dict(decoder_depth=1)
 
@@ -129,7 +129,7 @@ def test_forward_at_other_grids_of_one_model():
 
 def test_decoder_pixels_resize_like_the_frame():
     """The head's output at the base patch, resized to a half-size patch, is the frame resized by half."""
-    from model_layers import resize_patch_pixels
+    from patches.models.layers import resize_patch_pixels
     base, half = make_grid(4, 2, 32, 16), make_grid(4, 2, 16, 8)  # same 2x2 tokens per frame
     video = torch.rand(1, 3, 4, 32, 32)
     small = torch.nn.functional.interpolate(video[0].transpose(0, 1), size=(16, 16), mode="bilinear",

@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
 
-import sweep_report  # noqa: E402
+from patches.sweep import report as sweep_report
 
 # Two grids (4 and 16 patches per frame), one seed, one pre-training epoch (4 steps) on the 16 clips, k-NN (no
 # training).

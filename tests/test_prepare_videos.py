@@ -13,11 +13,10 @@ import av
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
 
-import loader_bench  # noqa: E402
-import prepare_videos  # noqa: E402
-from video_encoding import EncodeConfig, transcode_pyav  # noqa: E402
+from patches.perf import loader_bench
+from patches.data import prepare as prepare_videos
+from patches.data.encoding import EncodeConfig, transcode_pyav
 
 SCRIPT = str(ROOT / "scripts" / "prepare_videos.py")
 

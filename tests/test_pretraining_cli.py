@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from checkpoint import load_checkpoint
-from patch_grid import make_grid
+from patches.checkpoints.files import load_checkpoint
+from patches.grid import make_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model", "pretrain_videomae_micro_patch16_224", "--decoder_depth", "1", "--num_workers", "0",

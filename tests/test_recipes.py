@@ -4,23 +4,20 @@ VideoMAE samples them. The VideoMAE side is written here the way MCG-NJU/VideoMA
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
 
-import cli_args  # noqa: E402
-import recipes  # noqa: E402
-import utils  # noqa: E402
-from clip_sampling import (eval_view_fraction, sample_clip_indices, segment_eval_indices,  # noqa: E402
-                           segment_train_indices)
-from datasets import VideoClsEvalDataset  # noqa: E402
-from patch_grid import make_grid  # noqa: E402
-from resume import ResumableSampler  # noqa: E402
+from patches.config import flags as cli_args
+from patches.config import recipes
+from patches.train.optim import cosine_scheduler
+from patches.data.clip_sampling import (eval_view_fraction, sample_clip_indices, segment_eval_indices, segment_train_indices)
+from patches.data.datasets import VideoClsEvalDataset
+from patches.grid import make_grid
+from patches.data.samplers import ResumableSampler
 
 # VideoMAE's parser defaults for the flags its scripts leave out (run_mae_pretraining.py, run_class_finetuning.py)
 VIDEOMAE_DEFAULTS = {
@@ -35,7 +32,7 @@ def videomae_value(flags: list[str], stage: str, name: str) -> float:
 
 def videomae_cosine_scheduler(base_value, final_value, epochs, niter_per_ep, warmup_epochs=0,
                               start_warmup_value=0, warmup_steps=-1):
-    """VideoMAE's utils.cosine_scheduler."""
+    """VideoMAE's cosine_scheduler."""
     warmup_schedule = np.array([])
     warmup_iters = warmup_epochs * niter_per_ep
     if warmup_steps > 0:
@@ -73,7 +70,7 @@ def test_every_recipe_gives_videomae_lr_batch_steps_and_schedule() -> None:
             warmup_epochs = int(videomae_value(flags, stage, "--warmup_epochs"))
             theirs = videomae_cosine_scheduler(lr, min_lr, epochs, steps, warmup_epochs)
             s = cli_args.trainer_config(args, "cpu").schedule
-            ours = utils.cosine_scheduler(s.lr, s.min_lr, epochs, steps, s.warmup_epochs, s.warmup_lr, s.warmup_steps)
+            ours = cosine_scheduler(s.lr, s.min_lr, epochs, steps, s.warmup_epochs, s.warmup_lr, s.warmup_steps)
             assert len(ours) == len(theirs) == epochs * steps
             warmup = warmup_epochs * steps
             at = [0, 1, warmup // 2, warmup - 1, warmup, warmup + 1, len(ours) // 2, len(ours) - 1]

@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-import resume
-from checkpoint import load_checkpoint, save_checkpoint
-from checkpoint_folder import find_checkpoint
+from patches.data.samplers import ResumableSampler, SeededItems
+from patches.train.rng import rng_state, set_rng_state
+from patches.train.stop_signals import EXIT_REQUEUE
+from patches.checkpoints.files import load_checkpoint, save_checkpoint
+from patches.checkpoints.folder import find_checkpoint
 from launch_helpers import FINETUNE, PRETRAIN, ROOT, assert_same_weights, run, run_and_signal, weights
 
 
@@ -70,7 +72,7 @@ def test_sigterm_under_torchrun_saves_latest_and_the_run_resumes(reference, demo
     flags = pretrain_flags(demo_root, out, "--num_workers", "0", "--batch_size", "2", "--save_ckpt_every_steps", "0")
     status, text = run_and_signal("run_mae_pretraining.py", flags, "Epoch [1/2] [1/4]", signal.SIGTERM, nproc=2)
     assert status != 0  # torchrun reports its own SIGTERM as a failure; the workers exited with 75
-    assert f"exiting with status {resume.EXIT_REQUEUE}" in text
+    assert f"exiting with status {EXIT_REQUEUE}" in text
     saved = load_checkpoint(out / "checkpoint-latest.pth")
     assert saved["world_size"] == 2 and len(saved["rng_states"]) == 2
     assert saved["next_epoch"] == 0 and 1 <= saved["next_batch"] < 4
@@ -84,7 +86,7 @@ def test_sigusr1_exits_75_with_a_checkpoint_to_resume_from(demo_root, tmp_path):
     out = tmp_path / "out"
     flags = pretrain_flags(demo_root, out, "--num_workers", "1", "--save_ckpt_every_steps", "0", "--epochs", "1")
     status, text = run_and_signal("run_mae_pretraining.py", flags, "Epoch [1/1] [1/4]", signal.SIGUSR1)
-    assert status == resume.EXIT_REQUEUE, text[-2000:]
+    assert status == EXIT_REQUEUE, text[-2000:]
     assert "stopped by SIGUSR1 after saving" in text
     assert load_checkpoint(out / "checkpoint-latest.pth")["next_batch"] >= 1
     again = run("run_mae_pretraining.py", flags)
@@ -93,8 +95,7 @@ def test_sigusr1_exits_75_with_a_checkpoint_to_resume_from(demo_root, tmp_path):
 
 SLOW_SAVE = """
 import sys, torch
-sys.path.insert(0, {root!r})
-import checkpoint
+from patches.checkpoints import files as checkpoint
 # Many small tensors: pickling them keeps torch.save busy for a while, so the kill lands mid-write.
 state = {{"model": {{f"w{{i}}": torch.full((64,), float(i)) for i in range(300_000)}}}}
 print("writing", flush=True)
@@ -130,17 +131,17 @@ def test_rng_states_survive_a_weights_only_checkpoint(tmp_path):
     np.random.seed(2)
     random.seed(3)
     np.random.standard_normal()  # leaves numpy with a cached gaussian
-    save_checkpoint(tmp_path / "c.pth", {"rng_states": [resume.rng_state()]})
+    save_checkpoint(tmp_path / "c.pth", {"rng_states": [rng_state()]})
     expected = (torch.rand(3), np.random.standard_normal(3), [random.random() for _ in range(3)])
-    resume.set_rng_state(load_checkpoint(tmp_path / "c.pth")["rng_states"][0])
+    set_rng_state(load_checkpoint(tmp_path / "c.pth")["rng_states"][0])
     assert torch.equal(torch.rand(3), expected[0])
     assert np.array_equal(np.random.standard_normal(3), expected[1])
     assert [random.random() for _ in range(3)] == expected[2]
 
 
 def test_sampler_order_is_a_function_of_seed_and_epoch_and_shards_global_batches():
-    one = resume.ResumableSampler(50, batch_size=6, seed=7)
-    two = [resume.ResumableSampler(50, batch_size=3, num_replicas=2, rank=r, seed=7) for r in range(2)]
+    one = ResumableSampler(50, batch_size=6, seed=7)
+    two = [ResumableSampler(50, batch_size=3, num_replicas=2, rank=r, seed=7) for r in range(2)]
     assert one.batches_per_epoch == two[0].batches_per_epoch == 8
     for epoch in (0, 1):
         one.set_epoch(epoch)
@@ -158,7 +159,7 @@ def test_sampler_order_is_a_function_of_seed_and_epoch_and_shards_global_batches
     first = [i for _, i in one]
     one.set_epoch(1)
     assert first != [i for _, i in one]
-    assert resume.ResumableSampler(50, 6, seed=7, batches_multiple=3).batches_per_epoch == 6
+    assert ResumableSampler(50, 6, seed=7, batches_multiple=3).batches_per_epoch == 6
 
 
 def test_items_depend_only_on_their_key():
@@ -169,7 +170,7 @@ def test_items_depend_only_on_their_key():
         def __getitem__(self, i: int) -> torch.Tensor:
             return torch.rand(2)
 
-    items = resume.SeededItems(Draw(), seed=0)
+    items = SeededItems(Draw(), seed=0)
     first = items[(3, 1)]
     torch.rand(5)  # whatever ran before
     assert torch.equal(items[(3, 1)], first)

@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
-import checkpoint
-from models import create_video_model
-from patch_grid import make_grid
-from weight_loading import load_finetune_weights
+from patches.checkpoints import files as checkpoint
+from patches.models.factory import create_video_model
+from patches.grid import make_grid
+from patches.checkpoints.finetune_weights import load_finetune_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = make_grid(4, 2, 32, 8)

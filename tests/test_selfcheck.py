@@ -5,9 +5,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
 
-import selfcheck  # noqa: E402
+from patches.perf import selfcheck
 
 # What the quick CPU run must pass; the fp16 checks need CUDA and must say so.
 MUST_PASS = ["environment", "decode", "loss_falls 16 bf16", "loss_falls 36 bf16", "compile 16 bf16",

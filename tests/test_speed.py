@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from masking_generator import MaskGenerator
-from attention import BlockAttention, MatmulSoftmaxAttention, configure_attention
-from model_layers import gather_tokens
-from modeling_pretrain import mask_to_index, pixel_targets
-from models import create_video_model
-from optim_factory import OptimizerConfig, build_optimizer
-from patch_grid import make_grid
+from patches.data.masking import MaskGenerator
+from patches.models.attention import BlockAttention, MatmulSoftmaxAttention, configure_attention
+from patches.models.layers import gather_tokens
+from patches.models.pretrain import mask_to_index, pixel_targets
+from patches.models.factory import create_video_model
+from patches.train.optim import OptimizerConfig, build_optimizer
+from patches.grid import make_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +38,7 @@ def test_embedding_only_visible_tubelets_equals_embedding_all_then_gathering(fra
 
 
 def test_auto_attention_times_both_paths_logs_the_choice_and_reuses_the_cache(tmp_path, monkeypatch, capsys):
-    import attention
+    from patches.models import attention
     monkeypatch.setenv("PATCHES_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(attention, "_CHOICES", {})
     model = create_video_model("vit_micro_patch16_224", grid=make_grid(4, 2, 32, 8), num_classes=3)
@@ -268,15 +268,14 @@ def test_bf16_autocast_layer_norm_and_loss_are_computed_in_fp32():
         got = norm(x)
     expected = torch.nn.functional.layer_norm(x.float(), (128,), norm.weight, norm.bias, norm.eps)
     assert torch.equal(got.float(), expected.bfloat16().float())
-    from engine_for_finetuning import Classification
+    from patches.train.classification import Classification
     loss = Classification(torch.nn.CrossEntropyLoss(), torch.device("cpu"), torch.bfloat16)(
         model, (torch.randn(2, 3, 4, 32, 32), torch.tensor([0, 2])))
     assert loss.dtype == torch.float32
 
 
 def test_bound_table_says_whether_the_loader_or_the_step_is_slower():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import benchmark
+    from patches.perf import benchmark
     step = [dict(task="pretrain", model="small", patches_per_frame=196, dtype="bf16", decoder_mask="none",
                  clips_per_s=5.0), dict(task="finetune", clips_per_s=1.0)]
     loader = [dict(pipeline="ours", workers=0, num_sample=1, clips_per_s=3.0),
@@ -289,8 +288,7 @@ def test_bound_table_says_whether_the_loader_or_the_step_is_slower():
 
 def test_benchmark_peak_memory_restarts_after_the_flop_count_and_matmul_rate_is_measured():
     # The FLOP count runs the explicit attention path; its peak must not be charged to the measured path.
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import benchmark
+    from patches.perf import benchmark
     cpu = torch.device("cpu")
     big = torch.ones(300_000_000 // 4)  # 300 MB, touched: an mmap of its own, returned on del
     with_big = benchmark.peak_memory(cpu)

@@ -13,14 +13,14 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import Dataset
 
-import resume
-from checkpoint import load_checkpoint
-from checkpoint_folder import choose_checkpoint
-from data_health import BadVideoTracker
-from data_loaders import LoaderConfig, train_loader
-from datasets import CollateWithBad
-from patch_grid import make_grid
-from trainer import Schedule, Trainer, TrainerConfig, launch
+from patches.train.stop_signals import EXIT_REQUEUE, Interrupted
+from patches.checkpoints.files import load_checkpoint
+from patches.checkpoints.folder import choose_checkpoint
+from patches.data.health import BadVideoTracker
+from patches.data.loaders import LoaderConfig, train_loader
+from patches.data.datasets import CollateWithBad
+from patches.grid import make_grid
+from patches.train.trainer import Schedule, Trainer, TrainerConfig, launch
 
 GRID = make_grid(4, 2, 32, 8)  # recorded in the checkpoints; the toy model below does not use it
 WEIGHTS = torch.tensor([1.0, -2.0, 0.5, 3.0])
@@ -97,7 +97,7 @@ def test_fit_trains_logs_and_saves(tmp_path: Path) -> None:
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path: Path) -> None:
     with start(config(tmp_path / "straight")) as trainer:
         trainer.fit(mse)
-    with start(config(tmp_path / "halves")) as trainer, pytest.raises(resume.Interrupted):
+    with start(config(tmp_path / "halves")) as trainer, pytest.raises(Interrupted):
         trainer.fit(signal_at_call(12, mse))  # stopped half-way through epoch 1 ...
     with start(config(tmp_path / "halves")) as trainer:  # ... and the same command goes on from there
         assert (trainer.progress.epoch, trainer.progress.batch) == (1, 4)
@@ -123,7 +123,7 @@ def test_a_stop_signal_saves_latest_mid_epoch_and_exits_75(tmp_path: Path) -> No
 
     with pytest.raises(SystemExit) as stop:
         launch(body, "cpu")
-    assert stop.value.code == resume.EXIT_REQUEUE
+    assert stop.value.code == EXIT_REQUEUE
     latest = load_checkpoint(tmp_path / "checkpoint-latest.pth")
     assert (latest["next_epoch"], latest["next_batch"]) == (0, 3)
 
@@ -176,7 +176,7 @@ def test_a_stop_during_validation_saves_the_epoch_and_the_rerun_validates_it(tmp
 
     with pytest.raises(SystemExit) as stop:
         launch(body, "cpu")
-    assert stop.value.code == resume.EXIT_REQUEUE
+    assert stop.value.code == EXIT_REQUEUE
     latest = load_checkpoint(out / "checkpoint-latest.pth")
     assert (latest["next_epoch"], latest["next_batch"]) == (1, 8) and "train_loss" in latest["epoch_record"]
     with start(config(out)) as trainer:

@@ -8,11 +8,11 @@ import pytest
 import torch
 from timm.utils import ModelEmaV3
 
-from engine_for_pretraining import MaskedReconstruction
-from masking_generator import MaskGenerator
-from models import create_video_model
-from patch_grid import make_grid
-from updater import Updater
+from patches.train.reconstruction import MaskedReconstruction
+from patches.data.masking import MaskGenerator
+from patches.models.factory import create_video_model
+from patches.grid import make_grid
+from patches.train.updater import Updater
 
 
 def regression(seed: int = 0) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:

@@ -1,20 +1,17 @@
 """Reading videos: PyAV gives decord's frames, decoding errors get one-line reasons, clips share one decode."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from video_reader import (BACKENDS, PyAVVideo, VideoDecodeError, VideoFile, decode_clips, decode_reason,
-                          open_video)
+from patches.data.video_reader import (BACKENDS, PyAVVideo, VideoDecodeError, VideoFile, decode_clips, decode_reason, open_video)
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
 
-import loader_bench  # noqa: E402
+from patches.perf import loader_bench
 
 
 @pytest.fixture(scope="module")

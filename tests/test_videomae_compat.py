@@ -5,23 +5,21 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-import run_class_finetuning
-import run_mae_pretraining
-import run_videomae_vis as vis
-from launch_helpers import FINETUNE, PRETRAIN, ROOT, run
-from models import create_video_model
-from patch_grid import make_grid
-from stages import run_stage
-from video_reader import VideoFile
+from patches.cli import finetune as run_class_finetuning
+from patches.cli import pretrain as run_mae_pretraining
+from patches.cli import visualise as vis
+from launch_helpers import FINETUNE, PRETRAIN, run
+from patches.models.factory import create_video_model
+from patches.grid import make_grid
+from patches.cli.stages import run_stage
+from patches.data.video_reader import VideoFile
 
-sys.path.insert(0, str(ROOT / "scripts"))
-import export_hf  # noqa: E402
+from patches.cli import export_hf
 
 # VideoMAE's flags record frames and input size, never the patch grid itself
 VIDEOMAE_ARGS = argparse.Namespace(model="pretrain_videomae_micro_patch16_224", num_frames=8, input_size=64,

@@ -11,12 +11,12 @@ import torch
 from PIL import Image
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-import checkpoint
-import run_videomae_vis as vis
-from masking_generator import MaskGenerator
-from modeling_pretrain import patchify, pixel_targets
-from models import create_video_model
-from patch_grid import make_grid
+from patches.checkpoints import files as checkpoint
+from patches.cli import visualise as vis
+from patches.data.masking import MaskGenerator
+from patches.models.pretrain import patchify, pixel_targets
+from patches.models.factory import create_video_model
+from patches.grid import make_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 # Non-square on purpose: 4 frames of 32x48 px, patch 8 -> 2 x 4 x 6 tokens (24 patches per frame).

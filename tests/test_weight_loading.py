@@ -4,11 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import checkpoint
-from model_layers import build_pos_table
-from models import create_video_model
-from patch_grid import make_grid
-from weight_loading import interpolate_pos_embed, load_finetune_weights, resize_patch_embed
+from patches.checkpoints import files as checkpoint
+from patches.models.layers import build_pos_table
+from patches.models.factory import create_video_model
+from patches.grid import make_grid
+from patches.checkpoints.finetune_weights import interpolate_pos_embed, load_finetune_weights, resize_patch_embed
 
 MICRO = "vit_micro_patch16_224"
 PRETRAIN_MICRO = "pretrain_videomae_micro_patch16_224"

@@ -1,0 +1,265 @@
+"""VideoMAE's published recipes, line by line, as flags for PATCHES's scripts, and their table.
+
+Each recipe holds the flags of one of MCG-NJU/VideoMAE's scripts/ (pre-training and fine-tuning), verbatim
+except for paths, at VideoMAE's process count, with the top-1 its MODEL_ZOO.md reports. The launchers
+(scripts/launch/common.sh) take their flags from here; on fewer processes they keep VideoMAE's total batch
+by gradient accumulation (--update_freq), and GRID=SIZE/PATCH changes only --input_size and --patch_size.
+
+    python scripts/recipes.py                                   # table (markdown + --json): effective values, top-1, cost
+    python scripts/recipes.py --flags k400_base_800 pretrain --world 8 --grid 288/16     # flags for 8 processes
+    python scripts/recipes.py --checkpoint_epoch k400_base_800  # the pre-training epoch VideoMAE fine-tunes from
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+
+from patches.utils import cpu_memory  # noqa: F401  (before torch, as in the run scripts)
+
+# Training videos in each data set's official training list (split 1 for UCF101 and HMDB51): clips per
+# epoch in the table. Runs count the lines of their own list.
+TRAIN_VIDEOS = {"k400": 240_436, "ssv2": 168_913, "ucf101": 9_537, "hmdb51": 3_570}
+
+# VideoMAE's flags that PATCHES's launchers leave to their own settings: paths, and DeepSpeed (the DEEPSPEED
+# variable), which changes no number of the recipe.
+LAUNCHER_FLAGS = ("--enable_deepspeed",)
+
+K400_PRE = ("--mask_type tube --mask_ratio 0.9 --decoder_depth 4 --num_frames 16 --sampling_rate 4 --opt adamw "
+            "--opt_betas 0.9 0.95 --warmup_epochs 40 --save_ckpt_freq 20")
+SSV2_PRE = K400_PRE.replace("--sampling_rate 4", "--sampling_rate 2")
+K400_FT = ("--data_set Kinetics-400 --nb_classes 400 --input_size 224 --short_side_size 224 --save_ckpt_freq 10 "
+           "--num_frames 16 --sampling_rate 4 --opt adamw --opt_betas 0.9 0.999 --weight_decay 0.05 --dist_eval "
+           "--test_num_segment 5 --test_num_crop 3 --enable_deepspeed")
+SSV2_FT = ("--data_set SSV2 --nb_classes 174 --input_size 224 --short_side_size 224 --save_ckpt_freq 10 "
+           "--num_frames 16 --opt adamw --opt_betas 0.9 0.999 --weight_decay 0.05 --dist_eval "
+           "--test_num_segment 2 --test_num_crop 3 --enable_deepspeed")
+UCF_PRE = ("--mask_type tube --mask_ratio 0.75 --model pretrain_videomae_base_patch16_224 --decoder_depth 4 --lr 3e-4 "
+           "--batch_size 24 --num_frames 16 --sampling_rate 4 --opt adamw --opt_betas 0.9 0.95 --warmup_epochs 40")
+UCF_FT = ("--model vit_base_patch16_224 --batch_size 16 --input_size 224 --short_side_size 224 --num_frames 16 "
+          "--sampling_rate 4 --num_sample 2 --opt adamw --lr 5e-4 --warmup_lr 1e-8 --min_lr 1e-5 --layer_decay 0.7 "
+          "--opt_betas 0.9 0.999 --weight_decay 0.05 --epochs 100 --test_num_segment 5 --test_num_crop 3 "
+          "--fc_drop_rate 0.5 --drop_path 0.2 --use_checkpoint --dist_eval --enable_deepspeed")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One line of VideoMAE's table: its two scripts' flags (paths left out) and process counts."""
+
+    dataset: str
+    pretrain_gpus: int
+    pretrain: str
+    finetune_gpus: int
+    finetune: str
+    top1: float
+    checkpoint_epoch: int  # the pre-training checkpoint VideoMAE's fine-tuning script reads
+    source: str  # VideoMAE's script folder, or where the values come from
+    note: str = ""
+
+    def flags(self, stage: str) -> list[str]:
+        return (self.pretrain if stage == "pretrain" else self.finetune).split()
+
+    def gpus(self, stage: str) -> int:
+        return self.pretrain_gpus if stage == "pretrain" else self.finetune_gpus
+
+
+def _pre(model: str, batch: int, epochs: int, base: str = K400_PRE) -> str:
+    return f"{base} --model pretrain_videomae_{model}_patch16_224 --batch_size {batch} --epochs {epochs}"
+
+
+RECIPES: dict[str, Recipe] = {
+    "k400_small_1600": Recipe(
+        "k400", 32, _pre("small", 32, 1601), 32,
+        f"--model vit_small_patch16_224 {K400_FT} --batch_size 12 --num_sample 2 --lr 5e-4 --epochs 150",
+        79.0, 1599, "scripts/kinetics/videomae_vit_small_patch16_224_tubemasking_ratio_0.9_epoch_1600"),
+    "k400_base_800": Recipe(
+        "k400", 64, _pre("base", 32, 801), 64,
+        f"--model vit_base_patch16_224 {K400_FT} --batch_size 8 --num_sample 1 --lr 1e-3 --epochs 100",
+        80.0, 799, "scripts/kinetics/videomae_vit_base_patch16_224_tubemasking_ratio_0.9_epoch_800",
+        "fine-tuned without repeated augmentation (MODEL_ZOO: 81.0 with it, script not published)"),
+    "k400_base_1600": Recipe(
+        "k400", 64, _pre("base", 32, 1601), 64,
+        f"--model vit_base_patch16_224 {K400_FT} --batch_size 6 --num_sample 2 --lr 5e-4 --epochs 75",
+        81.5, 1599, "scripts/kinetics/videomae_vit_base_patch16_224_tubemasking_ratio_0.9_epoch_1600"),
+    "ssv2_small_2400": Recipe(
+        "ssv2", 64, _pre("small", 32, 2401, SSV2_PRE), 32,
+        f"--model vit_small_patch16_224 {SSV2_FT} --batch_size 12 --num_sample 2 --lr 1e-3 --layer_decay 0.7 "
+        f"--epochs 40", 66.8, 2399, "scripts/ssv2/videomae_vit_small_patch16_224_tubemasking_ratio_0.9_epoch_2400"),
+    "ssv2_base_800": Recipe(
+        "ssv2", 64, _pre("base", 32, 801, SSV2_PRE), 64,
+        f"--model vit_base_patch16_224 {SSV2_FT} --batch_size 8 --num_sample 1 --lr 5e-4 --epochs 50",
+        69.6, 799, "scripts/ssv2/videomae_vit_base_patch16_224_tubemasking_ratio_0.9_epoch_800",
+        "fine-tuned without repeated augmentation"),
+    "ssv2_base_2400": Recipe(
+        "ssv2", 64, _pre("base", 32, 2401, SSV2_PRE), 64,
+        f"--model vit_base_patch16_224 {SSV2_FT} --batch_size 6 --num_sample 2 --lr 5e-4 --epochs 30",
+        70.8, 2399, "scripts/ssv2/videomae_vit_base_patch16_224_tubemasking_ratio_0.9_epoch_2400"),
+    "ucf101_base_3200": Recipe(
+        "ucf101", 8, f"{UCF_PRE} --epochs 3201 --save_ckpt_freq 100", 8,
+        f"{UCF_FT} --data_set UCF101 --nb_classes 101 --save_ckpt_freq 50",
+        91.3, 3199, "scripts/ucf101/videomae_vit_base_patch16_224_tubemasking_ratio_0.75_epoch_3200"),
+    "hmdb51_base_4800": Recipe(
+        "hmdb51", 8, f"{UCF_PRE} --epochs 4801 --save_ckpt_freq 100", 8,
+        f"{UCF_FT.replace('--epochs 100', '--epochs 50')} --data_set HMDB51 --nb_classes 51 --save_ckpt_freq 50",
+        62.6, 4799, "README.md (no script published)",
+        "VideoMAE published no HMDB51 script: UCF101's flags with the paper's 4800 + 50 epochs, unverified"),
+}
+DEFAULT_RECIPE = {"k400": "k400_base_800", "ssv2": "ssv2_base_800", "ucf101": "ucf101_base_3200",
+                  "hmdb51": "hmdb51_base_4800"}
+
+
+def _flag_value(flags: list[str], name: str, default: str) -> str:
+    return flags[flags.index(name) + 1] if name in flags else default
+
+
+def parse_grid(grid: str) -> tuple[int, int]:
+    """``SIZE/PATCH`` (e.g. 288/16), or 196 / 324 patches per frame (224/16, 288/16)."""
+    from patches.grid import parse_grid_spec
+    return parse_grid_spec({"196": "224/16", "324": "288/16"}.get(grid, grid))
+
+
+def launcher_flags(name: str, stage: str, world: int, grid: str = "224/16", batch_size: int | None = None
+                   ) -> list[str]:
+    """The recipe's flags for ``world`` processes: VideoMAE's total batch kept with ``--update_freq``, the grid
+    set by ``--input_size``/``--patch_size`` (and ``--short_side_size``, which VideoMAE sets to the input size),
+    the launchers' own flags left out. ``batch_size``: per process
+    (default: VideoMAE's)."""
+    recipe = RECIPES[name]
+    flags = [f for f in recipe.flags(stage) if f not in LAUNCHER_FLAGS]
+    per_gpu = int(_flag_value(flags, "--batch_size", "64"))
+    total = per_gpu * recipe.gpus(stage)
+    batch_size = batch_size or (per_gpu if total % (per_gpu * world) == 0 else None)
+    if batch_size is None or total % (batch_size * world):
+        raise ValueError(f"{name} {stage}: VideoMAE's total batch {total} is not a multiple of {world} processes x "
+                         f"batch {batch_size or per_gpu}; set BATCH_SIZE to a divisor of {total // world}")
+    size, patch = parse_grid(grid)
+    flags = _set(flags, "--batch_size", str(batch_size))
+    flags = _set(flags, "--input_size", str(size))
+    if "--short_side_size" in flags:  # VideoMAE tests on crops of the whole short side
+        flags = _set(flags, "--short_side_size", str(size))
+    return _set(_set(flags, "--patch_size", str(patch)), "--update_freq", str(total // (batch_size * world)))
+
+
+def _set(flags: list[str], name: str, value: str) -> list[str]:
+    if name in flags:
+        i = flags.index(name)
+        return flags[:i + 1] + [value] + flags[i + 2:]
+    return flags + [name, value]
+
+
+def parsed_args(name: str, stage: str, flags: list[str] | None = None) -> argparse.Namespace:
+    """PATCHES's script's arguments for the recipe's flags (VideoMAE's verbatim by default), paths filled in."""
+    if stage == "pretrain":
+        from patches.cli import pretrain as script
+        paths = ["--data_path", "train.csv"]
+    else:
+        from patches.cli import finetune as script  # type: ignore[no-redef]
+        paths = ["--data_path", "lists", "--finetune", "checkpoint.pth"]
+    return script.get_args_parser().parse_args(paths + (RECIPES[name].flags(stage) if flags is None else flags))
+
+
+def effective_values(name: str, stage: str, world: int | None = None, flags: list[str] | None = None) -> dict:
+    """What PATCHES's script computes from the recipe's flags at ``world`` processes (VideoMAE's by default):
+    total batch, the scaled LRs, steps and clips per epoch on the data set's official training list."""
+    from patches.config import flags as cli_args
+    recipe = RECIPES[name]
+    world = world or recipe.gpus(stage)
+    args = parsed_args(name, stage, flags)
+    cli_args.scale_lr(args, world)
+    total = cli_args.total_batch_size(args, world)
+    steps = TRAIN_VIDEOS[recipe.dataset] // total
+    return {"recipe": name, "stage": stage, "gpus": world, "batch_per_gpu": args.batch_size,
+            "update_freq": args.update_freq, "total_batch": total, "num_sample": args.num_sample,
+            "lr": args.lr, "min_lr": args.min_lr, "warmup_lr": args.warmup_lr, "epochs": args.epochs,
+            "warmup_epochs": args.warmup_epochs, "steps_per_epoch": steps,
+            "clips_per_epoch": steps * total * args.num_sample, "model": args.model,
+            "mask_ratio": getattr(args, "mask_ratio", None), "decoder_depth": getattr(args, "decoder_depth", None)}
+
+
+def flops_per_clip(stage: str, model: str, size: int, patch: int, mask_ratio: float | None,
+                   decoder_depth: int | None) -> float:
+    """Forward + backward FLOPs of one training clip, counted as scripts/benchmark.py counts a step's."""
+    import torch
+
+    from patches.perf import benchmark
+    size_name = model.split("_")[-3]  # pretrain_videomae_base_patch16_224 / vit_base_patch16_224
+    cfg = {"num_frames": 16, "size": size, "patch": patch, "model": size_name, "batch_size": 1,
+           "mask_ratio": mask_ratio or 0.9, "decoder_depth": decoder_depth or 4, "decoder_mask": "none",
+           "dtype": "fp32", "attn_impl": "math", "compile": None}
+    torch.manual_seed(0)
+    step_fn = benchmark.STEP_FNS["pretrain" if stage == "pretrain" else "finetune"]
+    _, forward_backward, _, model_ = step_fn(cfg, torch.device("cpu"))
+    return float(benchmark.count_model_flops(model_, forward_backward, "math"))
+
+
+def table(names: list[str], grid: str, tflops: float, count_flops: bool = True) -> list[dict]:
+    """One row per recipe and stage, at VideoMAE's process count, with GPU-hours at ``tflops`` per GPU."""
+    size, patch = parse_grid(grid)
+    rows, cache = [], {}
+    for name in names:
+        for stage in ("pretrain", "finetune"):
+            row = effective_values(name, stage)
+            row.update(top1=RECIPES[name].top1, grid=f"{size}/{patch}", note=RECIPES[name].note)
+            if count_flops:
+                key = (stage, row["model"], row["mask_ratio"], row["decoder_depth"])
+                if key not in cache:
+                    cache[key] = flops_per_clip(stage, row["model"], size, patch, row["mask_ratio"],
+                                                row["decoder_depth"])
+                row["gflop_per_clip"] = cache[key] / 1e9
+                row["gpu_hours"] = cache[key] * row["clips_per_epoch"] * row["epochs"] / (tflops * 1e12) / 3600
+            rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| recipe | stage | GPUs x batch | total batch | clips/step | lr | min_lr | warmup_lr | epochs | "
+             "steps/epoch | clips/epoch | GFLOP/clip | GPU-hours | VideoMAE top-1 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        cost = (f"{r['gflop_per_clip']:.0f} | {r['gpu_hours']:,.0f}" if "gpu_hours" in r else "- | -")
+        lines.append(f"| {r['recipe']} | {r['stage']} | {r['gpus']} x {r['batch_per_gpu']} | {r['total_batch']} | "
+                     f"{r['total_batch'] * r['num_sample']} | {r['lr']:.3g} | {r['min_lr']:.3g} | "
+                     f"{r['warmup_lr']:.3g} | {r['epochs']} | {r['steps_per_epoch']:,} | {r['clips_per_epoch']:,} | "
+                     f"{cost} | {r['top1'] if r['stage'] == 'finetune' else ''} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--flags", nargs=2, metavar=("RECIPE", "STAGE"), help="print the flags, one per line")
+    p.add_argument("--checkpoint_epoch", metavar="RECIPE", help="print the pre-training epoch fine-tuning reads")
+    p.add_argument("--world", type=int, default=1, help="processes of the run (--flags)")
+    p.add_argument("--batch_size", type=int, default=None, help="per process (--flags; default VideoMAE's)")
+    p.add_argument("--grid", default="224/16", help="SIZE/PATCH, or 196 / 324 patches per frame")
+    p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES), help="rows of the table")
+    p.add_argument("--tflops", type=float, default=100.0,
+                   help="sustained training TFLOP/s per GPU for GPU-hours (an assumption: about a third of an "
+                        "A100's bf16 peak; measure yours with scripts/benchmark.py)")
+    p.add_argument("--no_flops", action="store_true", help="leave out GFLOP/clip and GPU-hours")
+    p.add_argument("--json", default=None, help="also write the rows here")
+    args = p.parse_args()
+    try:
+        if args.flags:
+            name, stage = args.flags
+            if name not in RECIPES or stage not in ("pretrain", "finetune"):
+                raise ValueError(f"unknown recipe {name!r} or stage {stage!r}; recipes: {', '.join(RECIPES)}")
+            print("\n".join(launcher_flags(name, stage, args.world, args.grid, args.batch_size)))
+            return
+        if args.checkpoint_epoch:
+            print(RECIPES[args.checkpoint_epoch].checkpoint_epoch)
+            return
+        rows = table(args.recipes, args.grid, args.tflops, not args.no_flops)
+    except (ValueError, KeyError) as e:
+        raise SystemExit(f"error: {e}")
+    print(markdown(rows))
+    if args.json:
+        tmp = Path(f"{args.json}.tmp")
+        tmp.write_text(json.dumps(rows, indent=1))
+        tmp.replace(args.json)
+
+
+if __name__ == "__main__":
+    main()

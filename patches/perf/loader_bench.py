@@ -1,0 +1,487 @@
+"""Data-loader throughput: our pre-training loader against a VideoMAE-style reference pipeline.
+
+Both pipelines read the same generated H.264 mp4 files (:func:`make_videos`: 320 px short side,
+10 s at 25 fps by default) through the same DataLoader settings (sampler, collate, worker count,
+pinned memory on cuda only); clips/s counts ``num_sample`` clips per decoded video.
+
+* ``ours``: exactly the loader pre-training builds (``data_loaders.pretraining_loader``, at the
+  pre-training flags' defaults: 16 frames, sampling rate 4, 224 px, patch 16, tube mask, here ratio 0.9).
+  It decodes only the frames a clip needs, once per video for all ``num_sample`` clips, and
+  crops and resizes uint8 tensors (see datasets.py and video_transforms.py).
+* ``baseline``: mirrors VideoMAE's reference loader: decord reads every frame of the clip's span
+  (16 x 4 = 64 consecutive frames), the clip's 16 frames become PIL images, each gets
+  GroupMultiScaleCrop's crop and a bilinear resize to 224, then Stack, ToTorchFormatTensor and
+  GroupNormalize; ``num_sample`` clips mean ``num_sample`` separate decodes.
+
+    python scripts/loader_bench.py --workers 0 1 2 --num_sample 1 2 --videos 8 --json loader.json
+
+API (for scripts/benchmark.py): :func:`make_videos`, :func:`measure_loader`, :func:`run`
+(``run(parse_args([...]))`` or any namespace with the same fields) and :func:`markdown_table`.
+
+Figures depend on the machine being otherwise idle: on a busy one use ``--repeats 3`` (pipelines take
+turns, the best run counts) and read the 0-worker column "clips per CPU s", which other processes'
+load changes less. Worker counts above the free cores measure the scheduler, not the loader. The
+mp4 files are cached in ``--video_dir`` (data/loader_bench), 8 of them take about a minute to make.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+ROOT = Path(__file__).resolve().parents[2]  # the checkout (the package is installed editable from it)
+
+from patches.utils import cpu_memory  # noqa: F401  (before torch: allocator settings torch reads once, see cpu_memory.py)
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+PIPELINES = ("baseline", "ours")
+# Bump when the rendering or encoding below changes, so cached files are rebuilt.
+VIDEO_VERSION = 1
+# libx264 with its defaults (preset medium: GOP up to 250 frames with scene-cut keyframes, 3 B-frames,
+# CABAC) at crf 23, i.e. what `ffmpeg -i in.mp4 -vf scale=-2:320 out.mp4` gives: a 10 s, 25 fps video has one
+# keyframe, so any clip is decoded from frame 0 on.
+X264_OPTIONS = {"crf": "23", "threads": "1"}
+
+
+# ---- videos -------------------------------------------------------------------------------------
+
+def _texture(rng: np.random.Generator, h: int, w: int, sigma: float) -> np.ndarray:
+    """A smooth periodic colour texture in [-1, 1], float32 [H, W, 3] (low-passed noise)."""
+    spec = np.fft.rfft2(rng.standard_normal((3, h, w)).astype(np.float32))
+    fy, fx = np.fft.fftfreq(h)[:, None], np.fft.rfftfreq(w)[None, :]
+    spec *= np.exp(-(fx ** 2 + fy ** 2) / (2 * sigma ** 2))
+    spec[:, 0, 0] = 0
+    tex = np.fft.irfft2(spec, s=(h, w)).astype(np.float32)
+    return (tex / (np.abs(tex).max() + 1e-8)).transpose(1, 2, 0)
+
+
+def render_video(seed: int, size: tuple[int, int], num_frames: int) -> np.ndarray:
+    """Natural-ish moving content, uint8 [T, H, W, 3]: a textured background the camera pans over along a
+    wandering path, three textured blobs moving on their own, a slow brightness drift and light grain."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    big_h, big_w = 2 * h, 2 * w
+    bg = (_texture(rng, big_h, big_w, 0.02) * 0.7 + _texture(rng, big_h, big_w, 0.08) * 0.3)
+    bg = bg * rng.uniform(40, 70) + rng.uniform(70, 180, size=3).astype(np.float32)
+    t = np.arange(num_frames, dtype=np.float64)
+    # camera path: two sinusoids per axis, a few px per frame at most
+    py = (h / 2 + 0.45 * h * np.sin(2 * np.pi * t / rng.uniform(120, 300) + rng.uniform(0, 6))
+          + 0.1 * h * np.sin(2 * np.pi * t / rng.uniform(20, 60)))
+    px = (w / 2 + 0.45 * w * np.sin(2 * np.pi * t / rng.uniform(120, 300) + rng.uniform(0, 6))
+          + 0.1 * w * np.sin(2 * np.pi * t / rng.uniform(20, 60)))
+    blobs = []
+    for _ in range(3):
+        r = rng.uniform(0.12, 0.25) * min(h, w)
+        tex = _texture(rng, int(2 * r) + 2, int(2 * r) + 2, 0.1) * 60 + rng.uniform(30, 220, size=3)
+        y0, x0 = rng.uniform(0, h), rng.uniform(0, w)
+        vy, vx = rng.uniform(-3, 3), rng.uniform(-3, 3)
+        blobs.append((r, tex.astype(np.float32), y0, x0, vy, vx))
+    grain = rng.normal(0, 2.5, size=(8, h, w, 1)).astype(np.float32)
+    gain = 1 + 0.08 * np.sin(2 * np.pi * t / rng.uniform(80, 200))
+    out = np.empty((num_frames, h, w, 3), dtype=np.uint8)
+    for i in range(num_frames):
+        y, x = int(np.clip(py[i], 0, h)), int(np.clip(px[i], 0, w))
+        frame = bg[y:y + h, x:x + w] * np.float32(gain[i])
+        for r, tex, y0, x0, vy, vx in blobs:
+            cy, cx = (y0 + vy * i) % h, (x0 + vx * i) % w
+            top, left = int(cy - r), int(cx - r)
+            th, tw = tex.shape[:2]
+            yy, xx = np.ogrid[:th, :tw]
+            inside = ((yy - th / 2) ** 2 + (xx - tw / 2) ** 2 <= r * r)[..., None]
+            t0, l0 = max(top, 0), max(left, 0)
+            t1, l1 = min(top + th, h), min(left + tw, w)
+            if t1 <= t0 or l1 <= l0:
+                continue
+            region = frame[t0:t1, l0:l1]
+            sub = (slice(t0 - top, t1 - top), slice(l0 - left, l1 - left))
+            frame[t0:t1, l0:l1] = np.where(inside[sub], tex[sub], region)
+        frame += grain[i % len(grain)]
+        np.clip(frame, 0, 255, out=frame)
+        out[i] = frame.astype(np.uint8)
+    return out
+
+
+# libvpx-vp9 as ffmpeg's defaults would run it in constant quality, at libvpx's default keyframe distance (128),
+# with its fastest "good" speed: like Something-Something V2's WebM files.
+VP9_OPTIONS = {"crf": "32", "b": "0", "g": "128", "deadline": "good", "cpu-used": "5", "row-mt": "1", "threads": "2"}
+CODECS = {"h264": ("libx264", ".mp4", X264_OPTIONS), "vp9": ("libvpx-vp9", ".webm", VP9_OPTIONS)}
+
+
+def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int, codec: str = "h264") -> None:
+    """uint8 [T, H, W, 3] RGB frames as yuv420p H.264 mp4 (:data:`X264_OPTIONS`) or VP9 WebM (:data:`VP9_OPTIONS`)."""
+    import av
+
+    name, suffix, options = CODECS[codec]
+    t, h, w, _ = frames.shape
+    with av.open(str(path), mode="w", format={".mp4": "mp4", ".webm": "webm"}[suffix]) as container:
+        stream = container.add_stream(name, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.options = dict(options)
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+
+
+def video_size(short_side: int, aspect: float) -> tuple[int, int]:
+    """``(height, width)`` of a landscape frame with ``short_side`` rows and ``aspect`` = width / height, both even."""
+    even = lambda x: max(2, int(round(x / 2)) * 2)  # noqa: E731
+    return even(short_side), even(short_side * aspect)
+
+
+def make_videos(folder: str | os.PathLike, count: int, short_side: int = 320, seconds: float = 10,
+                fps: int = 25, aspect: float = 16 / 9, codec: str = "h264") -> list[str]:
+    """``count`` H.264 mp4 (or, ``codec="vp9"``, VP9 WebM) files in ``folder`` (made once, then reused), their paths.
+
+    Frames are ``short_side`` x ``short_side * aspect`` (568 x 320 by default, as Kinetics at 320 px short
+    side), ``seconds * fps`` of them, rendered by :func:`render_video` and encoded as :data:`X264_OPTIONS`
+    says (GOP 250: one keyframe per 10 s video). The parameters are in the file names, so files made with
+    other settings are not mistaken for these; a file is written under a temporary name and renamed.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    h, w = video_size(short_side, aspect)
+    num_frames = max(1, int(round(seconds * fps)))
+    paths = []
+    for i in range(count):
+        tag = "" if codec == "h264" else f"_{codec}"
+        path = folder / f"v{VIDEO_VERSION}_{w}x{h}_{num_frames}f_{fps}fps{tag}_{i:03d}{CODECS[codec][1]}"
+        if not path.is_file():
+            fd, tmp = tempfile.mkstemp(suffix=CODECS[codec][1], dir=folder)
+            os.close(fd)
+            try:
+                write_video(tmp, render_video(i, (h, w), num_frames), fps, codec)
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+        paths.append(str(path))
+    return paths
+
+
+# ---- the reference pipeline ---------------------------------------------------------------------------
+
+class ReferencePretrainDataset(Dataset):
+    """VideoMAE's reference pre-training loading, for comparison: items as :class:`datasets.VideoMAEPretrainDataset`.
+
+    Per clip (``num_sample`` clips are ``num_sample`` separate decodes, each with its own reader): decord
+    reads all ``num_frames * sampling_rate`` frames of a span starting uniformly in ``[0, len - span]``;
+    the clip's ``num_frames`` frames (every ``sampling_rate``-th) become PIL images (``.convert("RGB")`` as
+    in VideoMAE); GroupMultiScaleCrop cuts the same box (same scales and fixed positions as ours) from each
+    and resizes it to ``input_size`` with PIL bilinear; Stack, ToTorchFormatTensor (``/255``) and
+    GroupNormalize (one channel at a time) make ``[T*3, H, W]``, viewed as ``[3, T, H, W]``. No flip (the
+    reference's pre-training has none). Items are ``(item, ())`` so that ``CollateWithBad`` batches them.
+    """
+
+    def __init__(self, paths: Sequence[str], grid: Any, sampling_rate: int, mask_generator: Any,
+                 num_sample: int = 1) -> None:
+        from patches.data.transforms import PRETRAIN_SCALES
+
+        self.paths, self.grid, self.sampling_rate = list(paths), grid, sampling_rate
+        self.mask_generator, self.num_sample, self.scales = mask_generator, num_sample, PRETRAIN_SCALES
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def clip(self, path: str, rng: np.random.Generator) -> torch.Tensor:
+        import decord
+        from PIL import Image
+        from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+        from patches.data.transforms import multi_scale_crop_params
+
+        t, (out_h, out_w) = self.grid.num_frames, self.grid.input_size
+        reader = decord.VideoReader(path, num_threads=1)
+        span = t * self.sampling_rate
+        start = int(rng.integers(max(len(reader) - span, 0) + 1))
+        frames = reader.get_batch([(start + i) % len(reader) for i in range(span)]).asnumpy()
+        images = [Image.fromarray(frames[i]).convert("RGB") for i in range(0, span, self.sampling_rate)]
+        # GroupMultiScaleCrop: one box for the group, PIL crop + bilinear resize per frame
+        top, left, ch, cw = multi_scale_crop_params(images[0].height, images[0].width, (out_h, out_w),
+                                                    self.scales, rng=rng)
+        images = [im.crop((left, top, left + cw, top + ch)).resize((out_w, out_h), Image.BILINEAR)
+                  for im in images]
+        stacked = np.concatenate(images, axis=2)  # Stack: [H, W, 3T]
+        tensor = torch.from_numpy(stacked).permute(2, 0, 1).contiguous().float().div(255)  # ToTorchFormatTensor
+        for channel, m, s in zip(tensor, IMAGENET_DEFAULT_MEAN * t, IMAGENET_DEFAULT_STD * t):  # GroupNormalize
+            channel.sub_(m).div_(s)
+        return tensor.view(t, 3, out_h, out_w).transpose(0, 1)
+
+    def __getitem__(self, index: int):
+        from patches.data.clip_sampling import torch_seeded_rng
+
+        rng = torch_seeded_rng()
+        videos, enc, dec = [], [], []
+        for _ in range(self.num_sample):
+            videos.append(self.clip(self.paths[index], rng))
+            e, d = self.mask_generator()
+            enc.append(e)
+            dec.append(d)
+        if self.num_sample == 1:
+            return (videos[0], enc[0], dec[0]), ()
+        return (videos, enc, dec), ()
+
+
+# ---- measuring -------------------------------------------------------------------------------------
+
+def loader_args(list_file: str, num_workers: int, num_sample: int, batch_size: int,
+                extra_args: Sequence[str] = ()) -> tuple[argparse.Namespace, Any]:
+    """The pre-training loader's flags, at run_mae_pretraining's defaults but tube masks of ratio 0.9, and the
+    patch grid. ``extra_args`` are more of its grid, data and masking flags, e.g. ``["--num_frames", "8"]``."""
+    from patches.config import flags as cli_args
+    from patches.data.masking import MASK_TYPES
+    from patches.grid import GridError, grid_from_args
+
+    p = argparse.ArgumentParser("PATCHES data-loader benchmark: the pre-training loader's flags")
+    p.add_argument("--batch_size", default=64, type=int)
+    cli_args.add_grid_args(p, "pretrain_videomae_base_patch16_224")
+    cli_args.add_data_args(p, "list file of 'path' or 'path label' lines", num_sample=1)
+    cli_args.add_run_args(p, "output/pretrain")
+    p.add_argument("--mask_type", default="tube", choices=MASK_TYPES)
+    p.add_argument("--mask_ratio", default=0.9, type=float)
+    p.add_argument("--flip", action="store_true", help="horizontal flip, off as in pre-training's default")
+    argv = ["--data_path", list_file, "--num_workers", str(num_workers), "--num_sample", str(num_sample),
+            "--batch_size", str(batch_size), *extra_args]
+    args = p.parse_args(argv)
+    try:
+        grid = grid_from_args(args)
+    except GridError as e:
+        raise SystemExit(f"error: {e}")
+    return args, grid
+
+
+def build_loader(pipeline: str, args: argparse.Namespace, grid: Any, device: torch.device):
+    """The DataLoader of ``pipeline``: ``ours`` is ``data_loaders.pretraining_loader`` itself, as pre-training
+    builds it; ``baseline`` the same DataLoader (``data_loaders.train_loader``, same collate, workers, pinning)
+    over :class:`ReferencePretrainDataset`."""
+    from patches.config import flags as cli_args
+    from patches.data import loaders as data_loaders
+    from patches.data.masking import build_mask_generator
+
+    if pipeline == "ours":
+        return data_loaders.pretraining_loader(cli_args.pretraining_data_config(args), cli_args.loader_config(args),
+                                               grid, build_mask_generator(args, grid), device)[1]
+    if pipeline != "baseline":
+        raise ValueError(f"pipeline must be one of {PIPELINES}, got {pipeline!r}")
+    from patches.data.health import BadVideoTracker
+    from patches.data.datasets import CollateWithBad, collate_fn_for
+    from patches.data.lists import parse_list_file
+
+    paths = [p for p, _ in parse_list_file(args.data_path, args.data_root)]
+    dataset = ReferencePretrainDataset(paths, grid, args.sampling_rate, build_mask_generator(args, grid),
+                                       args.num_sample)
+    loader = data_loaders.train_loader(dataset, cli_args.loader_config(args),
+                                       CollateWithBad(collate_fn_for(args.num_sample)), device, persistent_workers=True)
+    return BadVideoTracker(loader, len(dataset), args.max_bad_fraction, args.data_path)
+
+
+def measure_loader(paths: Sequence[str], num_workers: int, num_sample: int = 1, pipeline: str = "ours",
+                   batch_size: int = 4, seconds: float = 5.0, min_batches: int = 3, warmup_batches: int | None = None,
+                   device: str = "cpu", extra_args: Sequence[str] = (), workdir: str | os.PathLike | None = None
+                   ) -> dict[str, Any]:
+    """Clips per second delivered by ``pipeline`` (``"ours"`` or ``"baseline"``) over ``paths``.
+
+    A list file repeating ``paths`` feeds the loader built by :func:`build_loader` with ``batch_size``
+    videos per batch (each gives ``num_sample`` clips). After ``warmup_batches`` (default: 2 per worker,
+    at least 2: worker start-up and the first prefetches) it times batches until ``seconds`` have passed
+    and at least ``min_batches`` came. Returns the row for :func:`markdown_table`: ``pipeline``,
+    ``workers``, ``num_sample``, ``clips_per_s``, ``clips_per_s_per_worker`` (the main process counts
+    as one worker at 0 workers), ``clips_per_cpu_s`` (at 0 workers only: clips per CPU second of this
+    process, which other processes' load does not change), ``batches``, ``clips``, ``seconds``,
+    ``batch_shape`` and ``dtype`` of the last batch's videos, ``device``.
+    """
+    dev = torch.device(device)
+    warmup = warmup_batches if warmup_batches is not None else 2 * max(1, num_workers)
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        # enough lines that the run rarely ends the epoch: at 2 ms a clip more than `seconds` takes
+        lines = batch_size * (warmup + min_batches + 2 * num_workers + 2) + int(seconds * 500)
+        list_file = os.path.join(tmp, "list.csv")
+        with open(list_file, "w") as f:
+            f.writelines(f"{os.path.abspath(paths[i % len(paths)])}\n" for i in range(lines))
+        args, grid = loader_args(list_file, num_workers, num_sample, batch_size, extra_args)
+        loader = build_loader(pipeline, args, grid, dev)
+        it = iter(loader)
+        try:
+            for _ in range(warmup):
+                next(it)
+            batches, start, cpu_start = 0, time.perf_counter(), time.process_time()
+            for batch in it:  # a fast loader may reach the end of the list before `seconds`: time what came
+                videos = batch[0]
+                batches += 1
+                if time.perf_counter() - start >= seconds and batches >= min_batches:
+                    break
+            elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+            if batches == 0:
+                raise RuntimeError(f"the loader gave no batch after its {warmup} warm-up batches")
+        finally:
+            del it, loader  # stops the workers
+    clips = batches * batch_size * num_sample
+    return {"pipeline": pipeline, "workers": num_workers, "num_sample": num_sample,
+            "clips_per_s": clips / elapsed, "clips_per_s_per_worker": clips / elapsed / max(1, num_workers),
+            # at 0 workers all the work is this process's: clips per CPU second ignores other processes' load
+            "clips_per_cpu_s": clips / cpu if num_workers == 0 and cpu > 0 else None,
+            "batches": batches, "clips": clips, "seconds": elapsed, "batch_shape": list(videos.shape),
+            "dtype": str(videos.dtype).replace("torch.", ""), "device": device}
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every (workers, num_sample, pipeline) of ``args`` (see :func:`parse_args`): one row each, as
+    :func:`measure_loader` returns, plus ``videos`` (what was read), ``runs`` (clips/s of each of the
+    ``args.repeats`` runs, pipelines taking turns) with the best run's figures, and on ``ours`` rows
+    ``speedup`` (its clips/s over the baseline's at the same workers and num_sample). Writes ``args.json``
+    when set. The best run is the least disturbed by other load on the machine."""
+    paths = make_videos(args.video_dir, args.videos, args.short_side, args.seconds, args.fps)
+    h, w = video_size(args.short_side, 16 / 9)
+    described = f"{len(paths)} x {w}x{h}, {args.seconds:g} s at {args.fps} fps, H.264 GOP 250"
+    rows = []
+    for workers in args.workers:
+        for num_sample in args.num_sample:
+            pair: dict[str, dict[str, Any]] = {}
+            for _ in range(max(1, getattr(args, "repeats", 1))):
+                for pipeline in args.pipelines:
+                    row = measure_loader(paths, workers, num_sample, pipeline, args.batch_size, args.time,
+                                         device=args.device, extra_args=args.extra_args)
+                    if getattr(args, "verbose", False):
+                        print(f"  {pipeline:8s} workers {workers} num_sample {num_sample}: "
+                              f"{row['clips_per_s']:.2f} clips/s", flush=True)
+                    runs = pair.get(pipeline, {}).get("runs", []) + [round(row["clips_per_s"], 3)]
+                    if pipeline not in pair or row["clips_per_s"] > pair[pipeline]["clips_per_s"]:
+                        pair[pipeline] = row
+                    pair[pipeline]["runs"] = runs
+            for pipeline in args.pipelines:
+                pair[pipeline]["videos"] = described
+                rows.append(pair[pipeline])
+            if "ours" in pair and "baseline" in pair:
+                pair["ours"]["speedup"] = pair["ours"]["clips_per_s"] / pair["baseline"]["clips_per_s"]
+                if pair["ours"]["clips_per_cpu_s"] and pair["baseline"]["clips_per_cpu_s"]:
+                    pair["ours"]["speedup_cpu"] = pair["ours"]["clips_per_cpu_s"] / pair["baseline"]["clips_per_cpu_s"]
+    if getattr(args, "json", None):
+        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+    return rows
+
+
+def run_real_size(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The pre-training loader (``ours``) on real-sized sources and on their prepared copies.
+
+    For each of ``args.codecs``: ``args.videos`` generated 1080p sources of ``args.seconds`` s (H.264 as
+    :data:`X264_OPTIONS`, VP9 as :data:`VP9_OPTIONS`), prepared afresh by ``scripts/prepare_videos.py`` at its
+    defaults with one worker (its throughput: ``prep_video_s_per_s_per_worker``), then clips/s of the loader
+    at each of ``args.workers`` on both. Rows carry ``source``, ``speedup`` (prepared over source) and the
+    fields of :func:`measure_loader`; ``args.json`` gets them."""
+    import shutil
+    from patches.data.prepare import prepare
+    from patches.data.encoding import EncodeConfig
+
+    rows = []
+    for codec in args.codecs:
+        paths = make_videos(Path(args.video_dir) / "real_size", args.videos, 1080, args.seconds, args.fps, codec=codec)
+        prepared_dir = Path(args.video_dir) / "real_size" / f"prepared_{codec}"
+        shutil.rmtree(prepared_dir, ignore_errors=True)
+        list_file = Path(args.video_dir) / "real_size" / f"{codec}.csv"
+        list_file.write_text("".join(f"{os.path.abspath(p)}\n" for p in paths))
+        summary = prepare(str(list_file), str(prepared_dir), EncodeConfig(), workers=1, labels="none", progress=False)
+        if summary["failed"]:
+            raise SystemExit(f"error: preparing the {codec} sources failed: {summary['failures']}")
+        prepared = sorted(str(p) for p in prepared_dir.rglob("*.mp4"))
+        for workers in args.workers:
+            pair = {}
+            for source, files in ((f"1080p {codec.upper()}", paths), (f"prepared from {codec.upper()}", prepared)):
+                row = measure_loader(files, workers, 1, "ours", args.batch_size, args.time, device=args.device,
+                                     extra_args=args.extra_args)
+                row.update(source=source, prep_video_s_per_s_per_worker=summary["video_seconds_per_second_per_worker"],
+                           prep_bytes=(summary["bytes_in"], summary["bytes_out"]))
+                if getattr(args, "verbose", False):
+                    print(f"  {source:20s} workers {workers}: {row['clips_per_s']:.2f} clips/s", flush=True)
+                pair[source.split()[0]] = row
+                rows.append(row)
+            pair["prepared"]["speedup"] = pair["prepared"]["clips_per_s"] / pair["1080p"]["clips_per_s"]
+    if getattr(args, "json", None):
+        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+    return rows
+
+
+def real_size_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The rows of :func:`run_real_size` as a markdown table."""
+    lines = ["| videos | workers | clips/s | clips/s per worker | speed-up | preparation (video-s/s per worker) "
+             "| MB in -> out |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        prep = r["source"].startswith("prepared")
+        extra = ["", "", ""]
+        if prep:
+            extra = [f"{r['speedup']:.1f}x", f"{r['prep_video_s_per_s_per_worker']:.2f}",
+                     "{:.1f} -> {:.1f}".format(*(b / 1e6 for b in r["prep_bytes"]))]
+        lines.append(f"| {r['source']} | {r['workers']} | {r['clips_per_s']:.2f} | {r['clips_per_s_per_worker']:.2f} "
+                     f"| {' | '.join(extra)} |")
+    return "\n".join(lines)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The rows of :func:`run` as a markdown table."""
+    lines = ["| pipeline | workers | num_sample | clips/s | clips/s per worker | speed-up over baseline "
+             "| clips per CPU s (0 workers) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        speedup = f"{r['speedup']:.2f}x" if "speedup" in r else ""
+        cpu = f"{r['clips_per_cpu_s']:.2f}" if r.get("clips_per_cpu_s") else ""
+        if r.get("speedup_cpu"):
+            cpu += f" ({r['speedup_cpu']:.2f}x)"
+        lines.append(f"| {r['pipeline']} | {r['workers']} | {r['num_sample']} | {r['clips_per_s']:.2f} | "
+                     f"{r['clips_per_s_per_worker']:.2f} | {speedup} | {cpu} |")
+    return "\n".join(lines)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("PATCHES data-loader benchmark", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="DataLoader worker counts")
+    p.add_argument("--num_sample", type=int, nargs="+", default=[1, 2], help="clips per decoded video")
+    p.add_argument("--pipelines", nargs="+", choices=PIPELINES, default=list(PIPELINES))
+    p.add_argument("--videos", type=int, default=8, help="distinct mp4 files to generate (cached)")
+    p.add_argument("--video_dir", default=str(ROOT / "data" / "loader_bench"), help="where the mp4 files are kept")
+    p.add_argument("--short_side", type=int, default=320)
+    p.add_argument("--seconds", type=float, default=10.0, help="length of each video")
+    p.add_argument("--fps", type=int, default=25)
+    p.add_argument("--batch_size", type=int, default=4, help="videos per batch")
+    p.add_argument("--time", type=float, default=5.0, help="seconds timed per run (after warm-up)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="runs per configuration, pipelines taking turns; the best run counts (for a busy machine)")
+    p.add_argument("--device", default="cpu", help="cuda pins memory, as training does")
+    p.add_argument("--extra_args", nargs=argparse.REMAINDER, default=[],
+                   help="more pre-training grid, data or masking flags for the loader (last on the line), "
+                        "e.g. --num_frames 8")
+    p.add_argument("--real_size", action="store_true",
+                   help="instead: 1080p sources (--codecs) against their prepare_videos.py copies (ours only)")
+    p.add_argument("--codecs", nargs="+", choices=tuple(CODECS), default=list(CODECS),
+                   help="--real_size: the sources' codecs")
+    p.add_argument("--json", default=None, help="write the rows here")
+    p.add_argument("--verbose", action="store_true", help="print each figure as it comes")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line's arguments (``argv`` as a list, e.g. ``[]`` for the defaults), for :func:`run`."""
+    return get_args_parser().parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.real_size:
+        rows = run_real_size(args)
+        print(f"Pre-training loader, {args.videos} video(s) of {args.seconds:g} s per codec at 1080p and prepared "
+              f"(scripts/prepare_videos.py defaults); batch {args.batch_size}, device {args.device}")
+        print(real_size_table(rows))
+        return
+    rows = run(args)
+    print(f"Data loader, {rows[0]['videos']}; {torch.get_num_threads()} torch threads, device {args.device}")
+    print(markdown_table(rows))
+    if args.json:
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
