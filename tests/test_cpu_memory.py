@@ -52,7 +52,7 @@ def probe(imports: str, env: dict[str, str] | None = None) -> dict:
 def test_glibc_default_maps_a_4mb_buffer_and_cpu_memory_keeps_it_in_the_heap() -> None:
     default = probe("")
     assert default["small_mapped"] and default["large_mapped"] and default["thp"] is None
-    tuned = probe("import cpu_memory")
+    tuned = probe("import patches.utils.cpu_memory")
     assert not tuned["small_mapped"], "buffers under 16 MB come from the heap"
     assert tuned["large_mapped"], "buffers over 16 MB get their own mapping, returned to the system when freed"
     assert tuned["thp"] == "1" and tuned["mmap"] == str(16 << 20)
@@ -60,16 +60,16 @@ def test_glibc_default_maps_a_4mb_buffer_and_cpu_memory_keeps_it_in_the_heap() -
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc allocator settings are Linux-only")
 def test_user_choices_win() -> None:
-    off = probe("import cpu_memory", {"PATCHES_CPU_ALLOCATOR": "default"})
+    off = probe("import patches.utils.cpu_memory", {"PATCHES_CPU_ALLOCATOR": "default"})
     assert off["small_mapped"] and off["thp"] is None and off["mmap"] is None
-    own = probe("import cpu_memory", {"THP_MEM_ALLOC_ENABLE": "0"})
+    own = probe("import patches.utils.cpu_memory", {"THP_MEM_ALLOC_ENABLE": "0"})
     assert own["thp"] == "0" and not own["small_mapped"]
-    explicit = probe("import cpu_memory", {"PATCHES_CPU_ALLOCATOR": "tuned"})
+    explicit = probe("import patches.utils.cpu_memory", {"PATCHES_CPU_ALLOCATOR": "tuned"})
     assert explicit["thp"] == "1" and not explicit["small_mapped"]
 
 
 def test_a_misspelt_choice_is_refused_by_name() -> None:
-    out = run_probe("import cpu_memory", {"PATCHES_CPU_ALLOCATOR": "defualt"})
+    out = run_probe("import patches.utils.cpu_memory", {"PATCHES_CPU_ALLOCATOR": "defualt"})
     assert out.returncode != 0 and "PATCHES_CPU_ALLOCATOR='defualt'" in out.stderr
 
 
