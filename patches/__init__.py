@@ -1,0 +1,1 @@
+"""PATCHES: masked-autoencoder video pre-training (VideoMAE's recipe) and fine-tuning at any patch grid."""
