@@ -81,6 +81,6 @@ def test_entry_scripts_apply_the_settings_before_torch_is_imported(entry: str) -
 
 
 def test_importing_after_torch_warns() -> None:
-    out = subprocess.run([sys.executable, "-c", "import torch, cpu_memory"], cwd=ROOT, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", "import torch, patches.utils.cpu_memory"], cwd=ROOT, capture_output=True, text=True,
                          env={k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"})
     assert out.returncode == 0 and "imported after torch" in out.stderr

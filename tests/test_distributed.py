@@ -171,9 +171,8 @@ def test_missing_deepspeed_is_a_clear_error(tmp_path):
 def test_launchers_give_the_entry_scripts_valid_flags_for_every_dataset_and_grid(launcher, stage, tmp_path):
     import shlex
 
-    from patches.cli import finetune as run_class_finetuning
-    from patches.cli import pretrain as run_mae_pretraining
-    module = run_mae_pretraining if stage == "pretrain" else run_class_finetuning
+    from patches.cli import finetune, pretrain
+    module, entry = (pretrain, "run_mae_pretraining.py") if stage == "pretrain" else (finetune, "run_class_finetuning.py")
     for dataset in ("k400", "ssv2", "ucf101", "hmdb51"):
         for grid in ("196", "216/12"):
             variables = dict(env(), DRY_RUN="1", DATASET=dataset, GRID=grid, DATA_ROOT=str(tmp_path),
@@ -184,7 +183,7 @@ def test_launchers_give_the_entry_scripts_valid_flags_for_every_dataset_and_grid
             words = shlex.split(result.stdout.splitlines()[-1])
             assert words[0] == ("torchrun" if launcher == "torchrun.sh" else "srun")
             script = next(i for i, w in enumerate(words) if w.endswith(".py"))
-            assert Path(words[script]) == Path(module.__file__)
+            assert Path(words[script]) == ROOT / entry
             args = module.get_args_parser().parse_args(words[script + 1:])
             assert (args.input_size[0] // args.patch_size) ** 2 == {"196": 196, "216/12": 324}[grid]
             assert args.seed == 3 and args.save_ckpt_every_steps > 0

@@ -36,7 +36,7 @@ def tune_cpu_allocator() -> None:
     if "THP_MEM_ALLOC_ENABLE" not in os.environ:
         if "torch" in sys.modules:
             warnings.warn("cpu_memory was imported after torch: torch may already have read THP_MEM_ALLOC_ENABLE "
-                          "(import cpu_memory first)", stacklevel=2)
+                          "(import patches.utils.cpu_memory first)", stacklevel=2)
         os.environ["THP_MEM_ALLOC_ENABLE"] = "1"
     if "MALLOC_MMAP_THRESHOLD_" not in os.environ and _set_mmap_threshold(MMAP_THRESHOLD_BYTES):
         # exported too, so that DataLoader workers and other child processes get the same allocator
