@@ -11,7 +11,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from patches.perf import loader_bench
+from patches.perf import bench_videos, loader_bench, reference_loader
 
 # 8 frames at sampling rate 2, 32 px, patch 8: what the tiny videos can hold
 SMALL = ["--model", "pretrain_videomae_micro_patch16_224", "--input_size", "32", "--patch_size", "8",
@@ -20,7 +20,7 @@ SMALL = ["--model", "pretrain_videomae_micro_patch16_224", "--input_size", "32",
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    return loader_bench.make_videos(tmp_path_factory.mktemp("lb"), 2, short_side=64, seconds=1.6, fps=25)
+    return bench_videos.make_videos(tmp_path_factory.mktemp("lb"), 2, short_side=64, seconds=1.6, fps=25)
 
 
 def test_videos_are_h264_of_the_asked_size_and_cached(videos: list[str]) -> None:
@@ -31,7 +31,7 @@ def test_videos_are_h264_of_the_asked_size_and_cached(videos: list[str]) -> None
         frames = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(s)])
     assert frames.std(axis=0).mean() > 1, "the content moves"
     mtime = Path(videos[0]).stat().st_mtime_ns
-    assert loader_bench.make_videos(Path(videos[0]).parent, 2, short_side=64, seconds=1.6) == videos
+    assert bench_videos.make_videos(Path(videos[0]).parent, 2, short_side=64, seconds=1.6) == videos
     assert Path(videos[0]).stat().st_mtime_ns == mtime, "reused, not rewritten"
 
 
@@ -50,7 +50,7 @@ def test_baseline_clip_matches_the_reference_recipe(videos: list[str]) -> None:
     from patches.data.masking import MaskGenerator
     from patches.grid import make_grid
     grid = make_grid(8, 2, 32, 8)
-    ds = loader_bench.ReferencePretrainDataset(videos, grid, 2, MaskGenerator(grid, "tube", 0.9), num_sample=2)
+    ds = reference_loader.ReferencePretrainDataset(videos, grid, 2, MaskGenerator(grid, "tube", 0.9), num_sample=2)
     torch.manual_seed(0)
     (clips, enc, dec), bad = ds[0]
     assert bad == () and len(clips) == len(enc) == 2

@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from patches.perf import loader_bench
+from patches.perf import bench_videos
 from patches.data import prepare as prepare_videos
 from patches.data.encoding import EncodeConfig, transcode_pyav
 
@@ -31,7 +31,7 @@ def _write(path: Path, size: tuple[int, int], frames: int, codec: str = "h264", 
         stream.options = {"deadline": "realtime", "cpu-used": "8"} if codec == "vp9" else {"threads": "1"}
         if rotation is not None:
             stream.set_display_rotation(rotation)
-        for frame in loader_bench.render_video(seed, size, frames):
+        for frame in bench_videos.render_video(seed, size, frames):
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode(None):

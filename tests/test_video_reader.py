@@ -11,13 +11,13 @@ from patches.data.video_reader import (BACKENDS, PyAVVideo, VideoDecodeError, Vi
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from patches.perf import loader_bench
+from patches.perf import bench_videos
 
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     """H.264 files with B-frames, as ffmpeg makes them (see scripts/loader_bench.py)."""
-    return loader_bench.make_videos(tmp_path_factory.mktemp("lb"), 2, short_side=64, seconds=1.6, fps=25)
+    return bench_videos.make_videos(tmp_path_factory.mktemp("lb"), 2, short_side=64, seconds=1.6, fps=25)
 
 
 def test_fast_reader_gives_decords_frames(videos: list[str]) -> None:
@@ -44,7 +44,7 @@ def test_both_backends_read_the_same_frames_and_clips_share_one_decode(videos: l
 def test_webm_vp9_is_read_by_pyav_with_decords_frames_but_not_when_cut(tmp_path: Path) -> None:
     import decord
     path = tmp_path / "clip.webm"
-    loader_bench.write_video(path, loader_bench.render_video(0, (64, 96), 40), 25, codec="vp9")
+    bench_videos.write_video(path, bench_videos.render_video(0, (64, 96), 40), 25, codec="vp9")
     fast, reader = VideoFile(str(path)).fast, decord.VideoReader(str(path), num_threads=1)
     assert fast is not None and len(fast) == len(reader) == 40  # WebM keeps no frame count: PyAV indexes it
     for indices in (np.array([0, 1]), np.array([6, 17, 39])):

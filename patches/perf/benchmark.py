@@ -251,7 +251,7 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", nargs="+", default=["pretrain", "finetune"], choices=sorted(STEP_FNS))
     p.add_argument("--models", nargs="+", default=["small"], help="ViT sizes: micro tiny small base large huge")
@@ -279,7 +279,11 @@ def main() -> None:
                    help="loader runs per configuration; the best counts (for a machine with other load)")
     p.add_argument("--json", default=None, help="write all figures here")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args()
+    return p
+
+
+def main() -> None:
+    args = get_args_parser().parse_args()
     if args.one:
         print(json.dumps(measure(json.loads(args.one))))
         return
