@@ -199,11 +199,14 @@ def test_create_model_builds_any_registered_model_at_any_grid():
         patches.create_model("vit_micro_patch16_224", grid="50/16")
 
 
-def test_import_patches_does_not_import_torch_until_the_api_is_used():
-    code = ("import sys, patches\nassert 'torch' not in sys.modules, 'torch imported'\n"
-            "assert set(patches.__all__) <= set(dir(patches))\npatches.load\nassert 'torch' in sys.modules\n"
-            "import patches.grid\n")
+def test_import_patches_does_not_import_torch_and_names_the_api_lazily():
+    code = ("import sys, patches, patches.grid\nassert 'torch' not in sys.modules, 'torch imported'\n"
+            "assert set(patches.__all__) <= set(dir(patches))\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    from patches import api
+    assert [getattr(patches, name) for name in patches.__all__] == [getattr(api, name) for name in patches.__all__]
+    with pytest.raises(AttributeError, match="no attribute 'loads'"):
+        patches.loads
 
 
 # ---------------------------------------------------------------- README's example, as written
@@ -227,3 +230,78 @@ def test_readme_python_api_example_runs_as_written(checkpoints, demo_root, tmp_p
     exec(compile(code, "README.md", "exec"), {"__name__": "__readme__"})
     printed = capsys.readouterr().out
     assert "4 frames x 32x32 px" in printed and "(1, 128)" in printed
+
+
+# ---------------------------------------------------------------- slow: a probe, and the installed package
+
+@pytest.mark.slow
+def test_a_probe_checkpoint_classifies_as_its_test_did(checkpoints, demo_root, video, tmp_path):
+    """A probe checkpoint holds the probe alone: load builds the encoder it names, and classifies a test video
+    as the probe run's own test did (its per-view logits, softmax averaged)."""
+    from patches.cli import finetune
+    out = tmp_path / "probe"
+    finetune.main(finetune.get_args_parser().parse_args(
+        [*FINETUNE, "--probe", "linear", "--finetune", str(checkpoints["pretrain"]), "--data_path", str(demo_root),
+         "--output_dir", str(out)]))
+    model = patches.load(out / "checkpoint-best.pth", device="cpu")
+    assert model.preprocessing.test_views == (2, 2) and model.num_classes == 8
+    np.testing.assert_array_equal(model.features(video),
+                                  patches.load(checkpoints["pretrain"], device="cpu").features(video))
+    row = [line.split()[0] for line in (demo_root / "test.csv").read_text().splitlines()].index(
+        str(video.relative_to(demo_root)))
+    logits = torch.tensor([r["logits"] for r in map(json.loads, (out / "test_results_rank0.jsonl").open())
+                           if r["id"] == row])
+    assert logits.shape == (4, 8)
+    expected = logits.softmax(-1).mean(0)
+    top = model.classify(video, top_k=8)
+    assert [t["probability"] for t in top] == pytest.approx(expected[[t["index"] for t in top]].tolist(), abs=1e-5)
+
+
+INSTALLED = """
+import json, sys
+import patches
+pretrain, finetune, video = sys.argv[1:]
+assert "/venv/" in patches.__file__, patches.__file__
+out = {"file": patches.__file__}
+for kind, ckpt in (("pretrain", pretrain), ("finetune", finetune)):
+    model = patches.load(ckpt, device="cpu")
+    out[kind] = {"features": model.features(video).tolist(), "grid": model.grid.spec}
+    try:
+        out[kind]["classify"] = model.classify(video)
+    except patches.NotAClassifierError as e:
+        out[kind]["classify"] = str(e)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_the_installed_package_works_from_another_folder(checkpoints, video, tmp_path):
+    """pip install . (not editable) into a fresh venv; from another folder, without the checkout on the path,
+    load both CLI checkpoints: the same features and labels as here."""
+    import shutil
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source)
+    shutil.copytree(ROOT / "patches", source / "patches", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PIP_REQUIRE_VIRTUALENV")}
+    # --without-pip: the venv's python runs this machine's pip and setuptools (ensurepip's older setuptools
+    # cannot build a wheel without the wheel package), installing into the venv.
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(tmp_path / "venv")],
+                   check=True, env=env, timeout=300)
+    python = str(tmp_path / "venv" / "bin" / "python")
+    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", str(source)],
+                   check=True, env=env, cwd=tmp_path, timeout=600)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = subprocess.run([python, "-c", INSTALLED, str(checkpoints["pretrain"]), str(checkpoints["finetune"]),
+                             str(video)], capture_output=True, text=True, env=env, cwd=elsewhere, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.splitlines()[-1])
+    assert out["file"].startswith(str(tmp_path / "venv"))
+    for kind in ("pretrain", "finetune"):
+        here = patches.load(checkpoints[kind], device="cpu")
+        assert out[kind]["grid"] == "32/8"
+        np.testing.assert_array_equal(np.array(out[kind]["features"], np.float32), here.features(video))
+    assert out["finetune"]["classify"] == patches.load(checkpoints["finetune"], device="cpu").classify(video)
+    assert "has no classification head" in out["pretrain"]["classify"]
