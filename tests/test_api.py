@@ -63,7 +63,7 @@ def inferred(ckpt, video, capsys, *flags):
     capsys.readouterr()
     inference.main(inference.get_args_parser().parse_args([str(video), "--checkpoint", str(ckpt), "--json", *CPU,
                                                            *flags]))
-    return json.loads(capsys.readouterr().out)["top"]
+    return json.loads(capsys.readouterr().out.splitlines()[-1])["top"]  # after any notes on the file
 
 
 def decoded(video):
@@ -157,6 +157,27 @@ def test_transformers_folder_gives_extract_features_rows(checkpoints, video, tmp
                                   extracted(folder, video, tmp_path, "--model", "vit_micro_patch16_224"))
     ours = patches.load(checkpoints["finetune"], device="cpu", sampling_rate=4)
     np.testing.assert_allclose(model.features(video), ours.features(video), atol=1e-5)
+
+
+def test_a_videomae_checkpoint_gives_what_the_cli_gives(video, demo_root, tmp_path, capsys):
+    """VideoMAE's own layout: weights under "module", no grid, no class names; its flags (a Namespace) are not
+    read, so the model, grid and stride are given, to the API as to the scripts."""
+    import argparse
+    torch.manual_seed(0)
+    network = patches.create_model("vit_micro_patch16_224", grid="32/16", num_frames=4, num_classes=8)
+    path = tmp_path / "videomae.pth"
+    torch.save({"module": network.state_dict(), "epoch": 99,
+                "args": argparse.Namespace(model="vit_micro_patch16_224", num_frames=4, input_size=32)}, path)
+    given = {"model": "vit_micro_patch16_224", "grid": make_grid(4, 2, 32, 16), "sampling_rate": 2}
+    flags = ["--model", "vit_micro_patch16_224", "--input_size", "32", "--patch_size", "16", "--num_frames", "4",
+             "--sampling_rate", "2"]
+    classes = demo_root / "classes.txt"
+    model = patches.load(path, device="cpu", class_names=classes, **given)
+    assert model.grid == given["grid"] and model.preprocessing.test_views == (5, 3)  # VideoMAE's test
+    np.testing.assert_array_equal(model.features(video), extracted(path, video, tmp_path, *flags))
+    assert model.classify(video) == inferred(path, video, capsys, "--classes", str(classes), *flags)
+    with pytest.raises(patches.NotAClassifierError, match="records no class names: pass class_names="):
+        patches.load(path, device="cpu", **given).classify(video)
 
 
 # ---------------------------------------------------------------- what is refused, by typed errors
