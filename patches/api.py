@@ -11,6 +11,7 @@ give them; and any registered model built at any grid.
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence, Union
@@ -142,14 +143,18 @@ class VideoModel:
         return next(self.network.parameters()).device
 
     def to(self, device: str | torch.device) -> "VideoModel":
-        self.network.to(resolve_device(str(device)))
+        self.network.to(_device(str(device)))
         return self
 
     def features(self, video: Video, segments: int = 1, crops: int = 1, amp: str = "none") -> np.ndarray:
         """float32 [segments x crops, dim]: the pooled features of every view, the row extract_features.py
         stores for this video with ``--test_num_segment segments --test_num_crop crops --amp amp``."""
         views = self.preprocessing.views(video, segments, crops)
-        pooled, _ = encode_views(self.encoder, views[None], autocast_dtype(amp, self.device))
+        try:
+            amp_dtype = autocast_dtype(amp, self.device)
+        except ValueError as e:
+            raise UsageError(_as_keywords(str(e))) from None
+        pooled, _ = encode_views(self.encoder, views[None], amp_dtype)
         return pooled[0].cpu().numpy()
 
     def classify(self, video: Video, top_k: int = 5, segments: int | None = None, crops: int | None = None
@@ -193,7 +198,7 @@ def load(path: str | Path, *, device: str | None = None, class_names: Sequence[s
     else:
         network = _build_encoder(path, settings, num_classes)
     preprocessing = Preprocessing(settings.grid, settings.sampling_rate, recorded_test_views(ckpt))
-    return VideoModel(network.to(resolve_device(device)), preprocessing, num_classes, names, path)
+    return VideoModel(network.to(_device(device)), preprocessing, num_classes, names, path)
 
 
 def create_model(name: str, grid: GridLike | None = None, **kwargs: Any) -> torch.nn.Module:
@@ -210,6 +215,20 @@ def create_model(name: str, grid: GridLike | None = None, **kwargs: Any) -> torc
         return create_video_model(name, grid=grid, **kwargs)
     except ValueError as e:
         raise UsageError(str(e)) from None
+
+
+def _device(name: str | None) -> torch.device:
+    try:
+        return resolve_device(name)
+    except ValueError as e:
+        raise UsageError(_as_keywords(str(e))) from None
+    except RuntimeError as e:  # torch's own, for a name that is no device
+        raise UsageError(f"device {name}: {e}") from None
+
+
+def _as_keywords(message: str) -> str:
+    """A flag-worded message in this API's words: ``--amp`` -> ``amp``."""
+    return re.sub(r"--(\w+)", r"\1", message)
 
 
 def _encoder_settings(ckpt: dict[str, Any], model: str | None, grid: GridLike | None,

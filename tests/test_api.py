@@ -197,6 +197,10 @@ def test_bad_inputs_raise_typed_errors_naming_them(checkpoints, tmp_path):
     model = patches.load(checkpoints["pretrain"], device="cpu")
     with pytest.raises(patches.VideoInputError, match=r"uint8 \[T, H, W, 3\]"):
         model.features(np.zeros((4, 32, 32, 3), np.float32))
+    with pytest.raises(UsageError, match="amp must be none, bf16 or fp16, got 'fp32'"):
+        model.features(np.zeros((4, 32, 32, 3), np.uint8), amp="fp32")
+    with pytest.raises(UsageError, match="device nowhere"):
+        model.to("nowhere")
     (tmp_path / "broken.mp4").write_bytes(b"not a video")
     with pytest.raises(patches.VideoInputError, match="cannot decode video .*broken.mp4"):
         model.features(tmp_path / "broken.mp4")
