@@ -29,6 +29,7 @@ from patches.utils.files import write_atomically
 from patches.checkpoints.folder import remove_stale_temp_files
 from patches.grid import GridError, PatchGrid
 from patches.train.trainer import launch
+from patches.eval.predict import CHECKPOINT_FALLBACK
 from patches.eval.features import (FEATURES_KEY, VideoViews, apply_checkpoint_defaults, build_encoder, check_feature_folder, collate_views, encode_views, encoder_reference, find_videos, inputs_digest, read_encoder_checkpoint, shard_done, write_index, write_shard)
 
 
@@ -58,8 +59,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-FALLBACK = {"model": "vit_base_patch16_224", "input_size": [224], "patch_size": 16, "num_frames": 16,
-            "tubelet_size": 2, "pos_embed": "1d", "sampling_rate": 4}
+FALLBACK = CHECKPOINT_FALLBACK
 
 
 def prepare(args: argparse.Namespace) -> tuple[dict[str, Any], PatchGrid, list, dict[str, Any]]:

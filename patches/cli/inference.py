@@ -22,6 +22,7 @@ from patches.config import flags as cli_args
 from patches.utils.devices import resolve_device
 from patches.grid import GridError
 from patches.eval.features import (VideoViews, apply_checkpoint_defaults, build_encoder, collate_views, find_videos, head_classes, read_class_names, read_encoder_checkpoint)
+from patches.eval.predict import CHECKPOINT_FALLBACK, TEST_VIEWS_FALLBACK, class_probabilities, recorded_test_views, top_classes
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -48,8 +49,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-FALLBACK = {"model": "vit_base_patch16_224", "input_size": [224], "patch_size": 16, "num_frames": 16,
-            "tubelet_size": 2, "pos_embed": "1d", "sampling_rate": 4, "test_num_segment": 5, "test_num_crop": 3}
+FALLBACK = {**CHECKPOINT_FALLBACK, **TEST_VIEWS_FALLBACK}
 
 
 def prepare(args: argparse.Namespace) -> tuple[dict[str, Any], list[str], list]:
@@ -70,10 +70,9 @@ def prepare(args: argparse.Namespace) -> tuple[dict[str, Any], list[str], list]:
     if len(names) != classes:
         raise SystemExit(f"error: {args.classes or args.checkpoint} names {len(names)} classes, the checkpoint's head "
                          f"has {classes}")
-    recorded = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
-    for flag in ("test_num_segment", "test_num_crop"):
+    for flag, recorded in zip(("test_num_segment", "test_num_crop"), recorded_test_views(ckpt)):
         if getattr(args, flag) is None:
-            setattr(args, flag, int(recorded.get(flag, FALLBACK[flag])))
+            setattr(args, flag, recorded)
     try:
         args.grid = apply_checkpoint_defaults(args, ckpt, FALLBACK)
         videos = find_videos(args.videos, args.data_root)
@@ -96,12 +95,8 @@ def classify(args: argparse.Namespace, names: list[str], videos: list) -> list[d
             results[i] = {"video": videos[i].path, "error": reason}
         if views is None:
             continue
-        logits = model(views.flatten(0, 1).to(device)).float().view(*views.shape[:2], -1)
-        probs = logits.softmax(-1).mean(1).cpu()
-        top = probs.topk(min(args.topk, len(names)), dim=1)
-        for i, p, k in zip(indices, top.values.tolist(), top.indices.tolist()):
-            results[i] = {"video": videos[i].path, "label": videos[i].label,
-                          "top": [{"class": names[c], "index": c, "probability": round(q, 6)} for c, q in zip(k, p)]}
+        for i, top in zip(indices, top_classes(class_probabilities(model, views), names, args.topk)):
+            results[i] = {"video": videos[i].path, "label": videos[i].label, "top": top}
     return [results[i] for i in sorted(results)]
 
 

@@ -250,7 +250,25 @@ class FrameFolder:
         return torch.stack(frames).permute(0, 2, 3, 1)
 
 
-def decode_clips(source: VideoFile | FrameFolder, picks: Sequence[np.ndarray]) -> list[torch.Tensor]:
+class FrameArray:
+    """A video already decoded: uint8 ``[T, H, W, 3]`` frames (a numpy array or a tensor), read like a file."""
+
+    def __init__(self, frames: np.ndarray | torch.Tensor) -> None:
+        frames = torch.from_numpy(np.ascontiguousarray(frames)) if isinstance(frames, np.ndarray) else frames
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8 or len(frames) < 1:
+            raise ValueError(f"frames must be uint8 [T, H, W, 3] with T >= 1, got {frames.dtype} "
+                             f"{list(frames.shape)}")
+        self.frames = frames.cpu()
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def read(self, indices: np.ndarray) -> torch.Tensor:
+        """Frames ``indices`` (sorted, unique, 0-based) as uint8 ``[N, H, W, 3]``."""
+        return self.frames[torch.from_numpy(np.asarray(indices, dtype=np.int64))]
+
+
+def decode_clips(source: VideoFile | FrameFolder | FrameArray, picks: Sequence[np.ndarray]) -> list[torch.Tensor]:
     """uint8 ``THWC`` clips for each index array in ``picks``, decoding every needed frame once."""
     needed = np.unique(np.concatenate(picks))
     frames = source.read(needed)

@@ -87,8 +87,9 @@ def build_encoder(path: str, args: argparse.Namespace, grid: PatchGrid, num_clas
 
 
 def head_classes(ckpt: dict[str, Any]) -> int:
-    """The class count of a checkpoint's classification head (0 when it has none)."""
-    head = (ckpt.get("model") or {}).get("head.weight")
+    """The class count of a checkpoint's classification head (0 when it has none); VideoMAE's fine-tuned files
+    keep their weights under "module"."""
+    head = (ckpt.get("model") or ckpt.get("module") or {}).get("head.weight")
     return int(head.shape[0]) if head is not None else 0
 
 
