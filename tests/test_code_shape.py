@@ -80,9 +80,8 @@ def imported_modules(tree: ast.Module, name: str, modules: set[str]) -> set[str]
             continue
         for candidate in candidates:
             parts = candidate.split(".")
-            known = next((".".join(parts[:n]) for n in range(len(parts), 0, -1) if ".".join(parts[:n]) in modules), None)
-            if known is not None:
-                found.add(known)
+            prefixes = [".".join(parts[:n]) for n in range(len(parts), 0, -1)]
+            found.update(next(([p] for p in prefixes if p in modules), []))
     return found
 
 
@@ -155,7 +154,8 @@ def test_no_library_module_imports_an_entry_point():
         if name.startswith(ENTRY_POINT_DRIVERS):
             continue
         deps = imported_modules(parse(path), name, known) - {name}
-        upward = {d for d in deps if d in entries or (d.startswith("patches.cli.") and not name.startswith("patches.cli."))}
+        in_cli = name.startswith("patches.cli.")
+        upward = {d for d in deps if d in entries or (d.startswith("patches.cli.") and not in_cli)}
         offenders += [f"{rel(path)} imports {dep}" for dep in sorted(upward)]
     assert not offenders, "; ".join(offenders)
 
@@ -165,10 +165,14 @@ def test_no_library_module_imports_an_entry_point():
 def test_the_root_holds_only_the_entry_scripts_and_videomae_module_names():
     present = {p.name for p in ROOT.glob("*.py")}
     expected = ROOT_SCRIPTS | ROOT_MODULES
-    assert present == expected, f"not allowed at the root: {sorted(present - expected)}; missing: {sorted(expected - present)}"
+    assert present == expected, (f"not allowed at the root: {sorted(present - expected)}; "
+                                 f"missing: {sorted(expected - present)}")
 
 
-@pytest.mark.parametrize("shim", sorted([*ROOT_SCRIPTS, *ROOT_MODULES]) + sorted(rel(p) for p in ROOT.glob("scripts/*.py")))
+SHIMS = sorted([*ROOT_SCRIPTS, *ROOT_MODULES]) + sorted(rel(p) for p in ROOT.glob("scripts/*.py"))
+
+
+@pytest.mark.parametrize("shim", SHIMS)
 def test_each_shim_imports_what_it_names(shim):
     """Each root and scripts/ file runs up to its ``if __name__ == "__main__"`` line: every name it imports exists."""
     runpy.run_path(str(ROOT / shim), run_name="shim_under_test")
@@ -188,7 +192,8 @@ def test_each_console_script_shows_its_help_as_pip_runs_it():
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     for command, target in scripts.items():
         module, _, function = target.partition(":")
-        code = f"import sys; sys.argv = [{command!r}, '--help']; from {module} import {function}; sys.exit({function}())"
+        code = (f"import sys; sys.argv = [{command!r}, '--help']; from {module} import {function}; "
+                f"sys.exit({function}())")
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
         assert done.returncode == 0 and "usage:" in done.stdout, f"{command}: {done.stderr[-2000:]}"
         assert "imported after torch" not in done.stderr, f"{command}: {done.stderr[-2000:]}"
@@ -210,7 +215,8 @@ def test_sys_path_edits_are_found():
 
 def test_nothing_patches_sys_path():
     offenders = []
-    for path in sorted([*PACKAGE.rglob("*.py"), *ROOT.glob("scripts/*.py"), *ROOT.glob("tests/*.py"), *ROOT.glob("*.py")]):
+    paths = [*PACKAGE.rglob("*.py"), *ROOT.glob("scripts/*.py"), *ROOT.glob("tests/*.py"), *ROOT.glob("*.py")]
+    for path in sorted(paths):
         if path != Path(__file__).resolve():
             offenders += [f"{rel(path)}:{line}" for line in sys_path_edits(parse(path))]
     assert not offenders, "sys.path edited at " + ", ".join(offenders)
@@ -344,7 +350,8 @@ def args_writes(tree: ast.Module) -> list[int]:
                 lines += [node.lineno] if target.args and names_args(target.args[0]) else []
         if isinstance(node, ast.Call):
             func = node.func
-            if isinstance(func, ast.Name) and func.id in {"setattr", "delattr"} and node.args and names_args(node.args[0]):
+            if (isinstance(func, ast.Name) and func.id in {"setattr", "delattr"} and node.args
+                    and names_args(node.args[0])):
                 lines.append(node.lineno)
             if isinstance(func, ast.Attribute) and func.attr in {"update", "setdefault", "pop"}:
                 owner = func.value
