@@ -374,3 +374,66 @@ def test_nothing_in_the_package_writes_into_args():
     """argparse's own parser construction (custom Actions) writes to its ``namespace`` and is not caught."""
     offenders = [f"{rel(path)}:{line}" for path in package_modules().values() for line in args_writes(parse(path))]
     assert not offenders, "writes into args at " + ", ".join(offenders)
+
+
+# --- test tiers --------------------------------------------------------------------------------------------------
+
+def spawning_functions(tree: ast.Module, spawning_names: set[str]) -> set[str]:
+    """The module-level functions of ``tree`` that start a process: they use ``subprocess``, name
+    ``sys.executable``, or name (call, or take as a fixture argument) one of ``spawning_names`` (``run`` or
+    ``module.run``) or another spawning function of the module, at any depth."""
+    functions = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+
+    def used_names(fn: ast.AST) -> set[str]:
+        names = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name)}
+        return names | {a.arg for a in fn.args.args}
+
+    def direct(fn: ast.AST) -> bool:
+        for n in ast.walk(fn):
+            if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name):
+                if n.value.id == "subprocess" or f"{n.value.id}.{n.attr}" in {"sys.executable", *spawning_names}:
+                    return True
+        return bool(used_names(fn) & spawning_names)
+
+    spawning = {name for name, fn in functions.items() if direct(fn)}
+    grew = True
+    while grew:
+        more = {name for name, fn in functions.items() if name not in spawning and used_names(fn) & spawning}
+        spawning |= more
+        grew = bool(more)
+    return spawning
+
+
+def is_marked_slow(fn: ast.FunctionDef, module: ast.Module) -> bool:
+    marks = [*fn.decorator_list, *(n.value for n in module.body if isinstance(n, ast.Assign)
+                                   and any(isinstance(t, ast.Name) and t.id == "pytestmark" for t in n.targets))]
+    return any("mark.slow" in ast.unparse(m) for m in marks)
+
+
+def test_spawning_functions_follow_helpers_and_fixtures():
+    source = ("import subprocess, pytest\nfrom launch_helpers import PRETRAIN, run\n"
+              "def helper():\n    return subprocess.run(['x'])\n@pytest.fixture\ndef made():\n    return helper()\n"
+              "def test_a(made):\n    pass\ndef test_b():\n    run('x.py', PRETRAIN)\n"
+              "def test_c():\n    print(PRETRAIN)\ndef test_d():\n    lh.run_and_signal('x.py')\n")
+    assert spawning_functions(ast.parse(source), {"run", "lh.run_and_signal"}) == {"helper", "made", "test_a",
+                                                                                    "test_b", "test_d"}
+
+
+def test_tests_that_start_a_process_are_marked_slow():
+    """The fast tier (``pytest -m "not slow"``) runs in process: a test that starts one (a script, torchrun, a
+    probe; itself, through tests/launch_helpers.py, or through a fixture) is marked ``slow``."""
+    tests = ROOT / "tests"
+    helpers = spawning_functions(parse(tests / "launch_helpers.py"), set())
+    fixtures = spawning_functions(parse(tests / "conftest.py"), helpers)
+    offenders = []
+    for path in sorted(tests.glob("test_*.py")):
+        tree = parse(path)
+        imported = {a.asname or a.name for n in tree.body if isinstance(n, ast.ImportFrom)
+                    and n.module == "launch_helpers" for a in n.names if a.name in helpers}
+        aliases = {a.asname or a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names
+                   if a.name == "launch_helpers"}
+        spawning = spawning_functions(tree, imported | {f"{m}.{h}" for m in aliases for h in helpers} | fixtures)
+        offenders += [f"{rel(path)}::{n.name}" for n in tree.body if isinstance(n, ast.FunctionDef)
+                      and n.name.startswith("test_") and n.name in spawning and not is_marked_slow(n, tree)]
+    assert not offenders, "start a process but are not marked slow: " + ", ".join(offenders)
+
