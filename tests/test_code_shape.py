@@ -435,5 +435,9 @@ def test_tests_that_start_a_process_are_marked_slow():
         spawning = spawning_functions(tree, imported | {f"{m}.{h}" for m in aliases for h in helpers} | fixtures)
         offenders += [f"{rel(path)}::{n.name}" for n in tree.body if isinstance(n, ast.FunctionDef)
                       and n.name.startswith("test_") and n.name in spawning and not is_marked_slow(n, tree)]
+        # an autouse fixture that starts processes would start them in the fast tier too
+        offenders += [f"{rel(path)}::{n.name} (an autouse fixture)" for n in tree.body
+                      if isinstance(n, ast.FunctionDef) and n.name in spawning
+                      and any("autouse=True" in ast.unparse(d) for d in n.decorator_list)]
     assert not offenders, "start a process but are not marked slow: " + ", ".join(offenders)
 

@@ -192,7 +192,7 @@ def can_mount_tmpfs(where: Path) -> bool:
     return ok == 0
 
 
-@pytest.fixture(scope="module", autouse=True)  # autouse: the runs start with the module's first test
+@pytest.fixture(scope="module")  # not autouse: the fast tier (-m "not slow") must not start these runs
 def cli(media: Path, broken_list: Path, demo_root: Path, evil: SimpleNamespace,
         tmp_path_factory: pytest.TempPathFactory):
     """Start every script run of this module in a pool of 3; yields ``{name: Future[CompletedProcess]}``."""
