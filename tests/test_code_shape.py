@@ -1,7 +1,8 @@
-"""The code's shape, read from its source (nothing is run but the shims' imports): the package's import graph has no
-cycle and its library never imports an entry point; the repository root holds only the entry scripts and VideoMAE's
-module names; nothing patches ``sys.path``; modules and functions stay short; only entry points exit; and nothing
-in the package writes into the parsed ``args``.
+"""The code's shape, read from its source (nothing runs but the shims' imports and, in the slow tier, each console
+script's ``--help``): the package's import graph has no cycle and its library never imports an entry point; the
+repository root holds only the entry scripts and VideoMAE's module names; nothing patches ``sys.path``; modules
+and functions stay short; only entry points exit; nothing in the package writes into the parsed ``args``; and a
+test that starts a process is marked ``slow``, so the fast tier runs in process.
 
 Each rule's checker is a plain function of source text, tested on a small example first, so a failure names the
 offending module, function and line.
