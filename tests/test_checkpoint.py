@@ -209,6 +209,7 @@ def test_pruning_keeps_the_newest_epochs_best_latest_and_unfinished_swaps(tmp_pa
         "checkpoint-best.pth", "checkpoint-latest.pth"]
 
 
+@pytest.mark.slow
 def test_stale_temp_files_of_dead_writers_are_removed_and_nothing_else(tmp_path):
     gone, alive = dead_pid(), os.getpid()
     stale = [tmp_path / f".checkpoint-3.pth.{gone}.tmp", tmp_path / f".checkpoint-latest.pth.{gone}.tmp",

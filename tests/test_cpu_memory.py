@@ -48,6 +48,7 @@ def probe(imports: str, env: dict[str, str] | None = None) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc allocator settings are Linux-only")
 def test_glibc_default_maps_a_4mb_buffer_and_cpu_memory_keeps_it_in_the_heap() -> None:
     default = probe("")
@@ -58,6 +59,7 @@ def test_glibc_default_maps_a_4mb_buffer_and_cpu_memory_keeps_it_in_the_heap() -
     assert tuned["thp"] == "1" and tuned["mmap"] == str(16 << 20)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc allocator settings are Linux-only")
 def test_user_choices_win() -> None:
     off = probe("import patches.utils.cpu_memory", {"PATCHES_CPU_ALLOCATOR": "default"})
@@ -68,11 +70,13 @@ def test_user_choices_win() -> None:
     assert explicit["thp"] == "1" and not explicit["small_mapped"]
 
 
+@pytest.mark.slow
 def test_a_misspelt_choice_is_refused_by_name() -> None:
     out = run_probe("import patches.utils.cpu_memory", {"PATCHES_CPU_ALLOCATOR": "defualt"})
     assert out.returncode != 0 and "PATCHES_CPU_ALLOCATOR='defualt'" in out.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("entry", ["run_mae_pretraining", "run_class_finetuning", "run_demo"])
 def test_entry_scripts_apply_the_settings_before_torch_is_imported(entry: str) -> None:
     # -W error turns cpu_memory's warning (imported after torch) into a failure of the subprocess
@@ -80,6 +84,7 @@ def test_entry_scripts_apply_the_settings_before_torch_is_imported(entry: str) -
     assert result["thp"] == "1" and not result["small_mapped"]
 
 
+@pytest.mark.slow
 def test_importing_after_torch_warns() -> None:
     out = subprocess.run([sys.executable, "-c", "import torch, patches.utils.cpu_memory"], cwd=ROOT, capture_output=True, text=True,
                          env={k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"})

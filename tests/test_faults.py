@@ -192,7 +192,7 @@ def can_mount_tmpfs(where: Path) -> bool:
     return ok == 0
 
 
-@pytest.fixture(scope="module", autouse=True)  # autouse: the runs start with the module's first test
+@pytest.fixture(scope="module")  # not autouse: the fast tier (-m "not slow") must not start these runs
 def cli(media: Path, broken_list: Path, demo_root: Path, evil: SimpleNamespace,
         tmp_path_factory: pytest.TempPathFactory):
     """Start every script run of this module in a pool of 3; yields ``{name: Future[CompletedProcess]}``."""
@@ -367,6 +367,7 @@ def test_tracker_warns_once_counts_per_epoch_and_stops(capsys: pytest.CaptureFix
         list(tracker)
 
 
+@pytest.mark.slow
 def test_broken_tenth_of_the_data_is_skipped_and_reported_exactly(cli, media: Path) -> None:
     result = cli["train_broken"].result()
     assert result.returncode == 0, result.stderr[-3000:]
@@ -385,6 +386,7 @@ def test_broken_tenth_of_the_data_is_skipped_and_reported_exactly(cli, media: Pa
     assert [e.value for e in acc.Scalars("data/skipped_videos")] == [record["skipped_videos"]]
 
 
+@pytest.mark.slow
 def test_too_many_broken_videos_stop_the_run_with_examples(cli, media: Path) -> None:
     err = failed_cleanly(cli["too_many_bad"].result())
     assert "of the 40 videos of" in err and "more than --max_bad_fraction 0.05 allows (2)" in err
@@ -392,6 +394,7 @@ def test_too_many_broken_videos_stop_the_run_with_examples(cli, media: Path) -> 
     assert "--check_data" in err
 
 
+@pytest.mark.slow
 def test_evaluation_scores_readable_videos_only_and_names_the_rest(cli, media: Path) -> None:
     result = cli["broken_eval"].result()
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
@@ -410,6 +413,7 @@ def test_evaluation_scores_readable_videos_only_and_names_the_rest(cli, media: P
     assert checkpoint.load_checkpoint(folder / "checkpoint-best.pth")["best_acc1"] == epoch["val_acc1"]
 
 
+@pytest.mark.slow
 def test_check_data_reports_every_bad_video(cli, media: Path, broken_list: Path) -> None:
     result = cli["check_broken"].result()
     assert result.returncode == 1 and "Traceback" not in result.stderr
@@ -438,6 +442,7 @@ def test_check_data_on_a_clean_pretraining_list_exits_zero(demo_root: Path, caps
 
 # ---------------------------------------------------------------- 2 and 3. bad list lines and bad flags
 
+@pytest.mark.slow
 def test_bad_list_lines_stop_the_run_up_front(cli) -> None:
     err = failed_cleanly(cli["lists_and_eval"].result())
     assert "test.csv, line 4: no label in 'videos/no_label.mp4'" in err
@@ -457,6 +462,7 @@ def test_pretraining_list_is_checked_up_front(tmp_path: Path) -> None:
         f"--batch_size 3 x 1 processes = 3 videos per update, more than the 2 videos of {lst}"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run_name, messages", [
     ("flags_pretrain", ["--batch_size 17 x 1 processes = 17 videos per update, more than the 16 videos",
                         "--mask_ratio must be inside (0, 1), got 1.0", "a_file/sub is not writable (Not a directory)",
@@ -506,6 +512,7 @@ def test_bad_checkpoint_files_get_clear_messages(tmp_path: Path, evil: SimpleNam
     assert not evil.torch_marker.exists() and not evil.shell_marker.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run_name, flag", [("evil_finetune", "--finetune"), ("evil_resume", "--resume"),
                                             ("evil_vis", "--model_path")])
 def test_pickle_with_code_never_runs(cli, evil: SimpleNamespace, run_name: str, flag: str) -> None:
@@ -523,6 +530,7 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(cli) -> None:
     result, out, source = cli["nan"].result()
     err = failed_cleanly(result)
@@ -533,6 +541,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(cli) -> None:
     assert digest(out / "checkpoint-0.pth") == digest(source)
 
 
+@pytest.mark.slow
 def test_full_disk_during_a_save_leaves_the_checkpoints_intact(cli) -> None:
     outcome = cli["disk_full"].result()
     if outcome is None:
@@ -547,6 +556,7 @@ def test_full_disk_during_a_save_leaves_the_checkpoints_intact(cli) -> None:
 
 # ---------------------------------------------------------------- 6. signals in every phase (real processes)
 
+@pytest.mark.slow
 def test_a_stop_signal_during_the_final_test_exits_75_and_the_rerun_only_tests(demo_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     flags = [*lh.FINETUNE, "--data_path", str(demo_root), "--batch_size", "4", "--epochs", "1", "--num_workers", "0",
@@ -565,6 +575,7 @@ def test_a_stop_signal_during_the_final_test_exits_75_and_the_rerun_only_tests(d
     assert [r.get("epoch") for r in logged] == [0, None] and "test_acc1" in logged[1]
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_latest_and_exits_130_without_a_traceback(demo_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()

@@ -70,6 +70,7 @@ def pretrained_196(demo_root, tmp_path_factory):
     return out / "run" / "checkpoint-0.pth"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("grid_flags,expect", [
     (["--input_size", "288", "--num_frames", "2"], "324 patches per frame"),
     (["--input_size", "224", "--num_frames", "8"], "196 patches per frame"),
@@ -89,6 +90,7 @@ def test_checkpoint_at_196_fine_tunes_at_another_grid(pretrained_196, demo_root,
     assert torch.isfinite(model(torch.randn(1, 3, model.grid.num_frames, *model.grid.input_size))).all()
 
 
+@pytest.mark.slow
 def test_finetune_cli_then_eval_reproduces_logged_accuracy(demo_root, tmp_path):
     out = tmp_path / "ft"
     flags = [*COMMON, "--model", "vit_micro_patch16_224", "--data_path", str(demo_root), "--data_set", "custom",
@@ -117,6 +119,7 @@ SMALL = [*COMMON, "--model", "vit_micro_patch16_224", "--data_set", "custom", "-
          "--test_num_crop", "1"]
 
 
+@pytest.mark.slow
 def test_final_test_never_takes_a_best_checkpoint_another_run_left(demo_root, tmp_path):
     out = tmp_path / "ft"
     grid = ["--input_size", "32", "--num_frames", "4"]
@@ -141,6 +144,7 @@ def test_final_test_never_takes_a_best_checkpoint_another_run_left(demo_root, tm
     assert "Loaded" in again.stdout
 
 
+@pytest.mark.slow
 def test_eval_and_resume_refuse_a_checkpoint_of_another_grid(demo_root, tmp_path):
     out = tmp_path / "ft"
     run("run_class_finetuning.py", *SMALL, "--input_size", "32", "--num_frames", "4", "--data_path", str(demo_root),
@@ -156,6 +160,7 @@ def test_eval_and_resume_refuse_a_checkpoint_of_another_grid(demo_root, tmp_path
     assert "M parameters" not in result.stdout  # the resume is refused before the data and the model are built
 
 
+@pytest.mark.slow
 def test_resuming_from_a_pretraining_checkpoint_points_to_finetune(pretrained_196, demo_root, tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "run_class_finetuning.py"), *COMMON, "--model",
                              "vit_micro_patch16_224", "--data_set", "custom", "--data_path", str(demo_root),

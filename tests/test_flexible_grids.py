@@ -30,6 +30,7 @@ def parsed(tmp_path: Path, *flags: str):
     return run_mae_pretraining.get_args_parser().parse_args([*TINY, "--output_dir", str(tmp_path / "o"), *flags])
 
 
+@pytest.mark.slow
 def test_a_bad_grids_entry_is_refused_by_the_cli_naming_it(tmp_path):
     cmd = [sys.executable, str(ROOT / "run_mae_pretraining.py"), *TINY, "--output_dir", str(tmp_path / "o"),
            "--grids", "32/16", "30/8"]
@@ -138,6 +139,7 @@ def flexible_flags(demo_root: Path, out: Path) -> list[str]:
             str(demo_root), "--batch_size", "4", "--epochs", "2", "--output_dir", str(out)]
 
 
+@pytest.mark.slow
 def test_a_flexible_run_stopped_mid_epoch_resumes_to_the_same_losses_grids_and_weights(demo_root, tmp_path, capsys):
     reference = tmp_path / "reference"  # uninterrupted, in this process (the stop and resume below are the subject)
     run_mae_pretraining.main(run_mae_pretraining.get_args_parser().parse_args(flexible_flags(demo_root, reference)))

@@ -94,6 +94,7 @@ PROBE = [*CPU, "--model", "vit_micro_patch16_224", "--data_set", "custom", "--sa
          "--test_num_crop", "1", "--mixup", "0", "--cutmix", "0", "--print_freq", "50"]
 
 
+@pytest.mark.slow
 def test_linear_probe_cli_at_a_non_square_grid_keeps_the_probe_and_names_the_encoder(pretrained, demo_root, tmp_path):
     out = tmp_path / "linear"
     result = run("run_class_finetuning.py", *PROBE, "--probe", "linear", "--finetune", str(pretrained), "--data_path",
@@ -113,6 +114,7 @@ def test_linear_probe_cli_at_a_non_square_grid_keeps_the_probe_and_names_the_enc
     assert json.loads((out / "log.txt").read_text().splitlines()[-1])["eval_test_acc1"] == logged["test_acc1"]
 
 
+@pytest.mark.slow
 def test_knn_probe_cli_at_324_patches_per_frame(pretrained, demo_root, tmp_path):
     result = run("run_class_finetuning.py", *PROBE, "--probe", "knn", "--knn_k", "5", "--finetune", str(pretrained),
                  "--data_path", str(demo_root), "--input_size", "144", "--patch_size", "8", "--num_frames", "2",
@@ -122,6 +124,7 @@ def test_knn_probe_cli_at_324_patches_per_frame(pretrained, demo_root, tmp_path)
     assert record["probe"] == "knn" and record["test_videos"] == 8 and 0 <= record["test_acc1"] <= 100
 
 
+@pytest.mark.slow
 def test_a_probe_without_finetune_is_refused_by_name(demo_root, tmp_path):
     result = run("run_class_finetuning.py", *PROBE, "--probe", "attentive", "--data_path", str(demo_root),
                  "--output_dir", str(tmp_path / "x"), cwd=tmp_path, ok=False)
@@ -131,6 +134,7 @@ def test_a_probe_without_finetune_is_refused_by_name(demo_root, tmp_path):
 
 # ---------------------------------------------------------------- extract_features.py
 
+@pytest.mark.slow
 def test_extraction_is_bit_identical_resumes_lists_bad_videos_and_guards_its_folder(pretrained, demo_root, tmp_path,
                                                                                     capsys):
     videos = tmp_path / "videos"
@@ -170,6 +174,7 @@ def test_extraction_is_bit_identical_resumes_lists_bad_videos_and_guards_its_fol
         extract(*flags[:-6], "--output_dir", str(tmp_path / "a"))
 
 
+@pytest.mark.slow
 def test_extraction_at_324_patches_per_frame_from_a_list_file_as_npy(pretrained, demo_root, tmp_path):
     extract(*CPU, "--finetune", str(pretrained), "--data_path", str(demo_root / "val.csv"), "--input_size", "144",
             "--num_frames", "2", "--format", "npy", "--output_dir", str(tmp_path / "f"))
@@ -180,6 +185,7 @@ def test_extraction_at_324_patches_per_frame_from_a_list_file_as_npy(pretrained,
                                             (demo_root / "val.csv").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_extraction_under_torchrun_gives_the_shards_of_one_process(pretrained, demo_root, tmp_path):
     from launch_helpers import run as launch
     flags = [*CPU, "--finetune", str(pretrained), "--data_path", str(demo_root / "val.csv"), "--shard_size", "2"]
@@ -210,6 +216,7 @@ def classifier(tmp_path_factory):
     return path, model.eval()
 
 
+@pytest.mark.slow
 def test_inference_gives_the_multi_view_test_probabilities_as_table_and_json(classifier, demo_root, tmp_path, capsys):
     from patches.data.datasets import VideoClsEvalDataset
     from patches.data.lists import parse_list_file, read_labelled_list

@@ -35,6 +35,7 @@ cleanup_distributed()
 """
 
 
+@pytest.mark.slow
 def test_deepspeed_refuses_fp16_under_zero_and_reduces_autocast_gradients_in_fp32():
     for stage in (1, 2):
         with pytest.raises(ValueError, match=f"--zero_stage {stage} with --amp fp16 is refused"):
@@ -139,6 +140,7 @@ cleanup_distributed()
 """
 
 
+@pytest.mark.slow
 def test_ddp_accumulation_all_reduces_once_per_update():
     # 2 gloo processes, update_freq 2, 4 micro-steps: 2 updates, so 2 all-reduces of the one gradient bucket.
     port = free_port()

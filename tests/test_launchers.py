@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from launch_helpers import PRETRAIN, ROOT, assert_same_weights, env, free_port, read_scalars, weights
 
 LAUNCH = ROOT / "scripts" / "launch"
@@ -23,6 +25,7 @@ def launcher_env(demo_root: Path, out: Path, **more: str) -> dict[str, str]:
 MICRO = [*PRETRAIN, "--batch_size", "2", "--update_freq", "1", "--epochs", "1", "--save_ckpt_freq", "1"]
 
 
+@pytest.mark.slow
 def test_two_torchrun_nodes_train_like_one_node_with_two_processes(demo_root, tmp_path):
     launcher = ["bash", str(LAUNCH / "torchrun.sh"), "pretrain", *MICRO]
     port = str(free_port())
@@ -63,6 +66,7 @@ exit 137
 """
 
 
+@pytest.mark.slow
 def test_slurm_requeues_a_stopped_run_when_srun_reports_a_killed_rank(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -82,6 +86,7 @@ def test_slurm_requeues_a_stopped_run_when_srun_reports_a_killed_rank(tmp_path):
     assert not (tmp_path / "stop").exists(), "the note is used once"
 
 
+@pytest.mark.slow
 def test_torchrun_launcher_starts_one_process_per_gpu_torch_sees(tmp_path):
     # nvidia-smi -L lists every GPU of the node; torch counts those CUDA_VISIBLE_DEVICES leaves (none here).
     (tmp_path / "nvidia-smi").write_text("#!/bin/sh\nfor i in 0 1 2 3 4 5 6 7; do echo \"GPU $i: H100\"; done\n")

@@ -27,6 +27,7 @@ def last_record(out: Path) -> dict:
     return json.loads((out / "log.txt").read_text().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["pretrain", "finetune"])
 def test_an_old_checkpoint_resumes_where_it_stopped(tmp_path: Path, kind: str) -> None:
     out = tmp_path / kind
@@ -43,6 +44,7 @@ def test_an_old_checkpoint_resumes_where_it_stopped(tmp_path: Path, kind: str) -
     assert epoch_1[0]["train_loss"] == pytest.approx(EXPECTED[kind]["resumed_epoch_1_train_loss"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_an_old_fine_tuning_checkpoint_tests_as_before(tmp_path: Path) -> None:
     out = tmp_path / "eval"
     run("run_class_finetuning.py", flags("finetune", "--data_path", str(DATA), "--eval", "--resume",
@@ -52,6 +54,7 @@ def test_an_old_fine_tuning_checkpoint_tests_as_before(tmp_path: Path) -> None:
                                                                      EXPECTED["finetune"]["eval_test_acc5"])
 
 
+@pytest.mark.slow
 def test_an_old_pretraining_checkpoint_fine_tunes(tmp_path: Path) -> None:
     out = tmp_path / "ft"
     result = run("run_class_finetuning.py", flags("finetune", "--data_path", str(DATA), "--epochs", "1",

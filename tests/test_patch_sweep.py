@@ -43,6 +43,7 @@ def check_rows(out: Path, mode: str) -> list[dict]:
     return rows
 
 
+@pytest.mark.slow
 def test_flexible_sweep_pretrains_once_evaluates_every_grid_and_resumes(demo_root, tmp_path):
     out = tmp_path / "sweep"
     first = run_sweep(demo_root, out)  # --mode flexible is the default
@@ -63,6 +64,7 @@ def test_flexible_sweep_pretrains_once_evaluates_every_grid_and_resumes(demo_roo
     assert replot.returncode == 0 and "| 32/16 | 4 | 8 | flexible |" in replot.stdout
 
 
+@pytest.mark.slow
 def test_a_bad_grid_is_refused_by_name_before_any_work(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "patch_sweep.py"), "--grids", "32/8", "40/16",
                              "--output_dir", str(tmp_path / "x")], capture_output=True, text=True, cwd=ROOT, timeout=60)

@@ -65,6 +65,7 @@ def mixed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return src
 
 
+@pytest.mark.slow
 def test_mixed_folder_end_to_end_and_a_rerun_does_nothing(mixed: Path, tmp_path: Path) -> None:
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in mixed.rglob("*") if p.is_file()}
     dst = tmp_path / "out"
@@ -90,6 +91,7 @@ def test_mixed_folder_end_to_end_and_a_rerun_does_nothing(mixed: Path, tmp_path:
     assert outputs == {p: p.stat().st_mtime_ns for p in dst.rglob("*.mp4")}
 
 
+@pytest.mark.slow
 def test_a_killed_run_is_finished_by_the_rerun(tmp_path: Path) -> None:
     src, dst = tmp_path / "src", tmp_path / "dst"
     src.mkdir()

@@ -38,6 +38,7 @@ def trained(demo_root, tmp_path_factory):
     return out, result.stdout
 
 
+@pytest.mark.slow
 def test_loss_falls_well_below_its_start(trained):
     out, _ = trained
     losses = [json.loads(line)["train_loss"] for line in (out / "log.txt").read_text().splitlines()]
@@ -45,6 +46,7 @@ def test_loss_falls_well_below_its_start(trained):
     assert losses[-1] < 0.25 * losses[0], losses
 
 
+@pytest.mark.slow
 def test_checkpoint_holds_the_grid_of_the_flags(trained):
     out, stdout = trained
     assert sorted(p.name for p in out.glob("checkpoint-*.pth")) == ["checkpoint-11.pth", "checkpoint-4.pth",
@@ -59,6 +61,7 @@ def test_checkpoint_holds_the_grid_of_the_flags(trained):
     assert not list(out.glob("*.tmp")), "no temporary files left behind"
 
 
+@pytest.mark.slow
 def test_tensorboard_events_and_progress_lines(trained):
     out, stdout = trained
     losses = read_scalars(out / "tb", "train/loss")
@@ -69,6 +72,7 @@ def test_tensorboard_events_and_progress_lines(trained):
     assert "clips/s" in stdout and "eta" in stdout
 
 
+@pytest.mark.slow
 def test_auto_resume_continues_after_the_last_checkpoint(trained, demo_root, tmp_path):
     out, _ = trained
     resumed = tmp_path / "out"
@@ -84,6 +88,7 @@ def test_auto_resume_continues_after_the_last_checkpoint(trained, demo_root, tmp
 
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("changed,named", [
     (["--input_size", "48", "32", "--num_frames", "8"], "--input_size 32 48 vs 48 32"),
     (["--input_size", "32", "48", "--num_frames", "4"], "--num_frames 8 vs 4"),
@@ -102,6 +107,7 @@ def test_resume_at_another_grid_is_refused_before_data_and_model(trained, demo_r
     assert "--no_auto_resume" in result.stderr and "Traceback" not in result.stderr
     assert "M parameters" not in result.stdout
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags,message", [
     (["--input_size", "30", "--patch_size", "8"], "--input_size height 30 is not divisible by --patch_size 8"),
     (["--mask_ratio", "1.5"], "--mask_ratio must be inside (0, 1)"),

@@ -39,6 +39,7 @@ def reference(demo_root, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_keep_ckpts_keeps_the_newest_epoch_file_and_latest(reference):
     assert sorted(p.name for p in reference.glob("checkpoint-*")) == ["checkpoint-1.pth", "checkpoint-latest.pth"]
     latest = load_checkpoint(reference / "checkpoint-latest.pth")
@@ -46,6 +47,7 @@ def test_keep_ckpts_keeps_the_newest_epoch_file_and_latest(reference):
     assert_same_weights(latest["model"], weights(reference / "checkpoint-1.pth"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", ["0", "1"])
 def test_sigkill_mid_epoch_then_same_command_ends_with_the_same_weights(reference, demo_root, tmp_path, workers):
     out = tmp_path / "out"
@@ -66,6 +68,7 @@ def test_sigkill_mid_epoch_then_same_command_ends_with_the_same_weights(referenc
         assert_same_weights(a["state"][key], b["state"][key])
 
 
+@pytest.mark.slow
 def test_sigterm_under_torchrun_saves_latest_and_the_run_resumes(reference, demo_root, tmp_path):
     out = tmp_path / "out"
     # Two processes of 2 clips: the same global batches as the one-process reference of 4.
@@ -82,6 +85,7 @@ def test_sigterm_under_torchrun_saves_latest_and_the_run_resumes(reference, demo
     assert_same_weights(weights(out / "checkpoint-1.pth"), weights(reference / "checkpoint-1.pth"), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_sigusr1_exits_75_with_a_checkpoint_to_resume_from(demo_root, tmp_path):
     out = tmp_path / "out"
     flags = pretrain_flags(demo_root, out, "--num_workers", "1", "--save_ckpt_every_steps", "0", "--epochs", "1")
@@ -104,6 +108,7 @@ print("done", flush=True)
 """
 
 
+@pytest.mark.slow
 def test_kill_during_a_save_leaves_the_previous_checkpoint_chosen_by_auto_resume(reference, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -192,6 +197,7 @@ def finetune_flags(demo_root: Path, out: Path) -> list[str]:
             "--test_num_crop", "1", "--output_dir", str(out)]
 
 
+@pytest.mark.slow
 def test_finetuning_killed_mid_epoch_resumes_to_the_same_weights_and_ema(demo_root, tmp_path):
     reference = tmp_path / "reference"
     run("run_class_finetuning.py", finetune_flags(demo_root, reference))

@@ -38,6 +38,7 @@ def pretrained(demo_root, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_pretraining_writes_safetensors_next_to_each_checkpoint(pretrained):
     st = pretrained / "checkpoint-0.safetensors"
     assert st.is_file() and (pretrained / "checkpoint-0.pth").is_file()
@@ -48,6 +49,7 @@ def test_pretraining_writes_safetensors_next_to_each_checkpoint(pretrained):
     assert json.loads(meta["args"])["model"] == "pretrain_videomae_micro_patch16_224"
 
 
+@pytest.mark.slow
 def test_safetensors_load_exactly_into_the_pretraining_model(pretrained):
     ckpt = checkpoint.load_safetensors(pretrained / "checkpoint-0.safetensors")
     reference = checkpoint.load_checkpoint(pretrained / "checkpoint-0.pth")["model"]
@@ -59,6 +61,7 @@ def test_safetensors_load_exactly_into_the_pretraining_model(pretrained):
         assert torch.equal(value, reference[name]), name
 
 
+@pytest.mark.slow
 def test_safetensors_start_a_classifier(pretrained):
     reference = checkpoint.load_checkpoint(pretrained / "checkpoint-0.pth")["model"]
     model = create_video_model("vit_micro_patch16_224", grid=GRID, num_classes=8)
@@ -72,6 +75,7 @@ def test_safetensors_start_a_classifier(pretrained):
     assert compared == 2 + 13 * 4
 
 
+@pytest.mark.slow
 def test_finetuning_from_safetensors_writes_safetensors(pretrained, demo_root, tmp_path):
     """The whole --finetune path from a .safetensors file, and --save_safetensors in fine-tuning."""
     out = tmp_path / "ft"

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 from patches.perf import selfcheck
@@ -15,6 +17,7 @@ MUST_PASS = ["environment", "decode", "loss_falls 16 bf16", "loss_falls 36 bf16"
 SKIPPED_ON_CPU = ["loss_falls 16 fp16", "loss_falls 36 fp16", "deepspeed fp16 (ZeRO-2 refused, ZeRO-0 steps)"]
 
 
+@pytest.mark.slow
 def test_quick_cpu_selfcheck_passes_and_writes_its_table_and_json(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "selfcheck.py"), "--quick", "--device", "cpu",
                              "--output_dir", "tmp"], capture_output=True, text=True, cwd=tmp_path, timeout=600)

@@ -215,6 +215,7 @@ def test_targets_of_selected_tokens_equal_selecting_from_all_targets(normalize):
         assert got[:, 0].abs().max() < 0.1  # the mean rounds (VideoMAE's formula too): ~1e-8 / eps, not noise
 
 
+@pytest.mark.slow
 def test_compiled_pretraining_matches_eager(demo_root, tmp_path):
     eager = run_pretraining(demo_root, tmp_path / "eager", "--amp", "bf16", "--attn_impl", "math")
     assert eager.returncode == 0, eager.stderr[-3000:]
@@ -226,6 +227,7 @@ def test_compiled_pretraining_matches_eager(demo_root, tmp_path):
     assert losses(tmp_path / "compiled") == pytest.approx(losses(tmp_path / "eager"), rel=2e-2)
 
 
+@pytest.mark.slow
 def test_unknown_compile_backend_is_refused_before_any_work(tmp_path):
     cmd = [sys.executable, str(ROOT / "run_mae_pretraining.py"), "--compile", "nonsense", "--device", "cpu",
            "--output_dir", str(tmp_path / "o")]
@@ -235,6 +237,7 @@ def test_unknown_compile_backend_is_refused_before_any_work(tmp_path):
     assert "Traceback" not in result.stderr and not (tmp_path / "o" / "log.txt").exists()
 
 
+@pytest.mark.slow
 def test_benchmark_writes_pretraining_and_finetuning_rows(tmp_path):
     out = tmp_path / "bench.json"
     cmd = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--tasks", "pretrain", "finetune",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import pytest
 
 from patches.cli import finetune as run_class_finetuning
 from patches.cli import pretrain as run_mae_pretraining
@@ -45,6 +46,7 @@ def as_frame_folders(demo_root: Path, out: Path) -> None:
         (out / f"{split}.csv").write_text("\n".join(lines[:8]) + "\n")
 
 
+@pytest.mark.slow
 def test_ssv2_frame_folders_pretrain_and_fine_tune(demo_root: Path, tmp_path: Path, capsys) -> None:
     as_frame_folders(demo_root, tmp_path)
     # in-process, as the demo runs its stages (the CLI itself is exercised by the other script tests)
@@ -78,6 +80,7 @@ def videomae_checkpoint(path: Path, kind: str) -> tuple[Path, torch.nn.Module]:
     return path, model
 
 
+@pytest.mark.slow
 def test_videomae_checkpoints_visualise_export_and_test(demo_root: Path, tmp_path: Path) -> None:
     ckpt, _ = videomae_checkpoint(tmp_path / "videomae_pretrain.pth", "pretrain")
     video = demo_root / (demo_root / "test.csv").read_text().split()[0]

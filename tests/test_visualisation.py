@@ -51,6 +51,7 @@ def run_vis(ckpt: Path, video: Path, save: Path, *flags: str) -> dict:
                      "--device", "cpu", *flags])
 
 
+@pytest.mark.slow
 def test_png_grid_and_gif_have_the_grid_geometry(trained, demo_root, tmp_path):
     result = run_vis(trained, clip(demo_root), tmp_path)
     assert result["grid"] == GRID
@@ -80,6 +81,7 @@ def hidden_mse_from_png(png: Path, mask: torch.Tensor) -> tuple[float, float]:
 
 # Summed over every clip of a split: a single clip whose colours are close to grey can't be told from the grey
 # fill, and which clips those are changes with the CPU's rounding. Over 8 seeds the ratio was 0.47-0.53 (lr 0.1).
+@pytest.mark.slow
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_reconstruction_is_closer_than_the_masked_input(trained, demo_root, tmp_path, split):
     total_masked = total_recon = 0.0
@@ -94,6 +96,7 @@ def test_reconstruction_is_closer_than_the_masked_input(trained, demo_root, tmp_
     assert total_recon < 0.75 * total_masked, (total_recon, total_masked)
 
 
+@pytest.mark.slow
 def test_safetensors_weights_give_the_same_pictures(trained, demo_root, tmp_path):
     st = trained.with_suffix(".safetensors")
     assert st.is_file()
@@ -123,6 +126,7 @@ def test_bad_inputs_stop_with_a_message(tmp_path, demo_root):
         run_vis(path, clip(demo_root), tmp_path)
 
 
+@pytest.mark.slow
 def test_frame_count_is_part_of_the_grid(trained, demo_root, tmp_path):
     with pytest.raises(SystemExit, match="--num_frames 8: the checkpoint's grid has 4 frames"):
         run_vis(trained, clip(demo_root), tmp_path, "--num_frames", "8")
