@@ -1,4 +1,4 @@
-"""The patch sweep (scripts/patch_sweep.py) end to end at tiny settings, and its report (scripts/sweep_report.py)."""
+"""The patch sweep (scripts/patch_sweep.py) end to end at tiny settings, and its report (patches/sweep/report.py)."""
 from __future__ import annotations
 
 import json
@@ -10,6 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+from patches.errors import UsageError
 from patches.sweep import report as sweep_report
 
 # Two grids (4 and 16 patches per frame), one seed, one pre-training epoch (4 steps) on the 16 clips, k-NN (no
@@ -90,5 +91,5 @@ def test_report_gathers_both_modes_with_mean_and_half_range(tmp_path):
     assert "| 32/8 | 16 | 64 | flexible | 72.0 ± 2.0 |" in table
     assert sweep_report.read_rows(tmp_path / "sweep.json") == rows
     (tmp_path / "old.json").write_text(json.dumps([{"grid": "32/8", "acc1": 50}]))
-    with pytest.raises(SystemExit, match="not a sweep.json of this version"):
+    with pytest.raises(UsageError, match="not a sweep.json of this version"):
         sweep_report.read_rows(tmp_path / "old.json")

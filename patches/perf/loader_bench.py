@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]  # the checkout (the package is insta
 from patches.utils import cpu_memory  # noqa: F401  (before torch: allocator settings torch reads once, see cpu_memory.py)
 import torch
 
+from patches.errors import PatchesError, UsageError
 from patches.perf.bench_videos import CODECS, make_videos, video_size
 from patches.perf.reference_loader import ReferencePretrainDataset
 
@@ -68,7 +69,7 @@ def loader_args(list_file: str, num_workers: int, num_sample: int, batch_size: i
     try:
         grid = grid_from_args(args)
     except GridError as e:
-        raise SystemExit(f"error: {e}")
+        raise UsageError(str(e)) from None
     return args, grid
 
 
@@ -203,7 +204,7 @@ def run_real_size(args: argparse.Namespace) -> list[dict[str, Any]]:
         list_file.write_text("".join(f"{os.path.abspath(p)}\n" for p in paths))
         summary = prepare(str(list_file), str(prepared_dir), EncodeConfig(), workers=1, labels="none", progress=False)
         if summary["failed"]:
-            raise SystemExit(f"error: preparing the {codec} sources failed: {summary['failures']}")
+            raise PatchesError(f"preparing the {codec} sources failed: {summary['failures']}")
         prepared = sorted(str(p) for p in prepared_dir.rglob("*.mp4"))
         for workers in args.workers:
             pair = {}
@@ -286,6 +287,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    try:
+        report(args)
+    except PatchesError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def report(args: argparse.Namespace) -> None:
+    """Measure what ``args`` asks for and print its table."""
     if args.real_size:
         rows = run_real_size(args)
         print(f"Pre-training loader, {args.videos} video(s) of {args.seconds:g} s per codec at 1080p and prepared "

@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
+from patches.errors import UsageError
+
 EVALS = ("finetune", "linear", "attentive", "knn")
 EVAL_NAMES = {"finetune": "fine-tuned", "linear": "linear probe", "attentive": "attentive probe", "knn": "k-NN"}
 ROW_KEY = ("grid", "mode", "eval")
@@ -39,7 +41,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     rows = json.loads(path.read_text())
     missing = [k for k in (*ROW_KEY, "patches_per_frame", "top1", "step_s") if rows and k not in rows[0]]
     if not isinstance(rows, list) or missing:
-        raise SystemExit(f"error: {path} is not a sweep.json of this version (missing {missing}); move it away")
+        raise UsageError(f"{path} is not a sweep.json of this version (missing {missing}); move it away")
     return rows
 
 
