@@ -8,7 +8,8 @@ from patches.checkpoints import errors, file_format, model_state, reading, writi
 from patches.models.layers import build_pos_table
 from patches.models.factory import create_video_model
 from patches.grid import make_grid
-from patches.checkpoints.finetune_weights import interpolate_pos_embed, load_finetune_weights, resize_patch_embed
+from patches.checkpoints.finetune_weights import load_finetune_weights
+from patches.checkpoints.resampling import interpolate_pos_embed, resize_patch_embed
 
 MICRO = "vit_micro_patch16_224"
 PRETRAIN_MICRO = "pretrain_videomae_micro_patch16_224"
@@ -384,3 +385,61 @@ def test_flexible_checkpoint_loads_at_an_untrained_grid(tmp_path, capsys):
     resumed = classifier(target, pos_embed="3d")
     model_state.load_model_state(resumed, reading.read_pth_checkpoint(ft), ft, MICRO)
     assert torch.equal(resumed.pos_embed, model.pos_embed)
+
+
+# ---------------------------------------------------------------- the model a checkpoint describes
+
+def test_model_from_checkpoint_builds_the_checkpoints_model_at_its_grid(pretrain_ckpt, tmp_path):
+    """Our pre-training checkpoint: the classifier of its size at its recorded grid, no head, encoder weights."""
+    from patches.checkpoints.models import model_from_checkpoint
+    path, pretrain_sd, grid = pretrain_ckpt
+    built = model_from_checkpoint(path)
+    assert built.grid == grid == built.model.grid and not built.model.training
+    s = built.settings
+    assert (s.model_name, s.pos_embed, s.num_classes, s.kind, s.sampling_rate) == (MICRO, "1d", 0, "pretrain", 4)
+    assert core_equal(built.model, pretrain_sd, "encoder.") > 0
+    # Given settings win; the same checkpoint already read is accepted.
+    other = make_grid(8, 2, 112, 16)
+    again = model_from_checkpoint(built.checkpoint, grid=other, num_classes=3)
+    assert again.model.grid == other and again.model.head.out_features == 3 and again.checkpoint is built.checkpoint
+
+
+def test_model_from_checkpoint_of_a_videomae_release_infers_size_and_grid(tmp_path):
+    """VideoMAE's fine-tuned release records neither model nor grid: both come from its tensors."""
+    from patches.checkpoints.models import model_from_checkpoint
+    path = writing.save_checkpoint(tmp_path / "ft.pth", {"module": videomae_finetuned_release(num_classes=10)})
+    built = model_from_checkpoint(path)
+    assert built.settings.model_name == MICRO and built.settings.num_classes == 10
+    assert built.grid == make_grid(16, 2, 224, 16) and "not recorded" in built.settings.grid_note
+    missing = writing.save_checkpoint(tmp_path / "probe.pth", {"model": {"weight": torch.ones(1)}, "probe": "linear",
+                                                               "encoder": {"path": str(tmp_path / "gone.pth")}})
+    with pytest.raises(errors.CheckpointError, match="probe checkpoint.*gone.pth.* is not there"):
+        model_from_checkpoint(missing)
+
+
+def test_model_from_a_probe_checkpoint_is_its_encoder_with_the_probe(pretrain_ckpt, tmp_path):
+    """A probe checkpoint holds the probe alone and names its encoder: both come back, the encoder as the probe's
+    run built it; an encoder file changed since is refused."""
+    from patches.checkpoints.models import model_from_checkpoint
+    from patches.eval.features import encoder_reference
+    from patches.models.probes import FrozenEncoderProbe, build_probe
+    path, pretrain_sd, grid = pretrain_ckpt
+    encoder = model_from_checkpoint(path, num_classes=0).model
+    trained = FrozenEncoderProbe(encoder, build_probe("linear", encoder, 3))
+    state = writing.checkpoint_state(trained, grid, argparse.Namespace(model=MICRO, pos_embed="1d", sampling_rate=2),
+                                     epoch=0, probe="linear", encoder=encoder_reference(path), nb_classes=3,
+                                     class_names=["a", "b", "c"])
+    probe_path = writing.save_checkpoint(tmp_path / "probe.pth", state)
+    built = model_from_checkpoint(probe_path)
+    assert isinstance(built.model, FrozenEncoderProbe) and built.settings.kind == "probe"
+    assert (built.settings.num_classes, built.settings.class_names, built.settings.sampling_rate) == (3, ("a", "b", "c"), 2)
+    for name, value in trained.state_dict().items():
+        assert torch.equal(built.model.state_dict()[name], value), name
+    assert core_equal(built.model.encoder, pretrain_sd, "encoder.") > 0
+    x = torch.randn(1, 3, *[grid.num_frames, *grid.input_size])
+    assert torch.allclose(built.model(x), trained.eval()(x), atol=1e-5)
+    changed = tmp_path / "encoder.pth"
+    changed.write_bytes(path.read_bytes())
+    state["encoder"] = {**encoder_reference(changed), "sha256": "0" * 64}
+    with pytest.raises(errors.CheckpointError, match="has changed since the probe was trained"):
+        model_from_checkpoint(writing.save_checkpoint(tmp_path / "probe2.pth", state))

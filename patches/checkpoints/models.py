@@ -2,7 +2,8 @@
 
 :func:`model_from_checkpoint` takes any checkpoint :func:`reading.read_any_checkpoint` reads (pre-training or
 fine-tuning, ours or VideoMAE's, ``.pth``, ``.safetensors`` or a transformers folder) and builds the video
-classifier (the encoder, with its head when it has one) that extract_features.py and run_inference.py use.
+classifier (the encoder, with its head when it has one) that extract_features.py and run_inference.py use; for
+a probe checkpoint, the frozen encoder it names with its probe.
 Every setting the caller leaves out (None) is the checkpoint's own: its recorded grid and flags, else what its
 tensors tell, else VideoMAE's default. :func:`pretrain_model_from_checkpoint` builds the whole masked
 autoencoder (encoder and decoder) of a pre-training checkpoint, as run_videomae_vis.py needs it.
@@ -20,7 +21,7 @@ from patches.checkpoints.errors import CheckpointError
 from patches.checkpoints.finetune_weights import load_finetune_weights
 from patches.checkpoints.load_report import LoadReport
 from patches.checkpoints.model_state import apply_pos_reference
-from patches.checkpoints.reading import LoadedCheckpoint, read_any_checkpoint
+from patches.checkpoints.reading import LoadedCheckpoint, checkpoint_fingerprint, read_any_checkpoint
 from patches.checkpoints.source_grid import inferred_grid
 from patches.grid import PatchGrid
 from patches.models.registry import VIT_SIZES
@@ -91,10 +92,6 @@ def checkpoint_settings(loaded: LoadedCheckpoint, model_name: str | None = None,
                         num_classes: int | None = None, model_key: str = "model|module") -> ModelSettings:
     """The settings to build ``loaded``'s model with: those given, the rest from the checkpoint (see
     :class:`ModelSettings`). Raises :class:`CheckpointError` when its grid or model cannot be told."""
-    if loaded.kind == "probe":
-        encoder = (loaded.contents.get("encoder") or {}).get("path", "its encoder")
-        raise CheckpointError(f"{loaded.path} is a probe checkpoint: it holds the probe only, not the encoder it "
-                              f"reads ({encoder}); build the model from the encoder's checkpoint")
     recorded, note = loaded.recorded_args, ""
     if grid is None:
         grid = loaded.recorded_grid()
@@ -120,25 +117,59 @@ def checkpoint_settings(loaded: LoadedCheckpoint, model_name: str | None = None,
 def model_from_checkpoint(source: str | Path | LoadedCheckpoint, model_name: str | None = None,
                           grid: PatchGrid | None = None, pos_embed: str | None = None,
                           use_mean_pooling: bool | None = None, num_classes: int | None = None,
-                          model_key: str = "model|module", verbose: bool = False) -> CheckpointModel:
+                          model_key: str = "model|module", model_prefix: str = "", verbose: bool = False
+                          ) -> CheckpointModel:
     """The video classifier ``source`` (a path in any format, or a checkpoint already read) describes, with its
     weights, in eval mode on the CPU.
 
     Each setting left None is the checkpoint's (:func:`checkpoint_settings`): its grid (give another ``grid`` to
     run at it: the weights are adapted as ``--finetune`` adapts them), model, position table, pooling, and its
-    head's classes (``num_classes=0``: no head, for features). ``verbose`` prints the load report. Raises
-    :class:`CheckpointError` naming the file when it cannot be read or does not fit.
+    head's classes (``num_classes=0``: no head, for features). ``model_key``/``model_prefix``: where the state
+    dict is and a prefix to strip, as ``--finetune`` takes them. A probe checkpoint gives a
+    :class:`FrozenEncoderProbe` over the encoder it records (its settings are the probe's run's). ``verbose``
+    prints the load report. Raises :class:`CheckpointError` naming the file when it cannot be read or does not fit.
     """
     from patches.models.factory import create_video_model
     loaded = source if isinstance(source, LoadedCheckpoint) else read_any_checkpoint(source)
+    if loaded.kind == "probe":
+        return _probe_from_checkpoint(loaded, verbose)
     settings = checkpoint_settings(loaded, model_name, grid, pos_embed, use_mean_pooling, num_classes, model_key)
     try:
         model = create_video_model(settings.model_name, grid=settings.grid, num_classes=settings.num_classes,
                                    pos_embed=settings.pos_embed, use_mean_pooling=settings.use_mean_pooling)
     except ValueError as e:  # an unknown model name
         raise CheckpointError(f"{loaded.path}: {e}") from None
-    report = load_finetune_weights(model, loaded, model_key=model_key, verbose=verbose)
+    report = load_finetune_weights(model, loaded, model_key=model_key, model_prefix=model_prefix, verbose=verbose)
     return CheckpointModel(model.eval(), settings.grid, settings, loaded, report)
+
+
+def _probe_from_checkpoint(loaded: LoadedCheckpoint, verbose: bool) -> CheckpointModel:
+    """A probe checkpoint's model: the encoder it records (read from its own checkpoint, which must be unchanged),
+    built as the probe's run built it, frozen, with the probe's weights."""
+    from patches.models.probes import FrozenEncoderProbe, build_probe
+    reference, args = loaded.contents.get("encoder") or {}, loaded.recorded_args
+    encoder_path = reference.get("path")
+    if not encoder_path or not Path(encoder_path).exists():
+        raise CheckpointError(f"{loaded.path} is a probe checkpoint: it holds the probe only, and the encoder it "
+                              f"reads ({encoder_path or 'not recorded'}) is not there")
+    if reference.get("sha256") and checkpoint_fingerprint(encoder_path) != reference["sha256"]:
+        raise CheckpointError(f"{loaded.path}: its encoder {encoder_path} has changed since the probe was trained "
+                              f"(another SHA-256)")
+    encoder = model_from_checkpoint(
+        encoder_path, model_name=classifier_name(str(args["model"])) if args.get("model") else None,
+        grid=loaded.recorded_grid(), pos_embed=args.get("pos_embed"), use_mean_pooling=args.get("use_mean_pooling"),
+        num_classes=0, model_key=args.get("model_key") or "model|module", model_prefix=args.get("model_prefix") or "",
+        verbose=verbose)
+    num_classes = int(loaded.contents.get("nb_classes") or 0)
+    try:
+        model = FrozenEncoderProbe(encoder.model, build_probe(str(loaded.contents["probe"]), encoder.model,
+                                                              num_classes))
+        model.load_state_dict(loaded.model_state or {})
+    except (ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{loaded.path}: its probe does not load ({str(e).splitlines()[0]})") from None
+    own = checkpoint_settings(loaded, encoder.settings.model_name, encoder.grid, encoder.settings.pos_embed,
+                              encoder.settings.use_mean_pooling, num_classes)
+    return CheckpointModel(model.eval(), encoder.grid, own, loaded, encoder.report)
 
 
 @dataclass(frozen=True)
