@@ -268,6 +268,7 @@ def export_to_hf(ckpt: dict[str, Any], out_dir: str | Path, num_heads: int | Non
 
 def read_hf_dir(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(config, tensors) of a transformers VideoMAE directory; :class:`CheckpointError` naming what is wrong."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -281,7 +282,10 @@ def read_hf_dir(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
         raise CheckpointError(f"{path / HF_CONFIG} is not readable JSON ({e})") from None
     if cfg.get("model_type") != "videomae":
         raise CheckpointError(f"{path / HF_CONFIG}: model_type is {cfg.get('model_type')!r}, not 'videomae'")
-    return cfg, dict(load_file(str(path / HF_WEIGHTS), device="cpu"))
+    try:
+        return cfg, dict(load_file(str(path / HF_WEIGHTS), device="cpu"))
+    except (OSError, ValueError, SafetensorError) as e:
+        raise CheckpointError(f"{path / HF_WEIGHTS} is not a readable safetensors file ({e})") from None
 
 
 def read_hf_checkpoint(path: Path) -> dict[str, Any]:
