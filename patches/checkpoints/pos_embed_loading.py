@@ -7,8 +7,8 @@ from typing import Any
 import torch
 
 from patches.checkpoints.load_report import LoadReport, format_shape
+from patches.checkpoints.reading import recorded_args
 from patches.checkpoints.resampling import interpolate_pos_embed
-from patches.checkpoints.source_grid import recorded_args
 from patches.grid import PatchGrid
 from patches.models.classifier import VideoClassifier
 from patches.models.layers import build_pos_table

@@ -59,10 +59,7 @@ class LoadedCheckpoint:
     @property
     def recorded_args(self) -> dict[str, Any]:
         """The flags the checkpoint records, as a dict (VideoMAE's argparse.Namespace too); {} when none."""
-        args = self.contents.get("args")
-        if isinstance(args, argparse.Namespace):
-            return vars(args)
-        return args if isinstance(args, dict) else {}
+        return recorded_args(self.contents)
 
     def recorded_grid(self) -> PatchGrid | None:
         """The patch grid the checkpoint records (None when it records none, as VideoMAE's files); raises
@@ -84,6 +81,14 @@ class LoadedCheckpoint:
         if any(n.startswith(("patch_embed.", "blocks.")) for n in names):
             return "finetune"
         return "unknown"
+
+
+def recorded_args(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint dict's flags: our plain dict, or VideoMAE's argparse.Namespace as a dict; {} when none."""
+    args = ckpt.get("args")
+    if isinstance(args, argparse.Namespace):
+        return vars(args)
+    return args if isinstance(args, dict) else {}
 
 
 def read_any_checkpoint(path: str | Path) -> LoadedCheckpoint:

@@ -2,7 +2,6 @@
 patch-embedding kernel and position table (for VideoMAE's releases: 16 frames at 224 px)."""
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 from typing import Any
@@ -10,20 +9,13 @@ from typing import Any
 import torch
 
 from patches.checkpoints.load_report import LoadReport
+from patches.checkpoints.reading import recorded_args
 from patches.checkpoints.state_dict_names import normalise_state_dict, select_state_dict
 from patches.grid import GridError, PatchGrid, make_grid, recorded_grid
 from patches.models.registry import DEFAULT_GRID
 
 # Frame counts tried, in this order, when only a learned table's length tells the checkpoint's grid.
 GUESS_FRAMES = (16, 8, 32, 4, 64, 2, 1)
-
-
-def recorded_args(ckpt: dict[str, Any]) -> dict[str, Any]:
-    """The checkpoint's flags: our plain dict, or VideoMAE's argparse.Namespace where it could be read."""
-    args = ckpt.get("args")
-    if isinstance(args, argparse.Namespace):
-        return vars(args)
-    return args if isinstance(args, dict) else {}
 
 
 def _kernel_of(sd: dict[str, torch.Tensor]) -> tuple[int, int, int, int] | None:
