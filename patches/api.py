@@ -20,12 +20,13 @@ import numpy as np
 import torch
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from patches.checkpoints.files import CheckpointError, read_checkpoint
+from patches.checkpoints.models import model_from_checkpoint
+from patches.checkpoints.reading import read_any_checkpoint
 from patches.data.transforms import EvalTransform
 from patches.data.video_reader import FrameArray
 from patches.errors import UsageError
-from patches.eval.features import (VideoSource, VideoViews, apply_checkpoint_defaults, build_encoder, encode_views,
-                                   encoder_reference, find_videos, head_classes, read_class_names)
+from patches.eval.features import (VideoSource, VideoViews, apply_checkpoint_defaults, encode_views, find_videos,
+                                   head_classes, read_class_names)
 from patches.eval.predict import CHECKPOINT_FALLBACK, class_probabilities, recorded_test_views, top_classes
 from patches.grid import PatchGrid, make_grid, parse_grid_spec
 from patches.utils.devices import autocast_dtype, resolve_device
@@ -194,7 +195,7 @@ def load(path: str | Path, *, device: str | None = None, class_names: Sequence[s
     num_classes = head_classes(ckpt)
     names = _class_names(class_names, ckpt, path, num_classes)
     if ckpt.get("probe") in PROBES_WITH_WEIGHTS:
-        network = _probe_network(path, ckpt, settings, num_classes)
+        network = _probe_network(path)
     else:
         network = _build_encoder(path, settings, num_classes)
     preprocessing = Preprocessing(settings.grid, settings.sampling_rate, recorded_test_views(ckpt))
@@ -260,31 +261,17 @@ def _class_names(given: Sequence[str] | str | Path | None, ckpt: dict[str, Any],
     return names
 
 
-def _probe_network(path: str, ckpt: dict[str, Any], settings: argparse.Namespace,
-                   num_classes: int) -> torch.nn.Module:
+def _probe_network(path: str) -> torch.nn.Module:
     """A probe checkpoint holds the probe alone: its encoder is the checkpoint it names, unchanged since."""
-    from patches.models.probes import FrozenEncoderProbe, build_probe
-    encoder_path = (ckpt.get("encoder") or {}).get("path", "")
-    if not Path(encoder_path).exists():
-        raise CheckpointError(f"{path} is a {ckpt['probe']} probe on the encoder {encoder_path or '(unnamed)'}, "
-                              f"which does not exist")
-    if encoder_reference(encoder_path)["sha256"] != ckpt["encoder"].get("sha256"):
-        raise CheckpointError(f"{path} is a {ckpt['probe']} probe on the encoder {encoder_path}, which has "
-                              f"changed since the probe was trained")
-    encoder = _build_encoder(encoder_path, settings, 0)
-    probe = build_probe(ckpt["probe"], encoder, num_classes)
-    probe.load_state_dict(ckpt["model"])
-    return FrozenEncoderProbe(encoder, probe)
+    return model_from_checkpoint(path).model
 
-
-# The checkpoint readers live in patches.eval.features for now; these two functions are their only call sites.
 
 def _read_checkpoint(path: str) -> dict[str, Any]:
-    return read_checkpoint(path)
+    return read_any_checkpoint(path).contents
 
 
 def _build_encoder(path: str, settings: argparse.Namespace, num_classes: int) -> torch.nn.Module:
-    try:
-        return build_encoder(path, settings, settings.grid, num_classes=num_classes)
-    except SystemExit as e:  # build_encoder still exits on weights that do not fit
-        raise CheckpointError(str(e).removeprefix("error: ")) from None
+    """The model extract_features.py builds for these settings (``num_classes`` 0: no head)."""
+    return model_from_checkpoint(path, settings.model, settings.grid, settings.pos_embed,
+                                 getattr(settings, "use_mean_pooling", None) is not False, num_classes=num_classes,
+                                 model_key=settings.model_key).model

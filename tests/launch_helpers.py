@@ -84,8 +84,8 @@ def read_scalars(event_dir: Path, tag: str) -> list[float]:
 
 
 def weights(path: Path, key: str = "model") -> dict[str, torch.Tensor]:
-    from patches.checkpoints.files import load_checkpoint
-    return load_checkpoint(path)[key]
+    from patches.checkpoints.reading import read_pth_checkpoint
+    return read_pth_checkpoint(path)[key]
 
 
 def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 0.0) -> None:

@@ -1,4 +1,5 @@
-"""checkpoint.py: atomic saves, safe reads of every supported source, names, discovery, pruning and leftovers."""
+"""patches.checkpoints: atomic saves, safe reads of every supported source (read_any_checkpoint), names, choosing
+in an output folder, pruning and leftovers."""
 from __future__ import annotations
 
 import argparse
@@ -11,9 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from patches.checkpoints import files as checkpoint
+from patches.checkpoints import errors, file_format, model_state, reading, writing
 from patches.checkpoints import folder as checkpoint_folder
-from patches.checkpoints.files import CheckpointError, check_checkpoint_grid
+from patches.checkpoints.errors import CheckpointError
+from patches.checkpoints.model_state import check_checkpoint_grid
+from patches.checkpoints.resume_state import resume_position
+from patches.errors import PatchesError
 from patches.grid import make_grid
 
 GRID = make_grid(8, 2, 32, 8)
@@ -37,13 +41,13 @@ def test_full_disk_when_replacing_a_checkpoint_keeps_the_old_one(tmp_path: Path)
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full")
     path = tmp_path / "checkpoint-latest.pth"
-    checkpoint.save_checkpoint(path, {"epoch": 1, "w": torch.ones(3)})
+    writing.save_checkpoint(path, {"epoch": 1, "w": torch.ones(3)})
     before = digest(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # the name save_checkpoint writes first
     tmp.symlink_to("/dev/full")
-    with pytest.raises(checkpoint.CheckpointSaveError, match=r"no space left on the device; the previous "
+    with pytest.raises(errors.CheckpointSaveError, match=r"no space left on the device; the previous "
                                                              r"checkpoint-latest\.pth is intact"):
-        checkpoint.save_checkpoint(path, {"epoch": 2, "w": torch.zeros(100_000)})
+        writing.save_checkpoint(path, {"epoch": 2, "w": torch.zeros(100_000)})
     assert digest(path) == before and not tmp.is_symlink()
 
 
@@ -54,10 +58,10 @@ def test_checkpoint_of_another_model_size_is_refused_before_loading() -> None:
     before = {k: v.clone() for k, v in tiny.state_dict().items()}
     with pytest.raises(CheckpointError, match=r"x\.pth does not fit --model tiny at this grid \(\d+ tensors of "
                                               r"another shape, e\.g\. .*from another model size or grid"):
-        checkpoint.load_model_state(tiny, {"model": small.state_dict()}, "x.pth", "tiny")
+        model_state.load_model_state(tiny, {"model": small.state_dict()}, "x.pth", "tiny")
     assert all(torch.equal(before[k], v) for k, v in tiny.state_dict().items())
     with pytest.raises(CheckpointError, match="holds no 'model' state dict"):
-        checkpoint.load_model_state(tiny, {"epoch": 3}, "x.pth", "tiny")
+        model_state.load_model_state(tiny, {"epoch": 3}, "x.pth", "tiny")
 
 
 def test_the_check_against_a_run_names_each_differing_flag():
@@ -75,8 +79,8 @@ def test_the_check_against_a_run_names_each_differing_flag():
 def test_checkpoint_state_records_format_flags_and_grid():
     model = torch.nn.Linear(2, 3)
     flags = argparse.Namespace(lr=0.1, input_size=[32, 32], device=torch.device("cpu"))
-    state = checkpoint.checkpoint_state(model, GRID, flags, epoch=4, extra_entry=7)
-    assert state["format"] == checkpoint.CHECKPOINT_FORMAT and state["epoch"] == 4 and state["extra_entry"] == 7
+    state = writing.checkpoint_state(model, GRID, flags, epoch=4, extra_entry=7)
+    assert state["format"] == file_format.CHECKPOINT_FORMAT and state["epoch"] == 4 and state["extra_entry"] == 7
     assert state["args"] == {"lr": 0.1, "input_size": [32, 32], "device": "cpu"}
     assert state["grid"] == GRID.to_dict() and set(state["model"]) == {"weight", "bias"}
 
@@ -84,24 +88,27 @@ def test_checkpoint_state_records_format_flags_and_grid():
 def test_one_reader_for_pth_safetensors_and_folders(tmp_path, capsys):
     weights = {"w": torch.arange(6.0).reshape(2, 3)}
     state = {"model": weights, "epoch": 2, "grid": GRID.to_dict()}
-    pth = checkpoint.save_checkpoint(tmp_path / "checkpoint-2.pth", state)
-    checkpoint.print_saved_and_export_safetensors(pth, state, GRID, {"lr": 0.5}, export=False)
+    pth = writing.save_checkpoint(tmp_path / "checkpoint-2.pth", state)
+    writing.print_saved_and_export_safetensors(pth, state, GRID, {"lr": 0.5}, export=False)
     assert capsys.readouterr().out == f"Saved {pth}\n" and not pth.with_suffix(".safetensors").exists()
-    checkpoint.print_saved_and_export_safetensors(pth, state, GRID, argparse.Namespace(lr=0.5), export=True)
+    writing.print_saved_and_export_safetensors(pth, state, GRID, argparse.Namespace(lr=0.5), export=True)
     st = pth.with_suffix(".safetensors")
     assert capsys.readouterr().out == f"Saved {pth}\nSaved {st}\n"
 
-    assert checkpoint.read_checkpoint(pth)["epoch"] == 2
-    from_st = checkpoint.read_checkpoint(st)
-    assert torch.equal(from_st["model"]["w"], weights["w"])
-    assert from_st["grid"] == GRID.to_dict() and from_st["args"] == {"lr": 0.5}
+    from_pth = reading.read_any_checkpoint(pth)
+    assert from_pth.contents["epoch"] == 2 and from_pth.source_format == "pth" and from_pth.path == pth
+    loaded = reading.read_any_checkpoint(st)
+    from_st = loaded.contents
+    assert loaded.source_format == "safetensors" and loaded.recorded_grid() == GRID
+    assert torch.equal(from_st["model"]["w"], weights["w"]) and loaded.model_state is from_st["model"]
+    assert from_st["grid"] == GRID.to_dict() and from_st["args"] == {"lr": 0.5} == loaded.recorded_args
     with pytest.raises(CheckpointError, match="is a folder but not a transformers model folder"):
-        checkpoint.read_checkpoint(tmp_path)
+        reading.read_any_checkpoint(tmp_path)
     with pytest.raises(CheckpointError, match="does not exist"):
-        checkpoint.read_checkpoint(tmp_path / "nothing.safetensors")
+        reading.read_any_checkpoint(tmp_path / "nothing.safetensors")
     (tmp_path / "bad.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(CheckpointError, match="is not a readable safetensors file"):
-        checkpoint.read_checkpoint(tmp_path / "bad.safetensors")
+        reading.read_any_checkpoint(tmp_path / "bad.safetensors")
 
 
 # ---------------------------------------------------------------- names and discovery
@@ -126,7 +133,7 @@ def test_epoch_files_ignore_other_names(tmp_path):
 
 
 def test_unreadable_newest_checkpoints_are_skipped_with_a_warning(tmp_path, capsys):
-    save_checkpoint = checkpoint.save_checkpoint
+    save_checkpoint = writing.save_checkpoint
 
     def state(epoch: int, **position: int) -> dict:
         return {"model": {"w": torch.tensor([float(epoch)])}, "epoch": epoch, **position}
@@ -141,7 +148,7 @@ def test_unreadable_newest_checkpoints_are_skipped_with_a_warning(tmp_path, caps
     (tmp_path / "checkpoint-latest.pth").write_bytes(data[:len(data) // 2])
     (tmp_path / "checkpoint-1.pth").write_bytes(b"not a checkpoint")
     found = checkpoint_folder.find_checkpoint(tmp_path)
-    assert found.path.name == "checkpoint-0.pth" and checkpoint_folder.resume_position(found.state) == (1, 0)
+    assert found.path.name == "checkpoint-0.pth" and resume_position(found.state) == (1, 0)
     warnings = capsys.readouterr().out
     assert f"warning: skipping {tmp_path / 'checkpoint-latest.pth'}" in warnings
     assert f"warning: skipping {tmp_path / 'checkpoint-1.pth'}" in warnings
@@ -153,7 +160,7 @@ def test_unreadable_newest_checkpoints_are_skipped_with_a_warning(tmp_path, caps
 
 
 def test_deepspeed_folders_are_judged_by_the_checkpoint_pth_written_last(tmp_path, capsys):
-    save_checkpoint = checkpoint.save_checkpoint
+    save_checkpoint = writing.save_checkpoint
     save_checkpoint(tmp_path / "checkpoint-0" / "checkpoint.pth", {"epoch": 0})
     # A save into checkpoint-latest died before its checkpoint.pth; the previous latest had been moved
     # aside to checkpoint-latest.old by the folder swap and is still complete.
@@ -168,20 +175,20 @@ def test_deepspeed_folders_are_judged_by_the_checkpoint_pth_written_last(tmp_pat
 
 
 def test_choose_checkpoint_takes_resume_else_auto_resume_and_keeps_the_grid(tmp_path):
-    assert checkpoint_folder.choose_checkpoint("", True, tmp_path, GRID) is None
-    path = checkpoint.save_checkpoint(tmp_path / "checkpoint-0.pth", {"epoch": 0, "grid": GRID.to_dict()})
-    assert checkpoint_folder.choose_checkpoint("", False, tmp_path, GRID) is None
-    found = checkpoint_folder.choose_checkpoint("", True, tmp_path, GRID)
+    assert checkpoint_folder.choose_resume_checkpoint("", True, tmp_path, GRID) is None
+    path = writing.save_checkpoint(tmp_path / "checkpoint-0.pth", {"epoch": 0, "grid": GRID.to_dict()})
+    assert checkpoint_folder.choose_resume_checkpoint("", False, tmp_path, GRID) is None
+    found = checkpoint_folder.choose_resume_checkpoint("", True, tmp_path, GRID)
     assert found == checkpoint_folder.FoundCheckpoint(path, found.state) and found.state["epoch"] == 0
     with pytest.raises(AttributeError):
         found.path = tmp_path  # frozen
-    other = checkpoint.save_checkpoint(tmp_path / "x" / "checkpoint.pth", {"epoch": 5, "grid": GRID.to_dict()})
-    assert checkpoint_folder.choose_checkpoint(str(other.parent), True, tmp_path, GRID).path == other  # a folder's .pth
-    with pytest.raises(SystemExit, match=r"^error: .*another patch grid.* or use another --output_dir or "
-                                         r"--no_auto_resume to start afresh\. HINT$"):
-        checkpoint_folder.choose_checkpoint("", True, tmp_path, make_grid(4, 2, 32, 8), other_grid_hint=" HINT")
-    with pytest.raises(SystemExit, match=r"or leave out --resume to start afresh\.$"):
-        checkpoint_folder.choose_checkpoint(str(path), False, tmp_path, make_grid(4, 2, 32, 8))
+    other = writing.save_checkpoint(tmp_path / "x" / "checkpoint.pth", {"epoch": 5, "grid": GRID.to_dict()})
+    assert checkpoint_folder.choose_resume_checkpoint(str(other.parent), True, tmp_path, GRID).path == other  # a folder's .pth
+    with pytest.raises(CheckpointError, match=r"another patch grid.* or use another --output_dir or "
+                                              r"--no_auto_resume to start afresh\. HINT$"):
+        checkpoint_folder.choose_resume_checkpoint("", True, tmp_path, make_grid(4, 2, 32, 8), other_grid_hint=" HINT")
+    with pytest.raises(CheckpointError, match=r"or leave out --resume to start afresh\.$"):
+        checkpoint_folder.choose_resume_checkpoint(str(path), False, tmp_path, make_grid(4, 2, 32, 8))
 
 
 # ---------------------------------------------------------------- links, pruning, leftovers
@@ -244,13 +251,13 @@ def flip_middle(path: Path, size: int = 4096) -> None:
 
 def test_flipped_bytes_are_refused_by_the_checksum_and_auto_resume_falls_back(tmp_path, capsys):
     weights = {"encoder_to_decoder.weight": torch.randn(512, 512)}  # 1 MB: the flip lands in tensor data
-    save_checkpoint = checkpoint.save_checkpoint
+    save_checkpoint = writing.save_checkpoint
     save_checkpoint(tmp_path / "checkpoint-0.pth", {"model": weights, "epoch": 0})
     latest = save_checkpoint(tmp_path / "checkpoint-latest.pth", {"model": weights, "epoch": 1, "next_epoch": 1,
                                                                   "next_batch": 3})
     flip_middle(latest)
-    with pytest.raises(checkpoint.CheckpointError, match=r"is corrupt: its tensors do not match the checksum"):
-        checkpoint.load_checkpoint(latest)
+    with pytest.raises(errors.CheckpointError, match=r"is corrupt: its tensors do not match the checksum"):
+        reading.read_pth_checkpoint(latest)
     found = checkpoint_folder.find_checkpoint(tmp_path)
     assert found.path == tmp_path / "checkpoint-0.pth" and torch.equal(found.state["model"]["encoder_to_decoder.weight"],
                                                                        weights["encoder_to_decoder.weight"])
@@ -259,19 +266,65 @@ def test_flipped_bytes_are_refused_by_the_checksum_and_auto_resume_falls_back(tm
 
 def test_a_file_without_checksum_loads_with_a_note(tmp_path, capsys):
     torch.save({"model": {"w": torch.ones(3)}, "epoch": 0}, tmp_path / "videomae.pth")  # as VideoMAE writes them
-    assert torch.equal(checkpoint.load_checkpoint(tmp_path / "videomae.pth")["model"]["w"], torch.ones(3))
+    assert torch.equal(reading.read_pth_checkpoint(tmp_path / "videomae.pth")["model"]["w"], torch.ones(3))
     assert "carries no checksum of its tensors" in capsys.readouterr().out
 
 
 def test_auto_resume_refuses_when_checkpoints_exist_but_none_loads(tmp_path):
     (tmp_path / "checkpoint-latest.pth").write_bytes(b"")
     (tmp_path / "checkpoint-2.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(checkpoint.CheckpointError) as refused:
+    with pytest.raises(errors.CheckpointError) as refused:
         checkpoint_folder.find_checkpoint(tmp_path)
     message = str(refused.value)
     assert f"none of the 2 checkpoints in {tmp_path} loads" in message
     assert f"{tmp_path / 'checkpoint-latest.pth'}: " in message and "truncated or corrupt (0 bytes" in message
     assert f"{tmp_path / 'checkpoint-2.pth'}: " in message and "is not a PyTorch checkpoint" in message
     assert "--no_auto_resume" in message and "another --output_dir" in message
-    with pytest.raises(SystemExit, match="^error: --auto_resume: none of the 2 checkpoints"):
-        checkpoint_folder.choose_checkpoint("", True, tmp_path, GRID)
+    with pytest.raises(CheckpointError, match="^--auto_resume: none of the 2 checkpoints"):
+        checkpoint_folder.choose_resume_checkpoint("", True, tmp_path, GRID)
+
+
+# ---------------------------------------------------------------- the reading API and the typed errors
+
+def test_checkpoint_errors_are_patches_errors():
+    assert issubclass(CheckpointError, PatchesError) and issubclass(CheckpointError, ValueError)
+    assert issubclass(errors.CheckpointSaveError, PatchesError) and issubclass(errors.ExportError, CheckpointError)
+
+
+def test_read_any_checkpoint_tells_format_kind_and_grid(tmp_path):
+    """One reader for every format: a plain VideoMAE state dict, ours (pre-training, fine-tuning, probe), and a
+    DeepSpeed folder (its checkpoint.pth); the kind from the tensors, the grid as recorded."""
+    videomae = tmp_path / "videomae.pth"
+    torch.save({"module": {"blocks.0.norm1.weight": torch.ones(2)}, "args": argparse.Namespace(num_frames=16)},
+               videomae)
+    loaded = reading.read_any_checkpoint(videomae)
+    assert (loaded.source_format, loaded.kind, loaded.recorded_args) == ("pth", "finetune", {"num_frames": 16})
+    assert loaded.recorded_grid() is None and list(loaded.model_state) == ["blocks.0.norm1.weight"]
+    plain = writing.save_checkpoint(tmp_path / "plain.pth", {"patch_embed.proj.weight": torch.ones(1)})
+    assert reading.read_any_checkpoint(plain).model_state == {"patch_embed.proj.weight": torch.ones(1)}
+    pretrain = writing.save_checkpoint(tmp_path / "checkpoint-0" / "checkpoint.pth",
+                                       {"model": {"encoder.patch_embed.proj.weight": torch.ones(1)},
+                                        "grid": GRID.to_dict()})
+    folder = reading.read_any_checkpoint(pretrain.parent)
+    assert (folder.source_format, folder.kind, folder.recorded_grid()) == ("deepspeed", "pretrain", GRID)
+    probe = writing.save_checkpoint(tmp_path / "probe.pth", {"model": {"probe.weight": torch.ones(1)}, "probe": "linear"})
+    assert reading.read_any_checkpoint(probe).kind == "probe"
+    bad_grid = writing.save_checkpoint(tmp_path / "bad_grid.pth", {"model": {}, "grid": {"num_frames": 3}})
+    with pytest.raises(CheckpointError, match="bad_grid.pth"):
+        reading.read_any_checkpoint(bad_grid).recorded_grid()
+
+
+def test_choosing_best_latest_and_what_to_evaluate(tmp_path):
+    assert checkpoint_folder.best_checkpoint_file(tmp_path) is None
+    assert checkpoint_folder.latest_checkpoint_file(tmp_path) is None
+    assert checkpoint_folder.checkpoint_to_evaluate("", tmp_path) is None
+    for n in (0, 1):
+        writing.save_checkpoint(tmp_path / f"checkpoint-{n}.pth", {"epoch": n})
+    assert checkpoint_folder.checkpoint_to_evaluate("", tmp_path) == tmp_path / "checkpoint-1.pth"
+    best = writing.save_checkpoint(tmp_path / "checkpoint-best.pth", {"epoch": 0})
+    assert checkpoint_folder.best_checkpoint_file(tmp_path) == best
+    assert checkpoint_folder.checkpoint_to_evaluate("", tmp_path) == best
+    assert checkpoint_folder.checkpoint_to_evaluate(str(tmp_path / "x.pth"), tmp_path) == tmp_path / "x.pth"
+    assert checkpoint_folder.checkpoint_to_evaluate(str(tmp_path), tmp_path) == tmp_path / "checkpoint.pth"
+    latest = writing.save_checkpoint(tmp_path / "checkpoint-latest" / "checkpoint.pth", {"epoch": 1})
+    assert checkpoint_folder.latest_checkpoint_file(tmp_path, folders=True) == latest

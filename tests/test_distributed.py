@@ -144,7 +144,7 @@ def test_deepspeed_zero_pretrains_on_cpu_and_resumes_from_its_own_checkpoint(dem
 
 def test_deepspeed_loads_refuse_pickled_code(tmp_path):
     from patches.train import deepspeed_engine as ds_utils
-    from patches.checkpoints.files import CheckpointError
+    from patches.checkpoints.errors import CheckpointError
 
     class Payload:
         def __reduce__(self):

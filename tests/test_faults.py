@@ -27,7 +27,9 @@ import numpy as np
 import pytest
 import torch
 
-from patches.checkpoints import files as checkpoint
+from patches.checkpoints.errors import CheckpointError
+from patches.checkpoints.reading import read_pth_checkpoint
+from patches.checkpoints.writing import checkpoint_state, save_checkpoint
 from patches.data import health as data_health
 import launch_helpers as lh
 from patches.train.stop_signals import EXIT_CTRL_C, EXIT_REQUEUE, StopSignals
@@ -410,7 +412,7 @@ def test_evaluation_scores_readable_videos_only_and_names_the_rest(cli, media: P
     assert (test["test_videos"], test["test_views_per_video"], test["test_left_out"]) == (8, 4.0, 4)
     assert test["test_left_out_videos"] == broken
     assert "Test (2 x 2 views per video, 8 videos; 4 unreadable videos left out: " in out
-    assert checkpoint.load_checkpoint(folder / "checkpoint-best.pth")["best_acc1"] == epoch["val_acc1"]
+    assert read_pth_checkpoint(folder / "checkpoint-best.pth")["best_acc1"] == epoch["val_acc1"]
 
 
 @pytest.mark.slow
@@ -492,7 +494,7 @@ def test_inconsistent_flags_fail_up_front_naming_each(cli, run_name: str, messag
 
 def test_bad_checkpoint_files_get_clear_messages(tmp_path: Path, evil: SimpleNamespace, media: Path) -> None:
     good = tmp_path / "good.pth"
-    checkpoint.save_checkpoint(good, {"model": {"w": torch.randn(1000)}, "epoch": 1})
+    save_checkpoint(good, {"model": {"w": torch.randn(1000)}, "epoch": 1})
     whole = good.read_bytes()
     cases = {
         "text.pth": (b"epoch 3, looks fine\n", "is not a PyTorch checkpoint"),
@@ -502,13 +504,13 @@ def test_bad_checkpoint_files_get_clear_messages(tmp_path: Path, evil: SimpleNam
         "empty.pth": (b"", "is truncated or corrupt (0 bytes)"),
     }
     for name, (data, message) in cases.items():
-        with pytest.raises(checkpoint.CheckpointError, match=re.escape(message)):
-            checkpoint.load_checkpoint(write_text(tmp_path / name, data))
-    with pytest.raises(checkpoint.CheckpointError, match=r"refers to Python code or classes \(getattr\) .*nothing from "
+        with pytest.raises(CheckpointError, match=re.escape(message)):
+            read_pth_checkpoint(write_text(tmp_path / name, data))
+    with pytest.raises(CheckpointError, match=r"refers to Python code or classes \(getattr\) .*nothing from "
                                                     r"the file was run"):
-        checkpoint.load_checkpoint(evil.torch_file)
-    with pytest.raises(checkpoint.CheckpointError, match=r"\(posix\.system\)"):
-        checkpoint.load_checkpoint(evil.shell_file)
+        read_pth_checkpoint(evil.torch_file)
+    with pytest.raises(CheckpointError, match=r"\(posix\.system\)"):
+        read_pth_checkpoint(evil.shell_file)
     assert not evil.torch_marker.exists() and not evil.shell_marker.exists()
 
 
@@ -551,7 +553,7 @@ def test_full_disk_during_a_save_leaves_the_checkpoints_intact(cli) -> None:
     assert (f"error: could not save checkpoint {out / 'checkpoint-1.pth'}: no space left on the device; nothing was "
             f"replaced; checkpoints saved earlier in {out} are intact") in err
     assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["checkpoint-0.pth"], "no temporary file left"
-    assert checkpoint.load_checkpoint(out / "checkpoint-0.pth")["epoch"] == 0
+    assert read_pth_checkpoint(out / "checkpoint-0.pth")["epoch"] == 0
 
 
 # ---------------------------------------------------------------- 6. signals in every phase (real processes)
@@ -589,7 +591,7 @@ def test_ctrl_c_saves_latest_and_exits_130_without_a_traceback(demo_root: Path, 
     assert "stopped by SIGINT after saving" in text
     assert f"Removed 1 temporary files (3.0 MB) that interrupted saves left in {out}" in text
     assert not stray.exists()
-    assert checkpoint.load_checkpoint(out / "checkpoint-latest.pth")["next_batch"] >= 1
+    assert read_pth_checkpoint(out / "checkpoint-latest.pth")["next_batch"] >= 1
 
 
 def test_a_second_ctrl_c_stops_at_once_with_status_130() -> None:
@@ -638,7 +640,7 @@ def test_a_checkpoint_of_another_model_size_is_refused_before_data_and_model(dem
     args = run_mae_pretraining.get_args_parser().parse_args(
         [*PRETRAIN, "--data_path", str(demo_root / "train.csv"), "--data_root", str(demo_root), "--batch_size", "4",
          "--output_dir", str(tmp_path / "out"), "--resume", str(tmp_path / "tiny.pth")])
-    checkpoint.save_checkpoint(tmp_path / "tiny.pth", checkpoint.checkpoint_state(tiny, GRID, args, 0))
+    save_checkpoint(tmp_path / "tiny.pth", checkpoint_state(tiny, GRID, args, 0))
     with pytest.raises(SystemExit, match=r"^error: .*tiny\.pth does not fit --model pretrain_videomae_micro_patch16_224 "
                                          r"at this grid \(\d+ tensors of another shape"):
         run_mae_pretraining.main(args)

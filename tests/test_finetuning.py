@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from patches.checkpoints.files import load_checkpoint
+from patches.checkpoints.reading import read_pth_checkpoint
 from patches.eval.testing import merge_test_results, topk_correct
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,7 +82,7 @@ def test_checkpoint_at_196_fine_tunes_at_another_grid(pretrained_196, demo_root,
     model = create_video_model("vit_micro_patch16_224", num_classes=8, **grid_kwargs)
     assert expect.split()[0] == str(model.grid.patches_per_frame)
     load_finetune_weights(model, pretrained_196, verbose=False)
-    source = load_checkpoint(pretrained_196)["model"]
+    source = read_pth_checkpoint(pretrained_196)["model"]
     for name, tensor in model.state_dict().items():
         key = f"encoder.{name}"
         if key in source and source[key].shape == tensor.shape:
@@ -110,7 +110,7 @@ def test_finetune_cli_then_eval_reproduces_logged_accuracy(demo_root, tmp_path):
     assert again["eval_test_acc1"] == pytest.approx(logged["test_acc1"])
     assert again["eval_test_acc5"] == pytest.approx(logged["test_acc5"])
     assert "checkpoint-best.pth" in evaluated.stdout
-    ckpt = load_checkpoint(out / "checkpoint-best.pth")
+    ckpt = read_pth_checkpoint(out / "checkpoint-best.pth")
     assert ckpt["grid"]["input_size"] == [32, 32] and "model_ema" in ckpt
 
 

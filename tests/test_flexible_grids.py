@@ -14,7 +14,7 @@ import torch
 
 from patches.train.stop_signals import EXIT_REQUEUE
 from patches.cli import pretrain as run_mae_pretraining
-from patches.checkpoints.files import load_checkpoint
+from patches.checkpoints.reading import read_pth_checkpoint
 from patches.train.reconstruction import FlexibleReconstruction, MaskedReconstruction, resize_clips
 from launch_helpers import ROOT, assert_same_weights, read_scalars, run, run_and_signal, weights
 from patches.data.masking import MaskGenerator
@@ -149,7 +149,7 @@ def test_a_flexible_run_stopped_mid_epoch_resumes_to_the_same_losses_grids_and_w
     status, text = run_and_signal("run_mae_pretraining.py", flexible_flags(demo_root, out), "Epoch [1/2] [2/4]",
                                   signal.SIGTERM)
     assert status == EXIT_REQUEUE, text[-2000:]
-    assert 2 <= load_checkpoint(out / "checkpoint-latest.pth")["next_batch"] < 4
+    assert 2 <= read_pth_checkpoint(out / "checkpoint-latest.pth")["next_batch"] < 4
     again = run("run_mae_pretraining.py", flexible_flags(demo_root, out))
     assert "continuing at epoch 0, batch" in again.stdout
 
@@ -160,7 +160,7 @@ def test_a_flexible_run_stopped_mid_epoch_resumes_to_the_same_losses_grids_and_w
     tags = _tags(out / "tb")
     assert all(f"epoch/{k[len('train_'):]}" in tags for k in per_grid[0]), (per_grid[0], tags)
     assert_same_weights(weights(out / "checkpoint-1.pth"), weights(reference / "checkpoint-1.pth"))
-    ckpt = load_checkpoint(out / "checkpoint-1.pth")
+    ckpt = read_pth_checkpoint(out / "checkpoint-1.pth")
     assert [g["patch_size"] for g in ckpt["grids"]] == [16, 8] and ckpt["grid"]["patch_size"] == 16
     assert ckpt["pos_reference"] == [4, 4] and ckpt["args"]["grids"] == ["32/16", "32/8"]
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from patches.checkpoints.files import checkpoint_state, load_checkpoint, save_checkpoint
+from patches.checkpoints.reading import read_pth_checkpoint
+from patches.checkpoints.writing import checkpoint_state, save_checkpoint
 from patches.models.factory import create_video_model
 from patches.grid import make_grid
 from patches.models.probes import FrozenEncoderProbe, KNNProbe, build_probe, knn_feature
@@ -101,7 +102,7 @@ def test_linear_probe_cli_at_a_non_square_grid_keeps_the_probe_and_names_the_enc
                  str(demo_root), "--input_size", "32", "48", "--patch_size", "8", "--num_frames", "4",
                  "--output_dir", str(out), cwd=tmp_path)
     assert "Test (2 x 1 views per video, 8 videos)" in result.stdout
-    ckpt = load_checkpoint(out / "checkpoint-best.pth")
+    ckpt = read_pth_checkpoint(out / "checkpoint-best.pth")
     assert sorted(ckpt["model"]) == ["bn.num_batches_tracked", "bn.running_mean", "bn.running_var", "head.bias",
                                      "head.weight"]
     assert ckpt["probe"] == "linear" and ckpt["encoder"]["path"] == str(pretrained.resolve())

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from patches.train import deepspeed_engine as ds_utils
-from patches.train.rng import cuda_state_of_this_device
+from patches.checkpoints.resume_state import cuda_state_of_this_device
 from patches.utils.devices import auto_amp
 from patches.utils.distributed import local_device_index
 from patches.config.flags import _compile_problems

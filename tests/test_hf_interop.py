@@ -8,7 +8,7 @@ import pytest
 import torch
 import transformers
 
-from patches.checkpoints import files as checkpoint
+from patches.checkpoints import errors, writing
 from patches.checkpoints.hf_videomae import hf_to_ours, read_hf_dir
 from patches.data.masking import MaskGenerator
 from patches.models.classifier import VideoClassifier
@@ -34,8 +34,8 @@ def perturb(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 
 def save_ours(path: Path, net: torch.nn.Module, grid, **args) -> Path:
-    state = checkpoint.checkpoint_state(net, grid, argparse.Namespace(**args), epoch=3)
-    return checkpoint.save_checkpoint(path, state)
+    state = writing.checkpoint_state(net, grid, argparse.Namespace(**args), epoch=3)
+    return writing.save_checkpoint(path, state)
 
 
 def clip_and_mask(grid, batch: int = 2):
@@ -149,7 +149,7 @@ def test_transformers_folder_at_another_grid_and_older_names(tmp_path):
 
 def test_bad_folders_and_unexportable_models_are_refused(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="model.safetensors missing"):
+    with pytest.raises(errors.CheckpointError, match="model.safetensors missing"):
         load_finetune_weights(VideoClassifier(GRIDS[196], num_classes=5, embed_dim=32, depth=1, num_heads=2),
                               tmp_path / "empty", verbose=False)
     learned = VideoClassifier(GRIDS[196], num_classes=5, embed_dim=32, depth=1, num_heads=2, pos_embed="learned")
@@ -157,10 +157,10 @@ def test_bad_folders_and_unexportable_models_are_refused(tmp_path):
     with pytest.raises(SystemExit, match="only has the fixed 1-D sin-cos table"):
         export_hf.main([str(ckpt), str(tmp_path / "out")])
     flexible = VideoClassifier(GRIDS[196], num_classes=5, embed_dim=32, depth=1, num_heads=2, pos_embed="3d")
-    state = checkpoint.checkpoint_state(flexible, GRIDS[196], argparse.Namespace(num_heads=2), epoch=3,
+    state = writing.checkpoint_state(flexible, GRIDS[196], argparse.Namespace(num_heads=2), epoch=3,
                                         grids=[GRIDS[196].to_dict(), make_grid(2, 2, 224, 8).to_dict()])
     with pytest.raises(SystemExit, match="'3d' position table.*A flexible-grid checkpoint"):
-        export_hf.main([str(checkpoint.save_checkpoint(tmp_path / "flexible.pth", state)), str(tmp_path / "out")])
+        export_hf.main([str(writing.save_checkpoint(tmp_path / "flexible.pth", state)), str(tmp_path / "out")])
     plain = save_ours(tmp_path / "plain.pth", VideoClassifier(GRIDS[196], num_classes=5, embed_dim=48, depth=1,
                                                                 num_heads=2), GRIDS[196], model="custom")
     with pytest.raises(SystemExit, match="pass --num_heads"):

@@ -36,7 +36,7 @@ def test_pos_table_reference():
 
 def test_pi_resize_kernel_is_resize_patch_embed_and_differentiable():
     from patches.models.layers import pi_resize_kernel
-    from patches.checkpoints.finetune_weights import resize_patch_embed
+    from patches.checkpoints.resampling import resize_patch_embed
     torch.manual_seed(0)
     w = torch.randn(6, 3, 2, 16, 16, requires_grad=True)
     on_the_fly = pi_resize_kernel(w, (8, 8))

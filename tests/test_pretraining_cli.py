@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from patches.checkpoints.files import load_checkpoint
+from patches.checkpoints.reading import read_pth_checkpoint
 from patches.grid import make_grid
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +51,7 @@ def test_checkpoint_holds_the_grid_of_the_flags(trained):
     out, stdout = trained
     assert sorted(p.name for p in out.glob("checkpoint-*.pth")) == ["checkpoint-11.pth", "checkpoint-4.pth",
                                                                     "checkpoint-9.pth", "checkpoint-latest.pth"]
-    ckpt = load_checkpoint(out / "checkpoint-11.pth")
+    ckpt = read_pth_checkpoint(out / "checkpoint-11.pth")
     assert ckpt["grid"] == make_grid(8, 2, (32, 48), 8).to_dict()
     assert ckpt["epoch"] == 11
     assert ckpt["args"]["input_size"] == [32, 48]
@@ -77,7 +77,7 @@ def test_auto_resume_continues_after_the_last_checkpoint(trained, demo_root, tmp
     out, _ = trained
     resumed = tmp_path / "out"
     resumed.mkdir()
-    ckpt = load_checkpoint(out / "checkpoint-4.pth")
+    ckpt = read_pth_checkpoint(out / "checkpoint-4.pth")
     torch.save(ckpt, resumed / "checkpoint-4.pth")
     result = run_pretraining(demo_root, resumed, "--input_size", "32", "48", "--patch_size", "8", "--num_frames",
                              "8", "--sampling_rate", "2", "--batch_size", "4", "--epochs", "6",
@@ -98,7 +98,7 @@ def test_resume_at_another_grid_is_refused_before_data_and_model(trained, demo_r
     out, _ = trained
     resumed = tmp_path / "out"
     resumed.mkdir()
-    torch.save(load_checkpoint(out / "checkpoint-4.pth"), resumed / "checkpoint-4.pth")
+    torch.save(read_pth_checkpoint(out / "checkpoint-4.pth"), resumed / "checkpoint-4.pth")
     result = run_pretraining(demo_root, resumed, *changed, "--patch_size", "8", "--sampling_rate", "2",
                              "--batch_size", "4", "--epochs", "6", "--normlize_target", "false")
     assert result.returncode != 0

@@ -17,9 +17,10 @@ import pytest
 import torch
 
 from patches.data.samplers import ResumableSampler, SeededItems
-from patches.train.rng import rng_state, set_rng_state
+from patches.checkpoints.resume_state import rng_state, set_rng_state
 from patches.train.stop_signals import EXIT_REQUEUE
-from patches.checkpoints.files import load_checkpoint, save_checkpoint
+from patches.checkpoints.reading import read_pth_checkpoint
+from patches.checkpoints.writing import save_checkpoint
 from patches.checkpoints.folder import find_checkpoint
 from launch_helpers import FINETUNE, PRETRAIN, ROOT, assert_same_weights, run, run_and_signal, weights
 
@@ -42,7 +43,7 @@ def reference(demo_root, tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_keep_ckpts_keeps_the_newest_epoch_file_and_latest(reference):
     assert sorted(p.name for p in reference.glob("checkpoint-*")) == ["checkpoint-1.pth", "checkpoint-latest.pth"]
-    latest = load_checkpoint(reference / "checkpoint-latest.pth")
+    latest = read_pth_checkpoint(reference / "checkpoint-latest.pth")
     assert (latest["next_epoch"], latest["next_batch"], latest["global_step"]) == (2, 0, 8)
     assert_same_weights(latest["model"], weights(reference / "checkpoint-1.pth"))
 
@@ -55,7 +56,7 @@ def test_sigkill_mid_epoch_then_same_command_ends_with_the_same_weights(referenc
     status, _ = run_and_signal("run_mae_pretraining.py", flags, "checkpoint-latest.pth (epoch 0, batch 2,",
                                signal.SIGKILL)
     assert status == -signal.SIGKILL
-    killed_at = load_checkpoint(out / "checkpoint-latest.pth")
+    killed_at = read_pth_checkpoint(out / "checkpoint-latest.pth")
     assert killed_at["next_epoch"] == 0 and 2 <= killed_at["next_batch"] < 4, "killed inside epoch 0"
     assert not (out / "checkpoint-1.pth").exists()
 
@@ -63,7 +64,7 @@ def test_sigkill_mid_epoch_then_same_command_ends_with_the_same_weights(referenc
     assert f"Resumed from {out / 'checkpoint-latest.pth'} (epoch 0); continuing at epoch 0, batch " in again.stdout
     assert_same_weights(weights(out / "checkpoint-1.pth"), weights(reference / "checkpoint-1.pth"))
     # The optimizer state matches too, so training would go on identically.
-    a, b = (load_checkpoint(d / "checkpoint-1.pth")["optimizer"] for d in (out, reference))
+    a, b = (read_pth_checkpoint(d / "checkpoint-1.pth")["optimizer"] for d in (out, reference))
     for key in a["state"]:
         assert_same_weights(a["state"][key], b["state"][key])
 
@@ -76,7 +77,7 @@ def test_sigterm_under_torchrun_saves_latest_and_the_run_resumes(reference, demo
     status, text = run_and_signal("run_mae_pretraining.py", flags, "Epoch [1/2] [1/4]", signal.SIGTERM, nproc=2)
     assert status != 0  # torchrun reports its own SIGTERM as a failure; the workers exited with 75
     assert f"exiting with status {EXIT_REQUEUE}" in text
-    saved = load_checkpoint(out / "checkpoint-latest.pth")
+    saved = read_pth_checkpoint(out / "checkpoint-latest.pth")
     assert saved["world_size"] == 2 and len(saved["rng_states"]) == 2
     assert saved["next_epoch"] == 0 and 1 <= saved["next_batch"] < 4
 
@@ -92,18 +93,18 @@ def test_sigusr1_exits_75_with_a_checkpoint_to_resume_from(demo_root, tmp_path):
     status, text = run_and_signal("run_mae_pretraining.py", flags, "Epoch [1/1] [1/4]", signal.SIGUSR1)
     assert status == EXIT_REQUEUE, text[-2000:]
     assert "stopped by SIGUSR1 after saving" in text
-    assert load_checkpoint(out / "checkpoint-latest.pth")["next_batch"] >= 1
+    assert read_pth_checkpoint(out / "checkpoint-latest.pth")["next_batch"] >= 1
     again = run("run_mae_pretraining.py", flags)
     assert "continuing at epoch 0, batch" in again.stdout and (out / "checkpoint-0.pth").is_file()
 
 
 SLOW_SAVE = """
 import sys, torch
-from patches.checkpoints import files as checkpoint
+from patches.checkpoints import writing
 # Many small tensors: pickling them keeps torch.save busy for a while, so the kill lands mid-write.
 state = {{"model": {{f"w{{i}}": torch.full((64,), float(i)) for i in range(300_000)}}}}
 print("writing", flush=True)
-checkpoint.save_checkpoint({target!r}, state)
+writing.save_checkpoint({target!r}, state)
 print("done", flush=True)
 """
 
@@ -138,7 +139,7 @@ def test_rng_states_survive_a_weights_only_checkpoint(tmp_path):
     np.random.standard_normal()  # leaves numpy with a cached gaussian
     save_checkpoint(tmp_path / "c.pth", {"rng_states": [rng_state()]})
     expected = (torch.rand(3), np.random.standard_normal(3), [random.random() for _ in range(3)])
-    set_rng_state(load_checkpoint(tmp_path / "c.pth")["rng_states"][0])
+    set_rng_state(read_pth_checkpoint(tmp_path / "c.pth")["rng_states"][0])
     assert torch.equal(torch.rand(3), expected[0])
     assert np.array_equal(np.random.standard_normal(3), expected[1])
     assert [random.random() for _ in range(3)] == expected[2]
@@ -206,7 +207,7 @@ def test_finetuning_killed_mid_epoch_resumes_to_the_same_weights_and_ema(demo_ro
     status, _ = run_and_signal("run_class_finetuning.py", flags, "checkpoint-latest.pth (epoch 1, batch 2,",
                                signal.SIGKILL)
     assert status == -signal.SIGKILL
-    killed_at = load_checkpoint(out / "checkpoint-latest.pth")
+    killed_at = read_pth_checkpoint(out / "checkpoint-latest.pth")
     assert killed_at["next_epoch"] == 1 and killed_at["next_batch"] in (2, 4, 6)
     assert "model_ema" in killed_at
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from patches.checkpoints import files as checkpoint
+from patches.checkpoints import reading
 from patches.models.factory import create_video_model
 from patches.grid import make_grid
 from patches.checkpoints.finetune_weights import load_finetune_weights
@@ -51,8 +51,8 @@ def test_pretraining_writes_safetensors_next_to_each_checkpoint(pretrained):
 
 @pytest.mark.slow
 def test_safetensors_load_exactly_into_the_pretraining_model(pretrained):
-    ckpt = checkpoint.load_safetensors(pretrained / "checkpoint-0.safetensors")
-    reference = checkpoint.load_checkpoint(pretrained / "checkpoint-0.pth")["model"]
+    ckpt = reading.read_safetensors_checkpoint(pretrained / "checkpoint-0.safetensors")
+    reference = reading.read_pth_checkpoint(pretrained / "checkpoint-0.pth")["model"]
     model = create_video_model("pretrain_videomae_micro_patch16_224", grid=make_grid(**{
         k: v for k, v in ckpt["grid"].items() if k != "in_chans"}), decoder_depth=1)
     model.load_state_dict(ckpt["model"], strict=True)
@@ -63,7 +63,7 @@ def test_safetensors_load_exactly_into_the_pretraining_model(pretrained):
 
 @pytest.mark.slow
 def test_safetensors_start_a_classifier(pretrained):
-    reference = checkpoint.load_checkpoint(pretrained / "checkpoint-0.pth")["model"]
+    reference = reading.read_pth_checkpoint(pretrained / "checkpoint-0.pth")["model"]
     model = create_video_model("vit_micro_patch16_224", grid=GRID, num_classes=8)
     report = load_finetune_weights(model, pretrained / "checkpoint-0.safetensors", verbose=False)
     assert report.source_grid == GRID and "checkpoint's grid" in report.grid_note  # from the metadata
@@ -86,7 +86,7 @@ def test_finetuning_from_safetensors_writes_safetensors(pretrained, demo_root, t
                  "--num_sample", "1", "--test_num_segment", "1", "--test_num_crop", "1",
                  "--disable_eval_during_finetuning", *COMMON)
     assert "checkpoint grid:" in result.stdout
-    st = checkpoint.load_safetensors(out / "checkpoint-0.safetensors")
-    pth = checkpoint.load_checkpoint(out / "checkpoint-0.pth")["model"]
+    st = reading.read_safetensors_checkpoint(out / "checkpoint-0.safetensors")
+    pth = reading.read_pth_checkpoint(out / "checkpoint-0.pth")["model"]
     assert st["grid"] == GRID.to_dict() and st["model"].keys() == pth.keys()
     assert all(torch.equal(st["model"][k], v) for k, v in pth.items())

@@ -14,8 +14,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.data import Dataset
 
 from patches.train.stop_signals import EXIT_REQUEUE, Interrupted
-from patches.checkpoints.files import load_checkpoint
-from patches.checkpoints.folder import choose_checkpoint
+from patches.checkpoints.reading import read_pth_checkpoint
+from patches.checkpoints.folder import choose_resume_checkpoint
 from patches.data.health import BadVideoTracker
 from patches.data.loaders import LoaderConfig, train_loader
 from patches.data.datasets import CollateWithBad
@@ -57,7 +57,7 @@ def start(cfg: TrainerConfig, batch_size: int = 4) -> Trainer:
     model = trainer.prepare_model(torch.nn.Linear(4, 1))
     trainer.setup_training(torch.optim.SGD(model.parameters(), lr=cfg.schedule.lr), BadVideoTracker(
         loader, 32, 0.0, "toy data"), micro_batch=batch_size, clips_per_step=batch_size)
-    found = choose_checkpoint("", True, cfg.output_dir, GRID)
+    found = choose_resume_checkpoint("", True, cfg.output_dir, GRID)
     if found is not None:
         trainer.restore(found)
     return trainer
@@ -88,7 +88,7 @@ def test_fit_trains_logs_and_saves(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-1.pth", "checkpoint-2.pth",
                                                                    "checkpoint-latest.pth"]
     assert trainer.last_checkpoint == tmp_path / "checkpoint-2.pth"
-    state = load_checkpoint(tmp_path / "checkpoint-2.pth")
+    state = read_pth_checkpoint(tmp_path / "checkpoint-2.pth")
     assert state["global_step"] == 24 and state["grid"] == GRID.to_dict() and state["args"]["model"] == "toy"
     events = EventAccumulator(str(tmp_path / "tb")).Reload()
     assert len(events.Scalars("train/loss")) == 24 and len(events.Scalars("epoch/loss")) == 3
@@ -102,7 +102,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path: Path) -> None:
     with start(config(tmp_path / "halves")) as trainer:  # ... and the same command goes on from there
         assert (trainer.progress.epoch, trainer.progress.batch) == (1, 4)
         trainer.fit(mse)
-    straight, halves = (load_checkpoint(tmp_path / d / "checkpoint-2.pth") for d in ("straight", "halves"))
+    straight, halves = (read_pth_checkpoint(tmp_path / d / "checkpoint-2.pth") for d in ("straight", "halves"))
     assert all(torch.equal(straight["model"][k], halves["model"][k]) for k in straight["model"])
     assert [r["epoch"] for r in records(tmp_path / "halves")] == [0, 1, 2]
 
@@ -111,7 +111,7 @@ def test_accumulation_makes_one_update_per_update_freq_batches(tmp_path: Path) -
     with start(config(tmp_path, epochs=1, update_freq=2)) as trainer:
         assert (trainer.batches_per_epoch, trainer.steps_per_epoch) == (8, 4)
         trainer.fit(mse)
-    assert load_checkpoint(tmp_path / "checkpoint-0.pth")["global_step"] == 4
+    assert read_pth_checkpoint(tmp_path / "checkpoint-0.pth")["global_step"] == 4
 
 
 def test_a_stop_signal_saves_latest_mid_epoch_and_exits_75(tmp_path: Path) -> None:
@@ -124,7 +124,7 @@ def test_a_stop_signal_saves_latest_mid_epoch_and_exits_75(tmp_path: Path) -> No
     with pytest.raises(SystemExit) as stop:
         launch(body, "cpu")
     assert stop.value.code == EXIT_REQUEUE
-    latest = load_checkpoint(tmp_path / "checkpoint-latest.pth")
+    latest = read_pth_checkpoint(tmp_path / "checkpoint-latest.pth")
     assert (latest["next_epoch"], latest["next_batch"]) == (0, 3)
 
 
@@ -177,7 +177,7 @@ def test_a_stop_during_validation_saves_the_epoch_and_the_rerun_validates_it(tmp
     with pytest.raises(SystemExit) as stop:
         launch(body, "cpu")
     assert stop.value.code == EXIT_REQUEUE
-    latest = load_checkpoint(out / "checkpoint-latest.pth")
+    latest = read_pth_checkpoint(out / "checkpoint-latest.pth")
     assert (latest["next_epoch"], latest["next_batch"]) == (1, 8) and "train_loss" in latest["epoch_record"]
     with start(config(out)) as trainer:
         assert (trainer.progress.epoch, trainer.progress.batch) == (1, 8)
@@ -185,5 +185,5 @@ def test_a_stop_during_validation_saves_the_epoch_and_the_rerun_validates_it(tmp
     logged = records(out)
     assert [r["epoch"] for r in logged] == [0, 1, 2] and all(r["val_batches"] == 3 for r in logged)
     assert logged[1]["train_loss"] == latest["epoch_record"]["train_loss"]
-    straight, resumed = (load_checkpoint(d / "checkpoint-2.pth")["model"] for d in (tmp_path / "straight", out))
+    straight, resumed = (read_pth_checkpoint(d / "checkpoint-2.pth")["model"] for d in (tmp_path / "straight", out))
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)

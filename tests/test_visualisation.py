@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from patches.checkpoints import files as checkpoint
+from patches.checkpoints import writing
 from patches.cli import visualise as vis
 from patches.data.masking import MaskGenerator
 from patches.models.pretrain import patchify, pixel_targets
@@ -121,7 +121,7 @@ def test_bad_inputs_stop_with_a_message(tmp_path, demo_root):
     with pytest.raises(SystemExit, match="--model_path: .*bad.pth"):
         run_vis(bad, clip(demo_root), tmp_path)
     classifier = create_video_model("vit_micro_patch16_224", grid=GRID, num_classes=3)
-    path = checkpoint.save_checkpoint(tmp_path / "ft.pth", {"model": classifier.state_dict(), "grid": GRID.to_dict()})
+    path = writing.save_checkpoint(tmp_path / "ft.pth", {"model": classifier.state_dict(), "grid": GRID.to_dict()})
     with pytest.raises(SystemExit, match="not a pre-training checkpoint"):
         run_vis(path, clip(demo_root), tmp_path)
 
@@ -138,12 +138,12 @@ def test_flexible_checkpoint_reconstructs_at_a_chosen_grid(demo_root, tmp_path):
     model = create_video_model("pretrain_videomae_micro_patch16_224", grid=base, decoder_depth=1, pos_embed="3d")
     flags = argparse.Namespace(pos_embed="3d", normlize_target=True)
     grids = [base.to_dict(), make_grid(4, 2, 32, 8).to_dict()]
-    flexible = checkpoint.save_checkpoint(tmp_path / "flexible.pth",
-                                          checkpoint.checkpoint_state(model, base, flags, epoch=0, grids=grids))
+    flexible = writing.save_checkpoint(tmp_path / "flexible.pth",
+                                          writing.checkpoint_state(model, base, flags, epoch=0, grids=grids))
     result = run_vis(flexible, clip(demo_root), tmp_path, "--grid", "48/8")
     assert result["grid"] == make_grid(4, 2, 48, 8)
     assert Image.open(result["png"]).size == (4 * 48, 3 * 48)
     assert np.isfinite(result["mse_reconstruction"])
-    fixed = checkpoint.save_checkpoint(tmp_path / "fixed.pth", checkpoint.checkpoint_state(model, base, flags, epoch=0))
+    fixed = writing.save_checkpoint(tmp_path / "fixed.pth", writing.checkpoint_state(model, base, flags, epoch=0))
     with pytest.raises(SystemExit, match="pre-trained at 32/16 only"):
         run_vis(fixed, clip(demo_root), tmp_path, "--grid", "48/8")

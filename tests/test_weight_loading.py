@@ -4,11 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from patches.checkpoints import files as checkpoint
+from patches.checkpoints import errors, file_format, model_state, reading, writing
 from patches.models.layers import build_pos_table
 from patches.models.factory import create_video_model
 from patches.grid import make_grid
-from patches.checkpoints.finetune_weights import interpolate_pos_embed, load_finetune_weights, resize_patch_embed
+from patches.checkpoints.finetune_weights import load_finetune_weights
+from patches.checkpoints.resampling import interpolate_pos_embed, resize_patch_embed
 
 MICRO = "vit_micro_patch16_224"
 PRETRAIN_MICRO = "pretrain_videomae_micro_patch16_224"
@@ -24,7 +25,7 @@ BLOCK_PARAMS = {  # name -> shape, for a block of width d (VideoMAE's release la
 
 
 def save(path, model, grid, **args):
-    return checkpoint.save_checkpoint(path, checkpoint.checkpoint_state(model, grid, argparse.Namespace(**args), epoch=1))
+    return writing.save_checkpoint(path, writing.checkpoint_state(model, grid, argparse.Namespace(**args), epoch=1))
 
 
 def classifier(grid, **kw):
@@ -180,7 +181,7 @@ def videomae_pretrain_release(d=DIM, depth=DEPTH, dec=64, dec_depth=2):
 
 def test_videomae_pretrain_release_layout(tmp_path):
     sd = videomae_pretrain_release()
-    path = checkpoint.save_checkpoint(tmp_path / "videomae_pretrain.pth", {"model": sd})
+    path = writing.save_checkpoint(tmp_path / "videomae_pretrain.pth", {"model": sd})
     model = classifier(make_grid(8, 2, 112, 16))
     report = load_finetune_weights(model, path, verbose=False)
     assert set(report.missing) <= {"head.weight", "head.bias"}
@@ -200,7 +201,7 @@ def videomae_finetuned_release(num_classes=10):
 
 def test_videomae_finetuned_release_layout(tmp_path):
     sd = videomae_finetuned_release()
-    path = checkpoint.save_checkpoint(tmp_path / "videomae_ft.pth", {"module": sd, "epoch": 3})
+    path = writing.save_checkpoint(tmp_path / "videomae_ft.pth", {"module": sd, "epoch": 3})
     model = classifier(make_grid(16, 2, 224, 16), num_classes=10)
     report = load_finetune_weights(model, path, model_key="module", verbose=False)
     assert not report.missing and not report.unexpected and not report.dropped
@@ -212,7 +213,7 @@ def test_videomae_finetuned_release_layout(tmp_path):
 @pytest.mark.parametrize("prefix", ["_orig_mod.", "module._orig_mod.", "_orig_mod.encoder."])
 def test_compiled_and_wrapped_names(tmp_path, prefix):
     sd = {prefix + k: v for k, v in videomae_finetuned_release().items()}
-    path = checkpoint.save_checkpoint(tmp_path / "compiled.pth", {"model": sd})
+    path = writing.save_checkpoint(tmp_path / "compiled.pth", {"model": sd})
     model = classifier(make_grid(4, 2, 32, 16), num_classes=10)
     report = load_finetune_weights(model, path, verbose=False)
     assert not report.missing and not report.unexpected
@@ -231,7 +232,7 @@ def test_model_prefix_and_safetensors(tmp_path):
 
 
 def test_head_dropped_when_class_count_differs(tmp_path):
-    path = checkpoint.save_checkpoint(tmp_path / "ft.pth", {"model": videomae_finetuned_release(num_classes=10)})
+    path = writing.save_checkpoint(tmp_path / "ft.pth", {"model": videomae_finetuned_release(num_classes=10)})
     model = classifier(make_grid(4, 2, 32, 16), num_classes=5)
     head_before = model.head.weight.detach().clone()
     report = load_finetune_weights(model, path, verbose=False)
@@ -287,7 +288,7 @@ def test_learned_pos_embed_follows_the_grid(tmp_path):
 def test_grid_inferred_from_a_bare_state_dict(tmp_path):
     sd = release_trunk()
     sd["pos_embed"] = torch.randn(1, 4 * 196, DIM)  # 8 frames x 224/16, tubelet 2
-    path = checkpoint.save_checkpoint(tmp_path / "bare.pth", sd)
+    path = writing.save_checkpoint(tmp_path / "bare.pth", sd)
     model = classifier(make_grid(8, 2, 112, 16), pos_embed="learned")
     report = load_finetune_weights(model, path, verbose=False)
     assert report.source_grid == make_grid(8, 2, 224, 16)
@@ -296,16 +297,16 @@ def test_grid_inferred_from_a_bare_state_dict(tmp_path):
 
 
 def test_wrong_model_size_is_refused(tmp_path):
-    path = checkpoint.save_checkpoint(tmp_path / "narrow.pth", {"model": videomae_pretrain_release(d=64)})
+    path = writing.save_checkpoint(tmp_path / "narrow.pth", {"model": videomae_pretrain_release(d=64)})
     model = classifier(make_grid(4, 2, 32, 16))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match="checkpoint width 64 vs model width 128: wrong --model size") as e:
+    with pytest.raises(errors.CheckpointError, match="checkpoint width 64 vs model width 128: wrong --model size") as e:
         load_finetune_weights(model, path, verbose=False)
     assert "narrow.pth" in str(e.value)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
-    other = checkpoint.save_checkpoint(tmp_path / "other.pth", {"model": {"foo.weight": torch.zeros(3)}})
-    with pytest.raises(ValueError, match="other.pth.*--model_key"):
+    other = writing.save_checkpoint(tmp_path / "other.pth", {"model": {"foo.weight": torch.zeros(3)}})
+    with pytest.raises(errors.CheckpointError, match="other.pth.*--model_key"):
         load_finetune_weights(model, other, verbose=False)
 
 
@@ -329,7 +330,7 @@ def test_grid_from_videomae_style_args(tmp_path):
     sd = release_trunk()
     sd["pos_embed"] = torch.randn(1, 4 * 49, DIM)
     args = {"num_frames": 8, "input_size": 112, "tubelet_size": 2}  # VideoMAE's flags have no patch size
-    path = checkpoint.save_checkpoint(tmp_path / "args.pth", {"model": sd, "args": args})
+    path = writing.save_checkpoint(tmp_path / "args.pth", {"model": sd, "args": args})
     model = classifier(make_grid(8, 2, 112, 16), pos_embed="learned")
     report = load_finetune_weights(model, path, verbose=False)
     assert report.source_grid == make_grid(8, 2, 112, 16) and "args" in report.grid_note
@@ -340,7 +341,7 @@ def test_stored_sincos_table_is_rebuilt_quietly(tmp_path):
     src = make_grid(16, 2, 224, 16)
     sd = videomae_finetuned_release()
     sd["pos_embed"] = build_pos_table(src, DIM, "1d")  # some fine-tuned releases store the fixed table
-    path = checkpoint.save_checkpoint(tmp_path / "ft_pos.pth", {"module": sd})
+    path = writing.save_checkpoint(tmp_path / "ft_pos.pth", {"module": sd})
     grid = make_grid(8, 2, 160, 16)
     model = classifier(grid, num_classes=10)
     report = load_finetune_weights(model, path, verbose=False)
@@ -356,10 +357,10 @@ def test_flexible_checkpoint_loads_at_an_untrained_grid(tmp_path, capsys):
     base, target = make_grid(4, 2, 32, 16), make_grid(4, 2, 48, 8)
     grids = [base, make_grid(4, 2, 32, 8)]
     pretrain = create_video_model(PRETRAIN_MICRO, grid=base, decoder_depth=1, pos_embed="3d")
-    state = checkpoint.checkpoint_state(pretrain, base, argparse.Namespace(pos_embed="3d"), epoch=1,
+    state = writing.checkpoint_state(pretrain, base, argparse.Namespace(pos_embed="3d"), epoch=1,
                                         grids=[g.to_dict() for g in grids])
     assert state["pos_reference"] == [2, 2]
-    path = checkpoint.save_checkpoint(tmp_path / "flexible.pth", state)
+    path = writing.save_checkpoint(tmp_path / "flexible.pth", state)
     model = classifier(target, pos_embed="3d").eval()
     report = load_finetune_weights(model, path)
     assert "trained on:      grids 32/16, 32/8 (flexible); loaded at 48/8" in capsys.readouterr().out
@@ -373,14 +374,72 @@ def test_flexible_checkpoint_loads_at_an_untrained_grid(tmp_path, capsys):
         assert torch.allclose(model.run_blocks(model.embed(x)),
                               pretrain.encoder.forward_tokens(x, grid=target), atol=1e-4)
     # the same from the .safetensors export (--save_safetensors), whose metadata carries the records
-    st = checkpoint.save_safetensors(tmp_path / "flexible.safetensors", state["model"], base,
-                                     argparse.Namespace(pos_embed="3d"), {k: state[k] for k in checkpoint.GRID_RECORDS})
+    st = writing.save_safetensors(tmp_path / "flexible.safetensors", state["model"], base,
+                                     argparse.Namespace(pos_embed="3d"), {k: state[k] for k in file_format.GRID_RECORDS})
     from_st = classifier(target, pos_embed="3d")
     assert [g.spec for g in load_finetune_weights(from_st, st, verbose=False).trained_grids] == ["32/16", "32/8"]
     assert torch.equal(from_st.pos_embed, model.pos_embed)
     # fine-tuning's own checkpoints carry the reference to a resume (the table is not in the state dict)
-    ft = checkpoint.save_checkpoint(tmp_path / "ft.pth",
-                                    checkpoint.checkpoint_state(model, target, argparse.Namespace(), epoch=1))
+    ft = writing.save_checkpoint(tmp_path / "ft.pth",
+                                    writing.checkpoint_state(model, target, argparse.Namespace(), epoch=1))
     resumed = classifier(target, pos_embed="3d")
-    checkpoint.load_model_state(resumed, checkpoint.load_checkpoint(ft), ft, MICRO)
+    model_state.load_model_state(resumed, reading.read_pth_checkpoint(ft), ft, MICRO)
     assert torch.equal(resumed.pos_embed, model.pos_embed)
+
+
+# ---------------------------------------------------------------- the model a checkpoint describes
+
+def test_model_from_checkpoint_builds_the_checkpoints_model_at_its_grid(pretrain_ckpt, tmp_path):
+    """Our pre-training checkpoint: the classifier of its size at its recorded grid, no head, encoder weights."""
+    from patches.checkpoints.models import model_from_checkpoint
+    path, pretrain_sd, grid = pretrain_ckpt
+    built = model_from_checkpoint(path)
+    assert built.grid == grid == built.model.grid and not built.model.training
+    s = built.settings
+    assert (s.model_name, s.pos_embed, s.num_classes, s.kind, s.sampling_rate) == (MICRO, "1d", 0, "pretrain", 4)
+    assert core_equal(built.model, pretrain_sd, "encoder.") > 0
+    # Given settings win; the same checkpoint already read is accepted.
+    other = make_grid(8, 2, 112, 16)
+    again = model_from_checkpoint(built.checkpoint, grid=other, num_classes=3)
+    assert again.model.grid == other and again.model.head.out_features == 3 and again.checkpoint is built.checkpoint
+
+
+def test_model_from_checkpoint_of_a_videomae_release_infers_size_and_grid(tmp_path):
+    """VideoMAE's fine-tuned release records neither model nor grid: both come from its tensors."""
+    from patches.checkpoints.models import model_from_checkpoint
+    path = writing.save_checkpoint(tmp_path / "ft.pth", {"module": videomae_finetuned_release(num_classes=10)})
+    built = model_from_checkpoint(path)
+    assert built.settings.model_name == MICRO and built.settings.num_classes == 10
+    assert built.grid == make_grid(16, 2, 224, 16) and "not recorded" in built.settings.grid_note
+    missing = writing.save_checkpoint(tmp_path / "probe.pth", {"model": {"weight": torch.ones(1)}, "probe": "linear",
+                                                               "encoder": {"path": str(tmp_path / "gone.pth")}})
+    with pytest.raises(errors.CheckpointError, match="probe checkpoint.*gone.pth.* is not there"):
+        model_from_checkpoint(missing)
+
+
+def test_model_from_a_probe_checkpoint_is_its_encoder_with_the_probe(pretrain_ckpt, tmp_path):
+    """A probe checkpoint holds the probe alone and names its encoder: both come back, the encoder as the probe's
+    run built it; an encoder file changed since is refused."""
+    from patches.checkpoints.models import model_from_checkpoint
+    from patches.eval.features import encoder_reference
+    from patches.models.probes import FrozenEncoderProbe, build_probe
+    path, pretrain_sd, grid = pretrain_ckpt
+    encoder = model_from_checkpoint(path, num_classes=0).model
+    trained = FrozenEncoderProbe(encoder, build_probe("linear", encoder, 3))
+    state = writing.checkpoint_state(trained, grid, argparse.Namespace(model=MICRO, pos_embed="1d", sampling_rate=2),
+                                     epoch=0, probe="linear", encoder=encoder_reference(path), nb_classes=3,
+                                     class_names=["a", "b", "c"])
+    probe_path = writing.save_checkpoint(tmp_path / "probe.pth", state)
+    built = model_from_checkpoint(probe_path)
+    assert isinstance(built.model, FrozenEncoderProbe) and built.settings.kind == "probe"
+    assert (built.settings.num_classes, built.settings.class_names, built.settings.sampling_rate) == (3, ("a", "b", "c"), 2)
+    for name, value in trained.state_dict().items():
+        assert torch.equal(built.model.state_dict()[name], value), name
+    assert core_equal(built.model.encoder, pretrain_sd, "encoder.") > 0
+    x = torch.randn(1, 3, *[grid.num_frames, *grid.input_size])
+    assert torch.allclose(built.model(x), trained.eval()(x), atol=1e-5)
+    changed = tmp_path / "encoder.pth"
+    changed.write_bytes(path.read_bytes())
+    state["encoder"] = {**encoder_reference(changed), "sha256": "0" * 64}
+    with pytest.raises(errors.CheckpointError, match="has changed since the probe was trained"):
+        model_from_checkpoint(writing.save_checkpoint(tmp_path / "probe2.pth", state))

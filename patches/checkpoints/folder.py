@@ -1,5 +1,11 @@
-"""An output folder's checkpoints: their names, finding the newest one that loads, choosing the one to resume,
-linking ``checkpoint-latest``, pruning old epochs, and removing what interrupted saves left behind."""
+"""Choosing a checkpoint in an output folder, and keeping the folder tidy.
+
+Choosing: :func:`choose_resume_checkpoint` (``--resume``, else with ``--auto_resume`` :func:`find_checkpoint`,
+the newest that loads), :func:`best_checkpoint_file` (``checkpoint-best.pth``), :func:`latest_checkpoint_file`
+(``checkpoint-latest``) and :func:`checkpoint_to_evaluate` (``--eval``'s: the given one, else the best, else
+the newest epoch's). Upkeep: linking ``checkpoint-latest``, pruning old epochs, and removing what interrupted
+saves left behind.
+"""
 from __future__ import annotations
 
 import os
@@ -10,10 +16,14 @@ from typing import Any, NamedTuple
 
 import torch.distributed as dist
 
+from patches.checkpoints.errors import CheckpointError
+from patches.checkpoints.file_format import BEST, DEEPSPEED_META, LATEST, TEMP_FILE
+from patches.checkpoints.model_state import check_checkpoint_grid
+from patches.checkpoints.reading import read_pth_checkpoint
+from patches.checkpoints.resume_state import resume_position
+from patches.grid import PatchGrid
 from patches.utils.distributed import is_dist, is_main_process, process_alive
 from patches.utils.files import temp_path
-from patches.checkpoints.files import LATEST, TEMP_FILE, CheckpointError, check_checkpoint_grid, load_checkpoint
-from patches.grid import PatchGrid
 
 
 class CheckpointName(NamedTuple):
@@ -39,13 +49,6 @@ class FoundCheckpoint:
     state: dict[str, Any]
 
 
-def resume_position(ckpt: dict[str, Any]) -> tuple[int, int]:
-    """(epoch, batch) to continue from: mid-epoch checkpoints say so, epoch checkpoints mean the next epoch."""
-    if "next_epoch" in ckpt:
-        return int(ckpt["next_epoch"]), int(ckpt.get("next_batch", 0))
-    return int(ckpt["epoch"]) + 1, 0
-
-
 def _candidates(output_dir: Path, folders: bool) -> list[tuple[Path, tuple[int, int] | None]]:
     """Checkpoints in ``output_dir`` with their position when the name tells it (None: read the file)."""
     found: list[tuple[Path, tuple[int, int] | None]] = []
@@ -55,7 +58,7 @@ def _candidates(output_dir: Path, folders: bool) -> list[tuple[Path, tuple[int, 
                 continue
             name = parse_checkpoint_name(d.name)
             if name is not None or d.name.split(".", 1)[0] == LATEST:
-                found.append((d / "checkpoint.pth", None if name is None else (name.epoch + 1, 0)))
+                found.append((d / DEEPSPEED_META, None if name is None else (name.epoch + 1, 0)))
     else:
         latest = output_dir / f"{LATEST}.pth"
         if latest.is_file():
@@ -73,7 +76,7 @@ def epoch_checkpoint_files(output_dir: str | Path, folders: bool = False) -> lis
             if (name := parse_checkpoint_name(p.name)) is not None and name.suffix == ".pth":
                 found.append((name.epoch, p))
         return sorted(found)
-    for meta in Path(output_dir).glob("checkpoint-*/checkpoint.pth"):
+    for meta in Path(output_dir).glob(f"checkpoint-*/{DEEPSPEED_META}"):
         if (name := parse_checkpoint_name(meta.parent.name)) is not None and not name.suffix:
             found.append((name.epoch, meta))
     return sorted(found)
@@ -85,7 +88,7 @@ def _try_load(path: Path, folders: bool, failures: list[str]) -> dict[str, Any] 
         failure = f"{path.parent}: it has no {path.name} (a save that did not finish)"
     else:
         try:
-            return load_checkpoint(path)
+            return read_pth_checkpoint(path)
         except CheckpointError as e:
             failure = f"{path}: {e}"
     print(f"warning: skipping {failure}")
@@ -128,19 +131,20 @@ def find_checkpoint(output_dir: str | Path, folders: bool = False) -> FoundCheck
     return None if best is None else FoundCheckpoint(best[1], best[2])
 
 
-def choose_checkpoint(resume_path: str, auto_resume: bool, output_dir: str | Path, grid: PatchGrid,
-                      folders: bool = False, other_grid_hint: str = "") -> FoundCheckpoint | None:
-    """``--resume`` (``resume_path``) if given, else (``--auto_resume``) the newest good checkpoint in
-    ``--output_dir``.
+def choose_resume_checkpoint(resume_path: str, auto_resume: bool, output_dir: str | Path, grid: PatchGrid,
+                             folders: bool = False, other_grid_hint: str = "") -> FoundCheckpoint | None:
+    """The checkpoint to resume from: ``--resume`` (``resume_path``, a file or a DeepSpeed folder) if given,
+    else (``--auto_resume``) the newest good checkpoint in ``--output_dir``; None when there is none.
 
-    Rank 0 chooses and tells the others, so all ranks load the same file. A checkpoint made at another
-    patch grid than ``grid`` is refused; ``other_grid_hint`` ends that message.
+    Rank 0 chooses and tells the others, so all ranks load the same file. Raises :class:`CheckpointError`
+    when none loads, or the chosen one does not, or it was made at another patch grid than ``grid``
+    (``other_grid_hint`` ends that message).
     """
     choice: list[Any] = [None]
     if is_main_process():
         if resume_path:
             path = Path(resume_path)
-            choice[0] = str(path / "checkpoint.pth" if path.is_dir() else path)
+            choice[0] = str(path / DEEPSPEED_META if path.is_dir() else path)
         elif auto_resume:
             try:
                 found = find_checkpoint(output_dir, folders)
@@ -152,15 +156,40 @@ def choose_checkpoint(resume_path: str, auto_resume: bool, output_dir: str | Pat
     if choice[0] is None:
         return None
     if choice[0].startswith("error: "):
-        raise SystemExit(choice[0])
-    try:
-        ckpt = load_checkpoint(choice[0])
-        fresh = "leave out --resume" if resume_path else "use another --output_dir or --no_auto_resume"
-        check_checkpoint_grid(ckpt, grid, choice[0], f"A resumed run keeps its grid: pass the file's values, "
-                              f"or {fresh} to start afresh.{other_grid_hint}")
-    except CheckpointError as e:
-        raise SystemExit(f"error: {e}")
+        raise CheckpointError(choice[0].removeprefix("error: "))
+    ckpt = read_pth_checkpoint(choice[0])
+    fresh = "leave out --resume" if resume_path else "use another --output_dir or --no_auto_resume"
+    check_checkpoint_grid(ckpt, grid, choice[0], f"A resumed run keeps its grid: pass the file's values, "
+                          f"or {fresh} to start afresh.{other_grid_hint}")
     return FoundCheckpoint(Path(choice[0]), ckpt)
+
+
+choose_checkpoint = choose_resume_checkpoint  # the name patches/cli/{pretrain,finetune}.py use until they switch
+
+
+def best_checkpoint_file(output_dir: str | Path) -> Path | None:
+    """``checkpoint-best.pth`` (the best validation accuracy of a fine-tuning run), or None when absent."""
+    path = Path(output_dir) / BEST
+    return path if path.is_file() else None
+
+
+def latest_checkpoint_file(output_dir: str | Path, folders: bool = False) -> Path | None:
+    """The file of ``checkpoint-latest`` (``checkpoint-latest.pth``, or with ``folders`` the DeepSpeed folder's
+    ``checkpoint.pth``), or None when absent. Not checked: :func:`find_checkpoint` finds the newest that loads."""
+    path = Path(output_dir) / (f"{LATEST}/{DEEPSPEED_META}" if folders else f"{LATEST}.pth")
+    return path if path.is_file() else None
+
+
+def checkpoint_to_evaluate(resume_path: str, output_dir: str | Path, folders: bool = False) -> Path | None:
+    """What ``--eval`` evaluates: ``resume_path`` (a DeepSpeed folder: its ``checkpoint.pth``), else
+    ``checkpoint-best.pth``, else the newest epoch checkpoint; None when there is none."""
+    if resume_path:
+        return Path(resume_path) / DEEPSPEED_META if Path(resume_path).is_dir() else Path(resume_path)
+    best = best_checkpoint_file(output_dir)
+    if best is not None:
+        return best
+    found = epoch_checkpoint_files(output_dir, folders=folders)
+    return found[-1][1] if found else None
 
 
 # ---------------------------------------------------------------- links, pruning, leftovers

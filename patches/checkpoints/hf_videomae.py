@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from patches.checkpoints.errors import CheckpointError, ExportError
 from patches.models.registry import VIT_SIZES
 from patches.grid import GridError, PatchGrid, make_grid, recorded_grid
 
@@ -50,10 +51,6 @@ _PRETRAIN_TOP = {"encoder_to_decoder.weight": "encoder_to_decoder.weight", "mask
                  "decoder.head.weight": "decoder.head.weight", "decoder.head.bias": "decoder.head.bias"}
 _CLASSIFIER_TOP = {"fc_norm.weight": "fc_norm.weight", "fc_norm.bias": "fc_norm.bias",
                    "head.weight": "classifier.weight", "head.bias": "classifier.bias"}
-
-
-class ExportError(ValueError):
-    """A checkpoint that transformers' VideoMAE cannot represent."""
 
 
 # ---------------------------------------------------------------- ours -> transformers
@@ -164,7 +161,7 @@ def hf_to_ours(hf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------- config.json
 
 def grid_from_hf_config(cfg: dict[str, Any], where: str = HF_CONFIG) -> PatchGrid:
-    """The patch grid a transformers VideoMAE config describes (refused when it does not tile)."""
+    """The patch grid a transformers VideoMAE config describes (:class:`CheckpointError` when it does not tile)."""
     try:
         patch = cfg.get("patch_size", 16)
         if isinstance(patch, (list, tuple)):
@@ -174,7 +171,7 @@ def grid_from_hf_config(cfg: dict[str, Any], where: str = HF_CONFIG) -> PatchGri
         return make_grid(int(cfg.get("num_frames", 16)), int(cfg.get("tubelet_size", 2)),
                          cfg.get("image_size", 224), int(patch), int(cfg.get("num_channels", 3)))
     except (ValueError, TypeError) as e:
-        raise ValueError(f"{where}: {e}") from None
+        raise CheckpointError(f"{where}: {e}") from None
 
 
 def _heads_from_name(args: dict[str, Any], width: int, decoder: bool) -> int | None:
@@ -270,21 +267,25 @@ def export_to_hf(ckpt: dict[str, Any], out_dir: str | Path, num_heads: int | Non
 
 
 def read_hf_dir(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(config, tensors) of a transformers VideoMAE directory; ValueError naming what is wrong."""
+    """(config, tensors) of a transformers VideoMAE directory; :class:`CheckpointError` naming what is wrong."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)
     missing = [n for n in (HF_CONFIG, HF_WEIGHTS) if not (path / n).is_file()]
     if missing:
-        raise ValueError(f"{path} is a folder but not a transformers model folder: {' and '.join(missing)} "
-                         f"missing (expected {HF_CONFIG} + {HF_WEIGHTS})")
+        raise CheckpointError(f"{path} is a folder but not a transformers model folder: {' and '.join(missing)} "
+                              f"missing (expected {HF_CONFIG} + {HF_WEIGHTS})")
     try:
         cfg = json.loads((path / HF_CONFIG).read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path / HF_CONFIG} is not readable JSON ({e})") from None
+        raise CheckpointError(f"{path / HF_CONFIG} is not readable JSON ({e})") from None
     if cfg.get("model_type") != "videomae":
-        raise ValueError(f"{path / HF_CONFIG}: model_type is {cfg.get('model_type')!r}, not 'videomae'")
-    return cfg, dict(load_file(str(path / HF_WEIGHTS), device="cpu"))
+        raise CheckpointError(f"{path / HF_CONFIG}: model_type is {cfg.get('model_type')!r}, not 'videomae'")
+    try:
+        return cfg, dict(load_file(str(path / HF_WEIGHTS), device="cpu"))
+    except (OSError, ValueError, SafetensorError) as e:
+        raise CheckpointError(f"{path / HF_WEIGHTS} is not a readable safetensors file ({e})") from None
 
 
 def read_hf_checkpoint(path: Path) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""How :func:`weight_loading.load_finetune_weights` reports what it did with every tensor: a table with a row per
+"""How :func:`finetune_weights.load_finetune_weights` reports what it did with every tensor: a table with a row per
 category (loaded, resized, missing, unexpected, dropped, rebuilt) and tensor names listed compactly."""
 from __future__ import annotations
 

@@ -21,10 +21,11 @@ import argparse
 from pathlib import Path
 
 
-from patches.checkpoints.files import CheckpointError, read_checkpoint
-from patches.checkpoints.hf_videomae import ExportError, export_to_hf
+from patches.checkpoints.errors import CheckpointError, ExportError
+from patches.checkpoints.hf_videomae import export_to_hf
+from patches.checkpoints.reading import read_any_checkpoint
+from patches.checkpoints.source_grid import inferred_grid
 from patches.grid import GridError, recorded_grid
-from patches.checkpoints.finetune_weights import inferred_grid
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> Path:
     args = p.parse_args(argv)
     path = Path(args.checkpoint)
     try:
-        ckpt = read_checkpoint(path)
+        ckpt = read_any_checkpoint(path).contents
         if args.model_key != "model" and args.model_key in ckpt:
             ckpt["model"] = ckpt[args.model_key]
         if isinstance(ckpt.get("args"), argparse.Namespace):  # VideoMAE's flags: the model name tells its heads

@@ -26,11 +26,14 @@ from patches.config import flags as cli_args
 from patches.utils.devices import autocast_dtype, resolve_device
 from patches.utils.distributed import get_rank, get_world_size, is_dist, is_main_process
 from patches.utils.files import write_atomically
+from patches.checkpoints.errors import CheckpointError
 from patches.checkpoints.folder import remove_stale_temp_files
+from patches.checkpoints.models import model_from_checkpoint
+from patches.checkpoints.reading import read_any_checkpoint
 from patches.grid import GridError, PatchGrid
 from patches.train.trainer import launch
 from patches.eval.predict import CHECKPOINT_FALLBACK
-from patches.eval.features import (FEATURES_KEY, VideoViews, apply_checkpoint_defaults, build_encoder, check_feature_folder, collate_views, encode_views, encoder_reference, find_videos, inputs_digest, read_encoder_checkpoint, shard_done, write_index, write_shard)
+from patches.eval.features import (FEATURES_KEY, VideoViews, apply_checkpoint_defaults, check_feature_folder, collate_views, encode_views, encoder_reference, find_videos, inputs_digest, shard_done, write_index, write_shard)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -70,7 +73,10 @@ def prepare(args: argparse.Namespace) -> tuple[dict[str, Any], PatchGrid, list, 
     if not Path(args.finetune).exists():
         problems.append(f"--finetune {args.finetune} does not exist")
     cli_args.fail_if(problems)
-    ckpt = read_encoder_checkpoint(args.finetune)
+    try:
+        ckpt = read_any_checkpoint(args.finetune).contents
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}") from None
     try:
         grid = apply_checkpoint_defaults(args, ckpt, FALLBACK)
         videos = find_videos(args.data_path, args.data_root)
@@ -96,7 +102,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace, grid: PatchGrid, videos: list, key: dict[str, Any], device: str | None
         ) -> dict[str, Any]:
     out, device = Path(args.output_dir), resolve_device(device)
-    model = build_encoder(args.finetune, args, grid, verbose=is_main_process()).to(device)
+    model = model_from_checkpoint(args.finetune, args.model, grid, args.pos_embed,
+                                  getattr(args, "use_mean_pooling", None) is not False, num_classes=0,
+                                  model_key=args.model_key, verbose=is_main_process()).model.to(device)
     amp = autocast_dtype(args.amp, device)
     shards = (len(videos) + args.shard_size - 1) // args.shard_size
     if is_main_process():

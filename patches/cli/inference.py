@@ -21,7 +21,10 @@ from torch.utils.data import DataLoader
 from patches.config import flags as cli_args
 from patches.utils.devices import resolve_device
 from patches.grid import GridError
-from patches.eval.features import (VideoViews, apply_checkpoint_defaults, build_encoder, collate_views, find_videos, head_classes, read_class_names, read_encoder_checkpoint)
+from patches.checkpoints.errors import CheckpointError
+from patches.checkpoints.models import model_from_checkpoint
+from patches.checkpoints.reading import read_any_checkpoint
+from patches.eval.features import (VideoViews, apply_checkpoint_defaults, collate_views, find_videos, head_classes, read_class_names)
 from patches.eval.predict import CHECKPOINT_FALLBACK, TEST_VIEWS_FALLBACK, class_probabilities, recorded_test_views, top_classes
 
 
@@ -56,7 +59,10 @@ def prepare(args: argparse.Namespace) -> tuple[dict[str, Any], list[str], list]:
     """Every check before the model is built: checkpoint, head, class names, grid, videos."""
     if not Path(args.checkpoint).exists():
         raise SystemExit(f"error: --checkpoint {args.checkpoint} does not exist")
-    ckpt = read_encoder_checkpoint(args.checkpoint)
+    try:
+        ckpt = read_any_checkpoint(args.checkpoint).contents
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}") from None
     classes = head_classes(ckpt)
     if not classes:
         raise SystemExit(f"error: --checkpoint {args.checkpoint} has no classification head (a pre-training or "
@@ -85,7 +91,12 @@ def prepare(args: argparse.Namespace) -> tuple[dict[str, Any], list[str], list]:
 def classify(args: argparse.Namespace, names: list[str], videos: list) -> list[dict[str, Any]]:
     """Per video: its path and top-k (label, probability), or the reason it could not be read."""
     device = resolve_device(args.device)
-    model = build_encoder(args.checkpoint, args, args.grid, num_classes=len(names)).to(device)
+    try:
+        model = model_from_checkpoint(args.checkpoint, args.model, args.grid, args.pos_embed,
+                                      getattr(args, "use_mean_pooling", None) is not False, num_classes=len(names),
+                                      model_key=getattr(args, "model_key", "model|module")).model.to(device)
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}") from None
     dataset = VideoViews(videos, args.grid, args.sampling_rate, args.test_num_segment, args.test_num_crop,
                          args.short_side_size, args.fname_tmpl)
     loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=collate_views)

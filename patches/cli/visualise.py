@@ -16,7 +16,6 @@ also reconstructs at any other ``--grid SIZE/PATCH``, trained or not (the kernel
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +23,11 @@ import numpy as np
 import torch
 
 from patches.utils.devices import resolve_device
-from patches.checkpoints.files import apply_pos_reference, read_checkpoint
-from patches.checkpoints.finetune_weights import inferred_grid
+from patches.checkpoints.errors import CheckpointError
+from patches.checkpoints.models import pretrain_model_from_checkpoint
 from patches.data.masking import MASK_TYPES, MaskGenerator
-from patches.models.registry import VIT_SIZES
 from patches.models.pretrain import MaskedVideoAutoencoder, mask_to_index, patchify, unpatchify
-from patches.models.factory import create_video_model
-from patches.grid import GridError, PatchGrid, make_grid, parse_grid_spec, recorded_grid
+from patches.grid import GridError, PatchGrid, make_grid, parse_grid_spec
 from patches.data.transforms import EvalTransform, denormalize
 
 MASK_FILL = 0.5  # hidden patches are shown mid-grey
@@ -58,54 +55,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 # ---------------------------------------------------------------- model
-
-def _pretrain_name(args: dict[str, Any], sd: dict[str, torch.Tensor]) -> str:
-    """The registered model name: the checkpoint's --model, else the size whose widths match the weights."""
-    name = str(args.get("model", ""))
-    if name.startswith("pretrain_videomae_"):
-        return name
-    width, dec_width = sd["encoder.patch_embed.proj.weight"].shape[0], sd["encoder_to_decoder.weight"].shape[0]
-    for size, dims in VIT_SIZES.items():
-        if (dims["embed_dim"], dims["decoder_embed_dim"]) == (width, dec_width):
-            return f"pretrain_videomae_{size}_patch16_224"
-    raise ValueError(f"no model size has encoder width {width} and decoder width {dec_width}")
-
-
-def load_pretrain_model(path: str | Path, device: torch.device
-                        ) -> tuple[MaskedVideoAutoencoder, PatchGrid, dict[str, Any], list[PatchGrid]]:
-    """Model, grid, flags and the grids trained on (several for a flexible-grid pre-training) of a pre-training
-    checkpoint (.pth or .safetensors); ValueError when unusable."""
-    path = Path(path)
-    ckpt = read_checkpoint(path)
-    sd = ckpt.get("model")
-    if not isinstance(sd, dict):
-        raise ValueError(f"{path} holds no 'model' state dict")
-    try:
-        grid = recorded_grid(ckpt)
-    except GridError as e:
-        raise ValueError(f"{path}: {e}") from None
-    if grid is None:  # VideoMAE's own checkpoints: inferred from the tensors, as --finetune does
-        grid, note = inferred_grid(ckpt)
-        if grid is None:
-            raise ValueError(f"{path} records no patch grid and holds no patch embedding to infer one from")
-        print(f"{path}: patch grid {note}")
-    if "encoder_to_decoder.weight" not in sd:
-        raise ValueError(f"{path} is not a pre-training checkpoint (it has no decoder to reconstruct with)")
-    args = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
-    decoder_depth = len({m.group(1) for k in sd if (m := re.match(r"^decoder\.blocks\.(\d+)\.", k))})
-    model = create_video_model(_pretrain_name(args, sd), grid=grid, decoder_depth=decoder_depth,
-                               pos_embed=args.get("pos_embed") or ("3d" if "pos_reference" in ckpt else "1d"))
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{path} does not fit {args.get('model', 'the model')} at its grid "
-                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    apply_pos_reference(model, ckpt)
-    try:
-        trained = [PatchGrid.from_dict(g) for g in ckpt.get("grids") or [grid.to_dict()]]
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{path}: its 'grids' record is unusable ({e})") from None
-    return model.to(device).eval(), grid, args, trained
-
 
 def chosen_grid(spec: str, model: MaskedVideoAutoencoder, grids: list[PatchGrid]) -> PatchGrid:
     """``--grid SIZE/PATCH`` at the model's frames and tubelet: any grid for a flexible-grid checkpoint (one
@@ -220,9 +169,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"error: --scale must be at least 1, got {a.scale}")
     try:
         device = resolve_device(a.device)
-        model, grid, args, trained = load_pretrain_model(a.model_path, device)
-    except ValueError as e:  # CheckpointError included
+        loaded = pretrain_model_from_checkpoint(a.model_path)
+    except (CheckpointError, ValueError) as e:
         raise SystemExit(f"error: --model_path: {e}")
+    model, grid, args, trained = loaded.model.to(device), loaded.grid, loaded.recorded_args, loaded.trained_grids
     if a.grid is not None:
         try:
             grid = chosen_grid(a.grid, model, trained)

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from patches.checkpoints.files import CheckpointError, read_checkpoint
+from patches.checkpoints.models import classifier_name
+from patches.checkpoints.reading import checkpoint_fingerprint
 from patches.data.clip_sampling import segment_clip_indices
 from patches.grid import PatchGrid, grid_from_args, recorded_grid
 from patches.data.video_reader import FrameFolder, VideoDecodeError, VideoFile, decode_clips
@@ -26,26 +27,9 @@ GRID_FLAGS = ("input_size", "patch_size", "num_frames", "tubelet_size")
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
-def checkpoint_fingerprint(path: str | Path) -> str:
-    """SHA-256 of a checkpoint file (of a transformers folder: of its config and weights), to tell files apart."""
-    path = Path(path)
-    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
-    digest = hashlib.sha256()
-    for file in files:
-        with open(file, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
 def encoder_reference(path: str | Path) -> dict[str, str]:
     """What a probe checkpoint or a feature folder records of the encoder it used."""
     return {"path": str(Path(path).resolve()), "sha256": checkpoint_fingerprint(path)}
-
-
-def classifier_name(name: str) -> str:
-    """A pre-training model's classifier name (``pretrain_videomae_micro_patch16_224`` -> ``vit_micro_...``)."""
-    return "vit_" + name.removeprefix("pretrain_videomae_") if name.startswith("pretrain_videomae_") else name
 
 
 def apply_checkpoint_defaults(args: argparse.Namespace, ckpt: dict[str, Any], fallback: dict[str, Any]) -> PatchGrid:
@@ -62,28 +46,6 @@ def apply_checkpoint_defaults(args: argparse.Namespace, ckpt: dict[str, Any], fa
     if "use_mean_pooling" in recorded and getattr(args, "use_mean_pooling", None) is None:
         args.use_mean_pooling = recorded["use_mean_pooling"]
     return grid_from_args(args)
-
-
-def read_encoder_checkpoint(path: str) -> dict[str, Any]:
-    """The checkpoint (any format :func:`checkpoint.read_checkpoint` reads), or SystemExit naming the file."""
-    try:
-        return read_checkpoint(path)
-    except CheckpointError as e:
-        raise SystemExit(f"error: {e}") from None
-
-
-def build_encoder(path: str, args: argparse.Namespace, grid: PatchGrid, num_classes: int = 0,
-                  verbose: bool = False) -> torch.nn.Module:
-    """A :class:`modeling_finetune.VideoClassifier` at ``grid`` with ``path``'s weights, in eval mode."""
-    from patches.models.factory import create_video_model
-    from patches.checkpoints.finetune_weights import load_finetune_weights
-    model = create_video_model(args.model, grid=grid, num_classes=num_classes, pos_embed=args.pos_embed,
-                               use_mean_pooling=getattr(args, "use_mean_pooling", None) is not False)
-    try:
-        load_finetune_weights(model, path, model_key=getattr(args, "model_key", "model|module"), verbose=verbose)
-    except (ValueError, CheckpointError) as e:
-        raise SystemExit(f"error: {e}") from None
-    return model.eval()
 
 
 def head_classes(ckpt: dict[str, Any]) -> int:

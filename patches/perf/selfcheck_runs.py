@@ -77,7 +77,7 @@ def resume_flags(ctx: Context) -> list[str]:
 
 def check_resume(ctx: Context) -> dict[str, Any]:
     """One epoch, stop, the same command for two: the losses and weights of the uninterrupted run."""
-    from patches.checkpoints.files import load_checkpoint
+    from patches.checkpoints.reading import read_pth_checkpoint
 
     reference = ctx.work / "uninterrupted"
     if not (reference / "checkpoint-1.pth").is_file():
@@ -88,7 +88,7 @@ def check_resume(ctx: Context) -> dict[str, Any]:
                         torchrun=True)
     if "continuing at epoch 1" not in second.stdout:
         raise RuntimeError(f"the second run did not resume (log: {out}.log)")
-    ours, theirs = (load_checkpoint(d / "checkpoint-1.pth")["model"] for d in (out, reference))
+    ours, theirs = (read_pth_checkpoint(d / "checkpoint-1.pth")["model"] for d in (out, reference))
     diff = max(float((ours[k].float() - theirs[k].float()).abs().max()) for k in theirs)
     atol = RESUME_ATOL[ctx.device.type]
     losses, uninterrupted = train_losses(out), train_losses(reference)

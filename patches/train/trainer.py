@@ -23,15 +23,20 @@ import torch
 from patches.utils import cpu_memory
 from patches.data import health as data_health
 from patches.train.optim import cosine_scheduler
-from patches.train.rng import position_fields, restore_rng_states, set_deterministic, start_position
+from patches.train.rng import set_deterministic
 from patches.train.stop_signals import EXIT_CTRL_C
 from patches.utils.devices import autocast_dtype, resolve_device, seed_everything
 from patches.utils.distributed import all_reduce_mean, cleanup_distributed, data_parallel, get_rank, init_distributed, is_dist, is_main_process
 from patches.utils.files import append_jsonl, drop_jsonl_records, write_atomically
 from patches.utils.progress import ProgressLogger, TensorboardLogger
 from patches.models.attention import configure_attention
-from patches.checkpoints.files import (LATEST, CheckpointError, CheckpointSaveError, check_model_state, checkpoint_state, apply_pos_reference, load_model_state, print_saved_and_export_safetensors, save_checkpoint)
-from patches.checkpoints.folder import (FoundCheckpoint, link_atomically, prune_epoch_checkpoints, remove_stale_temp_files)
+from patches.checkpoints.errors import CheckpointError, CheckpointSaveError
+from patches.checkpoints.folder import FoundCheckpoint, remove_stale_temp_files
+from patches.checkpoints.model_state import check_model_state
+from patches.checkpoints.resume_state import position_fields, start_position
+from patches.checkpoints.run_checkpoints import RunCheckpoints, restore_training_state
+from patches.checkpoints.writing import checkpoint_state, print_saved_and_export_safetensors, save_checkpoint
+from patches.train.deepspeed_engine import DeepSpeedUnavailableError
 from patches.data.datasets import UnreadableDataError
 from patches.train.optim import apply_schedules
 from patches.grid import PatchGrid
@@ -68,7 +73,8 @@ def launch(body: Callable[[str | None], T], device: str | None, deepspeed: bool 
         print("\nstopped at once by Ctrl-C; what was saved before is intact (run the same command again to resume "
               "from it)", flush=True)
         raise SystemExit(EXIT_CTRL_C) from None
-    except (NonFiniteLossError, data_health.TooManyBadVideos, CheckpointSaveError, CheckpointError) as e:
+    except (NonFiniteLossError, data_health.TooManyBadVideos, CheckpointSaveError, CheckpointError,
+            DeepSpeedUnavailableError) as e:
         raise SystemExit(f"error: {e}") from None
     except UnreadableDataError as e:
         raise SystemExit(f"error: {data_health.unreadable_data_message(e)}") from None
@@ -174,7 +180,7 @@ class Trainer:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
-        # Checkpointing holds self.state, a cycle that only the garbage collector would break. Until it did, the
+        # RunCheckpoints holds self.state, a cycle that only the garbage collector would break. Until it did, the
         # loader's persistent workers would live on, and they ignore the SIGTERM that interpreter exit sends
         # them (see data_loaders._worker_init): drop the references so that the workers stop now.
         self.checkpoints = self.loader = None
@@ -252,9 +258,9 @@ class Trainer:
                                                   s.warmup_lr, s.warmup_steps)
         wd_end = s.weight_decay if s.weight_decay_end is None else s.weight_decay_end
         self.wd_schedule = cosine_scheduler(s.weight_decay, wd_end, cfg.epochs, self.steps_per_epoch)
-        self.checkpoints = Checkpointing(cfg.output_dir, self.state, self.batches_per_epoch, cfg.update_freq,
-                                         every_steps=cfg.save_ckpt_every_steps, keep=cfg.keep_ckpts,
-                                         device=self.device, engine=self.engine, stop=self.stop)
+        self.checkpoints = RunCheckpoints(cfg.output_dir, self.state, self.batches_per_epoch, cfg.update_freq,
+                                          every_steps=cfg.save_ckpt_every_steps, keep=cfg.keep_ckpts,
+                                          engine=self.engine)
 
     # ------------------------------------------------------------ checkpoints
 
@@ -291,23 +297,11 @@ class Trainer:
     def restore(self, found: FoundCheckpoint) -> None:
         """Continue from ``found``: weights, EMA, optimizer and scaler, RNG states and position."""
         state = found.state
-        if self.engine is not None:
-            from patches.train import deepspeed_engine as ds_utils
-            ds_utils.load_folder(self.engine, found.path.parent)
-            apply_pos_reference(self.model_without_ddp, state)
-        else:
-            load_model_state(self.model_without_ddp, state, found.path, self.cfg.model_name)
-            if "optimizer" in state:
-                self.optimizer.load_state_dict(state["optimizer"])
-            if self.scaler is not None and "scaler" in state:
-                self.scaler.load_state_dict(state["scaler"])
-        if self.ema is not None and "model_ema" in state:
-            self.ema.module.load_state_dict(state["model_ema"])
-            apply_pos_reference(self.ema.module, state)
+        restore_training_state(found, self.model_without_ddp, self.cfg.model_name, self.optimizer, self.scaler,
+                               self.ema, self.engine)
         epoch, batch = start_position(found.path, state, self.batches_per_epoch)
         self.progress = Progress(epoch, batch, self.progress.extra)
         self.pending_record = state.get("epoch_record") if batch >= self.batches_per_epoch else None
-        restore_rng_states(state)
         print(f"Resumed from {found.path} (epoch {state['epoch']}); continuing at epoch {epoch}"
               + (", with its validation" if self.pending_record else f", batch {batch}" if batch else ""))
         self.forget_logs_from(epoch, epoch * self.steps_per_epoch + batch // self.cfg.update_freq)
@@ -381,7 +375,21 @@ class Trainer:
                            bad_video_files=record["bad_video_files"])
             self.tb.flush()
         if not last:
-            self.checkpoints.stop_if_requested()
+            self.stop_if_requested()
+
+    def stop_if_requested(self) -> None:
+        """At an epoch end, after its save: stop now if a signal came in during the epoch's last steps."""
+        signum = self.stop.agreed(self.device)
+        if signum:
+            raise Interrupted(signum, self.checkpoints.latest)
+
+    def after_update(self, epoch: int, batches_done: int) -> None:
+        """After each optimizer update: on a stop signal save ``checkpoint-latest`` and stop, else save it when
+        ``--save_ckpt_every_steps`` says so."""
+        signum = self.stop.agreed(self.device)
+        if signum:
+            raise Interrupted(signum, self.checkpoints.save_latest(epoch, batches_done))
+        self.checkpoints.save_if_due(epoch, batches_done)
 
     def epoch_step(self, epoch: int) -> int:
         """The global step of ``epoch``'s last update: where TensorBoard plots the epoch's figures, on the same
@@ -407,7 +415,7 @@ class Trainer:
             loss_value = self.global_loss(loss, epoch, i, step)
             self.log_step(progress, step, loss_value, grad_norm)
             if update:
-                self.checkpoints.after_update(epoch, i + 1)
+                self.after_update(epoch, i + 1)
         stats = progress.averages()
         if self.scaler is not None:
             stats["skipped_steps"] = self.updater.skipped
@@ -433,76 +441,3 @@ class Trainer:
             self.tb.update("train", loss=loss, lr=max(lrs), min_lr=min(lrs),
                            weight_decay=float(self.wd_schedule[step]), grad_norm=grad_norm,
                            loss_scale=self.updater.loss_scale, skipped_updates=self.updater.skipped)
-
-
-class Checkpointing:
-    """A run's saves: ``checkpoint-N`` at epoch ends, ``checkpoint-latest`` at every save and every
-    ``every_steps`` optimizer steps, pruning to ``keep`` epoch checkpoints, and the stop on signals.
-
-    ``make_state(epoch, next_epoch, next_batch)`` builds the checkpoint dict on every rank (it gathers
-    RNG states, a collective). With a DeepSpeed ``engine`` checkpoints are folders (see ds_utils).
-    """
-
-    def __init__(self, output_dir: str | Path, make_state: Callable[[int, int, int], dict[str, Any]],
-                 batches_per_epoch: int, update_freq: int = 1, every_steps: int = 0, keep: int = 0,
-                 device: torch.device = torch.device("cpu"), engine: Any = None,
-                 stop: StopSignals | None = None) -> None:
-        self.output_dir, self.make_state = Path(output_dir), make_state
-        self.batches_per_epoch, self.update_freq = batches_per_epoch, update_freq
-        self.steps_per_epoch = batches_per_epoch // update_freq
-        self.every_steps, self.keep, self.device, self.engine = every_steps, keep, device, engine
-        self.stop = stop or StopSignals()
-
-    def _write(self, name: str, state: dict[str, Any]) -> Path:
-        if self.engine is not None:
-            from patches.train import deepspeed_engine as ds_utils
-            return ds_utils.save_folder(self.engine, self.output_dir, name, state)
-        path = self.output_dir / f"{name}.pth"
-        if is_main_process():
-            save_checkpoint(path, state)
-        return path
-
-    def _link_latest(self, src: Path) -> None:
-        if self.engine is not None:
-            from patches.train import deepspeed_engine as ds_utils
-            ds_utils.link_folder(self.output_dir, src.name, LATEST)
-        elif is_main_process():
-            link_atomically(src, self.output_dir / f"{LATEST}.pth")
-
-    def save_latest(self, epoch: int, batches_done: int, **fields: Any) -> Path:
-        """``checkpoint-latest`` at ``batches_done`` batches into ``epoch``, with ``fields`` added."""
-        state = {**self.make_state(epoch, epoch, batches_done), **fields}
-        return self._write(LATEST, state)
-
-    def end_of_epoch(self, epoch: int, epoch_file: bool) -> tuple[Path, dict[str, Any]]:
-        """Save after a finished epoch: ``checkpoint-{epoch}`` when ``epoch_file``, ``checkpoint-latest`` always."""
-        state = self.make_state(epoch, epoch + 1, 0)
-        if not epoch_file:
-            return self._write(LATEST, state), state
-        path = self._write(f"checkpoint-{epoch}", state)
-        self._link_latest(path)
-        if is_main_process():
-            for p in prune_epoch_checkpoints(self.output_dir, self.keep):
-                print(f"Removed {p} (--keep_ckpts {self.keep})")
-        return path, state
-
-    @property
-    def latest(self) -> Path:
-        return self.output_dir / (LATEST if self.engine is not None else f"{LATEST}.pth")
-
-    def stop_if_requested(self) -> None:
-        """At an epoch end, after its save: stop now if a signal came in during the epoch's last steps."""
-        signum = self.stop.agreed(self.device)
-        if signum:
-            raise Interrupted(signum, self.latest)
-
-    def after_update(self, epoch: int, batches_done: int) -> None:
-        """The engines' per-update hook: stop on a signal, or save every ``every_steps`` steps mid-epoch."""
-        signum = self.stop.agreed(self.device)
-        if signum:
-            path = self.save_latest(epoch, batches_done)
-            raise Interrupted(signum, path)
-        step = epoch * self.steps_per_epoch + batches_done // self.update_freq
-        if self.every_steps and step % self.every_steps == 0 and batches_done < self.batches_per_epoch:
-            path = self.save_latest(epoch, batches_done)
-            print(f"Saved {path} (epoch {epoch}, batch {batches_done}, step {step})")
