@@ -420,19 +420,15 @@ def test_check_data_reports_every_bad_video(cli, media: Path, broken_list: Path)
     assert "Model" not in result.stdout, "no model is built"
 
 
-def test_check_data_on_clean_data_exits_zero(demo_root: Path, capsys: pytest.CaptureFixture) -> None:
+def test_check_data_on_clean_data_passes(demo_root: Path, capsys: pytest.CaptureFixture) -> None:
     lists = VideoListsConfig(data_set="custom", data_path=str(demo_root))
-    with pytest.raises(SystemExit) as stop:
-        data_health.run_check_data(lists, num_workers=0, fname_tmpl="img_{:05}.jpg")
-    assert stop.value.code == 0
+    assert data_health.run_check_data(lists, num_workers=0, fname_tmpl="img_{:05}.jpg") == 32
     assert "check_data: all 32 videos are readable" in capsys.readouterr().out
 
 
-def test_check_data_on_a_clean_pretraining_list_exits_zero(demo_root: Path, capsys: pytest.CaptureFixture) -> None:
+def test_check_data_on_a_clean_pretraining_list_passes(demo_root: Path, capsys: pytest.CaptureFixture) -> None:
     data = PretrainingDataConfig(data_path=str(demo_root / "train.csv"), sampling_rate=2, data_root=str(demo_root))
-    with pytest.raises(SystemExit) as stop:
-        data_health.run_check_data(data, num_workers=0)
-    assert stop.value.code == 0
+    assert data_health.run_check_data(data, num_workers=0) == 16
     assert "check_data: all 16 videos are readable" in capsys.readouterr().out
 
 

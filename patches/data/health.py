@@ -15,6 +15,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from patches.errors import PatchesError
 from patches.utils.distributed import get_rank, get_world_size, is_dist, is_main_process
 from patches.data.datasets import PretrainingDataConfig
 from patches.data.lists import VideoListsConfig, numbered_pretraining_entries, read_records
@@ -24,8 +25,12 @@ MAX_LISTED = 100  # bad paths written into one log.txt record
 EXAMPLES = 5  # bad paths quoted in an error message
 
 
-class TooManyBadVideos(RuntimeError):
+class TooManyBadVideos(PatchesError, RuntimeError):
     """More of the videos than ``--max_bad_fraction`` allows cannot be read."""
+
+
+class DataCheckFailed(PatchesError):
+    """``--check_data`` found unreadable videos or bad list lines (each printed above the error)."""
 
 
 class BadVideoTracker:
@@ -180,9 +185,10 @@ def check_entries(entries: list[Entry], num_workers: int = 0, fname_tmpl: str = 
 
 
 def run_check_data(data: PretrainingDataConfig | VideoListsConfig, num_workers: int = 0,
-                   fname_tmpl: str = "img_{:05}.jpg") -> None:
-    """``--check_data``: report every bad list line and unreadable video of ``data`` (a pre-training list, or
-    a classification run's train, validation and test lists), then exit (0 when all is well)."""
+                   fname_tmpl: str = "img_{:05}.jpg") -> int:
+    """``--check_data``: print every bad list line and unreadable video of ``data`` (a pre-training list, or
+    a classification run's train, validation and test lists). Returns the number of videos checked when all is
+    well; raises :class:`DataCheckFailed` otherwise."""
     errors: list[str] = []
     if isinstance(data, VideoListsConfig):
         entries = finetuning_entries(data, errors)
@@ -195,7 +201,7 @@ def run_check_data(data: PretrainingDataConfig | VideoListsConfig, num_workers: 
     for entry, reason in bad:
         print(f"bad video: {entry.path} ({entry.where}): {reason}")
     if errors or bad:
-        raise SystemExit(f"error: --check_data found {len(bad)} unreadable of {len(entries)} videos and "
-                         f"{len(errors)} bad list lines (listed above)")
+        raise DataCheckFailed(f"--check_data found {len(bad)} unreadable of {len(entries)} videos and "
+                              f"{len(errors)} bad list lines (listed above)")
     print(f"check_data: all {len(entries)} videos are readable", flush=True)
-    raise SystemExit(0)
+    return len(entries)

@@ -17,7 +17,6 @@ from patches.utils.devices import amp_autocast
 from patches.data.transforms import normalize_batch, pixel_mean_std
 
 
-
 @dataclass(frozen=True)
 class MaskedReconstruction:
     """The pre-training loss of a batch ``(videos, encoder masks, decoder masks)``: mean squared error between
@@ -28,8 +27,9 @@ class MaskedReconstruction:
     amp_dtype: torch.dtype | None = None
     normalize_target: bool = True
 
-    def __call__(self, model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-                 ) -> torch.Tensor:
+    def __call__(self, model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                 position: StepPosition | None = None) -> torch.Tensor:
+        """The loss of ``batch``; ``position`` is not used (the loader drew the masks)."""
         videos, visible, target = prepare_batch(batch, self.device)
         return reconstruction_loss(model, videos, visible, target, self)
 
