@@ -31,7 +31,8 @@ from patches.checkpoints import files as checkpoint
 from patches.data import health as data_health
 import launch_helpers as lh
 from patches.train.stop_signals import EXIT_CTRL_C, EXIT_REQUEUE, StopSignals
-from patches.data.datasets import (PretrainingDataConfig, UnreadableDataError, UnreadableVideoWarning, VideoClsEvalDataset, VideoMAEPretrainDataset)
+from patches.data.datasets import PretrainingDataConfig, VideoClsEvalDataset, VideoMAEPretrainDataset
+from patches.data.unreadable import UnreadableDataError, UnreadableVideoWarning
 from patches.data.demo import render_clip, write_mp4
 from patches.data.masking import MaskGenerator
 from patches.grid import make_grid
@@ -338,7 +339,7 @@ def test_no_readable_video_left_names_the_files(media: Path) -> None:
 
 
 def test_eval_views_of_an_unreadable_video_are_left_out_never_replaced(media: Path) -> None:
-    from patches.data.datasets import CollateWithBad
+    from patches.data.unreadable import CollateWithBad
     records = [VideoRecord(str(media / "random_bytes.mp4"), 0, "list", 1),
                VideoRecord(str(media / "short 5 frames.mp4"), 1, "list", 2)]
     ds = VideoClsEvalDataset(records, GRID, 2, num_segments=2, num_crops=3, with_view=True)

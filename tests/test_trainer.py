@@ -18,7 +18,7 @@ from patches.checkpoints.files import load_checkpoint
 from patches.checkpoints.folder import choose_checkpoint
 from patches.data.health import BadVideoTracker
 from patches.data.loaders import LoaderConfig, train_loader
-from patches.data.datasets import CollateWithBad
+from patches.data.unreadable import CollateWithBad
 from patches.data.samplers import StepPosition
 from patches.grid import make_grid
 from patches.train.trainer import RunRecord, Schedule, Trainer, TrainerConfig, launch

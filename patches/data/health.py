@@ -1,7 +1,7 @@
 """Broken videos: counted and reported during a run (``--max_bad_fraction``), or all found up front (``--check_data``).
 
 During training a dataset with ``report_bad`` set replaces each unreadable video by another one and
-hands the skipped ``(path, reason)`` pairs along with the item; :class:`datasets.CollateWithBad`
+hands the skipped ``(path, reason)`` pairs along with the item; :class:`patches.data.unreadable.CollateWithBad`
 carries them through the DataLoader's worker processes, and :class:`BadVideoTracker` (in the main
 process) warns once per file, counts the skips of each epoch and stops the run when too many files
 are broken. ``--check_data`` instead opens every listed video, reads its first and last frames and
@@ -34,7 +34,7 @@ class DataCheckFailed(PatchesError):
 
 
 class BadVideoTracker:
-    """Wraps a DataLoader whose batches are ``(batch, bad)`` (see :class:`datasets.CollateWithBad`).
+    """Wraps a DataLoader whose batches are ``(batch, bad)`` (see :class:`patches.data.unreadable.CollateWithBad`).
 
     Iterating yields the plain batches; every skipped file is warned about the first time this
     process sees it, counted, and checked against ``max_bad_fraction`` of ``num_videos``: more
@@ -114,7 +114,7 @@ class BadVideoTracker:
 
 
 def unreadable_data_message(error: BaseException) -> str:
-    """The original message of a :class:`datasets.UnreadableDataError`, also when a DataLoader worker
+    """The original message of a :class:`patches.data.unreadable.UnreadableDataError`, also when a DataLoader worker
     re-raised it (its text then holds the worker's traceback)."""
     text = str(error)
     marker = "UnreadableDataError: "

@@ -9,10 +9,11 @@ from typing import Callable
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from patches.data.datasets import (CollateWithBad, MaskGenerator, PretrainingDataConfig, VideoMAEPretrainDataset,
+from patches.data.datasets import (MaskGenerator, PretrainingDataConfig, VideoMAEPretrainDataset,
                                    build_pretraining_dataset, collate_fn_for)
 from patches.data.health import BadVideoTracker
 from patches.data.samplers import ResumableSampler, SeededItems, ShardSampler
+from patches.data.unreadable import CollateWithBad
 from patches.errors import UsageError
 from patches.grid import PatchGrid
 from patches.train.stop_signals import STOP_SIGNALS
