@@ -15,11 +15,11 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from patches.errors import PatchesError
-from patches.utils.distributed import get_rank, get_world_size, is_dist, is_main_process
 from patches.data.datasets import PretrainingDataConfig
 from patches.data.lists import VideoListsConfig, numbered_pretraining_entries, read_records
 from patches.data.video_reader import FrameFolder, VideoDecodeError, VideoFile
+from patches.errors import PatchesError
+from patches.utils.distributed import get_rank, get_world_size, is_dist, is_main_process
 
 MAX_LISTED = 100  # bad paths written into one log.txt record
 EXAMPLES = 5  # bad paths quoted in an error message

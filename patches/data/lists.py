@@ -142,7 +142,6 @@ def note_once(message: str) -> None:
         print(message)
 
 
-
 NB_CLASSES = {"Kinetics-400": 400, "Kinetics-600": 600, "Kinetics-700": 700, "SSV2": 174, "UCF101": 101,
               "HMDB51": 51}
 DATA_SETS = (*NB_CLASSES, "custom")

@@ -34,9 +34,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from patches.data.encoding import EncodeConfig, probe_prepared, transcode_ffmpeg, transcode_pyav
 from patches.errors import UsageError
 from patches.utils.distributed import process_alive
-from patches.data.encoding import EncodeConfig, probe_prepared, transcode_ffmpeg, transcode_pyav
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".flv", ".mpg", ".mpeg", ".ogv", ".3gp", ".wmv")
 LIST_NAME, CLASSES_NAME, FAILURES_NAME, SUMMARY_NAME = "list.csv", "classes.txt", "failures.csv", "prepare_summary.json"

@@ -8,13 +8,13 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from patches.utils.distributed import all_reduce_mean
 from patches.data.masking import MaskGenerator
-from patches.models.pretrain import mask_to_index, pixel_targets
-from patches.grid import PatchGrid
 from patches.data.samplers import StepPosition
-from patches.utils.devices import amp_autocast
 from patches.data.transforms import normalize_batch, pixel_mean_std
+from patches.grid import PatchGrid
+from patches.models.pretrain import mask_to_index, pixel_targets
+from patches.utils.devices import amp_autocast
+from patches.utils.distributed import all_reduce_mean
 
 
 @dataclass(frozen=True)

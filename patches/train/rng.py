@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Exact resume's randomness and position: every rank's RNG states (torch CPU and CUDA, numpy, Python) saved
+into a checkpoint and restored from it, deterministic kernels, and where a resumed run goes on (epoch and batch)."""
 from __future__ import annotations
 
 import os
@@ -10,11 +11,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from patches.utils.distributed import get_rank, get_world_size, is_dist
 from patches.checkpoints.folder import resume_position
+from patches.utils.distributed import get_rank, get_world_size, is_dist
 
-
-# ---------------------------------------------------------------- RNG states
 
 def rng_state() -> dict[str, Any]:
     """This process's torch (CPU and CUDA), numpy and Python RNG states as tensors, lists and numbers,
