@@ -13,14 +13,14 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import Dataset
 
-from patches.train.stop_signals import EXIT_REQUEUE, Interrupted
 from patches.checkpoints.files import load_checkpoint
 from patches.checkpoints.folder import choose_checkpoint
 from patches.data.health import BadVideoTracker
 from patches.data.loaders import LoaderConfig, train_loader
-from patches.data.unreadable import CollateWithBad
 from patches.data.samplers import StepPosition
-from patches.grid import make_grid
+from patches.data.unreadable import CollateWithBad, UnreadableDataError
+from patches.grid import GridError, make_grid
+from patches.train.stop_signals import EXIT_REQUEUE, Interrupted
 from patches.train.trainer import RunRecord, Schedule, Trainer, TrainerConfig, launch
 
 GRID = make_grid(4, 2, 32, 8)  # recorded in the checkpoints; the toy model below does not use it
@@ -168,6 +168,19 @@ def test_a_non_finite_loss_ends_with_an_error_line(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match=r"error: loss is nan at epoch 0, step 0 of the epoch \(global step 0\)"):
         launch(body, "cpu")
     assert not list(tmp_path.glob("checkpoint-*")), "nothing is saved from a broken state"
+
+
+def test_launch_ends_a_known_failure_with_an_error_line_and_status_1() -> None:
+    worker_text = ("Caught UnreadableDataError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
+                   "last):\n  ...\npatches.data.unreadable.UnreadableDataError: no readable video for this item")
+    for error, line in [(UnreadableDataError(worker_text), "error: no readable video for this item"),
+                        (GridError("grid 7/3 is not SIZE/PATCH"), "error: grid 7/3 is not SIZE/PATCH")]:
+        def body(device: str | None) -> None:
+            raise error
+
+        with pytest.raises(SystemExit) as stop:
+            launch(body, "cpu")
+        assert stop.value.code == line  # (a message as the code: Python prints it and exits with status 1)
 
 
 def test_resuming_from_an_older_checkpoint_logs_each_epoch_once(tmp_path: Path, capsys) -> None:

@@ -11,6 +11,12 @@ import numpy as np
 import torch
 from timm.data.constants import IMAGENET_DEFAULT_MEAN
 
+from patches.errors import UsageError
+
+class AugmentFlagError(UsageError, ValueError):
+    """An ``--aa`` policy or ``--train_interpolation`` that cannot be used. (Still a ValueError.)"""
+
+
 # Fill for pixels that geometric RandAugment ops uncover: the mean colour, which normalises to ~0.
 MEAN_PIXEL = tuple(round(255 * m) for m in IMAGENET_DEFAULT_MEAN)
 
@@ -29,7 +35,7 @@ def parse_rand_augment(policy: str | None) -> tuple[int, int] | None:
         return None
     parts = policy.strip().lower().split("-")
     if parts[0] != "rand":
-        raise ValueError(f"RandAugment policy {policy!r}: only 'rand-...' policies are supported")
+        raise AugmentFlagError(f"RandAugment policy {policy!r}: only 'rand-...' policies are supported")
     num_ops, magnitude = 2, 10
     for part in parts[1:]:
         key = part.rstrip("0123456789.")
@@ -37,14 +43,14 @@ def parse_rand_augment(policy: str | None) -> tuple[int, int] | None:
         if key in _IGNORED_RAND_AUGMENT_KEYS and value:
             continue
         if key not in ("m", "n") or not value.isdigit():
-            raise ValueError(f"RandAugment policy {policy!r}: cannot read {part!r} "
-                             f"(expected m<int>, n<int>, mstd<float>, mmax<float> or inc<0|1>)")
+            raise AugmentFlagError(f"RandAugment policy {policy!r}: cannot read {part!r} "
+                                   f"(expected m<int>, n<int>, mstd<float>, mmax<float> or inc<0|1>)")
         if key == "m":
             magnitude = int(value)
         else:
             num_ops = int(value)
     if not 0 <= magnitude <= 10:
-        raise ValueError(f"RandAugment policy {policy!r}: magnitude must be in 0..10, got {magnitude}")
+        raise AugmentFlagError(f"RandAugment policy {policy!r}: magnitude must be in 0..10, got {magnitude}")
     return num_ops, magnitude
 
 
@@ -57,7 +63,7 @@ def _grid_interpolation(name: str):
     # torchvision's tensor rotate/affine only do nearest and bilinear, so the smoother modes map to bilinear.
     if name in ("bilinear", "bicubic", "random"):
         return InterpolationMode.BILINEAR
-    raise ValueError(f"unknown interpolation {name!r} (use nearest, bilinear, bicubic or random)")
+    raise AugmentFlagError(f"unknown interpolation {name!r} (use nearest, bilinear, bicubic or random)")
 
 
 class VideoRandAugment:

@@ -77,7 +77,7 @@ class Trainer:
         self.logs.close()
         # Checkpointing holds self.state, a cycle that only the garbage collector would break. Until it did, the
         # loader's persistent workers would live on, and they ignore the SIGTERM that interpreter exit sends
-        # them (see data_loaders._worker_init): drop the references so that the workers stop now.
+        # them (see patches.data.loaders._worker_init): drop the references so that the workers stop now.
         self.checkpoints = self.loader = self.epoch_loop = None
 
     @property
@@ -87,6 +87,7 @@ class Trainer:
 
     @property
     def log_file(self) -> Path:
+        """``log.txt``: one JSON record per epoch, and the final test's."""
         return self.logs.log_file
 
     def log(self, record: dict[str, Any]) -> None:
