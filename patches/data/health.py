@@ -113,14 +113,6 @@ class BadVideoTracker:
         return {"skipped_videos": skips, "bad_video_files": len(files), "bad_videos": sorted(files)[:MAX_LISTED]}
 
 
-def unreadable_data_message(error: BaseException) -> str:
-    """The original message of a :class:`patches.data.unreadable.UnreadableDataError`, also when a DataLoader worker
-    re-raised it (its text then holds the worker's traceback)."""
-    text = str(error)
-    marker = "UnreadableDataError: "
-    return text.rsplit(marker, 1)[-1].strip() if marker in text else text
-
-
 # ---------------------------------------------------------------- --check_data
 
 @dataclass(frozen=True)

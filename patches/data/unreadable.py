@@ -91,3 +91,11 @@ class CollateWithBad:
     def __call__(self, batch: list) -> tuple[Any, list[tuple[str, str]]]:
         items = [item for item, _ in batch if item is not None]
         return self.inner(items) if items else None, [b for _, bad in batch for b in bad]
+
+
+def unreadable_data_message(error: BaseException) -> str:
+    """The original message of an :class:`UnreadableDataError`, also when a DataLoader worker re-raised it (its
+    text then holds the worker's traceback)."""
+    text = str(error)
+    marker = "UnreadableDataError: "
+    return text.rsplit(marker, 1)[-1].strip() if marker in text else text

@@ -5,8 +5,7 @@ import os
 from typing import Callable, TypeVar
 
 from patches.checkpoints.files import CheckpointError, CheckpointSaveError
-from patches.data.unreadable import UnreadableDataError
-from patches.data.health import unreadable_data_message
+from patches.data.unreadable import UnreadableDataError, unreadable_data_message
 from patches.errors import PatchesError
 from patches.train.stop_signals import EXIT_CTRL_C, Interrupted
 from patches.utils.distributed import cleanup_distributed, init_distributed, is_main_process
