@@ -8,9 +8,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
+from patches.errors import UsageError
 
-class GridError(ValueError):
-    """An impossible combination of grid or mask flags."""
+
+class GridError(UsageError, ValueError):
+    """An impossible combination of grid or mask flags, or an unusable grid entry (still a ValueError, as it
+    always was)."""
 
 
 @dataclass(frozen=True)

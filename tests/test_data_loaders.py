@@ -104,6 +104,6 @@ def test_pretraining_loader(demo_root: Path) -> None:
     loader.sampler.set_epoch(0)
     video, enc, dec = next(iter(loader))
     assert video.shape == (8, 3, 4, 32, 32) and video.dtype == torch.uint8
-    with pytest.raises(SystemExit, match=rf"error: --batch_size 17 x 1 processes is larger than the 16 videos in "
-                                         rf"{demo_root / 'train.csv'}"):
+    with pytest.raises(data_loaders.BatchLargerThanData, match=rf"^--batch_size 17 x 1 processes is larger than the "
+                                                             rf"16 videos in {demo_root / 'train.csv'}$"):
         data_loaders.pretraining_loader(data, config(17), grid, MaskGenerator(grid, "tube", 0.75), CPU)

@@ -33,7 +33,8 @@ from patches.checkpoints.writing import checkpoint_state, save_checkpoint
 from patches.data import health as data_health
 import launch_helpers as lh
 from patches.train.stop_signals import EXIT_CTRL_C, EXIT_REQUEUE, StopSignals
-from patches.data.datasets import (PretrainingDataConfig, UnreadableDataError, UnreadableVideoWarning, VideoClsEvalDataset, VideoMAEPretrainDataset)
+from patches.data.datasets import PretrainingDataConfig, VideoClsEvalDataset, VideoMAEPretrainDataset
+from patches.data.unreadable import UnreadableDataError, UnreadableVideoWarning
 from patches.data.demo import render_clip, write_mp4
 from patches.data.masking import MaskGenerator
 from patches.grid import make_grid
@@ -340,7 +341,7 @@ def test_no_readable_video_left_names_the_files(media: Path) -> None:
 
 
 def test_eval_views_of_an_unreadable_video_are_left_out_never_replaced(media: Path) -> None:
-    from patches.data.datasets import CollateWithBad
+    from patches.data.unreadable import CollateWithBad
     records = [VideoRecord(str(media / "random_bytes.mp4"), 0, "list", 1),
                VideoRecord(str(media / "short 5 frames.mp4"), 1, "list", 2)]
     ds = VideoClsEvalDataset(records, GRID, 2, num_segments=2, num_crops=3, with_view=True)
@@ -426,19 +427,15 @@ def test_check_data_reports_every_bad_video(cli, media: Path, broken_list: Path)
     assert "Model" not in result.stdout, "no model is built"
 
 
-def test_check_data_on_clean_data_exits_zero(demo_root: Path, capsys: pytest.CaptureFixture) -> None:
+def test_check_data_on_clean_data_passes(demo_root: Path, capsys: pytest.CaptureFixture) -> None:
     lists = VideoListsConfig(data_set="custom", data_path=str(demo_root))
-    with pytest.raises(SystemExit) as stop:
-        data_health.run_check_data(lists, num_workers=0, fname_tmpl="img_{:05}.jpg")
-    assert stop.value.code == 0
+    assert data_health.run_check_data(lists, num_workers=0, fname_tmpl="img_{:05}.jpg") == 32
     assert "check_data: all 32 videos are readable" in capsys.readouterr().out
 
 
-def test_check_data_on_a_clean_pretraining_list_exits_zero(demo_root: Path, capsys: pytest.CaptureFixture) -> None:
+def test_check_data_on_a_clean_pretraining_list_passes(demo_root: Path, capsys: pytest.CaptureFixture) -> None:
     data = PretrainingDataConfig(data_path=str(demo_root / "train.csv"), sampling_rate=2, data_root=str(demo_root))
-    with pytest.raises(SystemExit) as stop:
-        data_health.run_check_data(data, num_workers=0)
-    assert stop.value.code == 0
+    assert data_health.run_check_data(data, num_workers=0) == 16
     assert "check_data: all 16 videos are readable" in capsys.readouterr().out
 
 

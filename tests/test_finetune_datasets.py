@@ -16,7 +16,8 @@ from patches.data.demo import render_clip, write_mp4
 from patches.grid import make_grid
 from patches.data.lists import VideoListsConfig
 from patches.data.video_reader import FrameFolder
-from patches.data.transforms import RandomResizedCropTransform, parse_rand_augment
+from patches.data.augment import parse_rand_augment
+from patches.data.transforms import RandomResizedCropTransform
 
 # torchvision 0.29 deprecates its JPEG codecs (for TorchCodec); they are still what SSV2 frame folders use.
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")

@@ -15,6 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 from patches.perf import bench_videos
+from patches.cli.prepare_videos import main as prepare_videos_main
 from patches.data import prepare as prepare_videos
 from patches.data.encoding import EncodeConfig, transcode_pyav
 
@@ -136,13 +137,13 @@ def test_list_file_and_label_csv_inputs_and_usage_errors(mixed: Path, tmp_path: 
     prepare_videos.prepare(str(listing), str(tmp_path / "b"), EncodeConfig(short_side=32), labels="csv",
                            label_csv=str(labels), progress=False)
     assert (tmp_path / "b" / "list.csv").read_text() == "walk/land.mp4 0\nrun/portrait.mp4 1\n"
-    assert prepare_videos.main([str(mixed), str(mixed / "out"), "--quiet"]) == 2
+    assert prepare_videos_main([str(mixed), str(mixed / "out"), "--quiet"]) == 2
     assert "must not be SRC" in capsys.readouterr().err
     (tmp_path / "twins").mkdir()
     for name in ("x.mp4", "x.webm"):
         (tmp_path / "twins" / name).write_bytes(b"0")
-    assert prepare_videos.main([str(tmp_path / "twins"), str(tmp_path / "c"), "--quiet"]) == 2
+    assert prepare_videos_main([str(tmp_path / "twins"), str(tmp_path / "c"), "--quiet"]) == 2
     assert "would both be written to" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
-        prepare_videos.main([str(mixed), str(tmp_path / "d"), "--gop", "0"])
+        prepare_videos_main([str(mixed), str(tmp_path / "d"), "--gop", "0"])
     assert e.value.code == 2

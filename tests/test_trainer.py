@@ -13,14 +13,15 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import Dataset
 
-from patches.train.stop_signals import EXIT_REQUEUE, Interrupted
 from patches.checkpoints.reading import read_pth_checkpoint
 from patches.checkpoints.folder import choose_resume_checkpoint
 from patches.data.health import BadVideoTracker
 from patches.data.loaders import LoaderConfig, train_loader
-from patches.data.datasets import CollateWithBad
-from patches.grid import make_grid
-from patches.train.trainer import Schedule, Trainer, TrainerConfig, launch
+from patches.data.samplers import StepPosition
+from patches.data.unreadable import CollateWithBad, UnreadableDataError
+from patches.grid import GridError, make_grid
+from patches.train.stop_signals import EXIT_REQUEUE, Interrupted
+from patches.train.trainer import RunRecord, Schedule, Trainer, TrainerConfig, launch
 
 GRID = make_grid(4, 2, 32, 8)  # recorded in the checkpoints; the toy model below does not use it
 WEIGHTS = torch.tensor([1.0, -2.0, 0.5, 3.0])
@@ -37,7 +38,7 @@ class NoisyLine(Dataset):
         return (x, (x @ WEIGHTS + 0.01 * torch.randn(())).reshape(1)), []  # (item, unreadable videos)
 
 
-def mse(model: torch.nn.Module, batch) -> torch.Tensor:
+def mse(model: torch.nn.Module, batch, position: StepPosition) -> torch.Tensor:
     x, y = batch
     return torch.nn.functional.mse_loss(model(x), y)
 
@@ -67,11 +68,11 @@ def signal_at_call(n: int, loss_fn):
     """``loss_fn`` that sends this process SIGTERM during its ``n``-th call (the driver saves, then stops)."""
     calls = []
 
-    def loss(model: torch.nn.Module, batch) -> torch.Tensor:
+    def loss(model: torch.nn.Module, batch, position: StepPosition) -> torch.Tensor:
         calls.append(1)
         if len(calls) == n:
             signal.raise_signal(signal.SIGTERM)
-        return loss_fn(model, batch)
+        return loss_fn(model, batch, position)
     return loss
 
 
@@ -107,6 +108,35 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path: Path) -> None:
     assert [r["epoch"] for r in records(tmp_path / "halves")] == [0, 1, 2]
 
 
+def test_the_loss_gets_every_step_position_also_after_a_resume(tmp_path: Path) -> None:
+    seen: list[StepPosition] = []
+
+    def recording(model: torch.nn.Module, batch, position: StepPosition) -> torch.Tensor:
+        seen.append(position)
+        return mse(model, batch, position)
+
+    with start(config(tmp_path, epochs=2)) as trainer, pytest.raises(Interrupted):
+        trainer.fit(signal_at_call(11, recording))  # stopped after batch 2 of epoch 1 (8 batches an epoch)
+    with start(config(tmp_path, epochs=2)) as trainer:
+        trainer.fit(recording)
+    # each step once, at its place: the resumed run goes on at batch 3 of epoch 1
+    assert [(p.epoch, p.batch) for p in seen] == [(e, b) for e in range(2) for b in range(8)]
+
+
+def test_the_run_record_is_saved_as_the_checkpoint_keys_it_names(tmp_path: Path) -> None:
+    with start(config(tmp_path, epochs=1)) as trainer:
+        trainer.progress.run = RunRecord(best_acc1=-1.0, nb_classes=3, run_id="abc", class_names=["a", "b", "c"])
+        trainer.fit(mse)
+        trainer.save_weights("checkpoint-best.pth", 0)
+    for name in ("checkpoint-0.pth", "checkpoint-best.pth"):
+        state = read_pth_checkpoint(tmp_path / name)
+        assert (state["best_acc1"], state["nb_classes"], state["run_id"], state["class_names"]) == (
+            -1.0, 3, "abc", ["a", "b", "c"])
+        assert not {"grids", "probe", "encoder"} & set(state), "fields left unset are not written"
+    with start(config(tmp_path, epochs=2)) as trainer:  # the run script sets its record again on resume
+        assert trainer.progress.run == RunRecord() and (trainer.progress.epoch, trainer.progress.batch) == (1, 0)
+
+
 def test_accumulation_makes_one_update_per_update_freq_batches(tmp_path: Path) -> None:
     with start(config(tmp_path, epochs=1, update_freq=2)) as trainer:
         assert (trainer.batches_per_epoch, trainer.steps_per_epoch) == (8, 4)
@@ -133,11 +163,24 @@ def test_a_non_finite_loss_ends_with_an_error_line(tmp_path: Path) -> None:
 
     def body(device: str | None) -> None:
         with trainer:
-            trainer.fit(lambda model, batch: mse(model, batch) * float("nan"))
+            trainer.fit(lambda model, batch, position: mse(model, batch, position) * float("nan"))
 
     with pytest.raises(SystemExit, match=r"error: loss is nan at epoch 0, step 0 of the epoch \(global step 0\)"):
         launch(body, "cpu")
     assert not list(tmp_path.glob("checkpoint-*")), "nothing is saved from a broken state"
+
+
+def test_launch_ends_a_known_failure_with_an_error_line_and_status_1() -> None:
+    worker_text = ("Caught UnreadableDataError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
+                   "last):\n  ...\npatches.data.unreadable.UnreadableDataError: no readable video for this item")
+    for error, line in [(UnreadableDataError(worker_text), "error: no readable video for this item"),
+                        (GridError("grid 7/3 is not SIZE/PATCH"), "error: grid 7/3 is not SIZE/PATCH")]:
+        def body(device: str | None) -> None:
+            raise error
+
+        with pytest.raises(SystemExit) as stop:
+            launch(body, "cpu")
+        assert stop.value.code == line  # (a message as the code: Python prints it and exits with status 1)
 
 
 def test_resuming_from_an_older_checkpoint_logs_each_epoch_once(tmp_path: Path, capsys) -> None:

@@ -29,7 +29,7 @@ from patches.models.factory import create_video_model
 from patches.train.optim import build_optimizer
 from patches.grid import PatchGrid, recorded_grid
 from patches.models.probes import KNN_FEATURES, PROBES, FrozenEncoderProbe, build_probe, fit_knn
-from patches.train.trainer import Trainer, launch
+from patches.train.trainer import RunRecord, Trainer, launch
 from patches.eval.features import encoder_reference
 from patches.data.lists import DATA_SETS, class_names, read_records
 
@@ -358,8 +358,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     ...) with ``checkpoint``: the file tested, or "final weights"."""
     grid = validate_args(args)
     warn_missing_evaluation_videos(args)
-    if args.check_data:
-        data_health.run_check_data(cli_args.video_lists_config(args), args.num_workers, args.fname_tmpl)
+    if args.check_data:  # a report, no run: status 0 when every video reads, else an error line and 1
+        try:
+            data_health.run_check_data(cli_args.video_lists_config(args), args.num_workers, args.fname_tmpl)
+        except data_health.DataCheckFailed as e:
+            raise SystemExit(f"error: {e}") from None
+        raise SystemExit(0)
     cli_args.use_demo_data_if_no_data_path(args, finetuning=True)
     return launch(lambda device: run(args, grid, device), args.device, args.enable_deepspeed and not args.eval)
 
@@ -441,12 +445,12 @@ def train(args: argparse.Namespace, trainer: Trainer, train_set: Any, found: Fou
     trainer.setup_training(optimizer, train_loader, micro_batch=args.batch_size * args.num_sample,
                            clips_per_step=clips_per_step)
     # best_acc1 starts below any accuracy, so the first validation always writes checkpoint-best.pth, even at 0%.
-    trainer.progress.extra = {"best_acc1": -1.0, "nb_classes": args.nb_classes, "run_id": shared_run_id(found)}
+    trainer.progress.run = RunRecord(best_acc1=-1.0, nb_classes=args.nb_classes, run_id=shared_run_id(found))
     names = class_names(args.data_path, args.nb_classes)
     if names:  # so that run_inference.py can name the classes without --classes
-        trainer.progress.extra["class_names"] = names
+        trainer.progress.run.class_names = names
     if args.probe:  # the probe's checkpoints hold the probe only, and name the encoder it reads
-        trainer.progress.extra.update(probe=args.probe, encoder=encoder_reference(args.finetune))
+        trainer.progress.run.probe, trainer.progress.run.encoder = args.probe, encoder_reference(args.finetune)
     if found is not None:
         restore(trainer, found)
         del found
@@ -456,7 +460,7 @@ def train(args: argparse.Namespace, trainer: Trainer, train_set: Any, found: Fou
                           mixup_fn)
     trainer.fit(loss, after_epoch=None if val_loader is None else functools.partial(validate, args, trainer,
                                                                                     val_loader))
-    tested = load_best_of_run(args, trainer.model_without_ddp, trainer.progress.extra["run_id"], trainer.grid)
+    tested = load_best_of_run(args, trainer.model_without_ddp, trainer.progress.run.run_id, trainer.grid)
     test = run_test(args, trainer)
     trainer.log({**{f"test_{k}": v for k, v in test.items()}, "checkpoint": tested})
     if trainer.tb is not None:
@@ -470,7 +474,7 @@ def restore(trainer: Trainer, found: FoundCheckpoint) -> None:
         trainer.restore(found)
     except CheckpointError as e:
         raise SystemExit(f"error: {e}{pretraining_model_hint(found.state)}") from None
-    trainer.progress.extra["best_acc1"] = float(found.state.get("best_acc1", -1.0))
+    trainer.progress.run.best_acc1 = float(found.state.get("best_acc1", -1.0))
 
 
 def validate(args: argparse.Namespace, trainer: Trainer, loader: Any, epoch: int, record: dict[str, Any]) -> None:
@@ -483,11 +487,11 @@ def validate(args: argparse.Namespace, trainer: Trainer, loader: Any, epoch: int
     if data["bad_video_files"] and is_main_process():
         print(f"Validation figures are over the {val['count']} readable clips; {data['bad_video_files']} unreadable "
               f"videos were left out")
-    extra = trainer.progress.extra
-    if val["acc1"] > extra["best_acc1"]:
-        extra["best_acc1"] = val["acc1"]
+    run = trainer.progress.run
+    if val["acc1"] > run.best_acc1:
+        run.best_acc1 = val["acc1"]
         trainer.save_weights("checkpoint-best.pth", epoch)
-    print(f"Best val acc@1 so far: {extra['best_acc1']:.2f}")
+    print(f"Best val acc@1 so far: {run.best_acc1:.2f}")
     if trainer.tb is not None:
         trainer.tb.update("val", step=trainer.epoch_step(epoch), **{k: val[k] for k in ("acc1", "acc5", "loss")})
 

@@ -129,8 +129,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     """Pre-train. Returns the last epoch's ``log.txt`` record (``train_loss``, ...) with ``checkpoint``: the last
     epoch checkpoint written (None when there was nothing left to train)."""
     grids, counts = validate_args(args)
-    if args.check_data:
-        data_health.run_check_data(cli_args.pretraining_data_config(args), args.num_workers)
+    if args.check_data:  # a report, no run: status 0 when every video reads, else an error line and 1
+        try:
+            data_health.run_check_data(cli_args.pretraining_data_config(args), args.num_workers)
+        except data_health.DataCheckFailed as e:
+            raise SystemExit(f"error: {e}") from None
+        raise SystemExit(0)
     return launch(lambda device: train(args, grids, counts, device), args.device, args.enable_deepspeed)
 
 
@@ -202,9 +206,9 @@ def train(args: argparse.Namespace, grids: list[PatchGrid], counts: list[MaskCou
                                           get_rank())
             # every checkpoint records the grids beside "grid", the base (and, as for every 3d model, its
             # "pos_reference": here the finest grid's token rows and columns)
-            trainer.progress.extra["grids"] = [g.to_dict() for g in grids]
+            trainer.progress.run.grids = [g.to_dict() for g in grids]
             record = trainer.fit(loss, lambda epoch, r: r.update({f"train_{k}": v for k, v in
-                                                                   loss.epoch_record().items()}), with_position=True)
+                                                                   loss.epoch_record().items()}))
         return {**record, "checkpoint": trainer.last_checkpoint}
 
 

@@ -1,11 +1,8 @@
-"""TODO docstring."""
+"""argparse types shared by the run scripts' flags."""
 from __future__ import annotations
 
 import argparse
 
-
-
-# ---------------------------------------------------------------- flags and devices
 
 def str2bool(value: str | bool) -> bool:
     """argparse type for on/off flags that, unlike ``type=bool``, reads 'False' as False."""

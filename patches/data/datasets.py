@@ -2,13 +2,13 @@
 
 Datasets are built from small frozen configs: :func:`build_pretraining_dataset` from a
 :class:`PretrainingDataConfig`, :func:`build_dataset` (classification) from a
-:class:`ClassificationDataConfig`. Which videos they read comes from :mod:`video_lists`, how they
-are decoded from :mod:`video_reader`.
+:class:`ClassificationDataConfig`. Which videos they read comes from :mod:`patches.data.lists`, how they
+are decoded from :mod:`patches.data.video_reader`, what happens to unreadable ones from
+:mod:`patches.data.unreadable`.
 """
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -16,95 +16,17 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from patches.data.clip_sampling import (SAMPLINGS, eval_view_fraction, sample_clip_indices, segment_clip_indices, segment_eval_indices, segment_train_indices, torch_seeded_rng)
-from patches.grid import PatchGrid
+from patches.data.clip_sampling import (SAMPLINGS, eval_view_fraction, sample_clip_indices, segment_clip_indices,
+                                        segment_eval_indices, segment_train_indices, torch_seeded_rng)
 from patches.data.lists import VideoListsConfig, VideoRecord, numbered_pretraining_entries, read_records
-from patches.data.video_reader import FrameFolder, VideoDecodeError, VideoFile, decode_clips
 from patches.data.transforms import PRETRAIN_SCALES, EvalTransform, PretrainTransform, RandomResizedCropTransform
+# (UnreadableDataError, CollateWithBad, ... are also named here, where VideoMAE's ``datasets`` finds them)
+from patches.data.unreadable import (MAX_REPLACEMENTS, CollateWithBad, SkipsUnreadableVideos,  # noqa: F401
+                                     UnreadableDataError, UnreadableVideoWarning, other_index)
+from patches.data.video_reader import FrameFolder, VideoFile, decode_clips
+from patches.grid import PatchGrid
 
 MaskGenerator = Callable[[], tuple[Any, Any]]
-
-
-class UnreadableDataError(VideoDecodeError):
-    """No readable video was found for an item, even after trying replacements."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-
-
-class UnreadableVideoWarning(UserWarning):
-    """A video was skipped (and replaced by another) because it cannot be read."""
-
-
-# ---- unreadable videos ----------------------------------------------------------------------------
-
-MAX_REPLACEMENTS = 10
-
-class SkipsUnreadableVideos:
-    """Mixin for datasets: an item whose video cannot be read is replaced by another item.
-
-    The replacement index comes from the item's own RNG (so runs stay reproducible), at most
-    :attr:`max_replacements` times in a row; then :class:`UnreadableDataError` names the files tried.
-    By default every skipped file is reported with an :class:`UnreadableVideoWarning` (shown once per
-    file and process). With :attr:`report_bad` set, items instead become ``(item, bad)`` where ``bad``
-    lists ``(path, reason)`` of the skipped files: batch those with :class:`CollateWithBad`, which
-    carries the list through DataLoader worker processes to the main process. Without
-    :attr:`replace_unreadable` (evaluation) nothing is replaced: such an item is ``(None, bad)``, which
-    :class:`CollateWithBad` leaves out of its batch.
-    """
-
-    report_bad: bool = False
-    replace_unreadable: bool = True
-    max_replacements: int = MAX_REPLACEMENTS
-
-    def _robust_item(self, index: int, load: Callable[[int], Any],
-                     replacement: Callable[[int], int | None]) -> Any:
-        bad: list[tuple[str, str]] = []
-        for _ in range(self.max_replacements + 1):
-            try:
-                item = load(index)
-            except VideoDecodeError as e:
-                bad.append((str(e.path), e.reason))
-                next_index = replacement(index) if self.replace_unreadable else None
-                if next_index is None:
-                    break
-                index = next_index
-                continue
-            if self.report_bad:
-                return item, tuple(bad)
-            for path, reason in bad:
-                # one fixed location: the warnings registry then shows each file's message once per process
-                warnings.warn(f"skipped unreadable video {path}: {reason}", UnreadableVideoWarning, stacklevel=2)
-            return item
-        if self.report_bad and not self.replace_unreadable:
-            return None, tuple(bad)
-        tried = "; ".join(f"{path} ({reason})" for path, reason in bad[:5])
-        raise UnreadableDataError(f"no readable video for this item after trying {len(bad)}: {tried}; "
-                                  f"check the data with --check_data")
-
-
-def other_index(rng: np.random.Generator, index: int, size: int) -> int | None:
-    """A uniformly drawn index in ``[0, size)`` other than ``index``; None when there is no other."""
-    if size < 2:
-        return None
-    j = int(rng.integers(size - 1))
-    return j + (j >= index)
-
-
-class CollateWithBad:
-    """Collate ``(item, bad)`` pairs of a dataset with ``report_bad`` set into ``(batch, bad)``.
-
-    ``batch`` is what ``inner`` makes of the items, ``bad`` the concatenated ``(path, reason)`` list.
-    Items that are None (unreadable, not replaced) are left out; a batch of nothing else is None.
-    A plain class rather than a closure, so that it pickles into spawned worker processes.
-    """
-
-    def __init__(self, inner: Callable[[list], Any] = default_collate) -> None:
-        self.inner = inner
-
-    def __call__(self, batch: list) -> tuple[Any, list[tuple[str, str]]]:
-        items = [item for item, _ in batch if item is not None]
-        return self.inner(items) if items else None, [b for _, bad in batch for b in bad]
 
 
 # ---- pre-training -------------------------------------------------------------------------------

@@ -23,8 +23,6 @@ class EncodeConfig:
     ffmpeg: str | None = None  # the ffmpeg binary to run instead of PyAV
 
 
-
-
 def output_size(height: int, width: int, config: EncodeConfig) -> tuple[int, int]:
     """``(height, width)`` after scaling (down only) to the short side or the long-side cap, both even."""
     if config.max_side is not None:

@@ -1,7 +1,7 @@
 """Broken videos: counted and reported during a run (``--max_bad_fraction``), or all found up front (``--check_data``).
 
 During training a dataset with ``report_bad`` set replaces each unreadable video by another one and
-hands the skipped ``(path, reason)`` pairs along with the item; :class:`datasets.CollateWithBad`
+hands the skipped ``(path, reason)`` pairs along with the item; :class:`patches.data.unreadable.CollateWithBad`
 carries them through the DataLoader's worker processes, and :class:`BadVideoTracker` (in the main
 process) warns once per file, counts the skips of each epoch and stops the run when too many files
 are broken. ``--check_data`` instead opens every listed video, reads its first and last frames and
@@ -15,21 +15,26 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from patches.utils.distributed import get_rank, get_world_size, is_dist, is_main_process
 from patches.data.datasets import PretrainingDataConfig
 from patches.data.lists import VideoListsConfig, numbered_pretraining_entries, read_records
 from patches.data.video_reader import FrameFolder, VideoDecodeError, VideoFile
+from patches.errors import PatchesError
+from patches.utils.distributed import get_rank, get_world_size, is_dist, is_main_process
 
 MAX_LISTED = 100  # bad paths written into one log.txt record
 EXAMPLES = 5  # bad paths quoted in an error message
 
 
-class TooManyBadVideos(RuntimeError):
+class TooManyBadVideos(PatchesError, RuntimeError):
     """More of the videos than ``--max_bad_fraction`` allows cannot be read."""
 
 
+class DataCheckFailed(PatchesError):
+    """``--check_data`` found unreadable videos or bad list lines (each printed above the error)."""
+
+
 class BadVideoTracker:
-    """Wraps a DataLoader whose batches are ``(batch, bad)`` (see :class:`datasets.CollateWithBad`).
+    """Wraps a DataLoader whose batches are ``(batch, bad)`` (see :class:`patches.data.unreadable.CollateWithBad`).
 
     Iterating yields the plain batches; every skipped file is warned about the first time this
     process sees it, counted, and checked against ``max_bad_fraction`` of ``num_videos``: more
@@ -108,14 +113,6 @@ class BadVideoTracker:
         return {"skipped_videos": skips, "bad_video_files": len(files), "bad_videos": sorted(files)[:MAX_LISTED]}
 
 
-def unreadable_data_message(error: BaseException) -> str:
-    """The original message of a :class:`datasets.UnreadableDataError`, also when a DataLoader worker
-    re-raised it (its text then holds the worker's traceback)."""
-    text = str(error)
-    marker = "UnreadableDataError: "
-    return text.rsplit(marker, 1)[-1].strip() if marker in text else text
-
-
 # ---------------------------------------------------------------- --check_data
 
 @dataclass(frozen=True)
@@ -180,9 +177,10 @@ def check_entries(entries: list[Entry], num_workers: int = 0, fname_tmpl: str = 
 
 
 def run_check_data(data: PretrainingDataConfig | VideoListsConfig, num_workers: int = 0,
-                   fname_tmpl: str = "img_{:05}.jpg") -> None:
-    """``--check_data``: report every bad list line and unreadable video of ``data`` (a pre-training list, or
-    a classification run's train, validation and test lists), then exit (0 when all is well)."""
+                   fname_tmpl: str = "img_{:05}.jpg") -> int:
+    """``--check_data``: print every bad list line and unreadable video of ``data`` (a pre-training list, or
+    a classification run's train, validation and test lists). Returns the number of videos checked when all is
+    well; raises :class:`DataCheckFailed` otherwise."""
     errors: list[str] = []
     if isinstance(data, VideoListsConfig):
         entries = finetuning_entries(data, errors)
@@ -195,7 +193,7 @@ def run_check_data(data: PretrainingDataConfig | VideoListsConfig, num_workers: 
     for entry, reason in bad:
         print(f"bad video: {entry.path} ({entry.where}): {reason}")
     if errors or bad:
-        raise SystemExit(f"error: --check_data found {len(bad)} unreadable of {len(entries)} videos and "
-                         f"{len(errors)} bad list lines (listed above)")
+        raise DataCheckFailed(f"--check_data found {len(bad)} unreadable of {len(entries)} videos and "
+                              f"{len(errors)} bad list lines (listed above)")
     print(f"check_data: all {len(entries)} videos are readable", flush=True)
-    raise SystemExit(0)
+    return len(entries)

@@ -12,8 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from patches.data.video_reader import FrameFolder, VideoFile
+from patches.errors import UsageError
 
 _INT = re.compile(r"[+-]?[0-9]+")
+
+
+class ListFileError(UsageError, ValueError):
+    """A list file, a line of it, or the flags choosing the lists, that cannot be used (still a ValueError)."""
+
 
 def _resolve(path: str, base: str) -> str:
     return path if os.path.isabs(path) else os.path.join(base, path)
@@ -27,11 +33,11 @@ def _parse_line(line: str, base: str, where: str) -> tuple[str, int | None]:
     if _INT.fullmatch(last):
         label = int(last)
         if label < 0:
-            raise ValueError(f"{where}: negative label {label}")
+            raise ListFileError(f"{where}: negative label {label}")
         return _resolve(head, base), label
     whole, head_path = _resolve(line, base), _resolve(head, base)
     if not os.path.isfile(whole) and os.path.isfile(head_path):
-        raise ValueError(f"{where}: label {last!r} after {head!r} is not a non-negative integer")
+        raise ListFileError(f"{where}: label {last!r} after {head!r} is not a non-negative integer")
     return whole, None
 
 
@@ -48,11 +54,10 @@ def parse_list_file(path: str | os.PathLike, data_root: str | os.PathLike | None
     * relative paths are taken relative to ``data_root`` when given, else relative to the
       directory holding the list file (never the working directory); absolute paths stay.
 
-    Raises ``ValueError`` naming the file and the 1-based line number for a negative
-    label, for a non-integer last field after a path that exists as a file while the whole
-    line does not, for text that is not UTF-8, and (naming the file) for a list with no
-    entries. With ``errors`` given, those messages are appended to it instead and the bad
-    lines skipped (to report them all, as ``--check_data`` does).
+    Raises :class:`ListFileError` naming the file and the 1-based line number for a negative label, for a
+    non-integer last field after a path that exists as a file while the whole line does not, for text that is
+    not UTF-8, and (naming the file) for a list with no entries. With ``errors`` given, those messages are
+    appended to it instead and the bad lines skipped (to report them all, as ``--check_data`` does).
     """
     return [(video, label) for _, video, label in numbered_list_entries(path, data_root, errors)]
 
@@ -69,7 +74,7 @@ def numbered_list_entries(path: str | os.PathLike, data_root: str | os.PathLike 
         except ValueError as e:
             _raise_or_collect(e, errors)
     if not entries and not errors:
-        _raise_or_collect(ValueError(f"{path}: list file has no entries"), errors)
+        _raise_or_collect(ListFileError(f"{path}: list file has no entries"), errors)
     return entries
 
 
@@ -88,11 +93,11 @@ def numbered_pretraining_entries(path: str | os.PathLike, data_root: str | os.Pa
             if not os.path.isdir(folder):
                 folder, count = video, None
         elif count is None:
-            _raise_or_collect(ValueError(f"{path}, line {number}: {video} is a folder; a frame folder's line is "
-                                         f"'folder num_frames label'"), errors)
+            _raise_or_collect(ListFileError(f"{path}, line {number}: {video} is a folder; a frame folder's line is "
+                                            f"'folder num_frames label'"), errors)
             continue
         if count is not None and count < 1:
-            _raise_or_collect(ValueError(f"{path}, line {number}: frame folder with {count} frames"), errors)
+            _raise_or_collect(ListFileError(f"{path}, line {number}: frame folder with {count} frames"), errors)
             continue
         entries.append((number, folder, count))
     return entries
@@ -116,8 +121,8 @@ def _list_lines(path: str) -> list[tuple[int, str]]:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw[:e.start].count(b"\n") + 1
-        raise ValueError(f"{path}, line {line}: not UTF-8 text (byte {raw[e.start]:#04x}); save the list "
-                         f"file as UTF-8") from None
+        raise ListFileError(f"{path}, line {line}: not UTF-8 text (byte {raw[e.start]:#04x}); save the list "
+                            f"file as UTF-8") from None
     lines = text.splitlines()
     kept = [(number, line) for number, line in ((n, raw.strip()) for n, raw in enumerate(lines, start=1))
             if line and not line.startswith("#")]
@@ -140,7 +145,6 @@ def note_once(message: str) -> None:
     if message not in _NOTED:
         _NOTED.add(message)
         print(message)
-
 
 
 NB_CLASSES = {"Kinetics-400": 400, "Kinetics-600": 600, "Kinetics-700": 700, "SSV2": 174, "UCF101": 101,
@@ -187,7 +191,7 @@ def read_labelled_list(path: str | os.PathLike, data_root: str | os.PathLike | N
         except ValueError as e:
             _raise_or_collect(e, errors)
     if not records and not errors:
-        _raise_or_collect(ValueError(f"{path}: list file has no entries"), errors)
+        _raise_or_collect(ListFileError(f"{path}: list file has no entries"), errors)
     return records
 
 
@@ -198,16 +202,16 @@ def _labelled_record(line: str, base: str, path: str, number: int, frame_folders
         expected = "'path label' or 'folder num_frames label'" if frame_folders else "'path label'"
         fields = line.rsplit(None, 1)
         if len(fields) == 2:
-            raise ValueError(f"{where}: the last field {fields[1]!r} of {line!r} is not an integer label "
-                             f"(expected {expected})")
-        raise ValueError(f"{where}: no label in {line!r} (expected {expected})")
+            raise ListFileError(f"{where}: the last field {fields[1]!r} of {line!r} is not an integer label "
+                                f"(expected {expected})")
+        raise ListFileError(f"{where}: no label in {line!r} (expected {expected})")
     count = None
     if frame_folders:
         head = video.rsplit(None, 1)
         if len(head) == 2 and _INT.fullmatch(head[1]):
             video, count = head[0], int(head[1])
             if count < 1:
-                raise ValueError(f"{where}: frame folder with {count} frames")
+                raise ListFileError(f"{where}: frame folder with {count} frames")
     return VideoRecord(video, label, path, number, count)
 
 
@@ -215,9 +219,8 @@ def ucf101_records(split_dir: str | os.PathLike, data_root: str | os.PathLike | 
                    train: bool) -> list[VideoRecord]:
     """Videos of UCF101's official ``trainlist0{split}.txt`` or ``testlist0{split}.txt`` in ``split_dir``.
 
-    Labels are 0-based: the train list's 1-based label minus one, or for label-less lines
-    (the test lists) the class folder looked up in ``classInd.txt``. Video paths are relative
-    to ``data_root``, or to ``split_dir`` when it is None.
+    Labels are 0-based: the train list's 1-based label minus one, or for label-less lines (the test lists) the
+    class folder looked up in ``classInd.txt``. Video paths are relative to ``data_root`` (else ``split_dir``).
     """
     split_dir = os.fspath(split_dir)
     class_file = os.path.join(split_dir, "classInd.txt")
@@ -225,7 +228,7 @@ def ucf101_records(split_dir: str | os.PathLike, data_root: str | os.PathLike | 
     for number, line in _list_lines(_existing(class_file, "UCF101 class index")):
         fields = line.split()
         if len(fields) != 2 or not fields[0].isdigit() or int(fields[0]) < 1:
-            raise ValueError(f"{class_file}, line {number}: expected '<1-based index> <class name>', got {line!r}")
+            raise ListFileError(f"{class_file}, line {number}: expected '<1-based index> <class name>', got {line!r}")
         classes[fields[1]] = int(fields[0]) - 1
     list_file = _existing(os.path.join(split_dir, f"{'train' if train else 'test'}list0{split}.txt"),
                           f"UCF101 split {split} list")
@@ -237,26 +240,24 @@ def ucf101_records(split_dir: str | os.PathLike, data_root: str | os.PathLike | 
         if len(fields) == 2 and _INT.fullmatch(fields[1]):
             video, label = fields[0], int(fields[1]) - 1
             if label < 0:
-                raise ValueError(f"{where}: UCF101 labels are 1-based, got {fields[1]}")
+                raise ListFileError(f"{where}: UCF101 labels are 1-based, got {fields[1]}")
         else:
             video = line
             folder = video.replace("\\", "/").split("/")[0]
             if folder not in classes:
-                raise ValueError(f"{where}: class folder {folder!r} of {video!r} is not in {class_file}")
+                raise ListFileError(f"{where}: class folder {folder!r} of {video!r} is not in {class_file}")
             label = classes[folder]
         records.append(VideoRecord(_resolve(video, base), label, list_file, number))
     if not records:
-        raise ValueError(f"{list_file}: list file has no entries")
+        raise ListFileError(f"{list_file}: list file has no entries")
     return records
 
 
 def hmdb51_records(split_dir: str | os.PathLike, data_root: str | os.PathLike | None, split: int,
                    train: bool) -> list[VideoRecord]:
     """Videos of HMDB51's official split ``split``: lines ``video.avi 1`` (train) or ``2`` (test) of the
-    ``<class>_test_split{split}.txt`` files in ``split_dir`` (``0``: unused).
-
-    Labels index the sorted class names; videos are ``<data_root or split_dir>/<class>/<video>``.
-    """
+    ``<class>_test_split{split}.txt`` files in ``split_dir`` (``0``: unused). Labels index the sorted class
+    names; videos are ``<data_root or split_dir>/<class>/<video>``."""
     split_dir = os.fspath(split_dir)
     suffix = f"_test_split{split}.txt"
     names = sorted(f for f in os.listdir(split_dir) if f.endswith(suffix))
@@ -270,12 +271,12 @@ def hmdb51_records(split_dir: str | os.PathLike, data_root: str | os.PathLike | 
         for number, line in _list_lines(list_file):
             fields = line.rsplit(None, 1)
             if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
-                raise ValueError(f"{list_file}, line {number}: expected 'video.avi 0|1|2', got {line!r}")
+                raise ListFileError(f"{list_file}, line {number}: expected 'video.avi 0|1|2', got {line!r}")
             if fields[1] == wanted:
                 records.append(VideoRecord(_resolve(os.path.join(cls, fields[0]), base), label, list_file, number))
     if not records:
-        raise ValueError(f"no {'training' if train else 'test'} videos (marked {wanted}) in the *{suffix} "
-                         f"files of {split_dir}")
+        raise ListFileError(f"no {'training' if train else 'test'} videos (marked {wanted}) in the *{suffix} "
+                            f"files of {split_dir}")
     return records
 
 
@@ -310,8 +311,8 @@ class VideoListsConfig:
 def _list_file_for(mode: str, lists: VideoListsConfig) -> str:
     folder, flag = (lists.data_path, "--data_path") if mode == "train" else (lists.eval_folder, "--eval_data_path")
     if not os.path.isdir(folder):
-        raise ValueError(f"{flag} {folder} is not a folder: for --data_set {lists.data_set} it must hold "
-                         f"train.csv, val.csv and test.csv")
+        raise ListFileError(f"{flag} {folder} is not a folder: for --data_set {lists.data_set} it must hold "
+                            f"train.csv, val.csv and test.csv")
     path = os.path.join(folder, LIST_FILES[mode])
     if mode == "validation" and not os.path.isfile(path):
         fallback = os.path.join(folder, LIST_FILES["test"])
@@ -344,7 +345,7 @@ def _nb_classes(mode: str, lists: VideoListsConfig, records: list[VideoRecord]) 
         if os.path.isfile(train_list):
             train = read_labelled_list(train_list, lists.data_root)
     if not train:
-        raise ValueError("no usable labelled line to infer the class count from; set --nb_classes")
+        raise ListFileError("no usable labelled line to infer the class count from; set --nb_classes")
     n = max(r.label for r in train) + 1
     return n, f"the {n} classes found in {train[0].list_file} (set --nb_classes for more)"
 
@@ -358,8 +359,8 @@ def _check_labels(records: list[VideoRecord], nb_classes: int, source: str, erro
         here = [r for r in bad if r.list_file == list_file]
         more = f" (and {len(here) - 1} more lines, e.g. line {', line '.join(str(r.line) for r in here[1:4])})" \
             if len(here) > 1 else ""
-        _raise_or_collect(ValueError(f"{here[0].where}: label {here[0].label} is out of range for {source}; labels "
-                                     f"must be 0..{nb_classes - 1}{more}"), errors)
+        _raise_or_collect(ListFileError(f"{here[0].where}: label {here[0].label} is out of range for {source}; labels "
+                                        f"must be 0..{nb_classes - 1}{more}"), errors)
     return [r for r in records if r.label < nb_classes]
 
 
@@ -371,13 +372,13 @@ def read_records(mode: str, lists: VideoListsConfig, errors: list[str] | None = 
     (VideoMAE's lists) when the folder has a train.csv, else the official split files, testing and validating
     on the test split.
 
-    Raises ``ValueError`` or ``FileNotFoundError`` naming the file (and line) of the first problem; with
+    Raises :class:`ListFileError` or ``FileNotFoundError`` naming the file (and line) of the first problem; with
     ``errors`` given, every problem is appended there instead and the bad lines are left out.
     """
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise ListFileError(f"mode must be one of {MODES}, got {mode!r}")
     if lists.data_set not in DATA_SETS:
-        raise ValueError(f"--data_set must be one of {DATA_SETS}, got {lists.data_set!r}")
+        raise ListFileError(f"--data_set must be one of {DATA_SETS}, got {lists.data_set!r}")
     try:
         records = _records_for(mode, lists, errors)
         nb_classes, source = _nb_classes(mode, lists, records)

@@ -9,12 +9,19 @@ from typing import Callable
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from patches.utils.distributed import get_rank, get_world_size
+from patches.data.datasets import (MaskGenerator, PretrainingDataConfig, VideoMAEPretrainDataset,
+                                   build_pretraining_dataset, collate_fn_for)
 from patches.data.health import BadVideoTracker
-from patches.data.datasets import (CollateWithBad, MaskGenerator, PretrainingDataConfig, VideoMAEPretrainDataset, build_pretraining_dataset, collate_fn_for)
+from patches.data.samplers import ResumableSampler, SeededItems, ShardSampler
+from patches.data.unreadable import CollateWithBad
+from patches.errors import UsageError
 from patches.grid import PatchGrid
 from patches.train.stop_signals import STOP_SIGNALS
-from patches.data.samplers import ResumableSampler, SeededItems, ShardSampler
+from patches.utils.distributed import get_rank, get_world_size
+
+
+class BatchLargerThanData(UsageError):
+    """One global batch (``--batch_size`` x ``--update_freq`` x processes) holds more than all the videos."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +91,8 @@ def pretraining_loader(data: PretrainingDataConfig, config: LoaderConfig, grid: 
                        ) -> tuple[VideoMAEPretrainDataset, BadVideoTracker]:
     """The pre-training dataset of ``data`` and its training loader, in whole updates of ``update_freq`` batches.
 
-    Exits with an error when one global batch (``batch_size`` x processes) holds more than all the videos.
+    Raises :class:`BatchLargerThanData` when one global batch (``batch_size`` x processes) holds more than all
+    the videos.
     """
     dataset = build_pretraining_dataset(data, grid, mask_generator)
     dataset.report_bad = True  # unreadable videos travel with the batches to the tracker below
@@ -93,6 +101,6 @@ def pretraining_loader(data: PretrainingDataConfig, config: LoaderConfig, grid: 
     tracker = BadVideoTracker(loader, len(dataset), config.max_bad_fraction, data.data_path)
     if tracker.sampler.batches_per_epoch == 0:
         accumulation = f"--update_freq {update_freq} x " if update_freq > 1 else ""
-        raise SystemExit(f"error: --batch_size {config.batch_size} x {accumulation}{get_world_size()} processes "
-                         f"is larger than the {len(dataset)} videos in {data.data_path}")
+        raise BatchLargerThanData(f"--batch_size {config.batch_size} x {accumulation}{get_world_size()} "
+                                  f"processes is larger than the {len(dataset)} videos in {data.data_path}")
     return dataset, tracker

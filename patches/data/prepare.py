@@ -19,35 +19,29 @@ rerun skips outputs that exist and decode, and inputs that failed before and hav
 (``--retry_failed`` tries them again), removes the temporary files a killed run left, and does the rest.
 The source is only read. PyAV does the work; ``--ffmpeg`` uses the ffmpeg on PATH instead.
 
-Exit status: 0 when every input is prepared, 1 when some could not be (listed), 2 for a usage error.
+The command line is :mod:`patches.cli.prepare_videos`; :func:`prepare` raises :class:`UsageError` for bad input.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
 import os
 import re
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-
-from patches.utils.distributed import process_alive
 from patches.data.encoding import EncodeConfig, probe_prepared, transcode_ffmpeg, transcode_pyav
+from patches.errors import UsageError
+from patches.utils.distributed import process_alive
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".flv", ".mpg", ".mpeg", ".ogv", ".3gp", ".wmv")
 LIST_NAME, CLASSES_NAME, FAILURES_NAME, SUMMARY_NAME = "list.csv", "classes.txt", "failures.csv", "prepare_summary.json"
 # what a writer leaves while it works: ".{name}.{pid}.prep.tmp"
 _TEMP = re.compile(r"^\..+\.(\d+)\.prep\.tmp$")
-
-
-class UsageError(ValueError):
-    """A bad flag or input set: exit status 2."""
 
 
 @dataclass(frozen=True)
@@ -351,63 +345,3 @@ def prepare(src: str, dst: str, config: EncodeConfig, workers: int = 1, labels: 
     summary["failures"] = [(p, reason) for p, reason, *_ in sorted(failures)]
     _write_atomically(os.path.join(dst, SUMMARY_NAME), json.dumps(summary, indent=1) + "\n")
     return summary
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("PATCHES video preparation: resized H.264 mp4 copies and list files",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("src", help="folder tree of videos, or a list file of 'path' / 'path label' lines")
-    p.add_argument("dst", help="output folder (the mirrored tree, list.csv, failures.csv, prepare_summary.json)")
-    p.add_argument("--short_side", type=int, default=320, help="scale the short side down to this many pixels")
-    p.add_argument("--max_side", type=int, default=None, help="instead, scale the long side down to at most this")
-    p.add_argument("--max_fps", type=float, default=None, help="cap the frame rate (frames dropped by timestamp)")
-    p.add_argument("--gop", type=int, default=16, help="a keyframe every this many frames, exactly")
-    p.add_argument("--crf", type=int, default=23, help="libx264 quality (lower: better and larger)")
-    p.add_argument("--preset", default="veryfast", help="libx264 preset (slower: smaller files)")
-    p.add_argument("--workers", type=int, default=1, help="parallel processes (one video each)")
-    p.add_argument("--labels", default="auto", choices=("auto", "folders", "csv", "list", "none"),
-                   help="where list.csv's labels come from; auto: the list file's, --label_csv, the class "
-                        "folders (when every video is in one), else none")
-    p.add_argument("--label_csv", default=None, help="CSV of 'video,label' rows (video: path under SRC or name "
-                                                     "without suffix; label: class name or index)")
-    p.add_argument("--suffixes", nargs="+", default=list(VIDEO_SUFFIXES), help="which files of a folder are videos")
-    p.add_argument("--retry_failed", action="store_true", help="try again the inputs failures.csv lists")
-    p.add_argument("--ffmpeg", action="store_true", help="encode with the ffmpeg on PATH instead of PyAV")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = get_args_parser()
-    args = parser.parse_args(argv)
-    checks = [(args.short_side < 2, "--short_side must be >= 2"), (args.gop < 1, "--gop must be >= 1"),
-              (args.max_side is not None and args.max_side < 2, "--max_side must be >= 2"),
-              (args.max_fps is not None and args.max_fps <= 0, "--max_fps must be > 0"),
-              (args.workers < 1, "--workers must be >= 1"), (not 0 <= args.crf <= 51, "--crf must be in 0..51")]
-    ffmpeg = shutil.which("ffmpeg") if args.ffmpeg else None
-    checks.append((args.ffmpeg and ffmpeg is None, "--ffmpeg: no ffmpeg on PATH (leave it out to use PyAV)"))
-    for bad, message in checks:
-        if bad:
-            parser.error(message)
-    config = EncodeConfig(args.short_side, args.max_side, args.max_fps, args.gop, args.crf, args.preset, ffmpeg)
-    try:
-        summary = prepare(args.src, args.dst, config, args.workers, args.labels, args.label_csv,
-                          args.retry_failed, not args.quiet, [s.lower() for s in args.suffixes])
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if summary["unfinished_outputs_removed"]:
-        print(f"removed {summary['unfinished_outputs_removed']} unfinished output(s) of an earlier run")
-    for path, reason in summary["failures"]:
-        print(f"failed: {path}: {reason}")
-    if summary["prepared_now"] == 0 and summary["failed"] == summary["known_failures_skipped"]:
-        print(f"nothing to do: every input is already prepared or listed in {FAILURES_NAME} "
-              f"({'--retry_failed to try those again' if summary['failed'] else 'unchanged'})")
-    print(describe(summary))
-    print(f"wrote {os.path.join(args.dst, LIST_NAME)}" + (f" and {FAILURES_NAME} ({summary['failed']} failed)"
-                                                          if summary["failed"] else ""))
-    return 1 if summary["failed"] else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,7 @@
-"""TODO docstring."""
+"""The data order and per-item seeds of exact resume: a training order that is a pure function of ``(seed,
+epoch)`` and resumes mid-epoch (:class:`ResumableSampler`), items computed from ``(seed, epoch, index)`` alone
+(:class:`SeededItems`), a step's place for losses that draw at random (:class:`StepPosition`), and evaluation
+shards without padding (:class:`ShardSampler`)."""
 from __future__ import annotations
 
 import random
@@ -9,9 +12,6 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-
-
-# ---------------------------------------------------------------- data order and per-item seeds
 
 def _entropy(*values: int) -> list[int]:
     return [int(v) % 2 ** 63 for v in values]

@@ -9,8 +9,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from patches.errors import PatchesError
 
-class VideoDecodeError(RuntimeError):
+
+class VideoDecodeError(PatchesError, RuntimeError):
     """A video could not be opened or decoded; ``path`` names it and ``reason`` says why in one line.
 
     ``VideoDecodeError(message)`` alone (no cause) is also accepted, so that a DataLoader worker can

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""Scoring a classifier: single-view accuracy and loss (:func:`evaluate`, the validation after each epoch), and
+the multi-view test: every view's logits into a file per process (:func:`final_test`), then merged into per-video
+accuracy (:func:`merge_test_results`)."""
 from __future__ import annotations
 
 import json

@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.beit import Attention as BeitAttention
 
+from patches.models.errors import ModelError
 from patches.utils.files import write_atomically
 
 
@@ -100,7 +101,7 @@ def configure_attention(model: nn.Module, impl: str, device: torch.device, amp_d
     chooses and the others follow, so that every rank computes the same way.
     """
     if impl not in ATTN_IMPLS:
-        raise ValueError(f"--attn_impl must be one of {', '.join(ATTN_IMPLS)}, got {impl!r}")
+        raise ModelError(f"--attn_impl must be one of {', '.join(ATTN_IMPLS)}, got {impl!r}")
     path = impl
     if impl == "auto":
         import torch.distributed as dist

@@ -11,9 +11,9 @@ import torch
 import torch.nn as nn
 from timm.layers import trunc_normal_
 
+from patches.grid import PatchGrid
 from patches.models.layers import LayerNorm, VideoEncoder, init_vit_weights
 from patches.models.registry import VIT_SIZES, register_sizes, resolve_grid, split_model_kwargs
-from patches.grid import PatchGrid
 
 
 class VideoClassifier(VideoEncoder):

@@ -8,6 +8,7 @@ import torch.nn as nn
 
 from patches.models import classifier as modeling_finetune  # noqa: F401  (registers the classifier names)
 from patches.models import pretrain as modeling_pretrain  # noqa: F401  (registers the pre-training names)
+from patches.models.errors import ModelError
 
 
 def create_video_model(name: str, **kwargs: Any) -> nn.Module:
@@ -16,5 +17,5 @@ def create_video_model(name: str, **kwargs: Any) -> nn.Module:
         name = "video_" + name
     if not timm.is_model(name):
         known = ", ".join(sorted(n for n in timm.list_models("*videomae*") + timm.list_models("video_vit*")))
-        raise ValueError(f"--model {name!r} is not a PATCHES model; known: {known}")
+        raise ModelError(f"--model {name!r} is not a PATCHES model; known: {known}")
     return timm.create_model(name, **kwargs)

@@ -18,8 +18,9 @@ from einops import rearrange
 from timm.layers import trunc_normal_
 from timm.models.beit import Block
 
-from patches.models.attention import BlockAttention
 from patches.grid import PatchGrid
+from patches.models.attention import BlockAttention
+from patches.models.errors import ModelError
 
 POS_EMBED_TYPES = ("1d", "3d", "learned")
 
@@ -165,12 +166,12 @@ def build_pos_table(grid: PatchGrid, dim: int, kind: str = "1d",
         table = sincos_3d_table(grid, dim, reference)
     elif kind in ("1d", "learned"):  # learned tables start from the 1-D one
         if reference is not None and tuple(int(r) for r in reference) != (grid.h, grid.w):
-            raise ValueError(f"a '{kind}' position table cannot be used at grid {grid.spec} of a model whose "
+            raise ModelError(f"a '{kind}' position table cannot be used at grid {grid.spec} of a model whose "
                              f"table is for {reference[0]}x{reference[1]} tokens per frame: its flat token index "
                              f"means different places at different grids; use --pos_embed 3d")
         table = sincos_1d_table(np.arange(grid.num_tokens), dim)
     else:
-        raise ValueError(f"--pos_embed must be one of {', '.join(POS_EMBED_TYPES)}, got {kind!r}")
+        raise ModelError(f"--pos_embed must be one of {', '.join(POS_EMBED_TYPES)}, got {kind!r}")
     return torch.from_numpy(table).float().unsqueeze(0)
 
 
@@ -258,7 +259,7 @@ class VideoEncoder(TransformerStack):
         if grid is None or grid.shape == self.grid.shape:
             return self.pos_embed
         if self.pos_embed_type == "learned":
-            raise ValueError(f"a learned position table belongs to the model's grid {self.grid.spec}; it cannot "
+            raise ModelError(f"a learned position table belongs to the model's grid {self.grid.spec}; it cannot "
                              f"run at {grid.spec}")
         ref = self.pos_reference if self.pos_embed_type == "3d" else (self.grid.h, self.grid.w)
         return pos_table_at(self._pos_tables, grid, self.embed_dim, self.pos_embed_type, ref,

@@ -14,9 +14,10 @@ import torch.nn as nn
 from einops import rearrange
 from timm.layers import trunc_normal_
 
-from patches.models.layers import (LayerNorm, TransformerStack, VideoEncoder, build_pos_table, gather_tokens, init_vit_weights, pos_table_at, resize_patch_pixels)
-from patches.models.registry import VIT_SIZES, register_sizes, resolve_grid, split_model_kwargs
 from patches.grid import PatchGrid
+from patches.models.layers import (LayerNorm, TransformerStack, VideoEncoder, build_pos_table, gather_tokens,
+                                   init_vit_weights, pos_table_at, resize_patch_pixels)
+from patches.models.registry import VIT_SIZES, register_sizes, resolve_grid, split_model_kwargs
 
 
 class PretrainEncoder(VideoEncoder):

@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import Mlp, trunc_normal_
 
+from patches.models.errors import ModelError
 from patches.models.layers import LayerNorm
 from patches.utils.devices import amp_autocast
 from patches.utils.progress import ProgressLogger
@@ -135,7 +136,7 @@ def build_probe(kind: str, encoder: nn.Module, num_classes: int) -> nn.Module:
         return LinearProbe(dim, num_classes)
     if kind == "attentive":
         return AttentiveProbe(dim, num_classes, encoder.blocks[0].attn.num_heads)
-    raise ValueError(f"unknown trained probe {kind!r}; known: linear, attentive")
+    raise ModelError(f"unknown trained probe {kind!r}; known: linear, attentive")
 
 
 @torch.no_grad()

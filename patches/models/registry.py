@@ -12,6 +12,7 @@ import torch.nn as nn
 from timm.models import register_model
 
 from patches.grid import PatchGrid, make_grid
+from patches.models.errors import ModelError
 
 # Geometry of the named sizes: width, depth, heads, and the pre-training decoder's width and heads.
 VIT_SIZES: dict[str, dict[str, int]] = {
@@ -41,7 +42,7 @@ def resolve_grid(grid: PatchGrid | None = None, **kwargs: Any) -> PatchGrid:
 def split_model_kwargs(pretrained: bool, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Separate VideoMAE-style geometry keywords from model keywords; drop timm's bookkeeping ones."""
     if pretrained:
-        raise ValueError("no weights are downloaded: pass a checkpoint file with --finetune")
+        raise ModelError("no weights are downloaded: pass a checkpoint file with --finetune")
     kwargs = {k: v for k, v in kwargs.items() if k not in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")}
     geometry = {k: kwargs.pop(k, None) for k in ("img_size", "input_size", "patch_size", "num_frames",
                                                    "all_frames", "tubelet_size")}

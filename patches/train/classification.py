@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""The loss of fine-tuning: a batch of clips and labels through the classifier, with timm's mixup/cutmix for
+clips (:func:`video_mixup`) and the criterion that fits it (:func:`classification_criterion`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,6 +7,7 @@ from typing import Callable
 
 import torch
 
+from patches.data.samplers import StepPosition
 from patches.utils.devices import amp_autocast
 
 
@@ -19,7 +21,9 @@ class Classification:
     amp_dtype: torch.dtype | None = None
     mixup_fn: Callable | None = None
 
-    def __call__(self, model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def __call__(self, model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
+                 position: StepPosition | None = None) -> torch.Tensor:
+        """The loss of ``batch``; ``position`` is not used (timm's mixup draws from the global RNG)."""
         non_blocking = self.device.type == "cuda"
         videos = batch[0].to(self.device, non_blocking=non_blocking)
         labels = batch[1].to(self.device, non_blocking=non_blocking)

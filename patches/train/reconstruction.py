@@ -8,14 +8,13 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from patches.utils.distributed import all_reduce_mean
 from patches.data.masking import MaskGenerator
-from patches.models.pretrain import mask_to_index, pixel_targets
-from patches.grid import PatchGrid
 from patches.data.samplers import StepPosition
-from patches.utils.devices import amp_autocast
 from patches.data.transforms import normalize_batch, pixel_mean_std
-
+from patches.grid import PatchGrid
+from patches.models.pretrain import mask_to_index, pixel_targets
+from patches.utils.devices import amp_autocast
+from patches.utils.distributed import all_reduce_mean
 
 
 @dataclass(frozen=True)
@@ -28,8 +27,9 @@ class MaskedReconstruction:
     amp_dtype: torch.dtype | None = None
     normalize_target: bool = True
 
-    def __call__(self, model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-                 ) -> torch.Tensor:
+    def __call__(self, model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                 position: StepPosition | None = None) -> torch.Tensor:
+        """The loss of ``batch``; ``position`` is not used (the loader drew the masks)."""
         videos, visible, target = prepare_batch(batch, self.device)
         return reconstruction_loss(model, videos, visible, target, self)
 

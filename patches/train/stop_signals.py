@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""Stopping a run on a signal at a step boundary: SIGTERM and SIGUSR1 (Slurm's warnings) and a first Ctrl-C are
+recorded (:class:`StopSignals`), every rank agrees on them at the next step, and the run saves and ends as
+:class:`Interrupted` with exit status 75 (requeue) or 130 (Ctrl-C); a second Ctrl-C stops at once."""
 from __future__ import annotations
 
 import os
@@ -20,8 +22,6 @@ EXIT_REQUEUE = 75
 EXIT_CTRL_C = 130
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
-
-# ---------------------------------------------------------------- stopping on signals
 
 class Interrupted(Exception):
     """The run stopped on a signal during ``phase``, after saving ``path`` (None: nothing needed saving)."""

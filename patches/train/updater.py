@@ -7,8 +7,10 @@ from typing import Any
 
 import torch
 
+from patches.errors import PatchesError
 
-class NonFiniteLossError(FloatingPointError):
+
+class NonFiniteLossError(PatchesError, FloatingPointError):
     """The loss became NaN or infinite; the run stops before saving anything from this state."""
 
 

@@ -1,9 +1,17 @@
-"""TODO docstring."""
+"""The device and precision of a run: ``--device`` and ``--amp`` checked against the machine
+(:class:`DeviceError` when it cannot run them), autocast, and seeding every global RNG."""
 from __future__ import annotations
 
+import random
 
 import numpy as np
 import torch
+
+from patches.errors import UsageError
+
+
+class DeviceError(UsageError, ValueError):
+    """A ``--device`` or ``--amp`` this machine cannot run (still a ValueError, as it always was)."""
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -12,7 +20,7 @@ def resolve_device(name: str | None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+        raise DeviceError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
     return device
 
 
@@ -24,9 +32,9 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16
     if amp == "fp16":
         if device.type != "cuda":
-            raise ValueError(f"--amp fp16 needs a CUDA device (got --device {device}); use --amp bf16 on CPU")
+            raise DeviceError(f"--amp fp16 needs a CUDA device (got --device {device}); use --amp bf16 on CPU")
         return torch.float16
-    raise ValueError(f"--amp must be none, bf16 or fp16, got {amp!r}")
+    raise DeviceError(f"--amp must be none, bf16 or fp16, got {amp!r}")
 
 
 def cuda_native_bf16(device: torch.device) -> bool:
@@ -50,7 +58,7 @@ def amp_autocast(device: torch.device, amp_dtype: torch.dtype | None) -> torch.a
 
 
 def seed_everything(seed: int) -> None:
-    import random
+    """Seed Python's, numpy's and torch's global RNGs from ``seed``."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

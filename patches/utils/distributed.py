@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""The process group: joining it under torchrun or Slurm (one GPU per process), rank and world size, leaving it,
+DDP wrapping, the mean of a figure over processes, and the bare model inside its wrappers."""
 from __future__ import annotations
 
 import datetime
@@ -9,8 +10,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-
-# ---------------------------------------------------------------- distributed
 
 # The ranks wait in collectives while rank 0 writes a checkpoint alone: a ViT-L's weights and optimizer state
 # (several GB) on a slow network filesystem can take far longer than torch's default of 10 minutes.
@@ -145,8 +144,6 @@ def all_reduce_mean(value: float, device: torch.device) -> float:
     dist.all_reduce(t)
     return float(t.item()) / get_world_size()
 
-
-# ---------------------------------------------------------------- models
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
     """The bare module inside DDP / torch.compile wrappers."""

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Files that appear whole or not at all: written under a temporary name beside the target, then renamed
+(:func:`write_atomically`), and JSON-lines logs appended and pruned that way."""
 from __future__ import annotations
 
 import json
@@ -6,11 +7,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-
 from patches.utils.distributed import is_main_process
 
-
-# ---------------------------------------------------------------- atomic files
 
 def temp_path(path: Path) -> Path:
     """Where ``path`` is written before it is renamed into place: ``.{name}.{pid}.tmp`` beside it."""

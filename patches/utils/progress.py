@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Progress of a loop: smoothed meters and a line every ``print_freq`` steps with clips/s and the ETA
+(:class:`ProgressLogger`), and TensorBoard scalars (:class:`TensorboardLogger`)."""
 from __future__ import annotations
 
 import datetime
@@ -11,8 +12,6 @@ import numpy as np
 
 from patches.utils.distributed import is_main_process
 
-
-# ---------------------------------------------------------------- logging and progress
 
 class SmoothedValue:
     """Running window and global average of a scalar."""
