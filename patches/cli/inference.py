@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,12 @@ from patches.utils import cpu_memory  # noqa: F401  (before torch: allocator set
 import torch
 from torch.utils.data import DataLoader
 
+from patches.cli.exits import exits_on_error
 from patches.config import flags as cli_args
+from patches.config.checks import FlagError
 from patches.utils.devices import resolve_device
-from patches.grid import GridError
-from patches.eval.features import (VideoViews, apply_checkpoint_defaults, build_encoder, collate_views, find_videos, head_classes, read_class_names, read_encoder_checkpoint)
+from patches.grid import GridError, PatchGrid
+from patches.eval.features import (VideoViews, build_encoder, checkpoint_flag_values, collate_views, find_videos, head_classes, read_class_names, read_encoder_checkpoint)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -52,44 +55,74 @@ FALLBACK = {"model": "vit_base_patch16_224", "input_size": [224], "patch_size": 
             "tubelet_size": 2, "pos_embed": "1d", "sampling_rate": 4, "test_num_segment": 5, "test_num_crop": 3}
 
 
-def prepare(args: argparse.Namespace) -> tuple[dict[str, Any], list[str], list]:
-    """Every check before the model is built: checkpoint, head, class names, grid, videos."""
+@dataclass(frozen=True)
+class InferenceConfig:
+    """One inference run, resolved: the flags with the checkpoint's model, grid and test views filled in."""
+
+    checkpoint: str
+    device: str | None
+    model: str
+    pos_embed: str
+    use_mean_pooling: bool | None
+    grid: PatchGrid
+    sampling_rate: int
+    test_num_segment: int
+    test_num_crop: int
+    short_side_size: int | None
+    fname_tmpl: str
+    batch_size: int
+    num_workers: int
+    topk: int
+    json: bool
+
+
+def check_checkpoint(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
+    """The checkpoint, its head and the class names, refused with a :class:`FlagError` naming what is wrong."""
     if not Path(args.checkpoint).exists():
-        raise SystemExit(f"error: --checkpoint {args.checkpoint} does not exist")
+        raise FlagError([f"--checkpoint {args.checkpoint} does not exist"])
     ckpt = read_encoder_checkpoint(args.checkpoint)
     classes = head_classes(ckpt)
     if not classes:
-        raise SystemExit(f"error: --checkpoint {args.checkpoint} has no classification head (a pre-training or "
-                         f"probe checkpoint?); run_inference.py needs a fine-tuned classifier")
+        raise FlagError([f"--checkpoint {args.checkpoint} has no classification head (a pre-training or probe "
+                         f"checkpoint?); run_inference.py needs a fine-tuned classifier"])
     if args.classes and not Path(args.classes).is_file():
-        raise SystemExit(f"error: --classes {args.classes} does not exist")
+        raise FlagError([f"--classes {args.classes} does not exist"])
     names = read_class_names(args.classes, ckpt, args.checkpoint)
     if names is None:
-        raise SystemExit(f"error: --checkpoint {args.checkpoint} records no class names: pass --classes FILE, "
-                         f"one name per line in label order ({classes} lines)")
+        raise FlagError([f"--checkpoint {args.checkpoint} records no class names: pass --classes FILE, one name "
+                         f"per line in label order ({classes} lines)"])
     if len(names) != classes:
-        raise SystemExit(f"error: {args.classes or args.checkpoint} names {len(names)} classes, the checkpoint's head "
-                         f"has {classes}")
+        raise FlagError([f"{args.classes or args.checkpoint} names {len(names)} classes, the checkpoint's head "
+                         f"has {classes}"])
+    return ckpt, names
+
+
+def prepare(args: argparse.Namespace) -> tuple[InferenceConfig, list[str], list]:
+    """Every check before the model is built: checkpoint, head, class names, grid, videos. Returns the resolved
+    run, the class names and the videos."""
+    ckpt, names = check_checkpoint(args)
     recorded = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
-    for flag in ("test_num_segment", "test_num_crop"):
-        if getattr(args, flag) is None:
-            setattr(args, flag, int(recorded.get(flag, FALLBACK[flag])))
+    views = {flag: int(recorded.get(flag, FALLBACK[flag])) for flag in ("test_num_segment", "test_num_crop")
+             if getattr(args, flag) is None}
     try:
-        args.grid = apply_checkpoint_defaults(args, ckpt, FALLBACK)
+        values, grid = checkpoint_flag_values(args, ckpt, FALLBACK)
         videos = find_videos(args.videos, args.data_root)
     except (GridError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
-    return ckpt, names, videos
+        raise FlagError([str(e)]) from None
+    flags = {**vars(args), **views, **values}
+    run = InferenceConfig(grid=grid, use_mean_pooling=flags.get("use_mean_pooling"), **{
+        name: flags[name] for name in InferenceConfig.__dataclass_fields__ if name not in ("grid", "use_mean_pooling")})
+    return run, names, videos
 
 
 @torch.no_grad()
-def classify(args: argparse.Namespace, names: list[str], videos: list) -> list[dict[str, Any]]:
+def classify(run: InferenceConfig, names: list[str], videos: list) -> list[dict[str, Any]]:
     """Per video: its path and top-k (label, probability), or the reason it could not be read."""
-    device = resolve_device(args.device)
-    model = build_encoder(args.checkpoint, args, args.grid, num_classes=len(names)).to(device)
-    dataset = VideoViews(videos, args.grid, args.sampling_rate, args.test_num_segment, args.test_num_crop,
-                         args.short_side_size, args.fname_tmpl)
-    loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=collate_views)
+    device = resolve_device(run.device)
+    model = build_encoder(run.checkpoint, run, run.grid, num_classes=len(names)).to(device)
+    dataset = VideoViews(videos, run.grid, run.sampling_rate, run.test_num_segment, run.test_num_crop,
+                         run.short_side_size, run.fname_tmpl)
+    loader = DataLoader(dataset, batch_size=run.batch_size, num_workers=run.num_workers, collate_fn=collate_views)
     results: dict[int, dict[str, Any]] = {}
     for views, indices, unreadable in loader:
         for i, reason in unreadable:
@@ -98,7 +131,7 @@ def classify(args: argparse.Namespace, names: list[str], videos: list) -> list[d
             continue
         logits = model(views.flatten(0, 1).to(device)).float().view(*views.shape[:2], -1)
         probs = logits.softmax(-1).mean(1).cpu()
-        top = probs.topk(min(args.topk, len(names)), dim=1)
+        top = probs.topk(min(run.topk, len(names)), dim=1)
         for i, p, k in zip(indices, top.values.tolist(), top.indices.tolist()):
             results[i] = {"video": videos[i].path, "label": videos[i].label,
                           "top": [{"class": names[c], "index": c, "probability": round(q, 6)} for c, q in zip(k, p)]}
@@ -118,14 +151,16 @@ def print_table(results: list[dict[str, Any]], views: str) -> None:
               + ", ".join(f"{o['class']} {o['probability']:.3f}" for o in rest) + " |")
 
 
+@exits_on_error
 def main(args: argparse.Namespace) -> list[dict[str, Any]]:
-    _, names, videos = prepare(args)
-    results = classify(args, names, videos)
-    if args.json:
+    """Classify; returns each video's top-k (or the reason it could not be read), as printed."""
+    run, names, videos = prepare(args)
+    results = classify(run, names, videos)
+    if run.json:
         for r in results:
             print(json.dumps(r))
     else:
-        print_table(results, f"{args.test_num_segment} x {args.test_num_crop}")
+        print_table(results, f"{run.test_num_segment} x {run.test_num_crop}")
         labelled = [r for r in results if r.get("label") is not None]
         if labelled:  # videos from a list file with labels
             right = sum(r["top"][0]["index"] == r["label"] for r in labelled)

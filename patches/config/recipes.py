@@ -163,16 +163,16 @@ def parsed_args(name: str, stage: str, flags: list[str] | None = None) -> argpar
 def effective_values(name: str, stage: str, world: int | None = None, flags: list[str] | None = None) -> dict:
     """What PATCHES's script computes from the recipe's flags at ``world`` processes (VideoMAE's by default):
     total batch, the scaled LRs, steps and clips per epoch on the data set's official training list."""
-    from patches.config import flags as cli_args
+    from patches.config.lr_scaling import scaled_rates
     recipe = RECIPES[name]
     world = world or recipe.gpus(stage)
     args = parsed_args(name, stage, flags)
-    cli_args.scale_lr(args, world)
-    total = cli_args.total_batch_size(args, world)
+    rates = scaled_rates(args, world)
+    total = rates.total_batch
     steps = TRAIN_VIDEOS[recipe.dataset] // total
     return {"recipe": name, "stage": stage, "gpus": world, "batch_per_gpu": args.batch_size,
             "update_freq": args.update_freq, "total_batch": total, "num_sample": args.num_sample,
-            "lr": args.lr, "min_lr": args.min_lr, "warmup_lr": args.warmup_lr, "epochs": args.epochs,
+            "lr": rates.lr, "min_lr": rates.min_lr, "warmup_lr": rates.warmup_lr, "epochs": args.epochs,
             "warmup_epochs": args.warmup_epochs, "steps_per_epoch": steps,
             "clips_per_epoch": steps * total * args.num_sample, "model": args.model,
             "mask_ratio": getattr(args, "mask_ratio", None), "decoder_depth": getattr(args, "decoder_depth", None)}

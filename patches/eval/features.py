@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from patches.checkpoints.files import CheckpointError, read_checkpoint
+from patches.errors import PatchesError
 from patches.data.clip_sampling import segment_clip_indices
 from patches.grid import PatchGrid, grid_from_args, recorded_grid
 from patches.data.video_reader import FrameFolder, VideoDecodeError, VideoFile, decode_clips
@@ -48,28 +49,36 @@ def classifier_name(name: str) -> str:
     return "vit_" + name.removeprefix("pretrain_videomae_") if name.startswith("pretrain_videomae_") else name
 
 
-def apply_checkpoint_defaults(args: argparse.Namespace, ckpt: dict[str, Any], fallback: dict[str, Any]) -> PatchGrid:
-    """Fill the model and grid flags left unset (None) from what ``ckpt`` records, else from ``fallback`` (the
-    parser's defaults). Returns the grid. Raises :class:`GridError` naming a bad combination."""
+def checkpoint_flag_values(args: argparse.Namespace, ckpt: dict[str, Any], fallback: dict[str, Any]
+                           ) -> tuple[dict[str, Any], PatchGrid]:
+    """The values of the model and grid flags left unset (None): what ``ckpt`` records, else ``fallback`` (the
+    parser's defaults). Returns them and the grid they give; ``args`` is only read. Raises :class:`GridError`
+    naming a bad combination."""
     recorded = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
     grid = recorded_grid(ckpt)
     from_grid = {} if grid is None else {"input_size": list(grid.input_size), "patch_size": grid.patch_size,
                                          "num_frames": grid.num_frames, "tubelet_size": grid.tubelet_size}
+    values: dict[str, Any] = {}
     for flag in ("model", "pos_embed", "sampling_rate", *GRID_FLAGS):
         if getattr(args, flag, None) is None:
             value = from_grid.get(flag, recorded.get(flag, fallback.get(flag)))
-            setattr(args, flag, classifier_name(value) if flag == "model" else value)
+            values[flag] = classifier_name(value) if flag == "model" else value
     if "use_mean_pooling" in recorded and getattr(args, "use_mean_pooling", None) is None:
-        args.use_mean_pooling = recorded["use_mean_pooling"]
-    return grid_from_args(args)
+        values["use_mean_pooling"] = recorded["use_mean_pooling"]
+    return values, grid_from_args(argparse.Namespace(**{**vars(args), **values}))
+
+
+class EncoderCheckpointError(PatchesError):
+    """An encoder's checkpoint cannot be read or does not fit the model; the message names the file."""
 
 
 def read_encoder_checkpoint(path: str) -> dict[str, Any]:
-    """The checkpoint (any format :func:`checkpoint.read_checkpoint` reads), or SystemExit naming the file."""
+    """The checkpoint (any format :func:`checkpoint.read_checkpoint` reads); :class:`EncoderCheckpointError`
+    naming the file when it cannot be read."""
     try:
         return read_checkpoint(path)
     except CheckpointError as e:
-        raise SystemExit(f"error: {e}") from None
+        raise EncoderCheckpointError(str(e)) from None
 
 
 def build_encoder(path: str, args: argparse.Namespace, grid: PatchGrid, num_classes: int = 0,
@@ -82,7 +91,7 @@ def build_encoder(path: str, args: argparse.Namespace, grid: PatchGrid, num_clas
     try:
         load_finetune_weights(model, path, model_key=getattr(args, "model_key", "model|module"), verbose=verbose)
     except (ValueError, CheckpointError) as e:
-        raise SystemExit(f"error: {e}") from None
+        raise EncoderCheckpointError(str(e)) from None
     return model.eval()
 
 
