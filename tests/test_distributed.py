@@ -74,7 +74,7 @@ def finetune_flags(demo_root: Path, out: Path, *extra: str) -> list[str]:
 
 def test_dist_eval_validates_each_clip_once_and_tests_like_one_process(demo_root, tmp_path):
     from patches.eval.testing import evaluate
-    from patches.config import flags as cli_args
+    from patches.config import library_configs as cli_args
     from patches.cli import finetune as run_class_finetuning
     from patches.data.datasets import build_dataset
     from patches.grid import grid_from_args
