@@ -172,3 +172,32 @@ def test_videomae_recipes_resolve_to_the_values_the_flags_gave_before(case: str,
         assert run.masking.mask_ratio == expected["mask_ratio"]
     for flag in ("input_size", "patch_size", "pos_embed", "amp"):
         assert run.flags[flag] == expected[flag], flag
+
+
+def test_typed_errors_end_an_entry_point_with_an_error_line_and_their_status(capsys: pytest.CaptureFixture) -> None:
+    from patches.cli.exits import exit_status, exits_on_error
+    from patches.config.checks import FlagError
+    from patches.errors import PatchesError, UsageError
+
+    @exits_on_error
+    def main(error: Exception | None) -> str:
+        if error is not None:
+            raise error
+        return "done"
+
+    assert main(None) == "done"
+    problems = FlagError(["--lr must be positive, got 0", "--epochs must be at least 1, got 0"])
+    assert isinstance(problems, UsageError)
+    with pytest.raises(SystemExit) as stop:  # as the scripts always exited on bad flags: status 1, no traceback
+        main(problems)
+    assert stop.value.code == "error: --lr must be positive, got 0\n       --epochs must be at least 1, got 0"
+    assert exit_status(PatchesError("x")) == (1, "error: x")
+
+    class Requeue(PatchesError):
+        exit_status = 75
+
+    with pytest.raises(SystemExit) as stop:
+        main(Requeue("stopped"))
+    assert stop.value.code == 75 and capsys.readouterr().err == "error: stopped\n"
+    with pytest.raises(ValueError):  # anything else is a bug: its traceback is kept
+        main(ValueError("bug"))

@@ -32,7 +32,10 @@ from patches.checkpoints.folder import remove_stale_temp_files
 from patches.errors import UsageError
 from patches.grid import GridError, PatchGrid
 from patches.train.trainer import launch
-from patches.eval.features import (FEATURES_KEY, VideoViews, build_encoder, checkpoint_flag_values, check_feature_folder, collate_views, encode_views, encoder_reference, find_videos, inputs_digest, read_encoder_checkpoint, shard_done, write_index, write_shard)
+from patches.eval.features import (FEATURES_KEY, VideoViews, build_encoder, check_feature_folder,
+                                   checkpoint_flag_values, collate_views, encode_views, encoder_reference,
+                                   find_videos, inputs_digest, read_encoder_checkpoint, shard_done, write_index,
+                                   write_shard)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -110,8 +113,9 @@ def prepare(args: argparse.Namespace) -> tuple[ExtractionConfig, list, dict[str,
     except (GridError, ValueError) as e:
         raise checks.FlagError([str(e)]) from None
     flags = {**vars(args), **values}
-    run = ExtractionConfig(grid=grid, use_mean_pooling=flags.get("use_mean_pooling"), **{
-        name: flags[name] for name in ExtractionConfig.__dataclass_fields__ if name not in ("grid", "use_mean_pooling")})
+    resolved = {"grid": grid, "use_mean_pooling": flags.get("use_mean_pooling")}
+    run = ExtractionConfig(**{name: resolved[name] if name in resolved else flags[name]
+                              for name in ExtractionConfig.__dataclass_fields__})
     key = {"encoder": encoder_reference(run.finetune), "model": run.model, "grid": grid.to_dict(),
            "sampling_rate": run.sampling_rate, "views": [run.test_num_segment, run.test_num_crop],
            "short_side_size": run.short_side_size, "tokens": run.save_tokens, "format": run.format,

@@ -24,7 +24,8 @@ from patches.config import flags as cli_args
 from patches.config.checks import FlagError
 from patches.utils.devices import resolve_device
 from patches.grid import GridError, PatchGrid
-from patches.eval.features import (VideoViews, build_encoder, checkpoint_flag_values, collate_views, find_videos, head_classes, read_class_names, read_encoder_checkpoint)
+from patches.eval.features import (VideoViews, build_encoder, checkpoint_flag_values, collate_views, find_videos,
+                                   head_classes, read_class_names, read_encoder_checkpoint)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -110,8 +111,9 @@ def prepare(args: argparse.Namespace) -> tuple[InferenceConfig, list[str], list]
     except (GridError, ValueError) as e:
         raise FlagError([str(e)]) from None
     flags = {**vars(args), **views, **values}
-    run = InferenceConfig(grid=grid, use_mean_pooling=flags.get("use_mean_pooling"), **{
-        name: flags[name] for name in InferenceConfig.__dataclass_fields__ if name not in ("grid", "use_mean_pooling")})
+    resolved = {"grid": grid, "use_mean_pooling": flags.get("use_mean_pooling")}
+    run = InferenceConfig(**{name: resolved[name] if name in resolved else flags[name]
+                             for name in InferenceConfig.__dataclass_fields__})
     return run, names, videos
 
 

@@ -16,8 +16,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from patches.utils import cpu_memory  # noqa: F401  (before torch, as in the run scripts)
+from patches.cli.exits import exits_on_error
+from patches.errors import UsageError
 
 # Training videos in each data set's official training list (split 1 for UCF101 and HMDB51): clips per
 # epoch in the table. Runs count the lines of their own list.
@@ -226,7 +227,9 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+@exits_on_error
 def main() -> None:
+    """The table of every recipe, or one recipe's flags (``--flags``) or pre-training epoch."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--flags", nargs=2, metavar=("RECIPE", "STAGE"), help="print the flags, one per line")
@@ -253,7 +256,7 @@ def main() -> None:
             return
         rows = table(args.recipes, args.grid, args.tflops, not args.no_flops)
     except (ValueError, KeyError) as e:
-        raise SystemExit(f"error: {e}")
+        raise UsageError(str(e)) from None
     print(markdown(rows))
     if args.json:
         tmp = Path(f"{args.json}.tmp")
