@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 from patches.checkpoints.for_finetuning import checkpoint_to_evaluate
 from patches.config import checks
@@ -147,11 +148,11 @@ def resolve_finetuning(args: argparse.Namespace, world_size: int | None = None) 
     rates = scaled_rates(flags, world_size)
     if not flags.eval:  # --eval records its flags as given: nothing is trained
         flags = scaled_flags(flags, rates)
-    model = ModelConfig(flags.model, {
+    model = ModelConfig(flags.model, MappingProxyType({
         "grid": grid, "drop_rate": flags.drop, "attn_drop_rate": flags.attn_drop_rate,
         "drop_path_rate": flags.drop_path, "fc_drop_rate": flags.fc_drop_rate, "init_scale": flags.init_scale,
         "use_mean_pooling": flags.use_mean_pooling, "pos_embed": flags.pos_embed,
-        "use_checkpoint": flags.use_checkpoint})
+        "use_checkpoint": flags.use_checkpoint}))
     layer_decay = None if flags.probe else flags.layer_decay
     return FinetuneRunConfig(
         **common_fields(flags, rates, trainer_config(flags, flags.device), optimizer_config(flags, layer_decay),

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from patches.config import checks
@@ -120,10 +121,10 @@ def resolve_pretraining(args: argparse.Namespace, world_size: int | None = None)
     rates = scaled_rates(flags, world_size)
     flags = scaled_flags(flags, rates)
     grid = base_grid(grids)
-    model = ModelConfig(flags.model, {
+    model = ModelConfig(flags.model, MappingProxyType({
         "grid": grid, "decoder_depth": flags.decoder_depth, "drop_path_rate": flags.drop_path,
         "pos_embed": flags.pos_embed, "pos_reference": position_reference(grids) if flags.grids else None,
-        "use_checkpoint": flags.use_checkpoint})
+        "use_checkpoint": flags.use_checkpoint}))
     return PretrainRunConfig(
         **common_fields(flags, rates, trainer_config(flags, flags.device), optimizer_config(flags), model,
                         world_size),
