@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from patches.cli.exits import exits_on_error
+from patches.config.checkpoint_defaults import checkpoint_flag_values
 from patches.config import checks, flags as cli_args
 from patches.utils.devices import autocast_dtype, resolve_device
 from patches.utils.distributed import get_rank, get_world_size, is_dist, is_main_process
@@ -33,7 +34,7 @@ from patches.errors import UsageError
 from patches.grid import GridError, PatchGrid
 from patches.train.trainer import launch
 from patches.eval.features import (FEATURES_KEY, VideoViews, build_encoder, check_feature_folder,
-                                   checkpoint_flag_values, collate_views, encode_views, encoder_reference,
+                                   collate_views, encode_views, encoder_reference,
                                    find_videos, inputs_digest, read_encoder_checkpoint, shard_done, write_index,
                                    write_shard)
 
@@ -59,7 +60,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_workers", default=4, type=int, help="decoding worker processes")
     p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"], help="autocast dtype")
     p.add_argument("--model_key", default="model|module", help="key(s) of the state dict in the checkpoint")
-    # Grid and model: unset means the checkpoint's (see eval.features.checkpoint_flag_values).
+    # Grid and model: unset means the checkpoint's (see config.checkpoint_defaults.checkpoint_flag_values).
     p.set_defaults(model=None, input_size=None, patch_size=None, num_frames=None, tubelet_size=None, pos_embed=None)
     return p
 

@@ -20,11 +20,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from patches.cli.exits import exits_on_error
+from patches.config.checkpoint_defaults import checkpoint_flag_values
 from patches.config import flags as cli_args
 from patches.config.checks import FlagError
 from patches.utils.devices import resolve_device
 from patches.grid import GridError, PatchGrid
-from patches.eval.features import (VideoViews, build_encoder, checkpoint_flag_values, collate_views, find_videos,
+from patches.eval.features import (VideoViews, build_encoder, collate_views, find_videos,
                                    head_classes, read_class_names, read_encoder_checkpoint)
 
 

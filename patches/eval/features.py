@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from patches.checkpoints.files import CheckpointError, read_checkpoint
 from patches.errors import PatchesError
 from patches.data.clip_sampling import segment_clip_indices
-from patches.grid import PatchGrid, grid_from_args, recorded_grid
+from patches.grid import PatchGrid
 from patches.data.video_reader import FrameFolder, VideoDecodeError, VideoFile, decode_clips
 from patches.data.transforms import EvalTransform
 from patches.utils.devices import amp_autocast
@@ -47,25 +47,6 @@ def encoder_reference(path: str | Path) -> dict[str, str]:
 def classifier_name(name: str) -> str:
     """A pre-training model's classifier name (``pretrain_videomae_micro_patch16_224`` -> ``vit_micro_...``)."""
     return "vit_" + name.removeprefix("pretrain_videomae_") if name.startswith("pretrain_videomae_") else name
-
-
-def checkpoint_flag_values(args: argparse.Namespace, ckpt: dict[str, Any], fallback: dict[str, Any]
-                           ) -> tuple[dict[str, Any], PatchGrid]:
-    """The values of the model and grid flags left unset (None): what ``ckpt`` records, else ``fallback`` (the
-    parser's defaults). Returns them and the grid they give; ``args`` is only read. Raises :class:`GridError`
-    naming a bad combination."""
-    recorded = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
-    grid = recorded_grid(ckpt)
-    from_grid = {} if grid is None else {"input_size": list(grid.input_size), "patch_size": grid.patch_size,
-                                         "num_frames": grid.num_frames, "tubelet_size": grid.tubelet_size}
-    values: dict[str, Any] = {}
-    for flag in ("model", "pos_embed", "sampling_rate", *GRID_FLAGS):
-        if getattr(args, flag, None) is None:
-            value = from_grid.get(flag, recorded.get(flag, fallback.get(flag)))
-            values[flag] = classifier_name(value) if flag == "model" else value
-    if "use_mean_pooling" in recorded and getattr(args, "use_mean_pooling", None) is None:
-        values["use_mean_pooling"] = recorded["use_mean_pooling"]
-    return values, grid_from_args(argparse.Namespace(**{**vars(args), **values}))
 
 
 class EncoderCheckpointError(PatchesError):

@@ -12,7 +12,7 @@ from typing import Any
 from patches.checkpoints.folder import FoundCheckpoint, choose_checkpoint
 from patches.config.pretraining import PretrainRunConfig
 from patches.data.loaders import pretraining_loader
-from patches.data.masking import MaskCounts, build_mask_generator, no_masks
+from patches.data.masking import build_mask_generator, no_masks
 from patches.grid import PatchGrid, base_grid
 from patches.models.factory import create_video_model
 from patches.train.optim import build_optimizer
