@@ -22,6 +22,8 @@ from patches.models.probes import KNN_FEATURES, PROBES
 from patches.train import finetuning
 from patches.train.trainer import launch
 
+SCRIPT = "run_class_finetuning.py"  # the entry script at the repository root, as commands print it
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = cli_args.run_parser("PATCHES fine-tuning and testing", epochs=30, save_ckpt_freq=100)

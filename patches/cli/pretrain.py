@@ -18,6 +18,8 @@ from patches.data.masking import DECODER_MASK_TYPES, MASK_TYPES
 from patches.train import pretraining
 from patches.train.trainer import launch
 
+SCRIPT = "run_mae_pretraining.py"  # the entry script at the repository root, as commands print it
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = cli_args.run_parser("PATCHES masked video pre-training", epochs=800, save_ckpt_freq=50)

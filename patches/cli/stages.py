@@ -9,8 +9,10 @@ from typing import Any
 
 
 def run_stage(title: str, script: ModuleType, flags: list[str]) -> tuple[Any, float]:
-    """``script.main`` on ``flags`` (printed first as the equivalent command); returns its result and seconds."""
-    print(f"\n=== {title}\n$ python {Path(script.__file__).name} {shlex.join(flags)}\n", flush=True)
+    """``script.main`` on ``flags`` (printed first as the equivalent command: ``script.SCRIPT``, the entry script at
+    the repository root); returns its result and seconds."""
+    name = getattr(script, "SCRIPT", Path(script.__file__).name)
+    print(f"\n=== {title}\n$ python {name} {shlex.join(flags)}\n", flush=True)
     start = time.time()
     result = script.main(script.get_args_parser().parse_args(flags))
     return result, time.time() - start
