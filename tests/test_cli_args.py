@@ -141,6 +141,7 @@ def test_videomae_recipes_resolve_to_the_values_the_flags_gave_before(case: str,
 
     from patches.config.finetuning import resolve_finetuning
     from patches.config.pretraining import resolve_pretraining
+    from patches.errors import PatchesError
     for var in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):
         monkeypatch.delenv(var, raising=False)
     expected = json.loads((FIXTURES / "resolved_run_flags.json").read_text())[case]
@@ -155,6 +156,9 @@ def test_videomae_recipes_resolve_to_the_values_the_flags_gave_before(case: str,
     parsed = dict(vars(args))
     run = (resolve_pretraining if pretraining else resolve_finetuning)(args, world_size=expected["world"])
     assert vars(args) == parsed  # resolution only reads the flags
+    run.check_world_size(expected["world"])
+    with pytest.raises(PatchesError, match="resolved for"):  # the LRs were scaled for another process count
+        run.check_world_size(expected["world"] + 1)
 
     trainer = json.loads(json.dumps(dataclasses.asdict(run.trainer), default=str))
     trainer.update(output_dir="OUT", log_dir=None)

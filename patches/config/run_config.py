@@ -15,6 +15,7 @@ from typing import Any, Mapping
 from patches.config.library_configs import loader_config
 from patches.config.lr_scaling import ScaledRates
 from patches.data.loaders import LoaderConfig
+from patches.errors import PatchesError
 from patches.train.optim import OptimizerConfig
 from patches.train.trainer import TrainerConfig
 
@@ -71,6 +72,13 @@ class RunConfig:
     def recorded_flags(self) -> argparse.Namespace:
         """A fresh namespace of the resolved flags, for the driver to record in checkpoints."""
         return argparse.Namespace(**self.flags)
+
+    def check_world_size(self, processes: int) -> None:
+        """The LRs were scaled for ``world_size`` processes, read from the launcher's environment before the
+        process group existed: refuse a process group of another size rather than train at other rates."""
+        if processes != self.world_size:
+            raise PatchesError(f"the run was resolved for {self.world_size} processes but its process group has "
+                               f"{processes}")
 
     @property
     def clips_per_step(self) -> int:

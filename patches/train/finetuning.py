@@ -27,10 +27,12 @@ from patches.models.factory import create_video_model
 from patches.train.classification import Classification, classification_criterion, video_mixup
 from patches.train.optim import build_optimizer
 from patches.train.trainer import Trainer
+from patches.utils.distributed import get_world_size
 
 
 def run_finetuning(run: FinetuneRunConfig, device: str | None) -> dict[str, Any]:
     """Fine-tune and test, or only test (--eval), or probe (--probe), on ``device`` (what ``launch`` chose)."""
+    run.check_world_size(get_world_size())
     evaluation, grid = run.evaluation, run.grid
     if not evaluation.eval_only:
         print(run.rates.report)

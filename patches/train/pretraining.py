@@ -18,7 +18,7 @@ from patches.models.factory import create_video_model
 from patches.train.optim import build_optimizer
 from patches.train.reconstruction import FlexibleReconstruction, MaskedReconstruction
 from patches.train.trainer import Trainer
-from patches.utils.distributed import get_rank
+from patches.utils.distributed import get_rank, get_world_size
 
 
 def print_grids(run: PretrainRunConfig) -> None:
@@ -58,6 +58,7 @@ def warn_if_other_grids(found: FoundCheckpoint | None, grids: list[PatchGrid]) -
 def train(run: PretrainRunConfig, device: str | None) -> dict[str, Any]:
     """Pre-train on ``device`` (what ``launch`` chose). Returns the last epoch's ``log.txt`` record with
     ``checkpoint``: the last epoch checkpoint written (None when there was nothing left to train)."""
+    run.check_world_size(get_world_size())
     grid, grids = run.grid, list(run.grids)  # the model's grid (the only one without --grids)
     print(run.rates.report)
     with Trainer(dataclasses.replace(run.trainer, device=device), grid, run.recorded_flags()) as trainer:
