@@ -184,7 +184,7 @@ def test_launchers_give_the_entry_scripts_valid_flags_for_every_dataset_and_grid
             words = shlex.split(result.stdout.splitlines()[-1])
             assert words[0] == ("torchrun" if launcher == "torchrun.sh" else "srun")
             script = next(i for i, w in enumerate(words) if w.endswith(".py"))
-            assert Path(words[script]) == Path(module.__file__)
+            assert Path(words[script]) == ROOT / module.SCRIPT  # the entry script at the repository root
             args = module.get_args_parser().parse_args(words[script + 1:])
             assert (args.input_size[0] // args.patch_size) ** 2 == {"196": 196, "216/12": 324}[grid]
             assert args.seed == 3 and args.save_ckpt_every_steps > 0
