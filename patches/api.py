@@ -25,7 +25,8 @@ from patches.checkpoints.reading import read_any_checkpoint
 from patches.data.transforms import EvalTransform
 from patches.data.video_reader import FrameArray
 from patches.errors import UsageError
-from patches.eval.features import (VideoSource, VideoViews, apply_checkpoint_defaults, encode_views, find_videos,
+from patches.config.checkpoint_defaults import checkpoint_flag_values
+from patches.eval.features import (VideoSource, VideoViews, encode_views, find_videos,
                                    head_classes, read_class_names)
 from patches.eval.predict import CHECKPOINT_FALLBACK, class_probabilities, recorded_test_views, top_classes
 from patches.grid import PatchGrid, make_grid, parse_grid_spec
@@ -244,8 +245,8 @@ def _encoder_settings(ckpt: dict[str, Any], model: str | None, grid: GridLike | 
     elif grid is not None:
         size, settings.patch_size = parse_grid_spec(grid)
         settings.input_size = [size]
-    settings.grid = apply_checkpoint_defaults(settings, ckpt, CHECKPOINT_FALLBACK)
-    return settings
+    values, grid = checkpoint_flag_values(settings, ckpt, CHECKPOINT_FALLBACK)
+    return argparse.Namespace(**{**vars(settings), **values, "grid": grid})
 
 
 def _class_names(given: Sequence[str] | str | Path | None, ckpt: dict[str, Any], path: str,

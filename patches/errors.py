@@ -8,4 +8,5 @@ class PatchesError(Exception):
 
 
 class UsageError(PatchesError):
-    """A flag, an input path or an output folder that cannot be used: refused before heavy work (exit 2)."""
+    """A flag, an input path or an output folder that cannot be used: refused before heavy work (exit 1, as every
+    failure the scripts name; argparse's own refusals exit 2)."""

@@ -20,7 +20,6 @@ def pretrain_flags(demo_root: Path, out: Path, batch_size: int, *extra: str) -> 
             "0", "--batch_size", str(batch_size), "--epochs", "2", "--output_dir", str(out), *extra]
 
 
-@pytest.mark.slow
 def test_two_processes_give_the_loss_sequence_of_one_with_the_same_global_batch(demo_root, tmp_path):
     # The global batch is 4 clips: 1 process x 4, or 2 processes x 2. The sampler gives both the same global
     # batches, every clip's crop and mask come from (seed, epoch, index), and DDP averages the gradients.
@@ -52,7 +51,6 @@ cleanup_distributed()
 """
 
 
-@pytest.mark.slow
 def test_slurm_environment_starts_a_gloo_group(tmp_path):
     # What srun --ntasks 2 sets for each task; no scontrol here, so the master comes from the node list.
     port = free_port()
@@ -74,10 +72,9 @@ def finetune_flags(demo_root: Path, out: Path, *extra: str) -> list[str]:
             "--cutmix", "0", "--aa", "none", "--reprob", "0", "--num_workers", "0", "--output_dir", str(out), *extra]
 
 
-@pytest.mark.slow
 def test_dist_eval_validates_each_clip_once_and_tests_like_one_process(demo_root, tmp_path):
     from patches.eval.testing import evaluate
-    from patches.config import flags as cli_args
+    from patches.config import library_configs as cli_args
     from patches.cli import finetune as run_class_finetuning
     from patches.data.datasets import build_dataset
     from patches.grid import grid_from_args
@@ -119,7 +116,6 @@ def ddp_reference(demo_root, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["1", "2"])
 def test_deepspeed_zero_pretrains_on_cpu_and_resumes_from_its_own_checkpoint(demo_root, tmp_path, stage,
                                                                            ddp_reference):
@@ -156,7 +152,6 @@ def test_deepspeed_loads_refuse_pickled_code(tmp_path):
         loads.load(str(tmp_path / "mp_rank_00_model_states.pt"))
 
 
-@pytest.mark.slow
 def test_missing_deepspeed_is_a_clear_error(tmp_path):
     hide = textwrap.dedent(f"""
         import runpy, sys
@@ -171,14 +166,14 @@ def test_missing_deepspeed_is_a_clear_error(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["torchrun.sh", "slurm.sbatch"])
 @pytest.mark.parametrize("stage", ["pretrain", "finetune"])
 def test_launchers_give_the_entry_scripts_valid_flags_for_every_dataset_and_grid(launcher, stage, tmp_path):
     import shlex
 
-    from patches.cli import finetune, pretrain
-    module, entry = (pretrain, "run_mae_pretraining.py") if stage == "pretrain" else (finetune, "run_class_finetuning.py")
+    from patches.cli import finetune as run_class_finetuning
+    from patches.cli import pretrain as run_mae_pretraining
+    module = run_mae_pretraining if stage == "pretrain" else run_class_finetuning
     for dataset in ("k400", "ssv2", "ucf101", "hmdb51"):
         for grid in ("196", "216/12"):
             variables = dict(env(), DRY_RUN="1", DATASET=dataset, GRID=grid, DATA_ROOT=str(tmp_path),
@@ -189,7 +184,7 @@ def test_launchers_give_the_entry_scripts_valid_flags_for_every_dataset_and_grid
             words = shlex.split(result.stdout.splitlines()[-1])
             assert words[0] == ("torchrun" if launcher == "torchrun.sh" else "srun")
             script = next(i for i, w in enumerate(words) if w.endswith(".py"))
-            assert Path(words[script]) == ROOT / entry
+            assert Path(words[script]) == ROOT / module.SCRIPT  # the entry script at the repository root
             args = module.get_args_parser().parse_args(words[script + 1:])
             assert (args.input_size[0] // args.patch_size) ** 2 == {"196": 196, "216/12": 324}[grid]
             assert args.seed == 3 and args.save_ckpt_every_steps > 0

@@ -450,7 +450,7 @@ def test_bad_list_lines_stop_the_run_up_front(cli) -> None:
 
 
 def test_pretraining_list_is_checked_up_front(tmp_path: Path) -> None:
-    from patches.config import flags as cli_args
+    from patches.config import checks as cli_args
     lst = write_text(tmp_path / "bad.csv", "a.mp4\nb.mp4 -4\nc.mp4\n")
     args = SimpleNamespace(data_path=str(lst), data_root=None, check_data=False, batch_size=2, update_freq=1)
     assert cli_args.pretraining_data_problems(args) == [f"{lst}, line 2: negative label -4"]
@@ -608,7 +608,7 @@ def test_a_second_ctrl_c_stops_at_once_with_status_130() -> None:
 
 def test_flag_values_that_used_to_get_through_are_refused_naming_the_flag(tmp_path: Path,
                                                                            capsys: pytest.CaptureFixture) -> None:
-    from patches.config import flags as cli_args
+    from patches.config import checks as cli_args
     from patches.cli import pretrain as run_mae_pretraining
     a_file = write_text(tmp_path / "a_file", "not a folder")
     cases = {
@@ -620,11 +620,11 @@ def test_flag_values_that_used_to_get_through_are_refused_naming_the_flag(tmp_pa
     for flags, message in cases.items():
         args = run_mae_pretraining.get_args_parser().parse_args(
             [*PRETRAIN, "--output_dir", str(tmp_path / "out"), *flags])
-        assert any(message in problem for problem in cli_args.validate_common(args, ())[1]), flags
+        assert any(message in problem for problem in cli_args.validate_common(args, ())[2]), flags
     long_warmup = run_mae_pretraining.get_args_parser().parse_args([*PRETRAIN, "--output_dir", str(tmp_path / "out"),
                                                                    "--warmup_epochs", "5", "--epochs", "1"])
     capsys.readouterr()
-    assert cli_args.validate_common(long_warmup, ())[1] == []  # allowed, with a warning up front
+    assert cli_args.validate_common(long_warmup, ())[2] == []  # allowed, with a warning up front
     assert ("warning: --warmup_epochs 5 is longer than the run's --epochs 1: the warmup is cut to the run, so the "
             "learning rate rises all run long and never decays") in capsys.readouterr().out
 

@@ -15,6 +15,9 @@ import torch
 from patches.train.stop_signals import EXIT_REQUEUE
 from patches.cli import pretrain as run_mae_pretraining
 from patches.checkpoints.reading import read_pth_checkpoint
+from patches.config.checks import FlagError
+from patches.config.pretraining import check_pretraining
+from patches.train.pretraining import warn_if_other_grids
 from patches.train.reconstruction import FlexibleReconstruction, MaskedReconstruction, resize_clips
 from launch_helpers import ROOT, assert_same_weights, read_scalars, run, run_and_signal, weights
 from patches.data.masking import MaskGenerator
@@ -49,20 +52,20 @@ def test_a_bad_grids_entry_is_refused_by_the_cli_naming_it(tmp_path):
      "--grids 4/1: --normlize_target standardises each token's pixels"),
 ])
 def test_grids_conflicting_with_other_flags_are_refused(flags, message, tmp_path, capsys):
-    with pytest.raises(SystemExit) as stop:
-        run_mae_pretraining.validate_args(parsed(tmp_path, *flags))
+    with pytest.raises(FlagError) as stop:
+        check_pretraining(parsed(tmp_path, *flags))
     assert message in str(stop.value)
 
 
 def test_grids_set_the_base_grid_and_3d_tables_and_fixed_runs_keep_their_defaults(tmp_path):
     args = parsed(tmp_path, "--grids", "32/8", "32/16", "48/8")
-    grids, counts = run_mae_pretraining.validate_args(args)
+    flags, grids, counts = check_pretraining(args)
     assert [g.spec for g in grids] == ["32/8", "32/16", "48/8"]  # as listed: the draw indexes this order
-    assert (args.input_size, args.patch_size, args.pos_embed) == ([32], 16, "3d")  # the largest patch
+    assert (flags.input_size, flags.patch_size, flags.pos_embed) == ([32], 16, "3d")  # the largest patch
     assert [c.num_tokens for c in counts] == [32, 8, 72]
-    fixed = parsed(tmp_path)
-    grids, _ = run_mae_pretraining.validate_args(fixed)
-    assert (fixed.input_size, fixed.patch_size, fixed.pos_embed) == ([224], 16, "1d") and grids[0].spec == "224/16"
+    assert (args.input_size, args.patch_size, args.pos_embed) == (None, None, None)  # the parsed flags are only read
+    flags, grids, _ = check_pretraining(parsed(tmp_path))
+    assert (flags.input_size, flags.patch_size, flags.pos_embed) == ([224], 16, "1d") and grids[0].spec == "224/16"
 
 
 def test_the_steps_grid_is_a_function_of_seed_epoch_and_batch():
@@ -176,8 +179,8 @@ def test_resuming_a_flexible_checkpoint_with_another_grids_list_warns(tmp_path, 
     from patches.checkpoints.folder import FoundCheckpoint
     grids = grids_from_specs(["32/16", "32/8"], 4, 2)
     found = FoundCheckpoint(tmp_path / "checkpoint-3.pth", {"grids": [g.to_dict() for g in grids]})
-    run_mae_pretraining.warn_if_other_grids(found, grids)
+    warn_if_other_grids(found, grids)
     assert capsys.readouterr().out == ""
-    run_mae_pretraining.warn_if_other_grids(found, grids[:1])
+    warn_if_other_grids(found, grids[:1])
     assert f"warning: {tmp_path / 'checkpoint-3.pth'} was trained at --grids 32/16 32/8; this run draws from 32/16 " \
            f"from here on" in capsys.readouterr().out

@@ -14,7 +14,7 @@ from patches.train import deepspeed_engine as ds_utils
 from patches.checkpoints.resume_state import cuda_state_of_this_device
 from patches.utils.devices import auto_amp
 from patches.utils.distributed import local_device_index
-from patches.config.flags import _compile_problems
+from patches.config.checks import _compile_problems
 from launch_helpers import ROOT, env, free_port
 from patches.train.updater import Updater
 

@@ -11,7 +11,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from patches.config import flags as cli_args
+from patches.config import library_configs as cli_args
+from patches.config.lr_scaling import scaled_rates, total_batch_size
+from patches.config.run_config import scaled_flags
 from patches.config import recipes
 from patches.train.optim import cosine_scheduler
 from patches.data.clip_sampling import (eval_view_fraction, sample_clip_indices, segment_eval_indices, segment_train_indices)
@@ -57,10 +59,11 @@ def test_every_recipe_gives_videomae_lr_batch_steps_and_schedule() -> None:
             steps = recipes.TRAIN_VIDEOS[recipe.dataset] // total
 
             args = recipes.parsed_args(name, stage)  # the flags verbatim, through PATCHES's own parser
-            printed = cli_args.scale_lr(args, gpus)
+            rates = scaled_rates(args, gpus)
+            printed = rates.report
             assert f"LR = {lr:.8f}" in printed and f"Batch size = {total} " in printed, (name, stage, printed)
-            assert (args.lr, args.min_lr, args.warmup_lr) == pytest.approx((lr, min_lr, warmup_lr), rel=1e-12)
-            assert cli_args.total_batch_size(args, gpus) == total
+            assert (rates.lr, rates.min_lr, rates.warmup_lr) == pytest.approx((lr, min_lr, warmup_lr), rel=1e-12)
+            assert total_batch_size(args, gpus) == rates.total_batch == total
             # the loader's sampler, on one of the processes, makes the same number of updates per epoch
             sampler = ResumableSampler(recipes.TRAIN_VIDEOS[recipe.dataset], args.batch_size, gpus, 0,
                                        batches_multiple=args.update_freq)
@@ -69,7 +72,7 @@ def test_every_recipe_gives_videomae_lr_batch_steps_and_schedule() -> None:
             epochs = int(flags[flags.index("--epochs") + 1])
             warmup_epochs = int(videomae_value(flags, stage, "--warmup_epochs"))
             theirs = videomae_cosine_scheduler(lr, min_lr, epochs, steps, warmup_epochs)
-            s = cli_args.trainer_config(args, "cpu").schedule
+            s = cli_args.trainer_config(scaled_flags(args, rates), "cpu").schedule
             ours = cosine_scheduler(s.lr, s.min_lr, epochs, steps, s.warmup_epochs, s.warmup_lr, s.warmup_steps)
             assert len(ours) == len(theirs) == epochs * steps
             warmup = warmup_epochs * steps

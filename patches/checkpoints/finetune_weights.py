@@ -33,12 +33,12 @@ from patches.checkpoints.load_report import LoadReport, format_shape, split_entr
 from patches.checkpoints.pos_embed_loading import load_pos_embed, note_trained_grids
 from patches.checkpoints.reading import LoadedCheckpoint, read_any_checkpoint
 from patches.checkpoints.resampling import resize_patch_embed
-from patches.checkpoints.source_grid import inferred_grid, source_grid  # inferred_grid: finetune.py's import, for now
+from patches.checkpoints.source_grid import source_grid
 from patches.checkpoints.state_dict_names import normalise_state_dict, select_state_dict
 from patches.models.classifier import VideoClassifier
 from patches.utils.distributed import is_main_process, unwrap_model
 
-__all__ = ["load_finetune_weights", "inferred_grid"]
+__all__ = ["load_finetune_weights"]
 
 
 def _width_of(sd: dict[str, torch.Tensor]) -> int | None:

@@ -164,7 +164,6 @@ def choose_resume_checkpoint(resume_path: str, auto_resume: bool, output_dir: st
     return FoundCheckpoint(Path(choice[0]), ckpt)
 
 
-choose_checkpoint = choose_resume_checkpoint  # the name patches/cli/{pretrain,finetune}.py use until they switch
 
 
 def best_checkpoint_file(output_dir: str | Path) -> Path | None:

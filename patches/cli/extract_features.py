@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +23,22 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from patches.config import flags as cli_args
+from patches.cli.exits import exits_on_error
+from patches.config.checkpoint_defaults import checkpoint_flag_values
+from patches.config import checks, flags as cli_args
 from patches.utils.devices import autocast_dtype, resolve_device
 from patches.utils.distributed import get_rank, get_world_size, is_dist, is_main_process
 from patches.utils.files import write_atomically
-from patches.checkpoints.errors import CheckpointError
 from patches.checkpoints.folder import remove_stale_temp_files
-from patches.checkpoints.models import model_from_checkpoint
-from patches.checkpoints.reading import read_any_checkpoint
+from patches.errors import UsageError
 from patches.grid import GridError, PatchGrid
 from patches.train.trainer import launch
+from patches.checkpoints.models import model_from_checkpoint
+from patches.checkpoints.reading import read_any_checkpoint
+from patches.eval.features import (FEATURES_KEY, VideoViews, check_feature_folder, collate_views, encode_views,
+                                   encoder_reference, find_videos, inputs_digest, shard_done, write_index,
+                                   write_shard)
 from patches.eval.predict import CHECKPOINT_FALLBACK
-from patches.eval.features import (FEATURES_KEY, VideoViews, apply_checkpoint_defaults, check_feature_folder, collate_views, encode_views, encoder_reference, find_videos, inputs_digest, shard_done, write_index, write_shard)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -57,7 +62,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_workers", default=4, type=int, help="decoding worker processes")
     p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"], help="autocast dtype")
     p.add_argument("--model_key", default="model|module", help="key(s) of the state dict in the checkpoint")
-    # Grid and model: unset means the checkpoint's (see video_features.apply_checkpoint_defaults).
+    # Grid and model: unset means the checkpoint's (see config.checkpoint_defaults.checkpoint_flag_values).
     p.set_defaults(model=None, input_size=None, patch_size=None, num_frames=None, tubelet_size=None, pos_embed=None)
     return p
 
@@ -65,48 +70,79 @@ def get_args_parser() -> argparse.ArgumentParser:
 FALLBACK = CHECKPOINT_FALLBACK
 
 
-def prepare(args: argparse.Namespace) -> tuple[dict[str, Any], PatchGrid, list, dict[str, Any]]:
-    """Checks before any heavy work: the checkpoint, the grid, the videos, the output folder."""
+@dataclass(frozen=True)
+class ExtractionConfig:
+    """One extraction, resolved: the flags with the checkpoint's model and grid filled in, and the grid."""
+
+    finetune: str
+    output_dir: str
+    device: str | None
+    model: str
+    pos_embed: str
+    use_mean_pooling: bool | None
+    model_key: str
+    grid: PatchGrid
+    sampling_rate: int
+    test_num_segment: int
+    test_num_crop: int
+    short_side_size: int | None
+    fname_tmpl: str
+    save_tokens: bool
+    format: str
+    shard_size: int
+    batch_size: int
+    num_workers: int
+    amp: str
+
+
+class FeatureFolderError(UsageError):
+    """``--output_dir`` holds another extraction's features."""
+
+
+def prepare(args: argparse.Namespace) -> tuple[ExtractionConfig, list, dict[str, Any]]:
+    """Checks before any heavy work: the checkpoint, the grid, the videos, the output folder. Returns the resolved
+    extraction, the videos and the key that names the features."""
     problems = [f"--{f} must be at least 1, got {getattr(args, f)}" for f in
                 ("test_num_segment", "test_num_crop", "shard_size", "batch_size") if getattr(args, f) < 1]
-    problems += cli_args.writable_dir_problems(args.output_dir, "--output_dir")
+    problems += checks.writable_dir_problems(args.output_dir, "--output_dir")
     if not Path(args.finetune).exists():
         problems.append(f"--finetune {args.finetune} does not exist")
-    cli_args.fail_if(problems)
+    checks.fail_if(problems)
+    ckpt = read_any_checkpoint(args.finetune).contents
     try:
-        ckpt = read_any_checkpoint(args.finetune).contents
-    except CheckpointError as e:
-        raise SystemExit(f"error: {e}") from None
-    try:
-        grid = apply_checkpoint_defaults(args, ckpt, FALLBACK)
+        values, grid = checkpoint_flag_values(args, ckpt, FALLBACK)
         videos = find_videos(args.data_path, args.data_root)
     except (GridError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
-    key = {"encoder": encoder_reference(args.finetune), "model": args.model, "grid": grid.to_dict(),
-           "sampling_rate": args.sampling_rate, "views": [args.test_num_segment, args.test_num_crop],
-           "short_side_size": args.short_side_size, "tokens": args.save_tokens, "format": args.format,
-           "shard_size": args.shard_size, "inputs": inputs_digest(videos)}
+        raise checks.FlagError([str(e)]) from None
+    flags = {**vars(args), **values}
+    resolved = {"grid": grid, "use_mean_pooling": flags.get("use_mean_pooling")}
+    run = ExtractionConfig(**{name: resolved[name] if name in resolved else flags[name]
+                              for name in ExtractionConfig.__dataclass_fields__})
+    key = {"encoder": encoder_reference(run.finetune), "model": run.model, "grid": grid.to_dict(),
+           "sampling_rate": run.sampling_rate, "views": [run.test_num_segment, run.test_num_crop],
+           "short_side_size": run.short_side_size, "tokens": run.save_tokens, "format": run.format,
+           "shard_size": run.shard_size, "inputs": inputs_digest(videos)}
     try:
-        check_feature_folder(Path(args.output_dir), key)
+        check_feature_folder(Path(run.output_dir), key)
     except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
-    return ckpt, grid, videos, key
+        raise FeatureFolderError(str(e)) from None
+    return run, videos, key
 
 
+@exits_on_error
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Extract; returns the index (what ``index.json`` holds)."""
-    _, grid, videos, key = prepare(args)
-    return launch(lambda device: run(args, grid, videos, key, device), args.device)
+    run, videos, key = prepare(args)
+    return launch(lambda device: extract(run, videos, key, device), run.device)
 
 
-def run(args: argparse.Namespace, grid: PatchGrid, videos: list, key: dict[str, Any], device: str | None
-        ) -> dict[str, Any]:
-    out, device = Path(args.output_dir), resolve_device(device)
-    model = model_from_checkpoint(args.finetune, args.model, grid, args.pos_embed,
-                                  getattr(args, "use_mean_pooling", None) is not False, num_classes=0,
-                                  model_key=args.model_key, verbose=is_main_process()).model.to(device)
-    amp = autocast_dtype(args.amp, device)
-    shards = (len(videos) + args.shard_size - 1) // args.shard_size
+def extract(run: ExtractionConfig, videos: list, key: dict[str, Any], device: str | None) -> dict[str, Any]:
+    """Every shard this process owns, then (on the main process) the index."""
+    out, device, grid = Path(run.output_dir), resolve_device(device), run.grid
+    model = model_from_checkpoint(run.finetune, run.model, grid, run.pos_embed, run.use_mean_pooling is not False,
+                                  num_classes=0, model_key=run.model_key, verbose=is_main_process()).model.to(device)
+    amp = autocast_dtype(run.amp, device)
+    shards = (len(videos) + run.shard_size - 1) // run.shard_size
     if is_main_process():
         count, _ = remove_stale_temp_files(out)  # of a killed run's unfinished shard
         if count:
@@ -114,12 +150,12 @@ def run(args: argparse.Namespace, grid: PatchGrid, videos: list, key: dict[str, 
         write_atomically(out / FEATURES_KEY, lambda tmp: tmp.write_text(json.dumps(key, indent=1)))
     mine = [n for n in range(get_rank(), shards, get_world_size())]
     todo = [n for n in mine if not shard_done(out, n)]
-    print(f"{len(videos)} videos at {grid.describe()}, {args.test_num_segment} x {args.test_num_crop} views: "
+    print(f"{len(videos)} videos at {grid.describe()}, {run.test_num_segment} x {run.test_num_crop} views: "
           f"{shards} shards, {len(mine) - len(todo)} already done")
-    total = sum(len(videos[n * args.shard_size:(n + 1) * args.shard_size]) for n in todo)
+    total = sum(len(videos[n * run.shard_size:(n + 1) * run.shard_size]) for n in todo)
     with tqdm(total=total, unit="video", disable=not is_main_process()) as bar:
         for n in todo:
-            extract_shard(args, model, videos[n * args.shard_size:(n + 1) * args.shard_size], n, grid, amp, bar)
+            extract_shard(run, model, videos[n * run.shard_size:(n + 1) * run.shard_size], n, grid, amp, bar)
     if is_dist():
         torch.distributed.barrier()
     index = write_index(out, key, shards) if is_main_process() else {}
@@ -129,34 +165,34 @@ def run(args: argparse.Namespace, grid: PatchGrid, videos: list, key: dict[str, 
     return index
 
 
-def extract_shard(args: argparse.Namespace, model: torch.nn.Module, videos: list, number: int, grid: PatchGrid,
+def extract_shard(run: ExtractionConfig, model: torch.nn.Module, videos: list, number: int, grid: PatchGrid,
                   amp: torch.dtype | None, bar: Any) -> None:
     """One shard: every view of its videos through the encoder, written atomically with its record."""
-    dataset = VideoViews(videos, grid, args.sampling_rate, args.test_num_segment, args.test_num_crop,
-                         args.short_side_size, args.fname_tmpl)
-    loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=collate_views)
+    dataset = VideoViews(videos, grid, run.sampling_rate, run.test_num_segment, run.test_num_crop,
+                         run.short_side_size, run.fname_tmpl)
+    loader = DataLoader(dataset, batch_size=run.batch_size, num_workers=run.num_workers, collate_fn=collate_views)
     pooled, tokens, rows, bad = [], [], [], []
     for views, indices, unreadable in loader:
         bad += [{"path": videos[i].path, "reason": reason} for i, reason in unreadable]
         if views is not None:
             p, t = encode_views(model, views, amp)
             pooled.append(p.cpu().numpy())
-            if args.save_tokens:
+            if run.save_tokens:
                 tokens.append(t.cpu().numpy())
             rows += indices
         bar.update(len(indices) + len(unreadable))
-    views_count, dim = args.test_num_segment * args.test_num_crop, model.embed_dim
+    views_count, dim = run.test_num_segment * run.test_num_crop, model.embed_dim
     arrays = {"pooled": np.concatenate(pooled) if pooled else np.zeros((0, views_count, dim), np.float32)}
-    if args.save_tokens:
+    if run.save_tokens:
         per_view = grid.shape if model.cls_token is None else (grid.num_tokens + 1,)  # a cls token: kept flat
         shape = (-1, views_count, *per_view, dim)
         arrays["tokens"] = (np.concatenate(tokens) if tokens else np.zeros((0, views_count, grid.num_tokens, dim),
                                                                           np.float32)).reshape(shape)
     for i in bad:
         print(f"warning: unreadable, left out: {i['path']} ({i['reason']})")
-    write_shard(Path(args.output_dir), number, arrays, {"videos": [videos[i].path for i in rows],
+    write_shard(Path(run.output_dir), number, arrays, {"videos": [videos[i].path for i in rows],
                                                         "labels": [videos[i].label for i in rows],
-                                                        "unreadable": bad}, args.format)
+                                                        "unreadable": bad}, run.format)
 
 
 def cli() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +19,17 @@ from patches.utils import cpu_memory  # noqa: F401  (before torch: allocator set
 import torch
 from torch.utils.data import DataLoader
 
+from patches.cli.exits import exits_on_error
+from patches.config.checkpoint_defaults import checkpoint_flag_values
 from patches.config import flags as cli_args
+from patches.config.checks import FlagError
 from patches.utils.devices import resolve_device
-from patches.grid import GridError
-from patches.checkpoints.errors import CheckpointError
+from patches.grid import GridError, PatchGrid
 from patches.checkpoints.models import model_from_checkpoint
 from patches.checkpoints.reading import read_any_checkpoint
-from patches.eval.features import (VideoViews, apply_checkpoint_defaults, collate_views, find_videos, head_classes, read_class_names)
-from patches.eval.predict import CHECKPOINT_FALLBACK, TEST_VIEWS_FALLBACK, class_probabilities, recorded_test_views, top_classes
+from patches.eval.features import VideoViews, collate_views, find_videos, head_classes, read_class_names
+from patches.eval.predict import (CHECKPOINT_FALLBACK, TEST_VIEWS_FALLBACK, class_probabilities, recorded_test_views,
+                                  top_classes)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -55,58 +59,82 @@ def get_args_parser() -> argparse.ArgumentParser:
 FALLBACK = {**CHECKPOINT_FALLBACK, **TEST_VIEWS_FALLBACK}
 
 
-def prepare(args: argparse.Namespace) -> tuple[dict[str, Any], list[str], list]:
-    """Every check before the model is built: checkpoint, head, class names, grid, videos."""
+@dataclass(frozen=True)
+class InferenceConfig:
+    """One inference run, resolved: the flags with the checkpoint's model, grid and test views filled in."""
+
+    checkpoint: str
+    device: str | None
+    model: str
+    pos_embed: str
+    use_mean_pooling: bool | None
+    grid: PatchGrid
+    sampling_rate: int
+    test_num_segment: int
+    test_num_crop: int
+    short_side_size: int | None
+    fname_tmpl: str
+    batch_size: int
+    num_workers: int
+    topk: int
+    json: bool
+
+
+def check_checkpoint(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
+    """The checkpoint, its head and the class names, refused with a :class:`FlagError` naming what is wrong."""
     if not Path(args.checkpoint).exists():
-        raise SystemExit(f"error: --checkpoint {args.checkpoint} does not exist")
-    try:
-        ckpt = read_any_checkpoint(args.checkpoint).contents
-    except CheckpointError as e:
-        raise SystemExit(f"error: {e}") from None
+        raise FlagError([f"--checkpoint {args.checkpoint} does not exist"])
+    ckpt = read_any_checkpoint(args.checkpoint).contents
     classes = head_classes(ckpt)
     if not classes:
-        raise SystemExit(f"error: --checkpoint {args.checkpoint} has no classification head (a pre-training or "
-                         f"probe checkpoint?); run_inference.py needs a fine-tuned classifier")
+        raise FlagError([f"--checkpoint {args.checkpoint} has no classification head (a pre-training or probe "
+                         f"checkpoint?); run_inference.py needs a fine-tuned classifier"])
     if args.classes and not Path(args.classes).is_file():
-        raise SystemExit(f"error: --classes {args.classes} does not exist")
+        raise FlagError([f"--classes {args.classes} does not exist"])
     names = read_class_names(args.classes, ckpt, args.checkpoint)
     if names is None:
-        raise SystemExit(f"error: --checkpoint {args.checkpoint} records no class names: pass --classes FILE, "
-                         f"one name per line in label order ({classes} lines)")
+        raise FlagError([f"--checkpoint {args.checkpoint} records no class names: pass --classes FILE, one name "
+                         f"per line in label order ({classes} lines)"])
     if len(names) != classes:
-        raise SystemExit(f"error: {args.classes or args.checkpoint} names {len(names)} classes, the checkpoint's head "
-                         f"has {classes}")
-    for flag, recorded in zip(("test_num_segment", "test_num_crop"), recorded_test_views(ckpt)):
-        if getattr(args, flag) is None:
-            setattr(args, flag, recorded)
+        raise FlagError([f"{args.classes or args.checkpoint} names {len(names)} classes, the checkpoint's head "
+                         f"has {classes}"])
+    return ckpt, names
+
+
+def prepare(args: argparse.Namespace) -> tuple[InferenceConfig, list[str], list]:
+    """Every check before the model is built: checkpoint, head, class names, grid, videos. Returns the resolved
+    run, the class names and the videos."""
+    ckpt, names = check_checkpoint(args)
+    views = {flag: recorded for flag, recorded in zip(("test_num_segment", "test_num_crop"), recorded_test_views(ckpt))
+             if getattr(args, flag) is None}
     try:
-        args.grid = apply_checkpoint_defaults(args, ckpt, FALLBACK)
+        values, grid = checkpoint_flag_values(args, ckpt, FALLBACK)
         videos = find_videos(args.videos, args.data_root)
     except (GridError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
-    return ckpt, names, videos
+        raise FlagError([str(e)]) from None
+    flags = {**vars(args), **views, **values}
+    resolved = {"grid": grid, "use_mean_pooling": flags.get("use_mean_pooling")}
+    run = InferenceConfig(**{name: resolved[name] if name in resolved else flags[name]
+                             for name in InferenceConfig.__dataclass_fields__})
+    return run, names, videos
 
 
 @torch.no_grad()
-def classify(args: argparse.Namespace, names: list[str], videos: list) -> list[dict[str, Any]]:
+def classify(run: InferenceConfig, names: list[str], videos: list) -> list[dict[str, Any]]:
     """Per video: its path and top-k (label, probability), or the reason it could not be read."""
-    device = resolve_device(args.device)
-    try:
-        model = model_from_checkpoint(args.checkpoint, args.model, args.grid, args.pos_embed,
-                                      getattr(args, "use_mean_pooling", None) is not False, num_classes=len(names),
-                                      model_key=getattr(args, "model_key", "model|module")).model.to(device)
-    except CheckpointError as e:
-        raise SystemExit(f"error: {e}") from None
-    dataset = VideoViews(videos, args.grid, args.sampling_rate, args.test_num_segment, args.test_num_crop,
-                         args.short_side_size, args.fname_tmpl)
-    loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=collate_views)
+    device = resolve_device(run.device)
+    model = model_from_checkpoint(run.checkpoint, run.model, run.grid, run.pos_embed, run.use_mean_pooling is not False,
+                                  num_classes=len(names)).model.to(device)
+    dataset = VideoViews(videos, run.grid, run.sampling_rate, run.test_num_segment, run.test_num_crop,
+                         run.short_side_size, run.fname_tmpl)
+    loader = DataLoader(dataset, batch_size=run.batch_size, num_workers=run.num_workers, collate_fn=collate_views)
     results: dict[int, dict[str, Any]] = {}
     for views, indices, unreadable in loader:
         for i, reason in unreadable:
             results[i] = {"video": videos[i].path, "error": reason}
         if views is None:
             continue
-        for i, top in zip(indices, top_classes(class_probabilities(model, views), names, args.topk)):
+        for i, top in zip(indices, top_classes(class_probabilities(model, views), names, run.topk)):
             results[i] = {"video": videos[i].path, "label": videos[i].label, "top": top}
     return [results[i] for i in sorted(results)]
 
@@ -124,14 +152,16 @@ def print_table(results: list[dict[str, Any]], views: str) -> None:
               + ", ".join(f"{o['class']} {o['probability']:.3f}" for o in rest) + " |")
 
 
+@exits_on_error
 def main(args: argparse.Namespace) -> list[dict[str, Any]]:
-    _, names, videos = prepare(args)
-    results = classify(args, names, videos)
-    if args.json:
+    """Classify; returns each video's top-k (or the reason it could not be read), as printed."""
+    run, names, videos = prepare(args)
+    results = classify(run, names, videos)
+    if run.json:
         for r in results:
             print(json.dumps(r))
     else:
-        print_table(results, f"{args.test_num_segment} x {args.test_num_crop}")
+        print_table(results, f"{run.test_num_segment} x {run.test_num_crop}")
         labelled = [r for r in results if r.get("label") is not None]
         if labelled:  # videos from a list file with labels
             right = sum(r["top"][0]["index"] == r["label"] for r in labelled)

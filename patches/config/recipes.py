@@ -16,8 +16,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from patches.utils import cpu_memory  # noqa: F401  (before torch, as in the run scripts)
+from patches.cli.exits import exits_on_error
+from patches.errors import UsageError
 
 # Training videos in each data set's official training list (split 1 for UCF101 and HMDB51): clips per
 # epoch in the table. Runs count the lines of their own list.
@@ -163,16 +164,16 @@ def parsed_args(name: str, stage: str, flags: list[str] | None = None) -> argpar
 def effective_values(name: str, stage: str, world: int | None = None, flags: list[str] | None = None) -> dict:
     """What PATCHES's script computes from the recipe's flags at ``world`` processes (VideoMAE's by default):
     total batch, the scaled LRs, steps and clips per epoch on the data set's official training list."""
-    from patches.config import flags as cli_args
+    from patches.config.lr_scaling import scaled_rates
     recipe = RECIPES[name]
     world = world or recipe.gpus(stage)
     args = parsed_args(name, stage, flags)
-    cli_args.scale_lr(args, world)
-    total = cli_args.total_batch_size(args, world)
+    rates = scaled_rates(args, world)
+    total = rates.total_batch
     steps = TRAIN_VIDEOS[recipe.dataset] // total
     return {"recipe": name, "stage": stage, "gpus": world, "batch_per_gpu": args.batch_size,
             "update_freq": args.update_freq, "total_batch": total, "num_sample": args.num_sample,
-            "lr": args.lr, "min_lr": args.min_lr, "warmup_lr": args.warmup_lr, "epochs": args.epochs,
+            "lr": rates.lr, "min_lr": rates.min_lr, "warmup_lr": rates.warmup_lr, "epochs": args.epochs,
             "warmup_epochs": args.warmup_epochs, "steps_per_epoch": steps,
             "clips_per_epoch": steps * total * args.num_sample, "model": args.model,
             "mask_ratio": getattr(args, "mask_ratio", None), "decoder_depth": getattr(args, "decoder_depth", None)}
@@ -226,7 +227,9 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+@exits_on_error
 def main() -> None:
+    """The table of every recipe, or one recipe's flags (``--flags``) or pre-training epoch."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--flags", nargs=2, metavar=("RECIPE", "STAGE"), help="print the flags, one per line")
@@ -253,7 +256,7 @@ def main() -> None:
             return
         rows = table(args.recipes, args.grid, args.tflops, not args.no_flops)
     except (ValueError, KeyError) as e:
-        raise SystemExit(f"error: {e}")
+        raise UsageError(str(e)) from None
     print(markdown(rows))
     if args.json:
         tmp = Path(f"{args.json}.tmp")

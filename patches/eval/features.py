@@ -3,7 +3,6 @@ video, and its features or class scores. Shared by extract_features.py, run_infe
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 from dataclasses import dataclass
@@ -14,10 +13,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from patches.checkpoints.models import classifier_name
 from patches.checkpoints.reading import checkpoint_fingerprint
 from patches.data.clip_sampling import segment_clip_indices
-from patches.grid import PatchGrid, grid_from_args, recorded_grid
+from patches.grid import PatchGrid
 from patches.data.video_reader import FrameFolder, VideoDecodeError, VideoFile, decode_clips
 from patches.data.transforms import EvalTransform
 from patches.utils.devices import amp_autocast
@@ -30,22 +28,6 @@ FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
 def encoder_reference(path: str | Path) -> dict[str, str]:
     """What a probe checkpoint or a feature folder records of the encoder it used."""
     return {"path": str(Path(path).resolve()), "sha256": checkpoint_fingerprint(path)}
-
-
-def apply_checkpoint_defaults(args: argparse.Namespace, ckpt: dict[str, Any], fallback: dict[str, Any]) -> PatchGrid:
-    """Fill the model and grid flags left unset (None) from what ``ckpt`` records, else from ``fallback`` (the
-    parser's defaults). Returns the grid. Raises :class:`GridError` naming a bad combination."""
-    recorded = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
-    grid = recorded_grid(ckpt)
-    from_grid = {} if grid is None else {"input_size": list(grid.input_size), "patch_size": grid.patch_size,
-                                         "num_frames": grid.num_frames, "tubelet_size": grid.tubelet_size}
-    for flag in ("model", "pos_embed", "sampling_rate", *GRID_FLAGS):
-        if getattr(args, flag, None) is None:
-            value = from_grid.get(flag, recorded.get(flag, fallback.get(flag)))
-            setattr(args, flag, classifier_name(value) if flag == "model" else value)
-    if "use_mean_pooling" in recorded and getattr(args, "use_mean_pooling", None) is None:
-        args.use_mean_pooling = recorded["use_mean_pooling"]
-    return grid_from_args(args)
 
 
 def head_classes(ckpt: dict[str, Any]) -> int:

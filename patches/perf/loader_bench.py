@@ -77,7 +77,7 @@ def build_loader(pipeline: str, args: argparse.Namespace, grid: Any, device: tor
     """The DataLoader of ``pipeline``: ``ours`` is ``data_loaders.pretraining_loader`` itself, as pre-training
     builds it; ``baseline`` the same DataLoader (``data_loaders.train_loader``, same collate, workers, pinning)
     over :class:`ReferencePretrainDataset`."""
-    from patches.config import flags as cli_args
+    from patches.config import library_configs as cli_args
     from patches.data import loaders as data_loaders
     from patches.data.masking import build_mask_generator
 

@@ -41,13 +41,16 @@ import json
 import os
 import shlex
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 
 from patches.config import demo_recipe  # run_demo.py's recipe: the demo preset trains as the demo does
 from patches.grid import GridError, PatchGrid, grids_from_specs
+from patches.cli.exits import exits_on_error
 from patches.cli.stages import run_stage
+from patches.errors import PatchesError, UsageError
 from patches.perf import benchmark  # scripts/benchmark.py: step time and peak memory, one process per configuration
 from patches.sweep import report as sweep_report
 
@@ -109,30 +112,63 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def resolve(args: argparse.Namespace) -> argparse.Namespace:
-    """Fill the defaults that depend on --demo; refuse a bad --grids entry by name before any work."""
+@dataclass(frozen=True)
+class SweepConfig:
+    """A sweep's flags, resolved: the defaults that depend on ``--demo`` filled in, the grids parsed."""
+
+    mode: str
+    demo: bool
+    grids: tuple[PatchGrid, ...]
+    seeds: tuple[int, ...]
+    eval: tuple[str, ...]
+    model: str
+    num_frames: int
+    tubelet_size: int
+    sampling_rate: int
+    pretrain_epochs: int | None
+    finetune_epochs: int | None
+    data_path: str | None
+    data_set: str | None
+    data_root: str | None
+    pretrain_data_path: str | None
+    demo_root: str
+    pretrain_args: str
+    finetune_args: str
+    bench_batch_size: int | None
+    bench_iters: int
+    device: str | None
+    output_dir: Path
+    threads: int | None
+    skip_training: bool
+    plot_only: bool
+
+
+def resolve(args: argparse.Namespace) -> SweepConfig:
+    """The sweep's frozen config: the defaults that depend on --demo; a bad --grids entry refused by name
+    (:class:`UsageError`) before any work. ``args`` is only read."""
     demo = args.demo
-    args.model = args.model or ("micro" if demo else "base")
-    args.num_frames = args.num_frames or (8 if demo else 16)
-    args.sampling_rate = args.sampling_rate or 4
-    args.threads = args.threads or (1 if demo else None)
-    args.eval = list(dict.fromkeys(args.eval or (["knn"] if demo else ["finetune"])))
-    if demo:
-        args.pretrain_epochs = args.pretrain_epochs or demo_recipe.PRETRAIN_EPOCHS
-        args.finetune_epochs = args.finetune_epochs or demo_recipe.FINETUNE_EPOCHS
-    args.output_dir = Path(args.output_dir or ("output/patch_sweep_demo" if demo else "output/patch_sweep"))
-    if args.data_path and not args.pretrain_data_path:
-        args.pretrain_data_path = str(Path(args.data_path) / "train.csv")
+    num_frames = args.num_frames or (8 if demo else 16)
     try:
-        args.grids = grids_from_specs(args.grids or (DEMO_GRIDS if demo else DEFAULT_GRIDS), args.num_frames,
-                                      args.tubelet_size)
+        grids = grids_from_specs(args.grids or (DEMO_GRIDS if demo else DEFAULT_GRIDS), num_frames, args.tubelet_size)
     except GridError as e:
-        raise SystemExit(f"error: --grids: {e}") from None
-    if args.mode == "flexible" and len(args.grids) < 2 and not args.skip_training:
-        raise SystemExit("error: --mode flexible pre-trains over several grids: give at least two in --grids")
+        raise UsageError(f"--grids: {e}") from None
+    if args.mode == "flexible" and len(grids) < 2 and not args.skip_training:
+        raise UsageError("--mode flexible pre-trains over several grids: give at least two in --grids")
     if len(set(args.seeds)) != len(args.seeds):
-        raise SystemExit(f"error: --seeds lists a seed twice: {args.seeds}")
-    return args
+        raise UsageError(f"--seeds lists a seed twice: {args.seeds}")
+    epochs = {"pretrain_epochs": args.pretrain_epochs, "finetune_epochs": args.finetune_epochs}
+    if demo:
+        epochs = {"pretrain_epochs": args.pretrain_epochs or demo_recipe.PRETRAIN_EPOCHS,
+                  "finetune_epochs": args.finetune_epochs or demo_recipe.FINETUNE_EPOCHS}
+    given = {name: getattr(args, name) for name in SweepConfig.__dataclass_fields__}
+    return SweepConfig(**{
+        **given, **epochs, "grids": tuple(grids), "seeds": tuple(args.seeds), "num_frames": num_frames,
+        "model": args.model or ("micro" if demo else "base"), "sampling_rate": args.sampling_rate or 4,
+        "threads": args.threads or (1 if demo else None),
+        "eval": tuple(dict.fromkeys(args.eval or (["knn"] if demo else ["finetune"]))),
+        "output_dir": Path(args.output_dir or ("output/patch_sweep_demo" if demo else "output/patch_sweep")),
+        "pretrain_data_path": args.pretrain_data_path or (str(Path(args.data_path) / "train.csv")
+                                                          if args.data_path else None)})
 
 
 def _flag_value(flags: list[str], name: str) -> str | None:
@@ -144,13 +180,13 @@ def _flag_value(flags: list[str], name: str) -> str | None:
     return value
 
 
-def _common(args: argparse.Namespace, seed: int) -> list[str]:
-    flags = ["--num_frames", str(args.num_frames), "--tubelet_size", str(args.tubelet_size),
-             "--sampling_rate", str(args.sampling_rate), "--pos_embed", "3d", "--seed", str(seed)]
-    if args.device:
-        flags += ["--device", args.device]
-    if args.data_root:
-        flags += ["--data_root", args.data_root]
+def _common(config: SweepConfig, seed: int) -> list[str]:
+    flags = ["--num_frames", str(config.num_frames), "--tubelet_size", str(config.tubelet_size),
+             "--sampling_rate", str(config.sampling_rate), "--pos_embed", "3d", "--seed", str(seed)]
+    if config.device:
+        flags += ["--device", config.device]
+    if config.data_root:
+        flags += ["--data_root", config.data_root]
     return flags
 
 
@@ -164,30 +200,30 @@ def _grid_flags(grid: PatchGrid) -> list[str]:
     return ["--input_size", size, "--patch_size", patch]
 
 
-def pretrain_flags(args: argparse.Namespace, grids: list[PatchGrid], seed: int, out: Path) -> list[str]:
+def pretrain_flags(config: SweepConfig, grids: list[PatchGrid], seed: int, out: Path) -> list[str]:
     """One pre-training: at ``grids[0]`` when it is the only one, else over all of them (--grids)."""
     where = _grid_flags(grids[0]) if len(grids) == 1 else ["--grids", *(g.spec for g in grids)]
-    recipe = (demo_recipe.pretrain_recipe(args.pretrain_epochs, args.demo_root, DEMO_MASK_TYPE) if args.demo
-              else _epoch_flags(args.pretrain_epochs))
-    flags = ["--model", f"pretrain_videomae_{args.model}_patch16_224", *where, *recipe, *_common(args, seed)]
-    if args.pretrain_data_path:
-        flags += ["--data_path", args.pretrain_data_path]
-    return flags + [*shlex.split(args.pretrain_args), "--output_dir", str(out)]
+    recipe = (demo_recipe.pretrain_recipe(config.pretrain_epochs, config.demo_root, DEMO_MASK_TYPE) if config.demo
+              else _epoch_flags(config.pretrain_epochs))
+    flags = ["--model", f"pretrain_videomae_{config.model}_patch16_224", *where, *recipe, *_common(config, seed)]
+    if config.pretrain_data_path:
+        flags += ["--data_path", config.pretrain_data_path]
+    return flags + [*shlex.split(config.pretrain_args), "--output_dir", str(out)]
 
 
-def eval_flags(args: argparse.Namespace, grid: PatchGrid, seed: int, how: str, checkpoint: str, out: Path
+def eval_flags(config: SweepConfig, grid: PatchGrid, seed: int, how: str, checkpoint: str, out: Path
                ) -> list[str]:
     """Fine-tuning and test, or a probe (``how``), of ``checkpoint``'s encoder at ``grid``."""
-    epochs = None if how == "knn" else args.finetune_epochs  # k-NN trains nothing
-    recipe = ([*demo_recipe.finetune_recipe(epochs or 1, args.demo_root), "--disable_eval_during_finetuning"]
-              if args.demo else _epoch_flags(epochs))
-    flags = ["--model", f"vit_{args.model}_patch16_224", *_grid_flags(grid), *recipe, *_common(args, seed)]
-    if args.data_path:
-        flags += ["--data_path", args.data_path]
-    if args.data_set:
-        flags += ["--data_set", args.data_set]
+    epochs = None if how == "knn" else config.finetune_epochs  # k-NN trains nothing
+    recipe = ([*demo_recipe.finetune_recipe(epochs or 1, config.demo_root), "--disable_eval_during_finetuning"]
+              if config.demo else _epoch_flags(epochs))
+    flags = ["--model", f"vit_{config.model}_patch16_224", *_grid_flags(grid), *recipe, *_common(config, seed)]
+    if config.data_path:
+        flags += ["--data_path", config.data_path]
+    if config.data_set:
+        flags += ["--data_set", config.data_set]
     probe = [] if how == "finetune" else ["--probe", how]
-    return flags + [*probe, *shlex.split(args.finetune_args), "--finetune", checkpoint, "--output_dir", str(out)]
+    return flags + [*probe, *shlex.split(config.finetune_args), "--finetune", checkpoint, "--output_dir", str(out)]
 
 
 def run_once(title: str, script: Any, flags: list[str], out: Path) -> dict[str, Any]:
@@ -205,29 +241,29 @@ def run_once(title: str, script: Any, flags: list[str], out: Path) -> dict[str, 
     return result
 
 
-def bench_config(args: argparse.Namespace, grid: PatchGrid, pre_flags: list[str]) -> dict[str, Any]:
+def bench_config(config: SweepConfig, grid: PatchGrid, pre_flags: list[str]) -> dict[str, Any]:
     """A scripts/benchmark.py configuration matching the pre-training run at this grid."""
     import torch
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     size, patch = (int(x) for x in grid.spec.split("/"))
     # One optimizer step of the pre-training run sees batch_size x num_sample clips.
-    batch = args.bench_batch_size or (int(_flag_value(pre_flags, "--batch_size") or 2)
+    batch = config.bench_batch_size or (int(_flag_value(pre_flags, "--batch_size") or 2)
                                       * int(_flag_value(pre_flags, "--num_sample") or 1))
-    return dict(task="pretrain", attn_impl="auto", compile=None, model=args.model, size=size, patch=patch,
-                num_frames=args.num_frames,
+    return dict(task="pretrain", attn_impl="auto", compile=None, model=config.model, size=size, patch=patch,
+                num_frames=config.num_frames,
                 dtype="bf16" if device.startswith("cuda") else "fp32", decoder_mask="none",
                 mask_ratio=float(_flag_value(pre_flags, "--mask_ratio") or 0.75),
                 decoder_depth=int(_flag_value(pre_flags, "--decoder_depth") or 4), batch_size=batch,
-                warmup=2, iters=args.bench_iters, device=device, matmul_ceiling=False)
+                warmup=2, iters=config.bench_iters, device=device, matmul_ceiling=False)
 
 
-def grid_cost(args: argparse.Namespace, grid: PatchGrid) -> dict[str, Any]:
+def grid_cost(config: SweepConfig, grid: PatchGrid) -> dict[str, Any]:
     """Step time, clips/s, FLOPs and peak memory of one pre-training step at ``grid`` (cached in OUTPUT_DIR/bench)."""
     from patches.utils.files import write_atomically
 
-    path = args.output_dir / "bench" / f"grid_{grid.spec.replace('/', '_')}.json"
+    path = config.output_dir / "bench" / f"grid_{grid.spec.replace('/', '_')}.json"
     if not path.exists():
-        cfg = bench_config(args, grid, pretrain_flags(args, [grid], 0, args.output_dir))
+        cfg = bench_config(config, grid, pretrain_flags(config, [grid], 0, config.output_dir))
         print(f"\n=== {grid.spec}: benchmark of one pre-training step ({cfg['batch_size']} clips, "
               f"{cfg['dtype']}, {cfg['device']})", flush=True)
         bench = benchmark.run_isolated(cfg)
@@ -238,10 +274,10 @@ def grid_cost(args: argparse.Namespace, grid: PatchGrid) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def new_row(args: argparse.Namespace, grid: PatchGrid, how: str) -> dict[str, Any]:
+def new_row(config: SweepConfig, grid: PatchGrid, how: str) -> dict[str, Any]:
     return {"grid": grid.spec, "patches_per_frame": grid.patches_per_frame, "tokens": grid.num_tokens,
-            "mode": args.mode, "eval": how, "model": args.model, "num_frames": args.num_frames,
-            "data": args.data_path or "demo", "pretrain_epochs": args.pretrain_epochs,
+            "mode": config.mode, "eval": how, "model": config.model, "num_frames": config.num_frames,
+            "data": config.data_path or "demo", "pretrain_epochs": config.pretrain_epochs,
             "seeds": [], "top1": [], "top5": [], "pretrain_loss": [], "pretrain_s": [], "eval_s": []}
 
 
@@ -253,15 +289,15 @@ def _grid_loss(record: dict[str, Any], grid: PatchGrid) -> float | None:
     return None if value is None else float(value)
 
 
-def evaluate_seed(args: argparse.Namespace, grid: PatchGrid, seed: int, pre: dict[str, Any], out: Path,
+def evaluate_seed(config: SweepConfig, grid: PatchGrid, seed: int, pre: dict[str, Any], out: Path,
                   rows: dict[tuple[str, str], dict[str, Any]]) -> None:
     """Every --eval of one pre-trained checkpoint at ``grid``, added to that grid's rows as seed ``seed``."""
     from patches.cli import finetune as run_class_finetuning
 
-    for how in args.eval:
-        flags = eval_flags(args, grid, seed, how, str(pre["checkpoint"]), out / how)
+    for how in config.eval:
+        flags = eval_flags(config, grid, seed, how, str(pre["checkpoint"]), out / how)
         what = "fine-tuning and test" if how == "finetune" else f"{how} probe of the frozen encoder"
-        test = run_once(f"{args.mode} seed {seed}, {grid.spec}: {what}", run_class_finetuning, flags, out / how)
+        test = run_once(f"{config.mode} seed {seed}, {grid.spec}: {what}", run_class_finetuning, flags, out / how)
         row = rows[(grid.spec, how)]
         row["seeds"].append(seed)
         row["top1"].append(float(test["acc1"]))
@@ -271,72 +307,74 @@ def evaluate_seed(args: argparse.Namespace, grid: PatchGrid, seed: int, pre: dic
         row["eval_s"].append(test["stage_s"])
 
 
-def pretrain(args: argparse.Namespace, grids: list[PatchGrid], seed: int, out: Path) -> dict[str, Any]:
+def pretrain(config: SweepConfig, grids: list[PatchGrid], seed: int, out: Path) -> dict[str, Any]:
     from patches.cli import pretrain as run_mae_pretraining
 
     where = grids[0].spec if len(grids) == 1 else "grids " + " ".join(g.spec for g in grids)
-    pre = run_once(f"{args.mode} seed {seed}: masked pre-training at {where}", run_mae_pretraining,
-                   pretrain_flags(args, grids, seed, out), out)
+    pre = run_once(f"{config.mode} seed {seed}: masked pre-training at {where}", run_mae_pretraining,
+                   pretrain_flags(config, grids, seed, out), out)
     if pre.get("checkpoint") is None:
-        raise SystemExit(f"error: pre-training wrote no checkpoint in {out}")
+        raise PatchesError(f"pre-training wrote no checkpoint in {out}")
     return pre
 
 
-def sweep(args: argparse.Namespace, save) -> list[dict[str, Any]]:
-    """Every seed's pre-training(s) and evaluations in ``args.mode``; ``save(rows)`` after each seed."""
-    rows = {(g.spec, how): new_row(args, g, how) for g in args.grids for how in args.eval}
-    for g in args.grids:
-        cost = grid_cost(args, g)
-        for how in args.eval:
+def run_sweep(config: SweepConfig, save) -> list[dict[str, Any]]:
+    """Every seed's pre-training(s) and evaluations in ``config.mode``; ``save(rows)`` after each seed."""
+    rows = {(g.spec, how): new_row(config, g, how) for g in config.grids for how in config.eval}
+    for g in config.grids:
+        cost = grid_cost(config, g)
+        for how in config.eval:
             rows[(g.spec, how)].update(cost)
-    if args.skip_training:
+    if config.skip_training:
         return list(rows.values())
-    for seed in args.seeds:
-        base = args.output_dir / args.mode / f"seed{seed}"
-        flexible = pretrain(args, args.grids, seed, base / "pretrain") if args.mode == "flexible" else None
-        for g in args.grids:
+    for seed in config.seeds:
+        base = config.output_dir / config.mode / f"seed{seed}"
+        flexible = pretrain(config, config.grids, seed, base / "pretrain") if config.mode == "flexible" else None
+        for g in config.grids:
             out = base / f"grid_{g.spec.replace('/', '_')}"
-            pre = flexible or pretrain(args, [g], seed, out / "pretrain")
-            evaluate_seed(args, g, seed, pre, out, rows)
+            pre = flexible or pretrain(config, [g], seed, out / "pretrain")
+            evaluate_seed(config, g, seed, pre, out, rows)
         save(list(rows.values()))  # partial results survive a stop
     return list(rows.values())
 
 
-def title_of(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
+def title_of(config: SweepConfig, rows: list[dict[str, Any]]) -> str:
     modes = "/".join(sorted({r["mode"] for r in rows}))
     epochs = sorted({r.get("pretrain_epochs") or "default" for r in rows}, key=str)
     first = rows[0]
-    return (f"PATCHES sweep ({modes}): ViT-{first.get('model', args.model)}, "
-            f"{first.get('num_frames', args.num_frames)} frames, {'/'.join(map(str, epochs))} pre-training epochs, "
+    return (f"PATCHES sweep ({modes}): ViT-{first.get('model', config.model)}, "
+            f"{first.get('num_frames', config.num_frames)} frames, {'/'.join(map(str, epochs))} pre-training epochs, "
             f"data: {first.get('data', 'demo')}")
 
 
+@exits_on_error
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    args = resolve(get_args_parser().parse_args(argv))
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    if args.threads:
+    """Run the sweep (or with --plot_only remake its reports); returns the rows of sweep.json."""
+    config = resolve(get_args_parser().parse_args(argv))
+    config.output_dir.mkdir(parents=True, exist_ok=True)
+    if config.threads:
         import torch
-        torch.set_num_threads(args.threads)
-        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by the benchmark's processes
+        torch.set_num_threads(config.threads)
+        os.environ["OMP_NUM_THREADS"] = str(config.threads)  # inherited by the benchmark's processes
     start = time.time()
-    json_path = args.output_dir / "sweep.json"
+    json_path = config.output_dir / "sweep.json"
     earlier = sweep_report.read_rows(json_path)
-    if args.plot_only:
+    if config.plot_only:
         if not earlier:
-            raise SystemExit(f"error: --plot_only: no {json_path}")
+            raise UsageError(f"--plot_only: no {json_path}")
         rows = earlier
     else:
-        if args.demo:
+        if config.demo:
             from patches.data.demo import ensure_demo_dataset
-            ensure_demo_dataset(args.demo_root)
+            ensure_demo_dataset(config.demo_root)
 
         def save(new: list[dict[str, Any]]) -> None:
             rows = sweep_report.merge_rows(earlier, new)
-            sweep_report.write_reports(rows, args.output_dir, title_of(args, rows))
+            sweep_report.write_reports(rows, config.output_dir, title_of(config, rows))
 
-        rows = sweep_report.merge_rows(earlier, sweep(args, save))
-    table = sweep_report.write_reports(rows, args.output_dir, title_of(args, rows))
-    print(f"\n{table}\n\nWrote {args.output_dir / 'sweep.md'}, {args.output_dir / 'sweep.png'} and {json_path} "
+        rows = sweep_report.merge_rows(earlier, run_sweep(config, save))
+    table = sweep_report.write_reports(rows, config.output_dir, title_of(config, rows))
+    print(f"\n{table}\n\nWrote {config.output_dir / 'sweep.md'}, {config.output_dir / 'sweep.png'} and {json_path} "
           f"in {(time.time() - start) / 60:.1f} min")
     return rows
 
