@@ -186,6 +186,20 @@ def test_items_depend_only_on_their_key():
     assert torch.equal(torch.get_rng_state(), state), "the caller's RNG stream is left alone"
 
 
+
+def test_timing_the_attention_paths_leaves_the_rng_alone():
+    # --attn_impl auto times the paths in a run that has no cached choice, and not in one that has: a draw
+    # from the run's RNG there would make drop-path differ between the two.
+    from patches.grid import make_grid
+    from patches.models.attention import BlockAttention, time_attention_paths
+    from patches.models.factory import create_video_model
+    model = create_video_model("vit_micro_patch16_224", grid=make_grid(4, 2, 32, 8), num_classes=3)
+    attn = [m for m in model.modules() if isinstance(m, BlockAttention)][-1]
+    state = torch.get_rng_state()
+    time_attention_paths(attn, torch.device("cpu"), None, batch_size=2, tokens=32, repeats=1)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 # ---------------------------------------------------------------- fine-tuning
 
 def finetune_flags(demo_root: Path, out: Path) -> list[str]:
@@ -199,14 +213,19 @@ def finetune_flags(demo_root: Path, out: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_finetuning_killed_mid_epoch_resumes_to_the_same_weights_and_ema(demo_root, tmp_path):
+def test_finetuning_killed_mid_epoch_resumes_to_the_same_weights_and_ema(demo_root, tmp_path, monkeypatch):
+    # --attn_impl auto: the reference times the attention paths (an empty cache of its own), the interrupted run
+    # and its resume read the choice from that cache; timing must not change what the runs draw at random.
+    monkeypatch.setenv("PATCHES_CACHE_DIR", str(tmp_path / "attention-cache"))
     reference = tmp_path / "reference"
-    run("run_class_finetuning.py", finetune_flags(demo_root, reference))
+    timed = run("run_class_finetuning.py", finetune_flags(demo_root, reference))
+    assert "per forward + backward of one attention layer" in timed.stdout, "the reference timed the paths"
     out = tmp_path / "out"
     flags = finetune_flags(demo_root, out)
-    status, _ = run_and_signal("run_class_finetuning.py", flags, "checkpoint-latest.pth (epoch 1, batch 2,",
-                               signal.SIGKILL)
+    status, text = run_and_signal("run_class_finetuning.py", flags, "checkpoint-latest.pth (epoch 1, batch 2,",
+                                  signal.SIGKILL)
     assert status == -signal.SIGKILL
+    assert "(measured before for " in text, "the interrupted run read the choice from the cache"
     killed_at = read_pth_checkpoint(out / "checkpoint-latest.pth")
     assert killed_at["next_epoch"] == 1 and killed_at["next_batch"] in (2, 4, 6)
     assert "model_ema" in killed_at

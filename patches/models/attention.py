@@ -146,7 +146,18 @@ def choose_attention_path(model: nn.Module, device: torch.device, amp_dtype: tor
 def time_attention_paths(attn: nn.Module, device: torch.device, amp_dtype: torch.dtype | None, batch_size: int,
                          tokens: int, repeats: int = 3) -> dict[str, float]:
     """Median seconds of a forward + backward of a copy of ``attn`` on random [batch, tokens, dim] input,
-    per path (after one untimed pass each)."""
+    per path (after one untimed pass each). The global RNGs are left as they were."""
+    # The input (and dropout, in train mode) draw from torch's RNGs. Without the fork, a run that times the paths
+    # would draw its drop-path numbers from another stream than one that reads its choice from the cache: the
+    # same command would train differently, and an interrupted run would not resume to an uninterrupted one's.
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        return _time_attention_paths(attn, device, amp_dtype, batch_size, tokens, repeats)
+
+
+def _time_attention_paths(attn: nn.Module, device: torch.device, amp_dtype: torch.dtype | None, batch_size: int,
+                          tokens: int, repeats: int) -> dict[str, float]:
     import copy
     import statistics
     import time
