@@ -31,18 +31,20 @@ NOT_WITH_TORCH = ["numpy", "packaging", "tqdm", "google.protobuf", "yaml", "PIL"
 
 
 def torch_closure() -> set[str]:
-    """torch and what it needs, as installed here (markers of this Python)."""
-    seen, todo = set(), ["torch"]
+    """torch and what it needs, as installed here (markers of this Python, extras followed: cuda-toolkit[cudart])."""
+    extras_of: dict[str, set[str]] = {}
+    todo: list[tuple[str, frozenset[str]]] = [("torch", frozenset())]
     while todo:
-        name = canonicalize_name(todo.pop())
-        if name in seen:
+        name, extras = todo.pop()
+        if name in extras_of and extras <= extras_of[name]:
             continue
-        seen.add(name)
+        extras_of.setdefault(name, set()).update(extras)
         for line in metadata.requires(name) or []:
             requirement = Requirement(line)
-            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
-                todo.append(requirement.name)
-    return seen
+            if requirement.marker is None or any(requirement.marker.evaluate({"extra": extra})
+                                                 for extra in {"", *extras_of[name]}):
+                todo.append((canonicalize_name(requirement.name), frozenset(requirement.extras)))
+    return set(extras_of)
 
 
 def torch_only_site(folder: Path) -> None:
