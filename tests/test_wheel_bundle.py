@@ -8,10 +8,10 @@ from __future__ import annotations
 import importlib.metadata as metadata
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -23,8 +23,19 @@ from launch_helpers import ROOT
 pytestmark = pytest.mark.slow
 
 # What the bundle must bring on a node with torch alone: pyproject.toml's dependencies besides torch, and deepspeed.
-PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-PACKAGES = [Requirement(r).name for r in PROJECT["dependencies"] if Requirement(r).name != "torch"] + ["deepspeed"]
+
+
+def project_dependencies() -> list[str]:
+    """pyproject.toml's [project] dependencies (tomllib is Python 3.11 and later)."""
+    text = (ROOT / "pyproject.toml").read_text()
+    try:
+        import tomllib
+        return tomllib.loads(text)["project"]["dependencies"]
+    except ImportError:
+        return re.findall(r'"([^"]+)"', text.split("\ndependencies = [", 1)[1].split("]", 1)[0])
+
+
+PACKAGES = [Requirement(r).name for r in project_dependencies() if Requirement(r).name != "torch"] + ["deepspeed"]
 # Importable only once the bundle is installed: none of them may come with torch.
 NOT_WITH_TORCH = ["numpy", "packaging", "tqdm", "google.protobuf", "yaml", "PIL", "timm", "einops", "safetensors",
                   "av", "decord", "tensorboardX", "torchvision", "deepspeed", "pydantic", "huggingface_hub"]
