@@ -109,3 +109,13 @@ def test_processes_on_the_cpu_need_no_gpu(fake_gpus, monkeypatch):
     srun_task(monkeypatch, local_id=1, tasks_per_node=2)
     assert launched_device() == (None, "1")
     assert calls["init_process_group"][0]["backend"] == "gloo"
+
+
+def test_a_step_with_fewer_tasks_than_the_job_is_judged_by_its_own_count(fake_gpus, monkeypatch):
+    # sbatch --ntasks-per-node=8, then `srun --ntasks-per-node 2` on a node whose tasks see 4 GPUs: allowed.
+    calls = fake_gpus(4)
+    srun_task(monkeypatch, local_id=1, tasks_per_node=8)
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.setenv("SLURM_STEP_TASKS_PER_NODE", "2")
+    assert launched_device() == ("cuda:1", "1")
+    assert calls["set_device"] == [1]

@@ -35,8 +35,8 @@ class DeviceLayoutError(PatchesError):
 
 def processes_per_node(env: MutableMapping[str, str]) -> tuple[int, str] | None:
     """How many processes this node runs and the variable that says so: torchrun's LOCAL_WORLD_SIZE (the
-    deepspeed launcher's LOCAL_SIZE), else Slurm's count (``4(x2),3`` in the step's form: the largest)."""
-    for name in ("LOCAL_WORLD_SIZE", "LOCAL_SIZE", "SLURM_NTASKS_PER_NODE", "SLURM_STEP_TASKS_PER_NODE",
+    deepspeed launcher's LOCAL_SIZE), else Slurm's, the step's count before the job's (``4(x2),3``: the largest)."""
+    for name in ("LOCAL_WORLD_SIZE", "LOCAL_SIZE", "SLURM_STEP_TASKS_PER_NODE", "SLURM_NTASKS_PER_NODE",
                  "SLURM_TASKS_PER_NODE"):
         counts = re.findall(r"(\d+)(?:\(x\d+\))?", env.get(name, ""))
         if counts:
