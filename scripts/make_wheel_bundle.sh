@@ -16,8 +16,8 @@
 # torch, give its own torchvision in NODE_HAS.
 # deepspeed has no wheel on PyPI: it is built here with `pip wheel --no-deps` and DS_BUILD_OPS=0 (pure Python;
 # its CUDA ops are built just in time on the node when used, which needs no network). Fails if the bundle exceeds
-# MAX_MIB (100; the full set is about 90 MiB: PyAV 34, numpy 16, decord 13, torchvision 7, Pillow 7). The script
-# ends by printing the install line for the node:
+# MAX_MIB (100; the full set is about 93 MiB: PyAV 34, numpy 16, decord 13, torchvision 7, Pillow 7; where less
+# may travel, e.g. 64 MiB, NODE_HAS leaves out what the node has). The script ends by printing the install line:
 #
 #   pip install --no-index --find-links wheels torchvision timm einops numpy av decord tensorboardX safetensors \
 #     tqdm deepspeed
