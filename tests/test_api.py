@@ -224,6 +224,7 @@ def test_create_model_builds_any_registered_model_at_any_grid():
         patches.create_model("vit_micro_patch16_224", grid="50/16")
 
 
+@pytest.mark.slow
 def test_import_patches_does_not_import_torch_and_names_the_api_lazily():
     code = ("import sys, patches, patches.grid\nassert 'torch' not in sys.modules, 'torch imported'\n"
             "assert set(patches.__all__) <= set(dir(patches))\n")

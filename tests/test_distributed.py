@@ -20,6 +20,7 @@ def pretrain_flags(demo_root: Path, out: Path, batch_size: int, *extra: str) -> 
             "0", "--batch_size", str(batch_size), "--epochs", "2", "--output_dir", str(out), *extra]
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_loss_sequence_of_one_with_the_same_global_batch(demo_root, tmp_path):
     # The global batch is 4 clips: 1 process x 4, or 2 processes x 2. The sampler gives both the same global
     # batches, every clip's crop and mask come from (seed, epoch, index), and DDP averages the gradients.
@@ -51,6 +52,7 @@ cleanup_distributed()
 """
 
 
+@pytest.mark.slow
 def test_slurm_environment_starts_a_gloo_group(tmp_path):
     # What srun --ntasks 2 sets for each task; no scontrol here, so the master comes from the node list.
     port = free_port()
@@ -72,6 +74,7 @@ def finetune_flags(demo_root: Path, out: Path, *extra: str) -> list[str]:
             "--cutmix", "0", "--aa", "none", "--reprob", "0", "--num_workers", "0", "--output_dir", str(out), *extra]
 
 
+@pytest.mark.slow
 def test_dist_eval_validates_each_clip_once_and_tests_like_one_process(demo_root, tmp_path):
     from patches.eval.testing import evaluate
     from patches.config import library_configs as cli_args
@@ -116,6 +119,7 @@ def ddp_reference(demo_root, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["1", "2"])
 def test_deepspeed_zero_pretrains_on_cpu_and_resumes_from_its_own_checkpoint(demo_root, tmp_path, stage,
                                                                            ddp_reference):
@@ -152,6 +156,7 @@ def test_deepspeed_loads_refuse_pickled_code(tmp_path):
         loads.load(str(tmp_path / "mp_rank_00_model_states.pt"))
 
 
+@pytest.mark.slow
 def test_missing_deepspeed_is_a_clear_error(tmp_path):
     hide = textwrap.dedent(f"""
         import runpy, sys
@@ -166,6 +171,7 @@ def test_missing_deepspeed_is_a_clear_error(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["torchrun.sh", "slurm.sbatch"])
 @pytest.mark.parametrize("stage", ["pretrain", "finetune"])
 def test_launchers_give_the_entry_scripts_valid_flags_for_every_dataset_and_grid(launcher, stage, tmp_path):

@@ -86,6 +86,40 @@ def test_slurm_requeues_a_stopped_run_when_srun_reports_a_killed_rank(tmp_path):
     assert not (tmp_path / "stop").exists(), "the note is used once"
 
 
+def stand_in_slurm_tools(bin_dir: Path, record: Path) -> None:
+    """srun that writes its arguments to ``record``, one a line, and exits 0; scontrol that does nothing."""
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{record}"\n')
+    (bin_dir / "scontrol").write_text("#!/bin/sh\n")
+    for tool in ("srun", "scontrol"):
+        (bin_dir / tool).chmod(0o755)
+
+
+@pytest.mark.slow
+def test_slurm_passes_cpus_per_task_to_srun_and_runs_the_chosen_python(tmp_path):
+    # Slurm 22.05 and later: srun no longer inherits sbatch's --cpus-per-task, so without the flag each task
+    # and its decoding workers are bound to one core.
+    record = tmp_path / "srun.args"
+    stand_in_slurm_tools(tmp_path / "bin", record)
+    variables = dict(env(), PATH=f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}", DATASET="ucf101",
+                     DATA_ROOT=str(tmp_path), SLURM_SUBMIT_DIR=str(tmp_path), PATCHES_ROOT=str(ROOT),
+                     PATCHES_STOP_FILE=str(tmp_path / "stop"), SLURM_JOB_ID="4242", SLURM_NTASKS="8",
+                     PYTHON=sys.executable)
+    for cpus in ("10", None):
+        run_env = {name: value for name, value in variables.items() if name != "SLURM_CPUS_PER_TASK"}
+        if cpus:
+            run_env["SLURM_CPUS_PER_TASK"] = cpus
+        result = subprocess.run(["bash", str(LAUNCH / "slurm.sbatch"), "pretrain", "--epochs", "1"], env=run_env,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        args = record.read_text().splitlines()
+        script = args.index(str(ROOT / "run_mae_pretraining.py"))
+        srun_flags, interpreter = args[:script - 2], args[script - 2:script]
+        assert interpreter == [sys.executable, "-u"]
+        assert srun_flags == ["--kill-on-bad-exit=1", *([f"--cpus-per-task={cpus}"] if cpus else [])]
+        assert args[-2:] == ["--epochs", "1"]
+
+
 @pytest.mark.slow
 def test_torchrun_launcher_starts_one_process_per_gpu_torch_sees(tmp_path):
     # nvidia-smi -L lists every GPU of the node; torch counts those CUDA_VISIBLE_DEVICES leaves (none here).

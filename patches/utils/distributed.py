@@ -5,10 +5,14 @@ from __future__ import annotations
 import datetime
 import inspect
 import os
+import re
+from collections.abc import MutableMapping
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from patches.errors import PatchesError
 
 
 # The ranks wait in collectives while rank 0 writes a checkpoint alone: a ViT-L's weights and optimizer state
@@ -22,6 +26,42 @@ def local_device_index(local_rank: int, device_count: int) -> int:
     if device_count < 1:
         raise RuntimeError("no CUDA device is visible to this process (check CUDA_VISIBLE_DEVICES)")
     return local_rank % device_count
+
+
+class DeviceLayoutError(PatchesError):
+    """A node runs more processes than the GPUs they see: two ranks would share a GPU and NCCL fail later."""
+
+
+def processes_per_node(env: MutableMapping[str, str]) -> tuple[int, str] | None:
+    """How many processes this node runs and the variable that says so: torchrun's LOCAL_WORLD_SIZE (the
+    deepspeed launcher's LOCAL_SIZE), else Slurm's, the step's count before the job's (``4(x2),3``: the largest)."""
+    for name in ("LOCAL_WORLD_SIZE", "LOCAL_SIZE", "SLURM_STEP_TASKS_PER_NODE", "SLURM_NTASKS_PER_NODE",
+                 "SLURM_TASKS_PER_NODE"):
+        counts = re.findall(r"(\d+)(?:\(x\d+\))?", env.get(name, ""))
+        if counts:
+            return max(int(c) for c in counts), name
+    return None
+
+
+def bind_local_device(local_rank: int, device_count: int, env: MutableMapping[str, str] = os.environ) -> int:
+    """This process's GPU among the ``device_count`` it sees, exported as LOCAL_RANK: DeepSpeed calls
+    ``torch.cuda.set_device(LOCAL_RANK)``, and under srun with one GPU per task SLURM_LOCALID is no index here.
+
+    Refuses (:class:`DeviceLayoutError`) a node whose processes outnumber the GPUs they see, except srun tasks that
+    each see exactly one (srun binds one GPU per task; torchrun binds none)."""
+    layout = processes_per_node(env)
+    if layout is not None:
+        count, name = layout
+        bound_by_srun = device_count == 1 and name.startswith("SLURM_")
+        if count > device_count and not bound_by_srun:
+            raise DeviceLayoutError(
+                f"{count} processes per node ({name}) but {device_count} visible GPU"
+                f"{'s' if device_count != 1 else ''} (CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', 'unset')}"
+                f"): two ranks would share a GPU; start one process per GPU (torchrun --nproc_per_node, sbatch "
+                f"--ntasks-per-node), or let srun bind one GPU per task (--gpus-per-task=1)")
+    index = local_device_index(local_rank, device_count)
+    env["LOCAL_RANK"] = str(index)
+    return index
 
 
 def init_distributed(device: str | None) -> str | None:
@@ -49,7 +89,7 @@ def init_distributed(device: str | None) -> str | None:
     use_cuda = torch.cuda.is_available() and device != "cpu"
     device_id = None
     if use_cuda:
-        device_id = torch.device("cuda", local_device_index(local_rank, torch.cuda.device_count()))
+        device_id = torch.device("cuda", bind_local_device(local_rank, torch.cuda.device_count()))
         torch.cuda.set_device(device_id)
         device = str(device_id)
     # device_id binds NCCL to this rank's GPU at once (the first barrier would guess it otherwise).
