@@ -5,5 +5,5 @@ The training loop itself (VideoMAE's ``train_one_epoch``) is :meth:`patches.trai
 """
 from __future__ import annotations
 
-from patches.train.classification import (Classification, video_mixup, classification_criterion)
-from patches.eval.testing import (topk_correct, evaluate, final_test, merge_test_results)
+from patches.eval.testing import evaluate, final_test, merge_test_results, topk_correct
+from patches.train.classification import Classification, classification_criterion, video_mixup

@@ -5,6 +5,5 @@ shared by pre-training and fine-tuning.
 """
 from __future__ import annotations
 
-from patches.train.reconstruction import (MaskedReconstruction, prepare_batch, clips_to_device,
-                                          mask_indices_to_device, reconstruction_loss, resize_clips,
-                                          FlexibleReconstruction)
+from patches.train.reconstruction import (FlexibleReconstruction, MaskedReconstruction, clips_to_device,
+                                          mask_indices_to_device, prepare_batch, reconstruction_loss, resize_clips)

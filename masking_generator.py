@@ -2,5 +2,5 @@
 :mod:`patches.data.masking`."""
 from __future__ import annotations
 
-from patches.data.masking import (MASK_TYPES, DECODER_MASK_TYPES, MaskCounts, mask_counts, MaskGenerator,
-                                  running_cell_pattern, build_mask_generator, NO_MASK, no_masks)
+from patches.data.masking import (DECODER_MASK_TYPES, MASK_TYPES, NO_MASK, MaskCounts, MaskGenerator,
+                                  build_mask_generator, mask_counts, no_masks, running_cell_pattern)

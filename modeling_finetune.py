@@ -6,8 +6,8 @@ one, as in VideoMAE.
 """
 from __future__ import annotations
 
-from patches.models.classifier import (VideoClassifier, ENTRY_POINTS)
-
+from patches.models.classifier import ENTRY_POINTS
 from patches.models.classifier import ENTRY_POINTS as _ENTRY_POINTS
+from patches.models.classifier import VideoClassifier
 
 globals().update({name.removeprefix("video_"): fn for name, fn in _ENTRY_POINTS.items()})

@@ -6,9 +6,9 @@
 """
 from __future__ import annotations
 
-from patches.models.pretrain import (PretrainEncoder, PretrainDecoder, MaskedVideoAutoencoder, mask_to_index,
-                                     patchify, unpatchify, pixel_targets, per_row_mean_var, ENTRY_POINTS)
-
+from patches.models.pretrain import ENTRY_POINTS
 from patches.models.pretrain import ENTRY_POINTS as _ENTRY_POINTS
+from patches.models.pretrain import (MaskedVideoAutoencoder, PretrainDecoder, PretrainEncoder, mask_to_index, patchify,
+                                     per_row_mean_var, pixel_targets, unpatchify)
 
 globals().update(_ENTRY_POINTS)

@@ -22,12 +22,11 @@ from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from patches.checkpoints.models import model_from_checkpoint
 from patches.checkpoints.reading import read_any_checkpoint
+from patches.config.checkpoint_defaults import checkpoint_flag_values
 from patches.data.transforms import EvalTransform
 from patches.data.video_reader import FrameArray
 from patches.errors import UsageError
-from patches.config.checkpoint_defaults import checkpoint_flag_values
-from patches.eval.features import (VideoSource, VideoViews, encode_views, find_videos,
-                                   head_classes, read_class_names)
+from patches.eval.features import VideoSource, VideoViews, encode_views, find_videos, head_classes, read_class_names
 from patches.eval.predict import CHECKPOINT_FALLBACK, class_probabilities, recorded_test_views, top_classes
 from patches.grid import PatchGrid, make_grid, parse_grid_spec
 from patches.utils.devices import autocast_dtype, resolve_device

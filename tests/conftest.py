@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from patches.utils import cpu_memory  # noqa: F401  (before torch, as in the run scripts: the same allocator settings)
+from patches.utils import cpu_memory  # noqa: F401  # isort: skip  (first: allocator settings torch reads once)
 from patches.data.demo import make_demo_dataset
 
 # --attn_impl auto's cache of timed choices: one per test session (and its subprocesses), not the user's.

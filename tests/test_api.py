@@ -48,8 +48,9 @@ def video(demo_root):
 
 def extracted(ckpt, video, tmp_path, *flags):
     """What extract_features.py stores for ``video``: its pooled row, [views, dim]."""
-    from patches.cli import extract_features
     from safetensors.numpy import load_file
+
+    from patches.cli import extract_features
     out = tmp_path / "features"
     index = extract_features.main(extract_features.get_args_parser().parse_args(
         [*CPU, "--finetune", str(ckpt), "--data_path", str(video), "--output_dir", str(out), *flags]))

@@ -2,11 +2,11 @@
 import numpy as np
 import torch
 
-from patches.models.attention import set_fused_attention
 from patches.data.masking import MaskGenerator
-from patches.models.pretrain import mask_to_index
-from patches.models.factory import create_video_model
 from patches.grid import make_grid
+from patches.models.attention import set_fused_attention
+from patches.models.factory import create_video_model
+from patches.models.pretrain import mask_to_index
 
 TINY = dict(decoder_depth=1)
 

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from patches.checkpoints import errors, file_format, model_state, reading, writing
+from patches.checkpoints import errors, file_format
 from patches.checkpoints import folder as checkpoint_folder
+from patches.checkpoints import model_state, reading, writing
 from patches.checkpoints.errors import CheckpointError
 from patches.checkpoints.model_state import check_checkpoint_grid
 from patches.checkpoints.resume_state import resume_position

@@ -6,15 +6,15 @@ from pathlib import Path
 
 import pytest
 
+from patches.cli import finetune as run_class_finetuning
+from patches.cli import pretrain as run_mae_pretraining
 from patches.config import library_configs as cli_args
 from patches.config.demo_fallback import demo_data_values
 from patches.config.lr_scaling import scaled_rates
 from patches.data import demo as demo_data
-from patches.cli import finetune as run_class_finetuning
-from patches.cli import pretrain as run_mae_pretraining
-from patches.data.loaders import LoaderConfig
 from patches.data.datasets import ClassificationDataConfig, PretrainingDataConfig
 from patches.data.lists import VideoListsConfig
+from patches.data.loaders import LoaderConfig
 
 
 def test_fine_tuning_flags_become_the_data_configs() -> None:

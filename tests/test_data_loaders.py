@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from patches.data import loaders as data_loaders
+from patches.data.datasets import PretrainingDataConfig, collate_fn_for
 from patches.data.health import BadVideoTracker
 from patches.data.loaders import LoaderConfig
-from patches.data.datasets import PretrainingDataConfig, collate_fn_for
 from patches.data.masking import MaskGenerator
-from patches.grid import make_grid
 from patches.data.samplers import ResumableSampler, SeededItems, ShardSampler
+from patches.grid import make_grid
 
 CPU = torch.device("cpu")
 

@@ -9,12 +9,14 @@ import torch
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from patches.data.clip_sampling import sample_clip_indices
-from patches.data.datasets import (PretrainingDataConfig, VideoMAEPretrainDataset, build_pretraining_dataset, collate_fn_for, multiple_samples_collate)
+from patches.data.datasets import (PretrainingDataConfig, VideoMAEPretrainDataset, build_pretraining_dataset,
+                                   collate_fn_for, multiple_samples_collate)
 from patches.data.demo import render_clip, write_mp4
-from patches.grid import make_grid
+from patches.data.transforms import (EvalTransform, PretrainTransform, RandomResizedCropTransform, crop_resize, hflip,
+                                     multi_scale_crop_params, normalize, normalize_batch, random_resized_crop_params,
+                                     to_cthw, uniform_crop_boxes)
 from patches.data.video_reader import VideoDecodeError
-from patches.data.transforms import (EvalTransform, PretrainTransform, RandomResizedCropTransform, crop_resize, hflip, multi_scale_crop_params, normalize, normalize_batch, random_resized_crop_params, to_cthw, uniform_crop_boxes)
-
+from patches.grid import make_grid
 
 
 def _write(path: Path, text: str | bytes) -> Path:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from patches.sweep import patch_sweep
-from patches.cli import finetune as run_class_finetuning
 from patches.cli import demo as run_demo
+from patches.cli import finetune as run_class_finetuning
 from patches.cli import pretrain as run_mae_pretraining
+from patches.sweep import patch_sweep
 
 # What the demo sweep sets itself: where it writes, the seed, the grid (--grids) and the masks.
 SWEEP_OWN = {"output_dir", "seed", "grids", "input_size", "patch_size", "mask_type"}

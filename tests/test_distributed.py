@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from launch_helpers import (FINETUNE, PRETRAIN, ROOT, assert_same_weights, env, free_port, read_scalars, run,
-                            weights)
+from launch_helpers import FINETUNE, PRETRAIN, ROOT, assert_same_weights, env, free_port, read_scalars, run, weights
 
 
 def pretrain_flags(demo_root: Path, out: Path, batch_size: int, *extra: str) -> list[str]:
@@ -76,10 +75,10 @@ def finetune_flags(demo_root: Path, out: Path, *extra: str) -> list[str]:
 
 @pytest.mark.slow
 def test_dist_eval_validates_each_clip_once_and_tests_like_one_process(demo_root, tmp_path):
-    from patches.eval.testing import evaluate
-    from patches.config import library_configs as cli_args
     from patches.cli import finetune as run_class_finetuning
+    from patches.config import library_configs as cli_args
     from patches.data.datasets import build_dataset
+    from patches.eval.testing import evaluate
     from patches.grid import grid_from_args
 
     flags = finetune_flags(demo_root, tmp_path / "two")
@@ -143,8 +142,8 @@ def test_deepspeed_zero_pretrains_on_cpu_and_resumes_from_its_own_checkpoint(dem
 
 
 def test_deepspeed_loads_refuse_pickled_code(tmp_path):
-    from patches.train import deepspeed_engine as ds_utils
     from patches.checkpoints.errors import CheckpointError
+    from patches.train import deepspeed_engine as ds_utils
 
     class Payload:
         def __reduce__(self):

@@ -27,18 +27,18 @@ import numpy as np
 import pytest
 import torch
 
+import launch_helpers as lh
 from patches.checkpoints.errors import CheckpointError
 from patches.checkpoints.reading import read_pth_checkpoint
 from patches.checkpoints.writing import checkpoint_state, save_checkpoint
 from patches.data import health as data_health
-import launch_helpers as lh
-from patches.train.stop_signals import EXIT_CTRL_C, EXIT_REQUEUE, StopSignals
 from patches.data.datasets import PretrainingDataConfig, VideoClsEvalDataset, VideoMAEPretrainDataset
-from patches.data.unreadable import UnreadableDataError, UnreadableVideoWarning
 from patches.data.demo import render_clip, write_mp4
-from patches.data.masking import MaskGenerator
-from patches.grid import make_grid
 from patches.data.lists import VideoListsConfig, VideoRecord
+from patches.data.masking import MaskGenerator
+from patches.data.unreadable import UnreadableDataError, UnreadableVideoWarning
+from patches.grid import make_grid
+from patches.train.stop_signals import EXIT_CTRL_C, EXIT_REQUEUE, StopSignals
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = make_grid(8, 2, 32, 8)  # what the CLI flags below describe
@@ -608,8 +608,8 @@ def test_a_second_ctrl_c_stops_at_once_with_status_130() -> None:
 
 def test_flag_values_that_used_to_get_through_are_refused_naming_the_flag(tmp_path: Path,
                                                                            capsys: pytest.CaptureFixture) -> None:
-    from patches.config import checks as cli_args
     from patches.cli import pretrain as run_mae_pretraining
+    from patches.config import checks as cli_args
     a_file = write_text(tmp_path / "a_file", "not a folder")
     cases = {
         ("--lr", "nan"): "--lr must be a finite number, got nan",

@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from patches.data.clip_sampling import segment_clip_indices
-from patches.data.datasets import (ClassificationDataConfig, VideoClsEvalDataset, VideoClsTrainDataset, build_dataset, collate_fn_for)
-from patches.data.demo import render_clip, write_mp4
-from patches.grid import make_grid
-from patches.data.lists import VideoListsConfig
-from patches.data.video_reader import FrameFolder
 from patches.data.augment import parse_rand_augment
+from patches.data.clip_sampling import segment_clip_indices
+from patches.data.datasets import (ClassificationDataConfig, VideoClsEvalDataset, VideoClsTrainDataset, build_dataset,
+                                   collate_fn_for)
+from patches.data.demo import render_clip, write_mp4
+from patches.data.lists import VideoListsConfig
 from patches.data.transforms import RandomResizedCropTransform
+from patches.data.video_reader import FrameFolder
+from patches.grid import make_grid
 
 # torchvision 0.29 deprecates its JPEG codecs (for TorchCodec); they are still what SSV2 frame folders use.
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")

@@ -22,6 +22,7 @@ def write_views(path: Path, rows: list[tuple[int, int, int, list[float]]]) -> Pa
 
 def test_merge_averages_softmax_over_views_hand_checked(tmp_path):
     import math
+
     # Video 0 (label 1; class 2 is out of the running), three views with p(class 1) = 1/730, 0.9 and 0.6: the mean is
     # 0.5005, so averaging softmax gets it right, while averaging logits (2.20 vs 0.87) would not.
     rank0 = write_views(tmp_path / "r0.jsonl", [
@@ -76,8 +77,8 @@ def pretrained_196(demo_root, tmp_path_factory):
     (["--input_size", "224", "--num_frames", "8"], "196 patches per frame"),
 ])
 def test_checkpoint_at_196_fine_tunes_at_another_grid(pretrained_196, demo_root, tmp_path, grid_flags, expect):
-    from patches.models.factory import create_video_model
     from patches.checkpoints.finetune_weights import load_finetune_weights
+    from patches.models.factory import create_video_model
     grid_kwargs = dict(input_size=int(grid_flags[1]), num_frames=int(grid_flags[3]))
     model = create_video_model("vit_micro_patch16_224", num_classes=8, **grid_kwargs)
     assert expect.split()[0] == str(model.grid.patches_per_frame)

@@ -12,18 +12,18 @@ import numpy as np
 import pytest
 import torch
 
-from patches.train.stop_signals import EXIT_REQUEUE
-from patches.cli import pretrain as run_mae_pretraining
+from launch_helpers import ROOT, assert_same_weights, read_scalars, run, run_and_signal, weights
 from patches.checkpoints.reading import read_pth_checkpoint
+from patches.cli import pretrain as run_mae_pretraining
 from patches.config.checks import FlagError
 from patches.config.pretraining import check_pretraining
+from patches.data.masking import MaskGenerator
+from patches.data.samplers import StepPosition
+from patches.grid import grids_from_specs
+from patches.models.factory import create_video_model
 from patches.train.pretraining import warn_if_other_grids
 from patches.train.reconstruction import FlexibleReconstruction, MaskedReconstruction, resize_clips
-from launch_helpers import ROOT, assert_same_weights, read_scalars, run, run_and_signal, weights
-from patches.data.masking import MaskGenerator
-from patches.models.factory import create_video_model
-from patches.grid import grids_from_specs
-from patches.data.samplers import StepPosition
+from patches.train.stop_signals import EXIT_REQUEUE
 
 TINY = ["--model", "pretrain_videomae_micro_patch16_224", "--decoder_depth", "1", "--num_frames", "4",
         "--sampling_rate", "2", "--device", "cpu"]

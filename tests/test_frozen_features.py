@@ -12,8 +12,8 @@ import torch
 
 from patches.checkpoints.reading import read_pth_checkpoint
 from patches.checkpoints.writing import checkpoint_state, save_checkpoint
-from patches.models.factory import create_video_model
 from patches.grid import make_grid
+from patches.models.factory import create_video_model
 from patches.models.probes import FrozenEncoderProbe, KNNProbe, build_probe, knn_feature
 
 ROOT = Path(__file__).resolve().parents[1]

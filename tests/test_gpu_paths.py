@@ -10,14 +10,13 @@ import textwrap
 import pytest
 import torch
 
-from patches.train import deepspeed_engine as ds_utils
+from launch_helpers import ROOT, env, free_port
 from patches.checkpoints.resume_state import cuda_state_of_this_device
+from patches.config.checks import _compile_problems
+from patches.train import deepspeed_engine as ds_utils
+from patches.train.updater import Updater
 from patches.utils.devices import auto_amp
 from patches.utils.distributed import local_device_index
-from patches.config.checks import _compile_problems
-from launch_helpers import ROOT, env, free_port
-from patches.train.updater import Updater
-
 
 DEEPSPEED_PROBE = """
 import sys

@@ -9,15 +9,14 @@ import torch
 import transformers
 
 from patches.checkpoints import errors, writing
-from patches.checkpoints.hf_videomae import hf_to_ours, read_hf_dir
-from patches.data.masking import MaskGenerator
-from patches.models.classifier import VideoClassifier
-from patches.models.pretrain import MaskedVideoAutoencoder, mask_to_index
-from patches.models.factory import create_video_model
-from patches.grid import make_grid
 from patches.checkpoints.finetune_weights import load_finetune_weights
-
+from patches.checkpoints.hf_videomae import hf_to_ours, read_hf_dir
 from patches.cli import export_hf
+from patches.data.masking import MaskGenerator
+from patches.grid import make_grid
+from patches.models.classifier import VideoClassifier
+from patches.models.factory import create_video_model
+from patches.models.pretrain import MaskedVideoAutoencoder, mask_to_index
 
 # 2 frames, tubelet 2: one time slice of 196 or 324 patches.
 GRIDS = {196: make_grid(2, 2, 224, 16), 324: make_grid(2, 2, 288, 16)}

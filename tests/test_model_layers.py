@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from patches.models.layers import build_pos_table
 from patches.grid import make_grid
+from patches.models.layers import build_pos_table
 
 
 def test_pos_tables():
@@ -35,8 +35,8 @@ def test_pos_table_reference():
 
 
 def test_pi_resize_kernel_is_resize_patch_embed_and_differentiable():
-    from patches.models.layers import pi_resize_kernel
     from patches.checkpoints.resampling import resize_patch_embed
+    from patches.models.layers import pi_resize_kernel
     torch.manual_seed(0)
     w = torch.randn(6, 3, 2, 16, 16, requires_grad=True)
     on_the_fly = pi_resize_kernel(w, (8, 8))

@@ -3,8 +3,8 @@ import pytest
 import timm
 import torch.nn as nn
 
-from patches.models.registry import DEFAULT_GRID, VIT_SIZES, register_sizes, resolve_grid, split_model_kwargs
 from patches.grid import make_grid
+from patches.models.registry import DEFAULT_GRID, VIT_SIZES, register_sizes, resolve_grid, split_model_kwargs
 
 
 def test_resolve_grid_defaults_to_16x224_over_16_and_takes_videomae_keywords():

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from patches.data.masking import MaskGenerator
-from patches.models.pretrain import mask_to_index, patchify, pixel_targets, unpatchify
-from patches.models.factory import create_video_model
 from patches.grid import make_grid
+from patches.models.factory import create_video_model
+from patches.models.pretrain import mask_to_index, patchify, pixel_targets, unpatchify
 
 TINY = dict(decoder_depth=1)
 

@@ -5,11 +5,11 @@ import pytest
 import timm
 import torch
 
-from patches.models.registry import VIT_SIZES
-from patches.models.classifier import VideoClassifier
-from patches.models.pretrain import MaskedVideoAutoencoder
-from patches.models.factory import create_video_model
 from patches.grid import make_grid
+from patches.models.classifier import VideoClassifier
+from patches.models.factory import create_video_model
+from patches.models.pretrain import MaskedVideoAutoencoder
+from patches.models.registry import VIT_SIZES
 
 TINY = dict(decoder_depth=1)
 

@@ -14,10 +14,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from patches.perf import bench_videos
 from patches.cli.prepare_videos import main as prepare_videos_main
 from patches.data import prepare as prepare_videos
 from patches.data.encoding import EncodeConfig, transcode_pyav
+from patches.perf import bench_videos
 
 SCRIPT = str(ROOT / "scripts" / "prepare_videos.py")
 

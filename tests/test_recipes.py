@@ -12,14 +12,15 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 from patches.config import library_configs as cli_args
+from patches.config import recipes
 from patches.config.lr_scaling import scaled_rates, total_batch_size
 from patches.config.run_config import scaled_flags
-from patches.config import recipes
-from patches.train.optim import cosine_scheduler
-from patches.data.clip_sampling import (eval_view_fraction, sample_clip_indices, segment_eval_indices, segment_train_indices)
+from patches.data.clip_sampling import (eval_view_fraction, sample_clip_indices, segment_eval_indices,
+                                        segment_train_indices)
 from patches.data.datasets import VideoClsEvalDataset
-from patches.grid import make_grid
 from patches.data.samplers import ResumableSampler
+from patches.grid import make_grid
+from patches.train.optim import cosine_scheduler
 
 # VideoMAE's parser defaults for the flags its scripts leave out (run_mae_pretraining.py, run_class_finetuning.py)
 VIDEOMAE_DEFAULTS = {

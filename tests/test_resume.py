@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-from patches.data.samplers import ResumableSampler, SeededItems
-from patches.checkpoints.resume_state import rng_state, set_rng_state
-from patches.train.stop_signals import EXIT_REQUEUE
-from patches.checkpoints.reading import read_pth_checkpoint
-from patches.checkpoints.writing import save_checkpoint
-from patches.checkpoints.folder import find_checkpoint
 from launch_helpers import FINETUNE, PRETRAIN, ROOT, assert_same_weights, run, run_and_signal, weights
+from patches.checkpoints.folder import find_checkpoint
+from patches.checkpoints.reading import read_pth_checkpoint
+from patches.checkpoints.resume_state import rng_state, set_rng_state
+from patches.checkpoints.writing import save_checkpoint
+from patches.data.samplers import ResumableSampler, SeededItems
+from patches.train.stop_signals import EXIT_REQUEUE
 
 
 def pretrain_flags(demo_root: Path, out: Path, *extra: str) -> list[str]:

@@ -10,9 +10,9 @@ import torch
 from safetensors import safe_open
 
 from patches.checkpoints import reading
-from patches.models.factory import create_video_model
-from patches.grid import make_grid
 from patches.checkpoints.finetune_weights import load_finetune_weights
+from patches.grid import make_grid
+from patches.models.factory import create_video_model
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = make_grid(4, 2, 32, 8)

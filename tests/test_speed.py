@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from patches.data.masking import MaskGenerator
+from patches.grid import make_grid
 from patches.models.attention import BlockAttention, MatmulSoftmaxAttention, configure_attention
+from patches.models.factory import create_video_model
 from patches.models.layers import gather_tokens
 from patches.models.pretrain import mask_to_index, pixel_targets
-from patches.models.factory import create_video_model
 from patches.train.optim import OptimizerConfig, build_optimizer
-from patches.grid import make_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,8 +13,8 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import Dataset
 
-from patches.checkpoints.reading import read_pth_checkpoint
 from patches.checkpoints.folder import choose_resume_checkpoint
+from patches.checkpoints.reading import read_pth_checkpoint
 from patches.data.health import BadVideoTracker
 from patches.data.loaders import LoaderConfig, train_loader
 from patches.data.samplers import StepPosition

@@ -8,10 +8,10 @@ import pytest
 import torch
 from timm.utils import ModelEmaV3
 
-from patches.train.reconstruction import MaskedReconstruction
 from patches.data.masking import MaskGenerator
-from patches.models.factory import create_video_model
 from patches.grid import make_grid
+from patches.models.factory import create_video_model
+from patches.train.reconstruction import MaskedReconstruction
 from patches.train.updater import Updater
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from patches.data.lists import (DATA_SETS, NB_CLASSES, VideoListsConfig, numbered_list_entries, numbered_pretraining_entries, parse_list_file, read_labelled_list, read_records)
+from patches.data.lists import (DATA_SETS, NB_CLASSES, VideoListsConfig, numbered_list_entries,
+                                numbered_pretraining_entries, parse_list_file, read_labelled_list, read_records)
 
 
 def write(path: Path, text: str | bytes) -> Path:

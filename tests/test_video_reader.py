@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from patches.data.video_reader import (BACKENDS, PyAVVideo, VideoDecodeError, VideoFile, decode_clips, decode_reason, open_video)
+from patches.data.video_reader import (BACKENDS, PyAVVideo, VideoDecodeError, VideoFile, decode_clips, decode_reason,
+                                       open_video)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,19 +8,18 @@ import re
 from pathlib import Path
 
 import numpy as np
-import torch
 import pytest
+import torch
 
+from launch_helpers import FINETUNE, PRETRAIN, run
+from patches.cli import export_hf
 from patches.cli import finetune as run_class_finetuning
 from patches.cli import pretrain as run_mae_pretraining
 from patches.cli import visualise as vis
-from launch_helpers import FINETUNE, PRETRAIN, run
-from patches.models.factory import create_video_model
-from patches.grid import make_grid
 from patches.cli.stages import run_stage
 from patches.data.video_reader import VideoFile
-
-from patches.cli import export_hf
+from patches.grid import make_grid
+from patches.models.factory import create_video_model
 
 # VideoMAE's flags record frames and input size, never the patch grid itself
 VIDEOMAE_ARGS = argparse.Namespace(model="pretrain_videomae_micro_patch16_224", num_frames=8, input_size=64,

@@ -14,9 +14,9 @@ from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from patches.checkpoints import writing
 from patches.cli import visualise as vis
 from patches.data.masking import MaskGenerator
-from patches.models.pretrain import patchify, pixel_targets
-from patches.models.factory import create_video_model
 from patches.grid import make_grid
+from patches.models.factory import create_video_model
+from patches.models.pretrain import patchify, pixel_targets
 
 ROOT = Path(__file__).resolve().parents[1]
 # Non-square on purpose: 4 frames of 32x48 px, patch 8 -> 2 x 4 x 6 tokens (24 patches per frame).

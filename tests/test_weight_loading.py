@@ -5,11 +5,11 @@ import torch
 import torch.nn.functional as F
 
 from patches.checkpoints import errors, file_format, model_state, reading, writing
-from patches.models.layers import build_pos_table
-from patches.models.factory import create_video_model
-from patches.grid import make_grid
 from patches.checkpoints.finetune_weights import load_finetune_weights
 from patches.checkpoints.resampling import interpolate_pos_embed, resize_patch_embed
+from patches.grid import make_grid
+from patches.models.factory import create_video_model
+from patches.models.layers import build_pos_table
 
 MICRO = "vit_micro_patch16_224"
 PRETRAIN_MICRO = "pretrain_videomae_micro_patch16_224"

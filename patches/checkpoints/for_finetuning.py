@@ -13,9 +13,9 @@ from typing import Any
 import torch
 
 from patches.checkpoints.errors import CheckpointError
+from patches.checkpoints.folder import FoundCheckpoint
 from patches.checkpoints.model_state import apply_pos_reference, check_checkpoint_grid, load_model_state
 from patches.checkpoints.reading import read_pth_checkpoint
-from patches.checkpoints.folder import FoundCheckpoint
 from patches.grid import PatchGrid, recorded_grid
 from patches.utils.distributed import is_dist, is_main_process
 

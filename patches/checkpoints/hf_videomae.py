@@ -30,8 +30,8 @@ from typing import Any
 import torch
 
 from patches.checkpoints.errors import CheckpointError, ExportError
-from patches.models.registry import VIT_SIZES
 from patches.grid import GridError, PatchGrid, make_grid, recorded_grid
+from patches.models.registry import VIT_SIZES
 
 HF_CONFIG = "config.json"
 HF_WEIGHTS = "model.safetensors"

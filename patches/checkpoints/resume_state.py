@@ -16,7 +16,6 @@ import torch.distributed as dist
 
 from patches.utils.distributed import get_rank, get_world_size, is_dist
 
-
 # ---------------------------------------------------------------- RNG states
 
 def rng_state() -> dict[str, Any]:

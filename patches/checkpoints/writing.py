@@ -11,8 +11,8 @@ from typing import Any
 import torch
 
 from patches.checkpoints.errors import CheckpointSaveError
-from patches.checkpoints.file_format import (CHECKPOINT_FORMAT, CHECKSUM, GRID_RECORDS, SAFETENSORS_FORMAT,
-                                             plain_args, tensor_checksum)
+from patches.checkpoints.file_format import (CHECKPOINT_FORMAT, CHECKSUM, GRID_RECORDS, SAFETENSORS_FORMAT, plain_args,
+                                             tensor_checksum)
 from patches.grid import PatchGrid
 from patches.utils.distributed import unwrap_model
 from patches.utils.files import fsync_dir, temp_path, write_atomically

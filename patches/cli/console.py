@@ -3,7 +3,7 @@ returns a result: pip's wrapper passes the return value to ``sys.exit``, so a re
 be printed and read as exit status 1. Each function here runs its entry point and returns nothing instead."""
 from __future__ import annotations
 
-from patches.utils import cpu_memory  # noqa: F401  (before torch: allocator settings torch reads once)
+from patches.utils import cpu_memory  # noqa: F401  # isort: skip  (first: allocator settings torch reads once)
 
 
 def sweep() -> None:

@@ -13,13 +13,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from patches.utils import cpu_memory  # noqa: F401  (before torch: allocator settings torch reads once, see cpu_memory.py)
+from patches.utils import cpu_memory  # noqa: F401  # isort: skip  (first: allocator settings torch reads once)
 import torch
 
 from patches.cli import finetune as run_class_finetuning
 from patches.cli import pretrain as run_mae_pretraining
-from patches.config.demo_recipe import FINETUNE_EPOCHS, GRID, PRETRAIN_EPOCHS, finetune_recipe, pretrain_recipe
 from patches.cli.stages import run_stage
+from patches.config.demo_recipe import FINETUNE_EPOCHS, GRID, PRETRAIN_EPOCHS, finetune_recipe, pretrain_recipe
+
 
 def pretrain_flags(args: argparse.Namespace) -> list[str]:
     return ["--model", "pretrain_videomae_micro_patch16_224", *GRID,

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
 from patches.checkpoints.errors import CheckpointError, ExportError
 from patches.checkpoints.hf_videomae import export_to_hf
 from patches.checkpoints.reading import read_any_checkpoint

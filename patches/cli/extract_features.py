@@ -17,28 +17,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from patches.utils import cpu_memory  # noqa: F401  (before torch: allocator settings torch reads once, see cpu_memory.py)
+from patches.utils import cpu_memory  # noqa: F401  # isort: skip  (first: allocator settings torch reads once)
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from patches.checkpoints.folder import remove_stale_temp_files
+from patches.checkpoints.models import model_from_checkpoint
+from patches.checkpoints.reading import read_any_checkpoint
 from patches.cli.exits import exits_on_error
+from patches.config import checks
+from patches.config import flags as cli_args
 from patches.config.checkpoint_defaults import checkpoint_flag_values
-from patches.config import checks, flags as cli_args
+from patches.errors import UsageError
+from patches.eval.features import (FEATURES_KEY, VideoViews, check_feature_folder, collate_views, encode_views,
+                                   encoder_reference, find_videos, inputs_digest, shard_done, write_index, write_shard)
+from patches.eval.predict import CHECKPOINT_FALLBACK
+from patches.grid import GridError, PatchGrid
+from patches.train.trainer import launch
 from patches.utils.devices import autocast_dtype, resolve_device
 from patches.utils.distributed import get_rank, get_world_size, is_dist, is_main_process
 from patches.utils.files import write_atomically
-from patches.checkpoints.folder import remove_stale_temp_files
-from patches.errors import UsageError
-from patches.grid import GridError, PatchGrid
-from patches.train.trainer import launch
-from patches.checkpoints.models import model_from_checkpoint
-from patches.checkpoints.reading import read_any_checkpoint
-from patches.eval.features import (FEATURES_KEY, VideoViews, check_feature_folder, collate_views, encode_views,
-                                   encoder_reference, find_videos, inputs_digest, shard_done, write_index,
-                                   write_shard)
-from patches.eval.predict import CHECKPOINT_FALLBACK
 
 
 def get_args_parser() -> argparse.ArgumentParser:

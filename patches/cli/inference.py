@@ -15,21 +15,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from patches.utils import cpu_memory  # noqa: F401  (before torch: allocator settings torch reads once, see cpu_memory.py)
+from patches.utils import cpu_memory  # noqa: F401  # isort: skip  (first: allocator settings torch reads once)
 import torch
 from torch.utils.data import DataLoader
 
-from patches.cli.exits import exits_on_error
-from patches.config.checkpoint_defaults import checkpoint_flag_values
-from patches.config import flags as cli_args
-from patches.config.checks import FlagError
-from patches.utils.devices import resolve_device
-from patches.grid import GridError, PatchGrid
 from patches.checkpoints.models import model_from_checkpoint
 from patches.checkpoints.reading import read_any_checkpoint
+from patches.cli.exits import exits_on_error
+from patches.config import flags as cli_args
+from patches.config.checkpoint_defaults import checkpoint_flag_values
+from patches.config.checks import FlagError
 from patches.eval.features import VideoViews, collate_views, find_videos, head_classes, read_class_names
 from patches.eval.predict import (CHECKPOINT_FALLBACK, TEST_VIEWS_FALLBACK, class_probabilities, recorded_test_views,
                                   top_classes)
+from patches.grid import GridError, PatchGrid
+from patches.utils.devices import resolve_device
 
 
 def get_args_parser() -> argparse.ArgumentParser:

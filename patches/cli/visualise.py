@@ -22,13 +22,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from patches.utils.devices import resolve_device
 from patches.checkpoints.errors import CheckpointError
 from patches.checkpoints.models import pretrain_model_from_checkpoint
 from patches.data.masking import MASK_TYPES, MaskGenerator
-from patches.models.pretrain import MaskedVideoAutoencoder, mask_to_index, patchify, unpatchify
-from patches.grid import GridError, PatchGrid, make_grid, parse_grid_spec
 from patches.data.transforms import EvalTransform, denormalize
+from patches.grid import GridError, PatchGrid, make_grid, parse_grid_spec
+from patches.models.pretrain import MaskedVideoAutoencoder, mask_to_index, patchify, unpatchify
+from patches.utils.devices import resolve_device
 
 MASK_FILL = 0.5  # hidden patches are shown mid-grey
 GIF_FRAME_MS = 250

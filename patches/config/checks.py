@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 
 from patches.config.library_configs import video_lists_config
+from patches.data.lists import numbered_pretraining_entries, read_records
 from patches.errors import UsageError
 from patches.grid import GridError, PatchGrid, grid_from_args
-from patches.data.lists import numbered_pretraining_entries, read_records
 from patches.utils.devices import auto_amp, autocast_dtype, cuda_native_bf16, resolve_device
 
 
@@ -118,6 +118,7 @@ def _compile_problems(backend: str | None, device: torch.device) -> list[str]:
         return [f"--compile {backend}: not a torch.compile backend; known: {', '.join(known)}"]
     if backend == "inductor":
         import shutil
+
         # Inductor builds C++ kernels on the CPU; on CUDA, Triton builds a small C launcher for each kernel.
         var, names, language = (("CXX", ("g++", "c++", "clang++"), "C++") if device.type == "cpu"
                                 else ("CC", ("cc", "gcc", "clang"), "C"))

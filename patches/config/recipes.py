@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from patches.utils import cpu_memory  # noqa: F401  (before torch, as in the run scripts)
+from patches.utils import cpu_memory  # noqa: F401  # isort: skip  (first: allocator settings torch reads once)
 from patches.cli.exits import exits_on_error
 from patches.errors import UsageError
 

@@ -13,6 +13,7 @@ from timm.data.constants import IMAGENET_DEFAULT_MEAN
 
 from patches.errors import UsageError
 
+
 class AugmentFlagError(UsageError, ValueError):
     """An ``--aa`` policy or ``--train_interpolation`` that cannot be used. (Still a ValueError.)"""
 

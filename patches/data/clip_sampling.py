@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+
 def sample_clip_indices(num_video_frames: int, num_frames: int, sampling_rate: int,
                         rng: np.random.Generator) -> np.ndarray:
     """Frame indices of one clip: ``num_frames`` frames ``sampling_rate`` apart, int64 ``[num_frames]``.

@@ -10,6 +10,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+
 @dataclass(frozen=True)
 class EncodeConfig:
     """How each video is re-encoded (see the module docstring)."""

@@ -15,9 +15,9 @@ from torch.utils.data import Dataset
 
 from patches.checkpoints.reading import checkpoint_fingerprint
 from patches.data.clip_sampling import segment_clip_indices
-from patches.grid import PatchGrid
-from patches.data.video_reader import FrameFolder, VideoDecodeError, VideoFile, decode_clips
 from patches.data.transforms import EvalTransform
+from patches.data.video_reader import FrameFolder, VideoDecodeError, VideoFile, decode_clips
+from patches.grid import PatchGrid
 from patches.utils.devices import amp_autocast
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv")

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 # Bump when the rendering or encoding below changes, so cached files are rebuilt.
 VIDEO_VERSION = 1
 # libx264 with its defaults (preset medium: GOP up to 250 frames with scene-cut keyframes, 3 B-frames,

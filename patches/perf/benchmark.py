@@ -18,8 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-
-from patches.utils import cpu_memory  # noqa: F401  (before torch: allocator settings torch reads once, see cpu_memory.py)
+from patches.utils import cpu_memory  # noqa: F401  # isort: skip  (first: allocator settings torch reads once)
 import torch
 
 
@@ -85,10 +84,11 @@ def peak_memory(device: torch.device) -> int:
 def pretrain_step_fn(cfg: dict, device: torch.device):
     """Closures running one real pre-training step (the engine's loss, the driver's update) on random clips."""
     import numpy as np
-    from patches.train.reconstruction import MaskedReconstruction
+
     from patches.data.masking import MaskGenerator
-    from patches.train.updater import Updater
     from patches.grid import make_grid
+    from patches.train.reconstruction import MaskedReconstruction
+    from patches.train.updater import Updater
 
     grid = make_grid(cfg["num_frames"], 2, cfg["size"], cfg["patch"])
     model = build_model(f"pretrain_videomae_{cfg['model']}_patch16_224", cfg, device, grid=grid,
@@ -110,8 +110,8 @@ def pretrain_step_fn(cfg: dict, device: torch.device):
 
 def finetune_step_fn(cfg: dict, device: torch.device):
     """Closures running one real fine-tuning step (the engine's loss, the driver's update) on random clips."""
-    from patches.train.classification import Classification
     from patches.grid import make_grid
+    from patches.train.classification import Classification
     from patches.train.updater import Updater
 
     grid = make_grid(cfg["num_frames"], 2, cfg["size"], cfg["patch"])

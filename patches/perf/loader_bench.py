@@ -35,7 +35,7 @@ from typing import Any, Sequence
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout (the package is installed editable from it)
 
-from patches.utils import cpu_memory  # noqa: F401  (before torch: allocator settings torch reads once, see cpu_memory.py)
+from patches.utils import cpu_memory  # noqa: F401  # isort: skip  (first: allocator settings torch reads once)
 import torch
 
 from patches.errors import PatchesError, UsageError
@@ -86,8 +86,8 @@ def build_loader(pipeline: str, args: argparse.Namespace, grid: Any, device: tor
                                                grid, build_mask_generator(args, grid), device)[1]
     if pipeline != "baseline":
         raise ValueError(f"pipeline must be one of {PIPELINES}, got {pipeline!r}")
-    from patches.data.health import BadVideoTracker
     from patches.data.datasets import CollateWithBad, collate_fn_for
+    from patches.data.health import BadVideoTracker
     from patches.data.lists import parse_list_file
 
     paths = [p for p, _ in parse_list_file(args.data_path, args.data_root)]
@@ -192,8 +192,9 @@ def run_real_size(args: argparse.Namespace) -> list[dict[str, Any]]:
     at each of ``args.workers`` on both. Rows carry ``source``, ``speedup`` (prepared over source) and the
     fields of :func:`measure_loader`; ``args.json`` gets them."""
     import shutil
-    from patches.data.prepare import prepare
+
     from patches.data.encoding import EncodeConfig
+    from patches.data.prepare import prepare
 
     rows = []
     for codec in args.codecs:

@@ -8,7 +8,6 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-
 # ---- the reference pipeline ---------------------------------------------------------------------------
 
 class ReferencePretrainDataset(Dataset):
@@ -37,6 +36,7 @@ class ReferencePretrainDataset(Dataset):
         import decord
         from PIL import Image
         from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
         from patches.data.transforms import multi_scale_crop_params
 
         t, (out_h, out_w) = self.grid.num_frames, self.grid.input_size

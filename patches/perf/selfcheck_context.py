@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout (the package is installed editable from it)

@@ -13,7 +13,6 @@ from typing import Any
 from patches.perf.selfcheck_context import FULL, QUICK, RESUME_ATOL, ROOT, Context, Skip
 from patches.perf.selfcheck_steps import package_versions
 
-
 # ---- the run scripts in subprocesses --------------------------------------------------------------------
 
 def demo_root(ctx: Context) -> Path:
@@ -147,8 +146,8 @@ def check_finetune(ctx: Context) -> dict[str, Any]:
 
 def check_timing(ctx: Context, spec: str, attn_impl: str) -> dict[str, Any]:
     """scripts/benchmark.py's measurement of one pre-training configuration, in its own process."""
-    from patches.perf import benchmark
     from patches.grid import parse_grid_spec
+    from patches.perf import benchmark
 
     p = ctx.profile
     size, patch = parse_grid_spec(spec)

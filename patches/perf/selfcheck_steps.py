@@ -14,7 +14,6 @@ import torch
 
 from patches.perf.selfcheck_context import PACKAGES, Context, Skip
 
-
 # ---- the environment and decoding ---------------------------------------------------------------------
 
 def package_versions() -> dict[str, str]:
@@ -98,9 +97,9 @@ def train_fixed_batch(ctx: Context, grid: Any, amp: torch.dtype | None, compile_
                       steps: int = 20) -> dict[str, Any]:
     """``steps`` real pre-training updates on one batch: losses finite and the last below the first."""
     from patches.models.attention import configure_attention
-    from patches.train.reconstruction import MaskedReconstruction
     from patches.models.factory import create_video_model
     from patches.train.optim import OptimizerConfig, build_optimizer
+    from patches.train.reconstruction import MaskedReconstruction
     from patches.train.updater import Updater
 
     p, device = ctx.profile, ctx.device

@@ -45,12 +45,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
-from patches.config import demo_recipe  # run_demo.py's recipe: the demo preset trains as the demo does
-from patches.grid import GridError, PatchGrid, grids_from_specs
 from patches.cli.exits import exits_on_error
 from patches.cli.stages import run_stage
+from patches.config import demo_recipe  # run_demo.py's recipe: the demo preset trains as the demo does
 from patches.errors import PatchesError, UsageError
+from patches.grid import GridError, PatchGrid, grids_from_specs
 from patches.perf import benchmark  # scripts/benchmark.py: step time and peak memory, one process per configuration
 from patches.sweep import report as sweep_report
 

@@ -12,8 +12,8 @@ from typing import Any, Callable
 
 from patches.checkpoints.errors import CheckpointError
 from patches.checkpoints.folder import FoundCheckpoint, choose_resume_checkpoint
-from patches.checkpoints.for_finetuning import (FINETUNE_HINT, load_best_of_run, load_finetune,
-                                                pretraining_model_hint, shared_run_id)
+from patches.checkpoints.for_finetuning import (FINETUNE_HINT, load_best_of_run, load_finetune, pretraining_model_hint,
+                                                shared_run_id)
 from patches.config.finetuning import FinetuneRunConfig
 from patches.data.datasets import build_dataset
 from patches.data.lists import class_names

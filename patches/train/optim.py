@@ -1,9 +1,8 @@
 """Optimizers from flags, through timm's factory (weight-decay filtering, layer-wise LR decay)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch

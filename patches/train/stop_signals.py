@@ -14,7 +14,6 @@ import torch.distributed as dist
 
 from patches.utils.distributed import is_dist
 
-
 # Exit status of a run stopped by SIGTERM/SIGUSR1 after saving checkpoint-latest: EX_TEMPFAIL from
 # sysexits.h ("try again later"); the sbatch launchers requeue the job when they see it.
 EXIT_REQUEUE = 75

@@ -14,7 +14,6 @@ import torch.distributed as dist
 
 from patches.errors import PatchesError
 
-
 # The ranks wait in collectives while rank 0 writes a checkpoint alone: a ViT-L's weights and optimizer state
 # (several GB) on a slow network filesystem can take far longer than torch's default of 10 minutes.
 PROCESS_GROUP_TIMEOUT = datetime.timedelta(minutes=60)

@@ -85,6 +85,7 @@ class TensorboardLogger:
     def __init__(self, log_dir: str | Path, purge_step: int | None = None):
         """``purge_step``: on resume, TensorBoard hides the events an earlier attempt wrote at this step and later."""
         from tensorboardX import SummaryWriter
+
         # The suffix keeps a file of each writer, in order, where two open in the same second (tensorboardX
         # names files by the second; a resumed run's writer would otherwise truncate its predecessor's file).
         self.writer = SummaryWriter(logdir=str(log_dir), purge_step=purge_step, filename_suffix=f".{time.time_ns()}")
