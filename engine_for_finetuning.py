@@ -1,7 +1,8 @@
 """VideoMAE's ``engine_for_finetuning``: the classification loss (:mod:`patches.train.classification`),
 validation and the multi-view test (:mod:`patches.eval.testing`).
 
-The training loop itself (VideoMAE's ``train_one_epoch``) is :meth:`patches.train.trainer.Trainer.train_one_epoch`.
+The training loop itself (VideoMAE's ``train_one_epoch``) is
+:meth:`patches.train.epoch_loop.EpochLoop.train_one_epoch`, run epoch by epoch by ``Trainer.fit``.
 """
 from __future__ import annotations
 

@@ -41,9 +41,10 @@ class EpochLoop:
     clips_per_step: int = 1
     fp16_scaling: bool = False  # report the updates fp16 overflow skipped
 
-    def run(self, loss_fn: LossFn, epoch: int, first_batch: int) -> dict[str, float]:
-        """One pass over the loader from local batch ``first_batch`` (the batches before it were trained before
-        a resume). Returns the epoch's averages (``loss``, ``lr``, ``grad_norm``, ...)."""
+    def train_one_epoch(self, loss_fn: LossFn, epoch: int, first_batch: int) -> dict[str, float]:
+        """VideoMAE's ``train_one_epoch``: one pass over the loader from local batch ``first_batch`` (the batches
+        before it were trained before a resume). Returns the epoch's averages (``loss``, ``lr``, ``grad_norm``,
+        ...)."""
         self.model.train()
         progress = ProgressLogger(f"Epoch [{epoch + 1}/{self.epochs}]", self.print_freq, self.clips_per_step)
         self.updater.start_epoch()

@@ -232,7 +232,7 @@ class Trainer:
                 record, self.pending_record = dict(self.pending_record), None  # trained before a stop in validation
             else:
                 self.loader.sampler.set_epoch(epoch, first)
-                stats = self.epoch_loop.run(loss_fn, epoch, first)
+                stats = self.epoch_loop.train_one_epoch(loss_fn, epoch, first)
                 record = {**{f"train_{k}": v for k, v in stats.items()}, **self.loader.end_epoch(), "epoch": epoch,
                           "n_parameters": self.n_parameters}
             if after_epoch is not None:
