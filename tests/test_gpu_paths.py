@@ -151,3 +151,19 @@ def test_ddp_accumulation_all_reduces_once_per_update():
     for p, (_, err) in zip(procs, outputs):
         assert p.returncode == 0, textwrap.shorten(err[-3000:], 3000)
     assert [o.strip() for o, _ in outputs] == ["all-reduces 2 same True broadcast False"] * 2
+
+
+def test_tf32_is_on_for_cuda_unless_deterministic(monkeypatch):
+    from patches.utils.devices import concrete_amp, enable_tf32
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    assert not enable_tf32(torch.device("cpu"), deterministic=False)
+    assert not enable_tf32(torch.device("cuda"), deterministic=True)
+    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    assert enable_tf32(torch.device("cuda"), deterministic=False)
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    # Feature extraction defaults to the training precision: --amp auto, none on CPU.
+    from patches.cli import extract_features
+    assert extract_features.get_args_parser().parse_args(["--finetune", "x", "--data_path", "y", "--output_dir", "z"]).amp == "auto"
+    assert concrete_amp("auto", torch.device("cpu")) == "none"
+    assert concrete_amp("bf16", torch.device("cpu")) == "bf16"
