@@ -83,6 +83,18 @@ def test_compile_on_cuda_asks_for_a_c_compiler(tmp_path, monkeypatch):
     assert _compile_problems("inductor", torch.device("cuda")) == []
 
 
+def test_compile_on_cuda_asks_for_pythons_c_headers(tmp_path, monkeypatch):
+    import sysconfig
+    real = sysconfig.get_paths
+    monkeypatch.setattr(sysconfig, "get_paths", lambda *a, **k: {**real(*a, **k), "include": str(tmp_path)})
+    [cuda] = _compile_problems("inductor", torch.device("cuda"))  # Triton's launcher would fail to build
+    assert f"{tmp_path}/Python.h does not exist" in cuda and "Python's C headers" in cuda
+    assert _compile_problems("inductor", torch.device("cpu")) == []
+    assert _compile_problems("aot_eager", torch.device("cuda")) == []
+    (tmp_path / "Python.h").write_text("")
+    assert _compile_problems("inductor", torch.device("cuda")) == []
+
+
 def test_fp16_loss_scale_is_read_once_per_update_and_a_resumed_scale_is_no_skip():
     reads = []
 
