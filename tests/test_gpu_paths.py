@@ -1,6 +1,7 @@
 """The CUDA paths' decisions, checked on the CPU: the DeepSpeed config, the automatic precision, the GPU of each
 rank, the RNG state of fewer GPUs, the C compiler and Python's headers for --compile, DDP's all-reduces while
-accumulating, BatchNorm statistics under DDP, TF32 and the loss scale read once per update. What only a GPU can show is left to scripts/selfcheck.py."""
+accumulating, BatchNorm statistics under DDP, TF32 and the loss scale read once per update. What only a GPU can
+show is left to scripts/selfcheck.py."""
 from __future__ import annotations
 
 import subprocess
@@ -221,6 +222,7 @@ def test_tf32_is_on_for_cuda_unless_deterministic(monkeypatch):
     assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
     # Feature extraction defaults to the training precision: --amp auto, none on CPU.
     from patches.cli import extract_features
-    assert extract_features.get_args_parser().parse_args(["--finetune", "x", "--data_path", "y", "--output_dir", "z"]).amp == "auto"
+    flags = extract_features.get_args_parser().parse_args(["--finetune", "x", "--data_path", "y", "--output_dir", "z"])
+    assert flags.amp == "auto"
     assert concrete_amp("auto", torch.device("cpu")) == "none"
     assert concrete_amp("bf16", torch.device("cpu")) == "bf16"
