@@ -49,6 +49,41 @@ def test_topk_correct():
     assert topk_correct(logits, labels, (1, 2, 5)) == [1, 2, 3]
 
 
+def test_evaluate_reads_nothing_back_per_batch_and_gives_the_same_statistics(monkeypatch):
+    from patches.eval.testing import evaluate
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 7))
+    batches = [(torch.randn(n, 3, 4), torch.randint(0, 7, (n,))) for n in (5, 3, 6)]
+    logits = torch.cat([model(v) for v, _ in batches])
+    labels = torch.cat([t for _, t in batches])
+    loss = sum(torch.nn.functional.cross_entropy(model(v), t, reduction="sum").item() for v, t in batches)
+    top1, top5 = topk_correct(logits, labels)
+    reads, copies = [], []
+
+    def counted(name):
+        real = getattr(torch.Tensor, name)
+
+        def read(self, *a, **k):
+            reads.append(name)
+            return real(self, *a, **k)
+        return read
+
+    real_to = torch.Tensor.to
+
+    def to(self, *a, **k):
+        copies.append(k.get("non_blocking", False))
+        return real_to(self, *a, **k)
+
+    for name in ("item", "__int__", "__float__", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, counted(name))
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    stats = evaluate(batches, model, torch.device("cpu"))
+    monkeypatch.undo()
+    assert reads == ["tolist"], "one read of the totals, after the last batch"
+    assert copies and all(copies), "inputs copied without blocking"
+    assert stats == {"loss": loss / 14, "acc1": 100 * top1 / 14, "acc5": 100 * top5 / 14, "count": 14}
+
+
 def run(script: str, *flags: str, cwd: Path) -> subprocess.CompletedProcess:
     result = subprocess.run([sys.executable, str(ROOT / script), *flags], capture_output=True, text=True,
                             cwd=cwd, timeout=900)

@@ -1,6 +1,7 @@
 """The CUDA paths' decisions, checked on the CPU: the DeepSpeed config, the automatic precision, the GPU of each
-rank, the RNG state of fewer GPUs, the C compiler for --compile, DDP's all-reduces while accumulating and the
-loss scale read once per update. What only a GPU can show is left to scripts/selfcheck.py."""
+rank, the RNG state of fewer GPUs, the C compiler and Python's headers for --compile, DDP's all-reduces while
+accumulating, BatchNorm statistics under DDP, TF32 and the loss scale read once per update. What only a GPU can
+show is left to scripts/selfcheck.py."""
 from __future__ import annotations
 
 import subprocess
@@ -83,6 +84,18 @@ def test_compile_on_cuda_asks_for_a_c_compiler(tmp_path, monkeypatch):
     assert _compile_problems("inductor", torch.device("cuda")) == []
 
 
+def test_compile_on_cuda_asks_for_pythons_c_headers(tmp_path, monkeypatch):
+    import sysconfig
+    real = sysconfig.get_paths
+    monkeypatch.setattr(sysconfig, "get_paths", lambda *a, **k: {**real(*a, **k), "include": str(tmp_path)})
+    [cuda] = _compile_problems("inductor", torch.device("cuda"))  # Triton's launcher would fail to build
+    assert f"{tmp_path}/Python.h does not exist" in cuda and "Python's C headers" in cuda
+    assert _compile_problems("inductor", torch.device("cpu")) == []
+    assert _compile_problems("aot_eager", torch.device("cuda")) == []
+    (tmp_path / "Python.h").write_text("")
+    assert _compile_problems("inductor", torch.device("cuda")) == []
+
+
 def test_fp16_loss_scale_is_read_once_per_update_and_a_resumed_scale_is_no_skip():
     reads = []
 
@@ -139,15 +152,77 @@ cleanup_distributed()
 """
 
 
-@pytest.mark.slow
-def test_ddp_accumulation_all_reduces_once_per_update():
-    # 2 gloo processes, update_freq 2, 4 micro-steps: 2 updates, so 2 all-reduces of the one gradient bucket.
+def run_two_gloo_ranks(probe: str) -> list[str]:
+    """``probe`` in 2 gloo processes on localhost; their standard outputs."""
     port = free_port()
-    procs = [subprocess.Popen([sys.executable, "-c", DDP_PROBE.format(root=str(ROOT))],
+    procs = [subprocess.Popen([sys.executable, "-c", probe.format(root=str(ROOT))],
                               env=dict(env(), RANK=str(r), WORLD_SIZE="2", LOCAL_RANK=str(r),
                                        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
     outputs = [p.communicate(timeout=120) for p in procs]
     for p, (_, err) in zip(procs, outputs):
         assert p.returncode == 0, textwrap.shorten(err[-3000:], 3000)
-    assert [o.strip() for o, _ in outputs] == ["all-reduces 2 same True broadcast False"] * 2
+    return [o.strip() for o, _ in outputs]
+
+
+@pytest.mark.slow
+def test_ddp_accumulation_all_reduces_once_per_update():
+    # 2 gloo processes, update_freq 2, 4 micro-steps: 2 updates, so 2 all-reduces of the one gradient bucket.
+    assert run_two_gloo_ranks(DDP_PROBE) == ["all-reduces 2 same True broadcast False"] * 2
+
+
+DDP_BATCH_NORM_PROBE = """
+import torch, torch.distributed as dist
+from patches.models.probes import LinearProbe
+from patches.utils.distributed import cleanup_distributed, data_parallel, init_distributed
+init_distributed("cpu")
+torch.manual_seed(0)
+probe = LinearProbe(6, 3)
+model = data_parallel(probe, torch.device("cpu"))
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+torch.manual_seed(1 + dist.get_rank())
+for _ in range(3):  # each rank's batches differ, and so would its running statistics
+    tokens = torch.randn(4, 5, 6) * (1 + dist.get_rank()) + dist.get_rank()
+    model(tokens, None).sum().backward()
+    optimizer.step()
+    optimizer.zero_grad()
+same = []
+for name, buffer in probe.bn.named_buffers():
+    both = [torch.zeros_like(buffer) for _ in range(2)]
+    dist.all_gather(both, buffer)
+    same.append(torch.equal(both[0], both[1]))
+print(f"batch norm buffers same {{all(same)}} moved {{not torch.equal(probe.bn.running_mean, torch.zeros(6))}}",
+      force=True)
+cleanup_distributed()
+"""
+
+
+@pytest.mark.slow
+def test_ddp_keeps_the_linear_probes_batch_norm_statistics_the_same_on_every_rank():
+    assert run_two_gloo_ranks(DDP_BATCH_NORM_PROBE) == ["batch norm buffers same True moved True"] * 2
+
+
+def test_batch_norms_become_sync_batch_norm_on_cuda():
+    from patches.models.probes import LinearProbe
+    from patches.utils.distributed import synchronise_batch_norms
+    model = synchronise_batch_norms(LinearProbe(6, 3), torch.device("cuda"))
+    assert isinstance(model.bn, torch.nn.SyncBatchNorm) and model.bn.running_mean.shape == (6,)
+    plain = torch.nn.Linear(6, 3)
+    assert synchronise_batch_norms(plain, torch.device("cuda")) is plain
+
+
+def test_tf32_is_on_for_cuda_unless_deterministic(monkeypatch):
+    from patches.utils.devices import concrete_amp, enable_tf32
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    assert not enable_tf32(torch.device("cpu"), deterministic=False)
+    assert not enable_tf32(torch.device("cuda"), deterministic=True)
+    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    assert enable_tf32(torch.device("cuda"), deterministic=False)
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    # Feature extraction defaults to the training precision: --amp auto, none on CPU.
+    from patches.cli import extract_features
+    flags = extract_features.get_args_parser().parse_args(["--finetune", "x", "--data_path", "y", "--output_dir", "z"])
+    assert flags.amp == "auto"
+    assert concrete_amp("auto", torch.device("cpu")) == "none"
+    assert concrete_amp("bf16", torch.device("cpu")) == "bf16"

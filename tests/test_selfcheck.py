@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -14,7 +15,8 @@ from patches.perf import selfcheck
 MUST_PASS = ["environment", "decode", "loss_falls 16 bf16", "loss_falls 36 bf16", "compile 16 bf16",
              "finetune_multiview_test", "torchrun gloo", "resume_exact", "deepspeed_zero2 bf16", "timing 16 sdpa",
              "timing 16 math", "loader_vs_step"]
-SKIPPED_ON_CPU = ["loss_falls 16 fp16", "loss_falls 36 fp16", "deepspeed fp16 (ZeRO-2 refused, ZeRO-0 steps)"]
+SKIPPED_ON_CPU = ["gpu_settings", "loss_falls 16 fp16", "loss_falls 36 fp16",
+                  "deepspeed fp16 (ZeRO-2 refused, ZeRO-0 steps)"]
 
 
 @pytest.mark.slow
@@ -36,8 +38,18 @@ def test_quick_cpu_selfcheck_passes_and_writes_its_table_and_json(tmp_path):
     assert {r["attention"] for r in report["timing"]} == {"sdpa", "math"}
     md = (tmp_path / "tmp" / "selfcheck.md").read_text()
     assert md.startswith("# PATCHES self-check: PASS") and "| resume_exact | pass |" in md
-    assert "[15/15] loader_vs_step ..." in result.stdout
+    assert "[16/16] loader_vs_step ..." in result.stdout
     assert not (tmp_path / "tmp" / "selfcheck_work").exists(), "a passing run leaves no work files"
+
+
+def test_gpu_settings_row_decides_for_cuda_without_a_gpu(monkeypatch):
+    from patches.models import attention
+    from patches.perf.selfcheck_steps import gpu_settings
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    monkeypatch.setattr(attention, "time_attention_paths", None)  # timing would be a failure here
+    assert gpu_settings(torch.device("cuda")) == {"tf32": True, "attn_auto_bf16": "sdpa", "python_h": True,
+                                                  "sync_batch_norm": True}
 
 
 def test_a_failing_check_fails_the_report_and_a_skip_keeps_its_reason(tmp_path):

@@ -36,7 +36,7 @@ from patches.eval.features import (FEATURES_KEY, VideoViews, check_feature_folde
 from patches.eval.predict import CHECKPOINT_FALLBACK
 from patches.grid import GridError, PatchGrid
 from patches.train.trainer import launch
-from patches.utils.devices import autocast_dtype, resolve_device
+from patches.utils.devices import autocast_dtype, concrete_amp, enable_tf32, resolve_device
 from patches.utils.distributed import get_rank, get_world_size, is_dist, is_main_process
 from patches.utils.files import write_atomically
 
@@ -60,7 +60,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard_size", default=1000, type=int, help="videos per shard")
     p.add_argument("--batch_size", default=8, type=int, help="videos per forward pass (times the views)")
     p.add_argument("--num_workers", default=4, type=int, help="decoding worker processes")
-    p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"], help="autocast dtype")
+    p.add_argument("--amp", default="auto", choices=["auto", "none", "bf16", "fp16"],
+                   help="autocast dtype; auto: the training default (bf16 on GPUs that have it, fp16 on older GPUs, "
+                        "none on CPU)")
     p.add_argument("--model_key", default="model|module", help="key(s) of the state dict in the checkpoint")
     # Grid and model: unset means the checkpoint's (see config.checkpoint_defaults.checkpoint_flag_values).
     p.set_defaults(model=None, input_size=None, patch_size=None, num_frames=None, tubelet_size=None, pos_embed=None)
@@ -141,7 +143,8 @@ def extract(run: ExtractionConfig, videos: list, key: dict[str, Any], device: st
     out, device, grid = Path(run.output_dir), resolve_device(device), run.grid
     model = model_from_checkpoint(run.finetune, run.model, grid, run.pos_embed, run.use_mean_pooling is not False,
                                   num_classes=0, model_key=run.model_key, verbose=is_main_process()).model.to(device)
-    amp = autocast_dtype(run.amp, device)
+    amp = autocast_dtype(concrete_amp(run.amp, device), device)
+    enable_tf32(device, deterministic=False)
     shards = (len(videos) + run.shard_size - 1) // run.shard_size
     if is_main_process():
         count, _ = remove_stale_temp_files(out)  # of a killed run's unfinished shard

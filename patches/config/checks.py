@@ -125,7 +125,19 @@ def _compile_problems(backend: str | None, device: torch.device) -> list[str]:
         if not any(shutil.which(c) for c in (os.environ.get(var, ""), *names) if c):
             return [f"--compile: inductor on {device.type.upper()} needs a {language} compiler ({' or '.join(names)}, "
                     f"or ${var}) and none was found; install one, or run without --compile"]
+        include = python_include_dir()
+        if device.type == "cuda" and not (Path(include) / "Python.h").is_file():
+            return [f"--compile: inductor on CUDA needs Python's C headers (Triton's kernel launcher includes "
+                    f"Python.h) and {include}/Python.h does not exist; install them (the python3-dev or "
+                    f"python3.X-devel package, or a Python that ships them), or run without --compile"]
     return []
+
+
+def python_include_dir() -> str:
+    """Where Triton looks for ``Python.h``: this interpreter's include folder, as ``triton.runtime.build`` finds it."""
+    import sysconfig
+    scheme = sysconfig.get_default_scheme()
+    return sysconfig.get_paths(scheme="posix_prefix" if scheme == "posix_local" else scheme)["include"]
 
 
 def _optim_problems(args: argparse.Namespace) -> list[str]:

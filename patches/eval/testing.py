@@ -20,9 +20,14 @@ from patches.utils.progress import ProgressLogger
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
     """How many rows have their label among the top-k scores, for each k (k capped at the class count)."""
+    return topk_hits(logits, labels, ks).tolist()
+
+
+def topk_hits(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> torch.Tensor:
+    """:func:`topk_correct` as a tensor on the logits' device (nothing read back to the host)."""
     top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
     hits = top == labels[:, None]
-    return [int(hits[:, :k].any(1).sum()) for k in ks]
+    return torch.stack([hits[:, :k].any(1).sum() for k in ks])
 
 
 @torch.no_grad()
@@ -33,13 +38,13 @@ def evaluate(loader: Iterable, model: torch.nn.Module, device: torch.device, amp
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top1, top5, count
     progress = ProgressLogger(header, print_freq=max(1, len(loader) // 4 if hasattr(loader, "__len__") else 20))
-    for batch in progress.log_every(loader):
-        videos, labels = batch[0].to(device), batch[1].to(device)
+    for batch in progress.log_every(loader):  # summed on the device: no host read per batch
+        videos, labels = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
         with amp_autocast(device, amp_dtype):
             logits = model(videos).float()
-        top1, top5 = topk_correct(logits, labels)
-        totals += torch.tensor([F.cross_entropy(logits, labels, reduction="sum").item(), top1, top5, len(labels)],
-                               dtype=torch.float64, device=device)
+        loss = F.cross_entropy(logits, labels, reduction="sum")
+        totals[:3] += torch.cat([loss.double().reshape(1), topk_hits(logits, labels).double()])
+        totals[3] += len(labels)
     if sharded and is_dist():
         torch.distributed.all_reduce(totals)
     loss, top1, top5, n = totals.tolist()

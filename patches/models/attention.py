@@ -2,7 +2,8 @@
 
 The blocks carry timm's ``fused_attn`` switch: True runs torch's scaled_dot_product_attention, False the
 explicit matmul + softmax path of :class:`BlockAttention`. ``--attn_impl auto`` times both on the run's shapes
-and keeps the faster (the best path differs from machine to machine), remembering the choice in a cache file.
+and keeps the faster (the best path differs from machine to machine), remembering the choice in a cache file;
+on CUDA in bf16 or fp16 it takes SDPA untimed (:func:`untimed_choice`).
 """
 from __future__ import annotations
 
@@ -126,6 +127,9 @@ def choose_attention_path(model: nn.Module, device: torch.device, amp_dtype: tor
     layers = [m for m in model.modules() if isinstance(m, BlockAttention)]
     if not layers:  # nothing to choose for
         return "sdpa"
+    if untimed_choice(device, amp_dtype):
+        print(f"Attention auto: sdpa (CUDA in {amp_dtype}: its flash / memory-efficient kernels, not timed)")
+        return "sdpa"
     attn, tokens = layers[-1], model.grid.num_tokens
     key = auto_cache_key(attn, device, amp_dtype, batch_size, tokens)
     cache_file = cache_file or auto_cache_file()
@@ -141,6 +145,13 @@ def choose_attention_path(model: nn.Module, device: torch.device, amp_dtype: tor
     _CHOICES[key] = path
     _write_cache(cache_file, key, path)
     return path
+
+
+def untimed_choice(device: torch.device, amp_dtype: torch.dtype | None) -> bool:
+    """Whether ``auto`` takes SDPA without timing: on CUDA in bf16 or fp16 its flash and memory-efficient kernels
+    never build the N x N scores. Timed at batch 2 the explicit path may still win, and then a real batch would
+    build gigabytes of fp32 scores per decoder layer."""
+    return device.type == "cuda" and amp_dtype in (torch.bfloat16, torch.float16)
 
 
 def time_attention_paths(attn: nn.Module, device: torch.device, amp_dtype: torch.dtype | None, batch_size: int,

@@ -4,7 +4,8 @@ r"""PATCHES self-check: does this machine run PATCHES correctly, and how fast? O
     python scripts/selfcheck.py --quick --device cpu # micro models on small grids: the same checks in a minute or two
 
 Each check is a row: pass, fail, or skipped with the reason (a skipped row does not fail the run). The checks:
-the environment (torch, CUDA, GPU, bf16, nccl, deepspeed, decoders); decoding generated H.264 videos; 20
+the environment (torch, CUDA, GPU, bf16, nccl, deepspeed, decoders); on CUDA, the run's settings (TF32, SDPA
+chosen untimed in bf16, Python.h for --compile, SyncBatchNorm); decoding generated H.264 videos; 20
 pre-training steps on one fixed batch at each grid, in bf16 and in fp16 with the grad scaler (finite, and the
 last loss below the first); the same with ``torch.compile``; fine-tuning with a multi-view test; a 1-process
 torchrun (nccl on CUDA, gloo on CPU); save and exact resume against an uninterrupted run; DeepSpeed ZeRO-2 in
@@ -32,7 +33,8 @@ from patches.perf.selfcheck_context import FULL, QUICK, Context, Skip
 from patches.perf.selfcheck_report import Check, format_figures, markdown_report, write_reports
 from patches.perf.selfcheck_runs import (check_deepspeed, check_finetune, check_loader, check_resume, check_timing,
                                          check_torchrun)
-from patches.perf.selfcheck_steps import amp_name, check_compile, check_decode, check_environment, check_loss_falls
+from patches.perf.selfcheck_steps import (amp_name, check_compile, check_decode, check_environment, check_gpu_settings,
+                                          check_loss_falls)
 
 __all__ = ["Skip", "main", "plan", "run_check", "write_reports"]
 
@@ -45,7 +47,8 @@ def plan(ctx: Context) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
     grids = grids_from_specs(p.grids, p.num_frames, 2)
     amps = (torch.bfloat16, torch.float16)  # fp16 is skipped on CPU, with the reason
     checks: list[tuple[str, Callable[[], dict[str, Any]]]] = [
-        ("environment", lambda: check_environment(ctx)), ("decode", lambda: check_decode(ctx))]
+        ("environment", lambda: check_environment(ctx)), ("decode", lambda: check_decode(ctx)),
+        ("gpu_settings", lambda: check_gpu_settings(ctx))]
     for grid in grids:
         for amp in amps:
             checks.append((f"loss_falls {grid.patches_per_frame} {amp_name(amp)}",

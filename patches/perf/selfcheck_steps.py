@@ -156,3 +156,38 @@ def check_compile(ctx: Context, grid: Any, amp: torch.dtype | None) -> dict[str,
             raise RuntimeError(f"the compiled model's first loss {figures['first_loss']:.4f} is not the eager "
                                f"model's {eager:.4f}")
     return figures
+
+
+# ---- the GPU run's settings ---------------------------------------------------------------------------
+
+def check_gpu_settings(ctx: Context) -> dict[str, Any]:
+    """What a CUDA run decides before its first step: TF32 on, SDPA untimed in bf16, Python.h for --compile,
+    SyncBatchNorm under DDP (issue 27, items 13, 14, 17 and 10)."""
+    if ctx.device.type != "cuda":
+        raise Skip("TF32, SDPA's untimed choice and SyncBatchNorm are CUDA's settings; needs CUDA")
+    return gpu_settings(ctx.device)
+
+
+def gpu_settings(device: torch.device) -> dict[str, Any]:
+    """The decisions of :func:`check_gpu_settings`, made for ``device``; raises on any that is wrong."""
+    from patches.config.checks import _compile_problems
+    from patches.grid import make_grid
+    from patches.models.attention import choose_attention_path
+    from patches.models.factory import create_video_model
+    from patches.models.probes import LinearProbe
+    from patches.utils.devices import enable_tf32
+    from patches.utils.distributed import synchronise_batch_norms
+
+    problems = []
+    if not (enable_tf32(device, deterministic=False) and torch.backends.cuda.matmul.allow_tf32):
+        problems.append("TF32 is off for fp32 matmuls")
+    model = create_video_model("pretrain_videomae_micro_patch16_224", grid=make_grid(4, 2, 32, 8), decoder_depth=1)
+    path = choose_attention_path(model, device, torch.bfloat16)
+    if path != "sdpa":
+        problems.append(f"--attn_impl auto chose {path} in bf16")
+    problems += _compile_problems("inductor", device)
+    if not isinstance(synchronise_batch_norms(LinearProbe(8, 2), device).bn, torch.nn.SyncBatchNorm):
+        problems.append("the linear probe's BatchNorm is not synchronised under DDP")
+    if problems:
+        raise RuntimeError("; ".join(problems))
+    return {"tf32": True, "attn_auto_bf16": path, "python_h": True, "sync_batch_norm": True}

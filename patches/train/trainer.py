@@ -35,7 +35,7 @@ from patches.train.run_record import Progress, RunRecord
 from patches.train.stop_signals import Interrupted, StopChecked, StopRequested, StopSignals
 from patches.train.updater import Updater
 from patches.utils import cpu_memory
-from patches.utils.devices import autocast_dtype, resolve_device, seed_everything
+from patches.utils.devices import autocast_dtype, enable_tf32, resolve_device, seed_everything
 from patches.utils.distributed import data_parallel, get_rank, is_dist, is_main_process
 from patches.utils.progress import TensorboardLogger
 
@@ -54,6 +54,7 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         self.amp_dtype = autocast_dtype(cfg.amp, self.device)
         set_deterministic(cfg.deterministic)
+        enable_tf32(self.device, cfg.deterministic)
         seed_everything(cfg.seed + get_rank())
         self.output_dir = Path(cfg.output_dir)
         self.logs = RunLogs(cfg.output_dir, cfg.log_dir)

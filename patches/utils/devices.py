@@ -52,6 +52,23 @@ def auto_amp(device_type: str, native_bf16: bool) -> str:
     return "bf16" if native_bf16 else "fp16"
 
 
+def concrete_amp(amp: str, device: torch.device) -> str:
+    """``--amp`` with ``auto`` made concrete for ``device`` (:func:`auto_amp`); other values as given."""
+    if amp != "auto":
+        return amp
+    return auto_amp(device.type, device.type == "cuda" and cuda_native_bf16(device))
+
+
+def enable_tf32(device: torch.device, deterministic: bool) -> bool:
+    """TF32 for fp32 matmuls and convolutions on CUDA (about 8 times the fp32 rate on an H100), unless
+    ``--deterministic`` asks for plain fp32. Returns whether it is on; CPU runs are left alone."""
+    if device.type != "cuda" or deterministic:
+        return False
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    return True
+
+
 def amp_autocast(device: torch.device, amp_dtype: torch.dtype | None) -> torch.autocast:
     """Autocast context for ``--amp`` (a no-op when ``amp_dtype`` is None)."""
     return torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)

@@ -168,12 +168,38 @@ def cleanup_distributed(barrier: bool = True) -> None:
 
 def data_parallel(model: torch.nn.Module, device: torch.device) -> torch.nn.parallel.DistributedDataParallel:
     """``model`` under DDP. Its buffers (the fixed position tables) are the same on every rank and never change,
-    so they are not broadcast before every forward."""
+    so they are not broadcast before every forward; BatchNorm's running statistics, which training changes, are
+    kept the same on every rank by :func:`synchronise_batch_norms`."""
     ddp = torch.nn.parallel.DistributedDataParallel
+    model = synchronise_batch_norms(model, device)
     # torch 2.15 renamed the switch (the old name warns); the older torch of some clusters knows only the old one.
     no_broadcast = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(ddp).parameters
                     else {"broadcast_buffers": False})
     return ddp(model, device_ids=[device.index] if device.type == "cuda" else None, **no_broadcast)
+
+
+def synchronise_batch_norms(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The BatchNorms of ``model`` (the linear probe's) with the same running statistics on every rank. On CUDA they
+    become SyncBatchNorm (statistics of the global batch); elsewhere, where SyncBatchNorm cannot run, every
+    training forward averages the ranks' running statistics."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+             and m.track_running_stats]
+    if not norms:
+        return model
+    if device.type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for norm in norms:
+        norm.register_forward_hook(_average_running_stats)
+    return model
+
+
+def _average_running_stats(norm: torch.nn.Module, inputs: Any, output: Any) -> None:
+    if not (norm.training and is_dist()):
+        return
+    with torch.no_grad():
+        for stat in (norm.running_mean, norm.running_var):
+            dist.all_reduce(stat)
+            stat.div_(get_world_size())
 
 
 def all_reduce_mean(value: float, device: torch.device) -> float:
