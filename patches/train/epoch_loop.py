@@ -2,9 +2,10 @@
 the optimizer updates, the loss check across processes, and the per-step progress and TensorBoard scalars."""
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -12,7 +13,7 @@ from patches.data.samplers import StepPosition
 from patches.train.config import StepSchedules
 from patches.train.optim import apply_schedules
 from patches.train.run_logs import RunLogs
-from patches.train.updater import NonFiniteLossError, Updater
+from patches.train.updater import NonFiniteGradientError, NonFiniteLossError, Updater
 from patches.utils.distributed import all_reduce_mean
 from patches.utils.progress import ProgressLogger
 
@@ -54,13 +55,27 @@ class EpochLoop:
                 apply_schedules(self.optimizer, float(self.schedules.lr[step]),
                                 float(self.schedules.weight_decay[step]))
             update = (i + 1) % self.update_freq == 0
-            with self.updater.accumulating(update):
+            with self.updater.accumulating(update), self.at_step(epoch, i, step):
                 loss = loss_fn(self.model, batch, StepPosition(epoch, i))
                 grad_norm = self.updater(loss, update)
             self.log_step(progress, step, self.global_loss(loss, epoch, i, step), grad_norm)
             if update:
                 self.after_update(epoch, i + 1)
         return self.epoch_stats(progress)
+
+    @contextlib.contextmanager
+    def at_step(self, epoch: int, batch: int, step: int) -> Iterator[None]:
+        """Name the step where the loss or the gradients became non-finite."""
+        try:
+            yield
+        except NonFiniteLossError as e:
+            raise NonFiniteLossError(f"{e} at epoch {epoch}, step {batch} of the epoch (global step {step}); "
+                                     f"stopping without saving, the last checkpoint on disk is intact") from None
+        except NonFiniteGradientError as e:
+            raise NonFiniteGradientError(f"{e} at epoch {epoch}, step {batch} of the epoch (global step {step}); "
+                                         f"not applied, stopping without saving: the last checkpoint on disk is "
+                                         f"intact (lower --lr, set --clip_grad, or use --amp fp16 to skip such "
+                                         f"updates)") from None
 
     def epoch_stats(self, progress: ProgressLogger) -> dict[str, float]:
         """The epoch's averages, with the updates fp16 overflow skipped (said aloud when there were any)."""

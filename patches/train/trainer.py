@@ -33,7 +33,7 @@ from patches.train.rng import set_deterministic
 from patches.train.run_logs import RunLogs
 from patches.train.run_record import Progress, RunRecord
 from patches.train.stop_signals import Interrupted, StopChecked, StopRequested, StopSignals
-from patches.train.updater import Updater
+from patches.train.updater import Updater, check_finite_weights
 from patches.utils import cpu_memory
 from patches.utils.devices import autocast_dtype, resolve_device, seed_everything
 from patches.utils.distributed import data_parallel, get_rank, is_dist, is_main_process
@@ -172,7 +172,11 @@ class Trainer:
     def state(self, epoch: int, next_epoch: int = -1, next_batch: int = 0, full: bool = True) -> dict[str, Any]:
         """The checkpoint dict (a collective call when ``full``: it gathers every rank's RNG states).
 
-        Not ``full``: weights, EMA and the progress extras only, for files that are tested, never resumed."""
+        Not ``full``: weights, EMA and the progress extras only, for files that are tested, never resumed.
+        Raises :class:`NonFiniteWeightsError` rather than return NaN or infinite weights (same on every rank)."""
+        check_finite_weights(self.model_without_ddp)
+        if self.ema is not None:
+            check_finite_weights(self.ema.module, "the EMA model")
         extra = self.progress.run.checkpoint_fields()
         if self.ema is not None:
             extra["model_ema"] = self.ema.module.state_dict()
