@@ -3,6 +3,7 @@ optimizer step, the EMA, and counting the updates fp16 overflow skipped (in the 
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any
 
 import torch
@@ -94,9 +95,9 @@ class Updater:
                 self.skipped += 1
         if self.ema is not None:
             self.ema.update(self.model)
-        return None if grad_norm is None else float(grad_norm)
+        return grad_norm
 
-    def _clip_and_step(self, loss: torch.Tensor) -> torch.Tensor | None:
+    def _clip_and_step(self, loss: torch.Tensor) -> float | None:
         grad_norm = None
         if self.scaler is not None:
             if self.clip_grad:
@@ -109,14 +110,16 @@ class Updater:
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad)
             # The norm is read before the step: non-finite gradients must never reach the weights. (Under DDP the
             # gradients, and so the norm, are the same on every rank: all ranks stop together.)
-            norm = grad_norm if grad_norm is not None else gradient_norm(self.model.parameters())
-            if not bool(torch.isfinite(norm)):
+            # This is the update's one blocking host read (the norm is needed before the step).
+            norm = float(grad_norm if grad_norm is not None else gradient_norm(self.model.parameters()))
+            if not math.isfinite(norm):
                 self.optimizer.zero_grad(set_to_none=True)
                 if not bool(torch.isfinite(loss)):
                     raise NonFiniteLossError(f"loss is {loss.item()}")
-                raise NonFiniteGradientError(f"gradient norm is {float(norm)} (the loss is finite)")
+                raise NonFiniteGradientError(f"gradient norm is {norm} (the loss is finite)")
             self.optimizer.step()
-        return grad_norm
+            return norm if grad_norm is not None else None
+        return None if grad_norm is None else float(grad_norm)
 
     def _deepspeed_step(self, loss: torch.Tensor, update: bool) -> float | None:
         # DeepSpeed divides by its gradient_accumulation_steps (= update_freq) and steps on the boundary.
