@@ -48,9 +48,28 @@ def test_an_update_reads_the_host_twice_and_all_reduces_once(tmp_path: Path, mon
         stats = trainer.epoch_loop.train_one_epoch(mse, 0, 0)
     updates = trainer.steps_per_epoch
     assert updates == 16 // update_freq
-    assert all_reduces == [update_freq + 4] * updates, "one all-reduce per update: its losses and 4 flags"
+    assert all_reduces == [update_freq + 5] * updates, \
+        "one all-reduce per update: its losses, the unreadable videos found and 4 flags"
     assert reads.count == 2 * updates + 1, "(+ 1: the DataLoader draws its base seed once per epoch, on the CPU)"
     assert stats["loss"] > 0 and ("grad_norm" in stats) == bool(clip_grad)
+
+
+def test_the_unreadable_videos_of_every_rank_count_against_the_limit(tmp_path: Path, monkeypatch) -> None:
+    # 32 videos, --max_bad_fraction 0.05: 1.6 may be unreadable. This rank finds one; with a peer that found
+    # another (the all-reduce doubles the count, as a second rank alike would) the run has two: too many.
+    from patches.data.health import TooManyBadVideos
+    trainer = start(config(tmp_path, epochs=1), batch_size=2)
+    tracker = trainer.epoch_loop.loader
+    tracker.max_bad_fraction = 0.05
+    tracker.add([("broken.mp4", "moov atom not found")])  # (what the loader's items bring along)
+    monkeypatch.setattr("patches.train.update_sync.is_dist", lambda: True)
+
+    def doubled(tensor, *args, **kwargs):
+        tensor.mul_(2)
+    monkeypatch.setattr(torch.distributed, "all_reduce", doubled)
+    trainer.loader.sampler.set_epoch(0, 0)
+    with trainer, pytest.raises(TooManyBadVideos, match="2 of the 32 videos of toy data cannot be read"):
+        trainer.epoch_loop.train_one_epoch(mse, 0, 0)
 
 
 RANK_LOCAL_ERROR = """

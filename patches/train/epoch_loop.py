@@ -14,7 +14,7 @@ from patches.train.config import StepSchedules
 from patches.train.optim import apply_schedules
 from patches.train.run_logs import RunLogs
 from patches.train.stop_signals import StopSignals
-from patches.train.update_sync import RankErrors, UpdateSync, batches_or_last
+from patches.train.update_sync import Agreed, RankErrors, UpdateSync, batches_or_last
 from patches.train.updater import NonFiniteGradientError, NonFiniteLossError, Updater
 from patches.utils.progress import ProgressLogger
 
@@ -91,17 +91,23 @@ class EpochLoop:
         """After an update: start its agreement and act on the previous one's (log its losses; stop on an agreed
         signal or save when due, ``after_update``); at the epoch's last update, on its own too, at once."""
         previous = sync.receive()
-        sync.send(self.stop.received if self.stop is not None else 0, done)
+        unmerged = getattr(self.loader, "unmerged", None)  # (unreadable videos: a BadVideoTracker's)
+        # (always one count: every rank's all-reduce has the same size)
+        sync.send(self.stop.received if self.stop is not None else 0, done,
+                  [float(unmerged()) if unmerged is not None else 0.0])
         signum = self.log_agreed(progress, previous)
         if last:
             signum = max(signum, self.log_agreed(progress, sync.receive()))  # (SIGTERM first, as StopSignals)
         self.after_update(done.epoch, done.batches_done, signum)
 
-    def log_agreed(self, progress: ProgressLogger, received: tuple[list[float], int, UpdateDone] | None) -> int:
-        """An agreed update's losses, checked and logged; returns its agreed stop signal (0: none)."""
-        if received is None:
+    def log_agreed(self, progress: ProgressLogger, agreed: Agreed | None) -> int:
+        """An agreed update's losses and unreadable videos, checked, and its losses logged; returns its agreed stop
+        signal (0: none)."""
+        if agreed is None:
             return 0
-        losses, signum, done = received
+        losses, done = agreed.losses, agreed.meta
+        if hasattr(self.loader, "check_agreed"):
+            self.loader.check_agreed(int(agreed.counts[0]))
         first = done.batches_done - len(losses)
         for k, value in enumerate(losses):
             if not math.isfinite(value):
@@ -109,7 +115,7 @@ class EpochLoop:
                                          f"(global step {done.step}); stopping without saving, the last "
                                          f"checkpoint on disk is intact")
             self.log_step(progress, done, value)
-        return signum
+        return agreed.signum
 
     def figures(self, epoch: int, batches_done: int, step: int, grad_norm: float | None) -> UpdateDone:
         """What an update's progress lines and TensorBoard show, as they were at the update."""

@@ -9,6 +9,7 @@ batch when it has no new one) until the update's agreement, where every rank rai
 from __future__ import annotations
 
 import signal
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
@@ -70,6 +71,17 @@ def agree_on_errors(errors: RankErrors, device: torch.device) -> None:
     raise_agreed(errors, float(flag.item()))
 
 
+@dataclass(frozen=True)
+class Agreed:
+    """An update's agreement: the mean losses of its micro-steps, the ``counts`` summed over the ranks, the stop
+    signal any rank received (0: none) and the ``meta`` it was sent with."""
+
+    losses: list[float]
+    counts: list[float]
+    signum: int
+    meta: Any
+
+
 class UpdateSync:
     """Collects an update's micro-step losses (on the device); :meth:`send` starts their all-reduce with this
     rank's stop signal and error flag, :meth:`receive` reads the previous update's result, a copy that is done by
@@ -83,9 +95,11 @@ class UpdateSync:
     def add_loss(self, loss: torch.Tensor) -> None:
         self.losses.append(loss.detach().float().reshape(()))
 
-    def send(self, received_signal: int, meta: Any) -> None:
-        """Start the agreement of this update (``meta``: what the loop needs back with it, e.g. positions)."""
-        flags = [float(received_signal == s) for s in SIGNALS] + [float(self.errors.error is not None)]
+    def send(self, received_signal: int, meta: Any, counts: list[float] | None = None) -> None:
+        """Start the agreement of this update (``meta``: what the loop needs back with it, e.g. positions;
+        ``counts``: numbers to sum over the ranks, e.g. unreadable videos)."""
+        counts = counts or []
+        flags = counts + [float(received_signal == s) for s in SIGNALS] + [float(self.errors.error is not None)]
         flag_values = torch.tensor(flags)
         if self.device.type == "cuda":  # (a pageable host-to-device copy would wait for the stream)
             flag_values = flag_values.pin_memory()
@@ -98,22 +112,23 @@ class UpdateSync:
             values = values.to("cpu", non_blocking=True)
             event = torch.cuda.Event()
             event.record()
-        self._pending = (values, event, meta)
+        self._pending = (values, event, meta, len(counts))
 
-    def receive(self) -> tuple[list[float], int, Any] | None:
-        """The previous :meth:`send`'s mean losses, agreed stop signal (0: none) and ``meta``; raises the agreed
-        rank-local error. None when nothing is pending."""
+    def receive(self) -> Agreed | None:
+        """The previous :meth:`send`'s agreement; raises the agreed rank-local error. None when nothing is
+        pending."""
         if self._pending is None:
             return None
-        values, event, meta = self._pending
+        values, event, meta, n_counts = self._pending
         self._pending = None
         if event is not None:
             event.synchronize()
         agreed = values.tolist()
-        losses, counts, error_count = agreed[:-len(SIGNALS) - 1], agreed[-len(SIGNALS) - 1:-1], agreed[-1]
-        raise_agreed(self.errors, error_count)
-        signum = next((int(s) for s, c in zip(SIGNALS, counts) if c > 0), 0)
-        return [v / get_world_size() for v in losses], signum, meta
+        raise_agreed(self.errors, agreed[-1])
+        signals = agreed[-len(SIGNALS) - 1:-1]
+        losses, counts = agreed[:-len(SIGNALS) - 1 - n_counts], agreed[-len(SIGNALS) - 1 - n_counts:-len(SIGNALS) - 1]
+        signum = next((int(s) for s, c in zip(SIGNALS, signals) if c > 0), 0)
+        return Agreed([v / get_world_size() for v in losses], counts, signum, meta)
 
 
 def batches_or_last(loader: Any, errors: RankErrors, total: int, last: Any = None) -> Iterator[Any]:
