@@ -190,14 +190,17 @@ def load(path: str | Path, *, device: str | None = None, class_names: Sequence[s
     path = str(path)
     if not Path(path).exists():
         raise UsageError(f"checkpoint {path} does not exist")
-    ckpt = _read_checkpoint(path)
+    loaded = read_any_checkpoint(path)  # read once: the model below is built from it, not from the file again
+    ckpt = loaded.contents
     settings = _encoder_settings(ckpt, model, grid, sampling_rate)
     num_classes = head_classes(ckpt)
     names = _class_names(class_names, ckpt, path, num_classes)
-    if ckpt.get("probe") in PROBES_WITH_WEIGHTS:
-        network = _probe_network(path)
-    else:
-        network = _build_encoder(path, settings, num_classes)
+    if ckpt.get("probe") in PROBES_WITH_WEIGHTS:  # the probe alone: its encoder is the checkpoint it names
+        network = model_from_checkpoint(loaded).model
+    else:  # the model extract_features.py builds for these settings (num_classes 0: no head)
+        network = model_from_checkpoint(loaded, settings.model, settings.grid, settings.pos_embed,
+                                        getattr(settings, "use_mean_pooling", None) is not False,
+                                        num_classes=num_classes, model_key=settings.model_key).model
     preprocessing = Preprocessing(settings.grid, settings.sampling_rate, recorded_test_views(ckpt))
     return VideoModel(network.to(_device(device)), preprocessing, num_classes, names, path)
 
@@ -259,19 +262,3 @@ def _class_names(given: Sequence[str] | str | Path | None, ckpt: dict[str, Any],
     if names is not None and num_classes and len(names) != num_classes:
         raise UsageError(f"{len(names)} class names for {path}, whose head has {num_classes} classes")
     return names
-
-
-def _probe_network(path: str) -> torch.nn.Module:
-    """A probe checkpoint holds the probe alone: its encoder is the checkpoint it names, unchanged since."""
-    return model_from_checkpoint(path).model
-
-
-def _read_checkpoint(path: str) -> dict[str, Any]:
-    return read_any_checkpoint(path).contents
-
-
-def _build_encoder(path: str, settings: argparse.Namespace, num_classes: int) -> torch.nn.Module:
-    """The model extract_features.py builds for these settings (``num_classes`` 0: no head)."""
-    return model_from_checkpoint(path, settings.model, settings.grid, settings.pos_embed,
-                                 getattr(settings, "use_mean_pooling", None) is not False, num_classes=num_classes,
-                                 model_key=settings.model_key).model
