@@ -5,11 +5,11 @@ What is adapted, and how:
 * key names: wrappers (``_orig_mod.``, ``module.``), trunk prefixes (``encoder.``, ``backbone.``) and
   ``--model_prefix`` are stripped; pre-training-only tensors (decoder, ``encoder_to_decoder``,
   ``mask_token``) are dropped (state_dict_names.py);
-* ``norm.*``: the pre-training encoder's final LayerNorm initialises a mean-pooling classifier's
-  ``fc_norm`` (``norm_to_fc_norm=True``). VideoMAE itself does not do this: it leaves ``fc_norm`` at
-  ones/zeros and ignores ``norm.*``; pass ``norm_to_fc_norm=False`` for that behaviour. We start from
-  the encoder's own learned output scale and shift rather than unit scale; it is a starting point
-  only (fc_norm normalises the mean token, not each token) and is retrained with the head;
+* ``norm.*``: with ``norm_to_fc_norm=True`` (this function's default; ``--fc_norm_init encoder_norm``) the
+  pre-training encoder's final LayerNorm initialises a mean-pooling classifier's ``fc_norm``: the encoder's
+  own learned output scale and shift rather than unit scale, a starting point only (fc_norm normalises the
+  mean token, not each token), retrained with the head. VideoMAE itself leaves ``fc_norm`` at ones/zeros
+  and ignores ``norm.*``: ``norm_to_fc_norm=False``, the run scripts' default (``--fc_norm_init fresh``);
 * ``head``: kept when its shape equals the model's, dropped otherwise (other class count);
 * patch embedding: a different kernel is resampled by :func:`resampling.resize_patch_embed`;
 * position table: fixed sin-cos tables are never loaded (they belong to the model's grid); a learned
@@ -108,6 +108,9 @@ def _resize_kernel(sd: dict[str, torch.Tensor], target: dict[str, torch.Tensor],
         sd["patch_embed.proj.weight"] = resize_patch_embed(w, tuple(tw.shape[2:]))
         report.resized.append(f"patch_embed.proj.weight ({format_shape(w.shape)} -> {format_shape(tw.shape)}, "
                               f"kernel {format_shape(w.shape[2:])} -> {format_shape(tw.shape[2:])})")
+
+
+FC_NORM_INITS = ("fresh", "encoder_norm")  # --fc_norm_init: norm_to_fc_norm False / True
 
 
 def load_finetune_weights(model: VideoClassifier, source: str | Path | LoadedCheckpoint,

@@ -95,12 +95,13 @@ def load_best_of_run(output_dir: str, model: torch.nn.Module, run_id: str, grid:
 
 
 def load_finetune(path: str, model: torch.nn.Module, model_ema: Any, model_key: str = "model|module",
-                  model_prefix: str = "") -> None:
-    """Start ``model`` (and ``model_ema``) from ``path`` (--finetune: any supported layout, any grid)."""
+                  model_prefix: str = "", fc_norm_init: str = "encoder_norm") -> None:
+    """Start ``model`` (and ``model_ema``) from ``path`` (--finetune: any supported layout, any grid).
+    ``fc_norm_init``: --fc_norm_init, fresh (VideoMAE's) or encoder_norm."""
     from patches.checkpoints.finetune_weights import load_finetune_weights
     try:
         report = load_finetune_weights(model, path, model_key=model_key, model_prefix=model_prefix,
-                                       verbose=is_main_process())
+                                       verbose=is_main_process(), norm_to_fc_norm=fc_norm_init == "encoder_norm")
     except ValueError as e:  # CheckpointError included
         raise CheckpointError(f"--finetune: {e}") from None
     if model_ema is not None:

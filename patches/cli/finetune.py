@@ -6,16 +6,20 @@ Without --data_path it trains on the built-in demo dataset (generated on first u
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
 from patches.utils import cpu_memory  # noqa: F401  # isort: skip  (first: allocator settings torch reads once)
 
 from patches.cli.exits import exits_on_error
 from patches.config import flags as cli_args
+from patches.config.dry_run import finetuning_summary
 from patches.config.finetuning import resolve_finetuning
+from patches.config.videomae_flags import StoreOrRefuse, add_videomae_args, refuse_image_folder
 from patches.config.flag_types import str2bool
 from patches.data import health as data_health
 from patches.data.clip_sampling import SAMPLINGS
+from patches.checkpoints.finetune_weights import FC_NORM_INITS
 from patches.data.lists import DATA_SETS
 from patches.eval.classifier_test import warn_missing_evaluation_videos
 from patches.models.probes import KNN_FEATURES, PROBES
@@ -50,6 +54,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--model_key", default="model|module", type=str,
                    help="key(s) of the state dict inside the checkpoint, '|'-separated, first found wins")
     g.add_argument("--model_prefix", default="", type=str, help="prefix to strip from the checkpoint's keys")
+    g.add_argument("--fc_norm_init", default="fresh", choices=FC_NORM_INITS,
+                   help="a mean-pooling classifier's fc_norm when --finetune has none: fresh (ones and zeros, as "
+                        "VideoMAE, which ignores the encoder's final norm) or encoder_norm (a copy of the "
+                        "pre-trained encoder's final norm)")
 
     cli_args.add_optim_args(p, lr=1e-3, min_lr=1e-6, warmup_epochs=5, opt_betas=[0.9, 0.999])
     p.add_argument("--layer_decay", default=0.75, type=float,
@@ -62,8 +70,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="area range of the training random resized crop, as a share of the frame")
     g.add_argument("--smoothing", default=0.1, type=float, help="label smoothing")
     g.add_argument("--train_interpolation", default="bilinear", type=str,
-                   help="RandAugment's interpolation for rotations and shears: bilinear or nearest (bicubic, "
-                        "VideoMAE's default, is accepted and runs as bilinear on tensors)")
+                   help="RandAugment's interpolation for rotations and shears: bilinear, bicubic (VideoMAE's "
+                        "default), nearest, or random (bilinear or bicubic per clip, as VideoMAE's 'random')")
     g.add_argument("--reprob", default=0.25, type=float, help="random erasing probability")
     g.add_argument("--remode", default="pixel", type=str, help="random erasing mode")
     g.add_argument("--recount", default=1, type=int, help="random erasing count")
@@ -76,7 +84,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     g = cli_args.add_data_args(p, "folder with train.csv, val.csv and test.csv ('path label' lines); "
                                   "default: the built-in demo dataset", num_sample=2)
-    g.add_argument("--data_set", default="Kinetics-400", choices=DATA_SETS, help="dataset kind")
+    g.add_argument("--data_set", default="Kinetics-400", choices=[*DATA_SETS, "image_folder"], help="dataset kind",
+                   action=StoreOrRefuse, refusal=refuse_image_folder)
     g.add_argument("--eval_data_path", default=None, type=str, help="folder with val.csv/test.csv if not --data_path")
     g.add_argument("--split", default=1, type=int, help="official split (UCF101, HMDB51)")
     g.add_argument("--short_side_size", default=None, type=int,
@@ -93,6 +102,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     cli_args.add_run_args(p, "output/finetune")
     cli_args.add_scale_args(p)
+    add_videomae_args(p, finetuning=True)
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval", action="store_true", help="only test: the best (else newest) checkpoint in "
                                                         "--output_dir, or --resume, or --finetune")
@@ -107,15 +117,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--knn_temperature", default=0.07, type=float,
                    help="--probe knn: a neighbour's vote is exp(cosine similarity / temperature)")
     g.add_argument("--dist_eval", default=True, type=str2bool, nargs="?", const=True,
-                   help="shard validation and test over processes (without padding: every view counted once)")
+                   help="shard validation and test over processes (without padding: every view counted once); "
+                        "on by default, where VideoMAE's default is off (and its test then fails), as every "
+                        "VideoMAE script passes --dist_eval; with --dist_eval false every process validates and "
+                        "tests on all the videos")
     return p
 
 
 @exits_on_error
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    """Fine-tune and test (or with --eval only test). Returns the test's figures (``acc1``, ``acc5``, ``videos``,
+    """Fine-tune and test (or with --eval only test; with --dry_run print and return the resolved run's JSON
+    object). Returns the test's figures (``acc1``, ``acc5``, ``videos``,
     ...) with ``checkpoint``: the file tested, or "final weights"."""
     run = resolve_finetuning(args)
+    if args.dry_run:
+        summary = finetuning_summary(run, SCRIPT)
+        print(json.dumps(summary, indent=1))
+        return summary
     warn_missing_evaluation_videos(run)
     if run.check_data:
         data_health.run_check_data(run.data.lists, run.num_workers, run.data.fname_tmpl)

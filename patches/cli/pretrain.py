@@ -5,6 +5,7 @@ Without --data_path it trains on the built-in demo dataset (generated on first u
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
 from patches.utils import cpu_memory  # noqa: F401  # isort: skip  (first: allocator settings torch reads once)
@@ -12,7 +13,9 @@ from patches.utils import cpu_memory  # noqa: F401  # isort: skip  (first: alloc
 from patches.cli.exits import exits_on_error
 from patches.config import flags as cli_args
 from patches.config.flag_types import str2bool
+from patches.config.dry_run import pretraining_summary
 from patches.config.pretraining import resolve_pretraining
+from patches.config.videomae_flags import add_videomae_args
 from patches.data import health as data_health
 from patches.data.masking import DECODER_MASK_TYPES, MASK_TYPES
 from patches.train import pretraining
@@ -54,14 +57,19 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "left and a right, such as SSV2)")
     cli_args.add_run_args(p, "output/pretrain")
     cli_args.add_scale_args(p)
+    add_videomae_args(p, finetuning=False)
     return p
 
 
 @exits_on_error
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    """Pre-train. Returns the last epoch's ``log.txt`` record (``train_loss``, ...) with ``checkpoint``: the last
+    """Pre-train (with ``--dry_run``: print and return the resolved run's JSON object). Returns the last epoch's ``log.txt`` record (``train_loss``, ...) with ``checkpoint``: the last
     epoch checkpoint written (None when there was nothing left to train)."""
     run = resolve_pretraining(args)
+    if args.dry_run:
+        summary = pretraining_summary(run, SCRIPT)
+        print(json.dumps(summary, indent=1))
+        return summary
     if run.check_data:
         data_health.run_check_data(run.data, run.num_workers)
         raise SystemExit(0)  # a report, no run: an unreadable video ends in DataCheckFailed (status 1)

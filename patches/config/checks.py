@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -34,6 +35,14 @@ def fail_if(problems: list[str]) -> None:
         raise FlagError(problems)
 
 
+def path_problem(problems: list[str], message: str, dry_run: bool) -> None:
+    """A path that does not exist (yet): a problem, or under ``--dry_run``, which reads nothing, a warning."""
+    if dry_run:
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+    else:
+        problems.append(message)
+
+
 def validate_common(args: argparse.Namespace, positive: tuple[str, ...]
                     ) -> tuple[PatchGrid | None, str, list[str]]:
     """Checks both scripts share. Returns the grid, the precision ``--amp`` resolves to (``auto`` made concrete
@@ -47,9 +56,13 @@ def validate_common(args: argparse.Namespace, positive: tuple[str, ...]
     problems += _count_problems(args, positive)
     amp, found = _device_problems(args)
     problems += found
-    problems += writable_dir_problems(args.output_dir, "--output_dir")
-    if args.log_dir:
-        problems += writable_dir_problems(args.log_dir, "--log_dir")
+    dry_run = getattr(args, "dry_run", False)
+    for flag in ("output_dir", "log_dir"):
+        folder = getattr(args, flag)
+        if folder and dry_run and not Path(folder).is_dir():  # a dry run creates nothing
+            path_problem(problems, f"--{flag} {folder} does not exist yet", dry_run)
+        elif folder and not dry_run:
+            problems += writable_dir_problems(folder, f"--{flag}")
     problems += _optim_problems(args)
     if args.warmup_steps <= 0 and args.warmup_epochs > args.epochs:
         # a warning, not a refusal: short trial runs (--epochs 1) keep fine-tuning's default warmup of 5
@@ -72,11 +85,12 @@ def _count_problems(args: argparse.Namespace, positive: tuple[str, ...]) -> list
                 if getattr(args, flag) < 1]
     if args.num_workers < 0:
         problems.append(f"--num_workers must be 0 or more, got {args.num_workers}")
+    dry_run = getattr(args, "dry_run", False)
     if args.data_root is not None and not Path(args.data_root).is_dir():
-        problems.append(f"--data_root {args.data_root} is not a folder")
+        path_problem(problems, f"--data_root {args.data_root} is not a folder", dry_run)
     deepspeed = getattr(args, "enable_deepspeed", False)
     if args.resume and not (Path(args.resume).is_file() or (deepspeed and Path(args.resume).is_dir())):
-        problems.append(f"--resume {args.resume} does not exist")
+        path_problem(problems, f"--resume {args.resume} does not exist", dry_run)
     for flag in ("save_ckpt_every_steps", "keep_ckpts"):
         if getattr(args, flag, 0) < 0:
             problems.append(f"--{flag} must be 0 or more, got {getattr(args, flag)}")
@@ -84,7 +98,7 @@ def _count_problems(args: argparse.Namespace, positive: tuple[str, ...]) -> list
         import importlib.util
         if importlib.util.find_spec("deepspeed") is None:
             from patches.train.deepspeed_engine import MISSING
-            problems.append(MISSING)
+            path_problem(problems, MISSING, dry_run)  # a dry run may resolve on a machine without it
     return problems
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 
@@ -14,9 +15,14 @@ def demo_data_values(args: argparse.Namespace, finetuning: bool) -> dict[str, An
     """
     if args.data_path is not None:
         return {}
-    from patches.data.demo import ensure_demo_dataset
-    demo = ensure_demo_dataset(args.demo_root)
-    print(f"No --data_path: using the demo dataset in {demo['root']}")
+    dry_run = getattr(args, "dry_run", False)
+    if dry_run:  # a dry run generates nothing: the paths the demo data will have
+        from pathlib import Path
+        demo = {"root": Path(args.demo_root), "pretrain": Path(args.demo_root) / "pretrain.csv"}
+    else:
+        from patches.data.demo import ensure_demo_dataset
+        demo = ensure_demo_dataset(args.demo_root)
+    print(f"No --data_path: using the demo dataset in {demo['root']}", file=sys.stderr if dry_run else sys.stdout)
     if not finetuning:
         # The labelled training clips and the unlabelled ones: pre-training needs no labels.
         return {"data_path": str(demo["pretrain"]), "data_root": str(demo["root"])}

@@ -14,7 +14,8 @@ from patches.config.library_configs import (classification_data_config, optimize
 from patches.config.lr_scaling import scaled_rates
 from patches.config.run_config import ModelConfig, RunConfig, common_fields, scaled_flags, with_values
 from patches.data.datasets import ClassificationDataConfig
-from patches.data.lists import read_records
+from patches.config.videomae_flags import refuse_videomae_flags
+from patches.data.lists import NB_CLASSES, read_records
 from patches.grid import PatchGrid
 
 POSITIVE = ("batch_size", "epochs", "update_freq", "sampling_rate", "num_sample", "save_ckpt_freq", "print_freq",
@@ -28,6 +29,7 @@ class WeightsSource:
     path: str  # "" when none
     model_key: str = "model|module"
     model_prefix: str = ""
+    fc_norm_init: str = "fresh"  # --fc_norm_init: "fresh" (VideoMAE's ones/zeros) or "encoder_norm"
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ class MixupConfig:
 @dataclass(frozen=True)
 class FinetuneRunConfig(RunConfig):
     """A fine-tuning (or ``--eval``, or ``--probe``) run, resolved; ``nb_classes``: the class count, from
-    ``--nb_classes``, ``--data_set`` or the training list (None only with ``--check_data``)."""
+    ``--nb_classes``, ``--data_set`` or the training list (None only with ``--check_data``, or ``--dry_run`` on a custom data set)."""
 
     grid: PatchGrid
     nb_classes: int | None
@@ -82,15 +84,16 @@ def check_finetuning(args: argparse.Namespace) -> tuple[argparse.Namespace, Patc
     grid, amp, problems = checks.validate_common(args, POSITIVE)
     flags = with_values(args, {"amp": amp})
     problems += _value_problems(flags)
+    dry_run = flags.dry_run
     if flags.finetune and not (Path(flags.finetune).is_file() or Path(flags.finetune).is_dir()):
-        problems.append(f"--finetune {flags.finetune} does not exist")
+        checks.path_problem(problems, f"--finetune {flags.finetune} does not exist", dry_run)
     for flag in ("data_path", "eval_data_path"):
         value = getattr(flags, flag)
         if value is not None and not Path(value).exists():
-            problems.append(f"--{flag} {value} does not exist")
+            checks.path_problem(problems, f"--{flag} {value} does not exist", dry_run)
     if flags.data_set in ("UCF101", "HMDB51") and flags.split not in (1, 2, 3):
         problems.append(f"--split must be 1, 2 or 3 for --data_set {flags.data_set}, got {flags.split}")
-    if flags.eval and not (flags.resume or flags.finetune or checkpoint_to_evaluate(
+    if flags.eval and not dry_run and not (flags.resume or flags.finetune or checkpoint_to_evaluate(
             flags.resume, flags.output_dir, flags.enable_deepspeed)):
         problems.append(f"--eval has nothing to test: no --resume, no --finetune and no checkpoint in "
                         f"--output_dir {flags.output_dir}")
@@ -98,7 +101,8 @@ def check_finetuning(args: argparse.Namespace) -> tuple[argparse.Namespace, Patc
         problems.append(f"--probe {flags.probe} evaluates a trained encoder, frozen: give its checkpoint with "
                         f"--finetune")
     problems += checks.model_problems(flags.model, pretraining=False)
-    problems += checks.finetuning_data_problems(flags)
+    if not dry_run:  # a dry run reads no list
+        problems += checks.finetuning_data_problems(flags)
     checks.fail_if(problems)
     return flags, grid
 
@@ -127,10 +131,13 @@ def _value_problems(flags: argparse.Namespace) -> list[str]:
 
 
 def class_count(flags: argparse.Namespace) -> int | None:
-    """The class count the training list gives (as ``build_dataset("train", ...)`` counts it); None with
-    ``--check_data``, which reports the lists' problems itself."""
+    """The class count the training list gives (as ``build_dataset("train", ...)`` counts it); with
+    ``--check_data`` (which reports the lists' problems itself) or ``--dry_run``, ``--nb_classes``, else the
+    count of ``--data_set``, else None."""
     if flags.check_data:
         return flags.nb_classes
+    if flags.dry_run:  # a dry run reads no list
+        return flags.nb_classes or NB_CLASSES.get(flags.data_set)
     try:
         return read_records("train", video_lists_config(flags))[1]
     except (OSError, ValueError) as e:
@@ -140,6 +147,7 @@ def class_count(flags: argparse.Namespace) -> int | None:
 def resolve_finetuning(args: argparse.Namespace, world_size: int | None = None) -> FinetuneRunConfig:
     """Check ``args`` and resolve them, once, into the run's frozen config. ``world_size``: the processes the
     run will have (default: what the launcher's environment says, as ``init_distributed`` reads it)."""
+    refuse_videomae_flags(args)
     world_size = checks.expected_world_size() if world_size is None else world_size
     flags, grid = check_finetuning(args)
     demo = demo_data_values(flags, finetuning=True)
@@ -158,7 +166,7 @@ def resolve_finetuning(args: argparse.Namespace, world_size: int | None = None) 
         **common_fields(flags, rates, trainer_config(flags, flags.device), optimizer_config(flags, layer_decay),
                         model, world_size),
         grid=grid, nb_classes=flags.nb_classes, data=classification_data_config(flags),
-        weights=WeightsSource(flags.finetune, flags.model_key, flags.model_prefix),
+        weights=WeightsSource(flags.finetune, flags.model_key, flags.model_prefix, flags.fc_norm_init),
         evaluation=EvaluationConfig(
             eval_only=flags.eval, validate=not flags.disable_eval_during_finetuning, dist_eval=flags.dist_eval,
             probe=flags.probe, knn_k=flags.knn_k, knn_feature=flags.knn_feature,

@@ -126,6 +126,11 @@ def add_run_args(p: argparse.ArgumentParser, output_dir: str) -> None:
     g.add_argument("--save_safetensors", action="store_true",
                    help="also write the model weights alone as checkpoint-N.safetensors next to each .pth")
     g.add_argument("--local_rank", "--local-rank", default=-1, type=int, help=argparse.SUPPRESS)
+    g.add_argument("--dry_run", action="store_true",
+                   help="only resolve the flags as the run would (process count from torchrun's or Slurm's "
+                        "environment, no process group joined) and print the run as one JSON object: scaled "
+                        "LRs, total batch, epochs, grid, masking, sampling, augmentation; reads no data and no "
+                        "checkpoint (missing paths are warnings on stderr), exits 0")
 
 
 def add_scale_args(p: argparse.ArgumentParser) -> None:

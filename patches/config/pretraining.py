@@ -11,6 +11,7 @@ from patches.config import checks
 from patches.config.demo_fallback import demo_data_values
 from patches.config.library_configs import optimizer_config, pretraining_data_config, trainer_config
 from patches.config.lr_scaling import scaled_rates
+from patches.config.videomae_flags import refuse_videomae_flags
 from patches.config.run_config import ModelConfig, RunConfig, common_fields, scaled_flags, with_values
 from patches.data.datasets import PretrainingDataConfig
 from patches.data.masking import MaskCounts, mask_counts
@@ -105,9 +106,10 @@ def check_pretraining(args: argparse.Namespace) -> tuple[argparse.Namespace, lis
         problems.append(f"--decoder_mask_ratio {flags.decoder_mask_ratio} does nothing with --decoder_mask_type "
                         f"none; add --decoder_mask_type run_cell")
     if flags.data_path is not None and not Path(flags.data_path).is_file():
-        problems.append(f"--data_path {flags.data_path} is not a file")
+        checks.path_problem(problems, f"--data_path {flags.data_path} is not a file", flags.dry_run)
     problems += checks.model_problems(flags.model, pretraining=True)
-    problems += checks.pretraining_data_problems(flags)
+    if not flags.dry_run:  # a dry run reads no list
+        problems += checks.pretraining_data_problems(flags)
     checks.fail_if(problems)
     return flags, grids, counts
 
@@ -115,6 +117,7 @@ def check_pretraining(args: argparse.Namespace) -> tuple[argparse.Namespace, lis
 def resolve_pretraining(args: argparse.Namespace, world_size: int | None = None) -> PretrainRunConfig:
     """Check ``args`` and resolve them, once, into the run's frozen config. ``world_size``: the processes the
     run will have (default: what the launcher's environment says, as ``init_distributed`` reads it)."""
+    refuse_videomae_flags(args)
     world_size = checks.expected_world_size() if world_size is None else world_size
     flags, grids, counts = check_pretraining(args)
     flags = with_values(flags, demo_data_values(flags, finetuning=False))

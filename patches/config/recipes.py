@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,7 +75,8 @@ RECIPES: dict[str, Recipe] = {
     "k400_small_1600": Recipe(
         "k400", 32, _pre("small", 32, 1601), 32,
         f"--model vit_small_patch16_224 {K400_FT} --batch_size 12 --num_sample 2 --lr 5e-4 --epochs 150",
-        79.0, 1599, "scripts/kinetics/videomae_vit_small_patch16_224_tubemasking_ratio_0.9_epoch_1600"),
+        79.0, 1599, "scripts/kinetics/videomae_vit_small_patch16_224_tubemasking_ratio_0.9_epoch_1600",
+        "VideoMAE's finetune.sh sets OUTPUT_DIR twice and never DATA_PATH: fill --data_path in"),
     "k400_base_800": Recipe(
         "k400", 64, _pre("base", 32, 801), 64,
         f"--model vit_base_patch16_224 {K400_FT} --batch_size 8 --num_sample 1 --lr 1e-3 --epochs 100",
@@ -84,10 +86,22 @@ RECIPES: dict[str, Recipe] = {
         "k400", 64, _pre("base", 32, 1601), 64,
         f"--model vit_base_patch16_224 {K400_FT} --batch_size 6 --num_sample 2 --lr 5e-4 --epochs 75",
         81.5, 1599, "scripts/kinetics/videomae_vit_base_patch16_224_tubemasking_ratio_0.9_epoch_1600"),
+    "k400_large_1600": Recipe(
+        "k400", 64, _pre("large", 8, 1601).replace("--decoder_depth 4", "--decoder_depth 12"), 64,
+        f"--model vit_large_patch16_224 {K400_FT} --batch_size 2 --num_sample 2 --lr 2e-3 --epochs 35",
+        85.2, 1599, "scripts/kinetics/videomae_vit_large_patch16_224_tubemasking_ratio_0.9_epoch_1600"),
+    "k400_huge_1600": Recipe(
+        "k400", 64, _pre("huge", 16, 1601).replace("--decoder_depth 4", "--decoder_depth 12") + " --use_checkpoint",
+        64, f"--model vit_huge_patch16_224 {K400_FT} --batch_size 8 --num_sample 2 --lr 1e-3 --warmup_lr 1e-8 "
+            f"--min_lr 1e-5 --layer_decay 0.75 --epochs 50 --drop_path 0.2 --fc_drop_rate 0.5 --use_checkpoint",
+        86.6, 1599, "scripts/kinetics/videomae_vit_huge_patch16_224_tubemasking_ratio_0.9_epoch_1600",
+        "VideoMAE's finetune.sh sets OUTPUT_DIR twice and never DATA_PATH (as ViT-S's): fill --data_path in"),
     "ssv2_small_2400": Recipe(
         "ssv2", 64, _pre("small", 32, 2401, SSV2_PRE), 32,
         f"--model vit_small_patch16_224 {SSV2_FT} --batch_size 12 --num_sample 2 --lr 1e-3 --layer_decay 0.7 "
-        f"--epochs 40", 66.8, 2399, "scripts/ssv2/videomae_vit_small_patch16_224_tubemasking_ratio_0.9_epoch_2400"),
+        f"--epochs 40", 66.8, 2399, "scripts/ssv2/videomae_vit_small_patch16_224_tubemasking_ratio_0.9_epoch_2400",
+        "pre-training at 64 GPUs as its pretrain.sh launches them (--nnodes=8), though its comment says 32: total "
+        "batch 2048, not 1024"),
     "ssv2_base_800": Recipe(
         "ssv2", 64, _pre("base", 32, 801, SSV2_PRE), 64,
         f"--model vit_base_patch16_224 {SSV2_FT} --batch_size 8 --num_sample 1 --lr 5e-4 --epochs 50",
@@ -121,26 +135,41 @@ def parse_grid(grid: str) -> tuple[int, int]:
     return parse_grid_spec({"196": "224/16", "324": "288/16"}.get(grid, grid))
 
 
-def launcher_flags(name: str, stage: str, world: int, grid: str = "224/16", batch_size: int | None = None
-                   ) -> list[str]:
+def launcher_flags(name: str, stage: str, world: int, grid: str = "224/16", batch_size: int | None = None,
+                   update_freq: int | None = None) -> list[str]:
     """The recipe's flags for ``world`` processes: VideoMAE's total batch kept with ``--update_freq``, the grid
     set by ``--input_size``/``--patch_size`` (and ``--short_side_size``, which VideoMAE sets to the input size),
-    the launchers' own flags left out. ``batch_size``: per process
-    (default: VideoMAE's)."""
+    the launchers' own flags left out. ``batch_size``: per process (default: VideoMAE's, or what keeps the total
+    batch with ``update_freq``); ``update_freq`` alone: the batch size is recomputed; both: taken as given, the
+    total batch they make said on stderr when it is not the recipe's."""
     recipe = RECIPES[name]
     flags = [f for f in recipe.flags(stage) if f not in LAUNCHER_FLAGS]
     per_gpu = int(_flag_value(flags, "--batch_size", "64"))
     total = per_gpu * recipe.gpus(stage)
-    batch_size = batch_size or (per_gpu if total % (per_gpu * world) == 0 else None)
-    if batch_size is None or total % (batch_size * world):
-        raise ValueError(f"{name} {stage}: VideoMAE's total batch {total} is not a multiple of {world} processes x "
-                         f"batch {batch_size or per_gpu}; set BATCH_SIZE to a divisor of {total // world}")
+    if update_freq is not None and batch_size is not None:
+        if batch_size * update_freq * world != total:
+            print(f"warning: {name} {stage}: --batch_size {batch_size} x --update_freq {update_freq} x {world} "
+                  f"processes = total batch {batch_size * update_freq * world}, not VideoMAE's {total}; the LRs "
+                  f"scale to it", file=sys.stderr)
+    elif update_freq is not None:
+        if total % (update_freq * world):
+            raise ValueError(f"{name} {stage}: VideoMAE's total batch {total} is not a multiple of --update_freq "
+                             f"{update_freq} x {world} processes; give --batch_size too, or an --update_freq that "
+                             f"divides {total // world}")
+        batch_size = total // (update_freq * world)
+    else:
+        batch_size = batch_size or (per_gpu if total % (per_gpu * world) == 0 else None)
+        if batch_size is None or total % (batch_size * world):
+            raise ValueError(f"{name} {stage}: VideoMAE's total batch {total} is not a multiple of {world} "
+                             f"processes x batch {batch_size or per_gpu}; set BATCH_SIZE (or --batch_size) to a "
+                             f"divisor of {total // world}, or give --update_freq too")
+        update_freq = total // (batch_size * world)
     size, patch = parse_grid(grid)
     flags = _set(flags, "--batch_size", str(batch_size))
     flags = _set(flags, "--input_size", str(size))
     if "--short_side_size" in flags:  # VideoMAE tests on crops of the whole short side
         flags = _set(flags, "--short_side_size", str(size))
-    return _set(_set(flags, "--patch_size", str(patch)), "--update_freq", str(total // (batch_size * world)))
+    return _set(_set(flags, "--patch_size", str(patch)), "--update_freq", str(update_freq))
 
 
 def _set(flags: list[str], name: str, value: str) -> list[str]:
@@ -236,6 +265,8 @@ def main() -> None:
     p.add_argument("--checkpoint_epoch", metavar="RECIPE", help="print the pre-training epoch fine-tuning reads")
     p.add_argument("--world", type=int, default=1, help="processes of the run (--flags)")
     p.add_argument("--batch_size", type=int, default=None, help="per process (--flags; default VideoMAE's)")
+    p.add_argument("--update_freq", type=int, default=None,
+                   help="accumulation (--flags; default: what keeps VideoMAE's total batch)")
     p.add_argument("--grid", default="224/16", help="SIZE/PATCH, or 196 / 324 patches per frame")
     p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES), help="rows of the table")
     p.add_argument("--tflops", type=float, default=100.0,
@@ -249,7 +280,7 @@ def main() -> None:
             name, stage = args.flags
             if name not in RECIPES or stage not in ("pretrain", "finetune"):
                 raise ValueError(f"unknown recipe {name!r} or stage {stage!r}; recipes: {', '.join(RECIPES)}")
-            print("\n".join(launcher_flags(name, stage, args.world, args.grid, args.batch_size)))
+            print("\n".join(launcher_flags(name, stage, args.world, args.grid, args.batch_size, args.update_freq)))
             return
         if args.checkpoint_epoch:
             print(RECIPES[args.checkpoint_epoch].checkpoint_epoch)

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from patches.data.list_paths import list_base as _list_base
+from patches.data.list_paths import resolve as _resolve
 from patches.data.video_reader import FrameFolder, VideoFile
 from patches.errors import UsageError
 
@@ -19,10 +21,6 @@ _INT = re.compile(r"[+-]?[0-9]+")
 
 class ListFileError(UsageError, ValueError):
     """A list file, a line of it, or the flags choosing the lists, that cannot be used (still a ValueError)."""
-
-
-def _resolve(path: str, base: str) -> str:
-    return path if os.path.isabs(path) else os.path.join(base, path)
 
 
 def _parse_line(line: str, base: str, where: str) -> tuple[str, int | None]:
@@ -51,8 +49,9 @@ def parse_list_file(path: str | os.PathLike, data_root: str | os.PathLike | None
     * surrounding whitespace is stripped; if the line has more than one whitespace-separated
       field and the last one is an integer, that field is the label and the rest is the
       path (so paths may contain spaces); otherwise the whole line is a path without label;
-    * relative paths are taken relative to ``data_root`` when given, else relative to the
-      directory holding the list file (never the working directory); absolute paths stay.
+    * relative paths are taken relative to ``data_root`` when given; without it, relative to the
+      working directory when the path exists there (as VideoMAE opens them), else relative to the
+      directory holding the list file; absolute paths stay.
 
     Raises :class:`ListFileError` naming the file and the 1-based line number for a negative label, for a
     non-integer last field after a path that exists as a file while the whole line does not, for text that is
@@ -107,10 +106,6 @@ def _raise_or_collect(error: Exception, errors: list[str] | None) -> None:
     if errors is None:
         raise error
     errors.append(str(error))
-
-
-def _list_base(path: str, data_root: str | os.PathLike | None) -> str:
-    return os.fspath(data_root) if data_root is not None else os.path.dirname(os.path.abspath(path))
 
 
 def _list_lines(path: str) -> list[tuple[int, str]]:

@@ -72,7 +72,8 @@ def evaluate_only(run: FinetuneRunConfig, trainer: Trainer) -> dict[str, Any]:
     if path:
         load_weights(path, trainer.model_without_ddp, trainer.ema, trainer.grid, run.model.name, weights.model_key)
     elif weights.path:
-        load_finetune(weights.path, trainer.model_without_ddp, trainer.ema, weights.model_key, weights.model_prefix)
+        load_finetune(weights.path, trainer.model_without_ddp, trainer.ema, weights.model_key, weights.model_prefix,
+                      weights.fc_norm_init)
     stats = run_test(run, trainer)
     trainer.log({f"eval_test_{k}": v for k, v in stats.items()})
     return {**stats, "checkpoint": path or weights.path}

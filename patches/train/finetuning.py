@@ -57,7 +57,8 @@ def run_finetuning(run: FinetuneRunConfig, device: str | None) -> dict[str, Any]
         if evaluation.eval_only:
             return evaluate_only(run, trainer)
         if found is None and run.weights.path and not evaluation.probe:
-            load_finetune(run.weights.path, model, trainer.ema, run.weights.model_key, run.weights.model_prefix)
+            load_finetune(run.weights.path, model, trainer.ema, run.weights.model_key, run.weights.model_prefix,
+                          run.weights.fc_norm_init)
         return train(run, trainer, train_set, found)
 
 

@@ -1,9 +1,25 @@
 # Sourced by the launchers in this folder (never run on its own): turns the environment variables they
 # document into PATCHES_SCRIPT (the entry script) and PATCHES_ARGS (its flags).
-#   usage: PATCHES_WORLD=<processes> source scripts/launch/common.sh pretrain|finetune
+#   usage: PATCHES_WORLD=<processes> source scripts/launch/common.sh pretrain|finetune [extra flags]
 # The recipe's numbers come from scripts/recipes.py (VideoMAE's published flags, its total batch kept on
 # PATCHES_WORLD processes by --update_freq); the data set's paths from scripts/datasets/DATASET.sh.
+# The extra flags become PATCHES_EXTRA, except --batch_size and --update_freq, which go to recipes.py: a
+# --batch_size alone (as BATCH_SIZE) gets the --update_freq that keeps the recipe's total batch, an --update_freq
+# alone the --batch_size, or the launch is refused with the numbers; both together are taken as given, and the
+# total batch they make is printed when it is not the recipe's.
 STAGE=${1:?common.sh needs the stage: pretrain or finetune}
+shift
+PATCHES_EXTRA=()
+UPDATE_FREQ=${UPDATE_FREQ:-}
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --batch_size) BATCH_SIZE=${2:?--batch_size needs a value}; shift 2 ;;
+    --batch_size=*) BATCH_SIZE=${1#*=}; shift ;;
+    --update_freq) UPDATE_FREQ=${2:?--update_freq needs a value}; shift 2 ;;
+    --update_freq=*) UPDATE_FREQ=${1#*=}; shift ;;
+    *) PATCHES_EXTRA+=("$1"); shift ;;
+  esac
+done
 PATCHES_ROOT=${PATCHES_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 
 DATASET=${DATASET:?set DATASET to k400, ssv2, ucf101 or hmdb51}
@@ -20,7 +36,7 @@ esac
 GRID=${GRID:-224/16}
 RECIPES_PY=("${PYTHON:-python}" "$PATCHES_ROOT/scripts/recipes.py")
 RECIPE_OUT=$("${RECIPES_PY[@]}" --flags "$RECIPE" "$STAGE" --world "${PATCHES_WORLD:-1}" --grid "$GRID" \
-             ${BATCH_SIZE:+--batch_size "$BATCH_SIZE"}) || return 2
+             ${BATCH_SIZE:+--batch_size "$BATCH_SIZE"} ${UPDATE_FREQ:+--update_freq "$UPDATE_FREQ"}) || return 2
 mapfile -t RECIPE_FLAGS <<< "$RECIPE_OUT"
 
 RUN_NAME=${RUN_NAME:-${RECIPE}_${GRID//\//-}}

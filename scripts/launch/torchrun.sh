@@ -8,7 +8,9 @@
 #     scripts/launch/torchrun.sh pretrain
 #
 # First argument: pretrain or finetune; any further arguments are passed on to the entry script and
-# override the flags below. Re-running the same command resumes from the newest checkpoint.
+# override the flags below, except --batch_size and --update_freq: the recipe's total batch is kept (a new
+# --batch_size gets the --update_freq that keeps it, or the launch is refused with the numbers; see common.sh).
+# Re-running the same command resumes from the newest checkpoint.
 #
 # Environment (defaults in brackets); every variable the launchers read:
 #   DATASET          k400, ssv2, ucf101 or hmdb51 (required); its paths: scripts/datasets/DATASET.sh
@@ -19,7 +21,7 @@
 #   GRID             SIZE/PATCH in pixels, e.g. 224/16, 288/16, 216/12, 224/32; or 196 / 324 patches per
 #                    frame (224/16, 288/16) [224/16]
 #   BATCH_SIZE       videos per GPU per step [the recipe's]; the recipe's total batch is kept with
-#                    --update_freq, so BATCH_SIZE x processes must divide it
+#                    --update_freq, so BATCH_SIZE x processes must divide it (the flag --batch_size is the same)
 #   NUM_WORKERS      data loader workers per GPU [8]
 #   RUN_NAME         names the output folders [RECIPE_GRID]
 #   PRETRAIN_DIR     pre-training output [output/RUN_NAME_pretrain]
@@ -45,8 +47,8 @@ if [ -z "${GPUS_PER_NODE:-}" ]; then
   fi
 fi
 PATCHES_WORLD=$(( ${NNODES:-1} * GPUS_PER_NODE ))
-source "$(dirname "${BASH_SOURCE[0]}")/common.sh" "$STAGE"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh" "$STAGE" "$@"
 [ -n "${DRY_RUN:-}" ] || set -x
 exec ${DRY_RUN:+echo} torchrun --nnodes "${NNODES:-1}" --node_rank "${NODE_RANK:-0}" --nproc_per_node "$GPUS_PER_NODE" \
   --master_addr "${MASTER_ADDR:-127.0.0.1}" --master_port "${MASTER_PORT:-29500}" \
-  "$PATCHES_SCRIPT" "${PATCHES_ARGS[@]}" "$@"
+  "$PATCHES_SCRIPT" "${PATCHES_ARGS[@]}" ${PATCHES_EXTRA[@]+"${PATCHES_EXTRA[@]}"}
