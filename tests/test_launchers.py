@@ -131,3 +131,46 @@ def test_torchrun_launcher_starts_one_process_per_gpu_torch_sees(tmp_path):
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "--nproc_per_node 1 " in result.stdout.splitlines()[-1]
+
+
+def launched_flags(stdout: str) -> dict[str, list[str]]:
+    """The entry script's flags in a launcher's DRY_RUN line: each flag with the values after it."""
+    words = stdout.splitlines()[-1].split()
+    flags: dict[str, list[str]] = {}
+    for word in words[next(i for i, w in enumerate(words) if w.endswith(".py")) + 1:]:
+        if word.startswith("--"):
+            flags.setdefault(word, [])
+            current = flags[word]
+        else:
+            current.append(word)
+    return flags
+
+
+@pytest.mark.slow
+def test_launchers_keep_the_recipe_total_batch_when_the_batch_size_is_overridden(tmp_path):
+    # k400_base_800 fine-tuning: VideoMAE's 64 GPUs x 8 = 512 videos per update
+    record = tmp_path / "srun.args"
+    stand_in_slurm_tools(tmp_path / "bin", record)
+    variables = dict(env(), DRY_RUN="1", DATASET="k400", DATA_ROOT=str(tmp_path), PYTHON=sys.executable,
+                     GPUS_PER_NODE="8", SLURM_NTASKS="8", PATCHES_ROOT=str(ROOT), SLURM_SUBMIT_DIR=str(tmp_path),
+                     PATCHES_STOP_FILE=str(tmp_path / "stop"))
+
+    def launch(launcher: str, *extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(LAUNCH / launcher), "finetune", *extra], env=variables,
+                              capture_output=True, text=True, timeout=120)
+
+    for launcher in ("torchrun.sh", "slurm.sbatch"):
+        result = launch(launcher, "--batch_size", "4", "--epochs", "1")
+        assert result.returncode == 0, result.stderr[-2000:]
+        flags = launched_flags(result.stdout)
+        assert (flags["--batch_size"], flags["--update_freq"]) == (["4"], ["16"]), launcher  # 4 x 16 x 8 = 512
+        assert flags["--epochs"] == ["100", "1"]  # other extra flags still come last and win
+        flags = launched_flags(launch(launcher, "--update_freq=2").stdout)
+        assert (flags["--batch_size"], flags["--update_freq"]) == (["32"], ["2"]), launcher
+    refused = launch("torchrun.sh", "--batch_size", "5")
+    assert refused.returncode != 0 and refused.stdout == ""
+    assert ("VideoMAE's total batch 512 is not a multiple of 8 processes x batch 5; set BATCH_SIZE (or "
+            "--batch_size) to a divisor of 64") in refused.stderr
+    both = launch("torchrun.sh", "--batch_size", "2", "--update_freq", "1")  # taken as given, said on stderr
+    assert both.returncode == 0 and "total batch 16, not VideoMAE's 512" in both.stderr
+    assert (launched_flags(both.stdout)["--batch_size"], launched_flags(both.stdout)["--update_freq"]) == (["2"], ["1"])

@@ -59,8 +59,9 @@ def test_an_old_pretraining_checkpoint_fine_tunes(tmp_path: Path) -> None:
     out = tmp_path / "ft"
     result = run("run_class_finetuning.py", flags("finetune", "--data_path", str(DATA), "--epochs", "1",
                                                   "--finetune", str(FIXTURES / "pretrain-checkpoint-0.pth"),
-                                                  "--output_dir", str(out)))
-    # What e228dd5 reported for this file: every encoder tensor loaded, only the new head missing.
+                                                  "--fc_norm_init", "encoder_norm", "--output_dir", str(out)))
+    # What e228dd5 reported for this file (fc_norm from the encoder's norm, then the only way): every encoder
+    # tensor loaded, only the new head missing.
     assert re.search(r"loaded +56 +blocks\.\{0\.\.3\}\.\* \(13 each\), patch_embed\.proj\.\{weight,bias\}, "
                      r"fc_norm\.\{weight,bias\}", result.stdout), result.stdout
     assert re.search(r"missing +2 +head\.\{weight,bias\}", result.stdout)
