@@ -10,6 +10,8 @@ from typing import Iterator
 import numpy as np
 import torch
 from timm.data.constants import IMAGENET_DEFAULT_MEAN
+from torchvision.transforms import InterpolationMode, v2
+from torchvision.transforms.v2 import functional as F
 
 from patches.errors import UsageError
 
@@ -55,14 +57,11 @@ def parse_rand_augment(policy: str | None) -> tuple[int, int] | None:
     return num_ops, magnitude
 
 
-INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "random")
 _GEOMETRIC_OPS = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
 
 
 def _grid_interpolation(name: str):
     """The torchvision mode of ``--train_interpolation``; ``random`` is kept as the string, drawn per op."""
-    from torchvision.transforms import InterpolationMode
-
     name = name.lower()
     if name == "random":
         return name
@@ -71,27 +70,22 @@ def _grid_interpolation(name: str):
     raise AugmentFlagError(f"unknown interpolation {name!r} (use nearest, bilinear, bicubic or random)")
 
 
-def _rand_augment_class():
+class _RandAugment(v2.RandAugment):
     """torchvision's RandAugment, with bicubic resampling for its geometric ops (its tensor kernels have only
     nearest and bilinear: a bicubic op runs frame by frame through PIL, as VideoMAE's RandAugment does), and
     ``random`` drawing bilinear or bicubic per op (VideoMAE's 'random')."""
-    from torchvision.transforms import InterpolationMode, v2
-    from torchvision.transforms.v2 import functional as F
 
-    class RandAugment(v2.RandAugment):
-        def _apply_image_or_video_transform(self, image, transform_id, magnitude, interpolation, fill):
-            if transform_id not in _GEOMETRIC_OPS:
-                return super()._apply_image_or_video_transform(image, transform_id, magnitude, interpolation, fill)
-            if interpolation == "random":
-                modes = (InterpolationMode.BILINEAR, InterpolationMode.BICUBIC)
-                interpolation = modes[int(torch.randint(2, ()))]
-            if interpolation != InterpolationMode.BICUBIC or not isinstance(image, torch.Tensor):
-                return super()._apply_image_or_video_transform(image, transform_id, magnitude, interpolation, fill)
-            frames = [super(RandAugment, self)._apply_image_or_video_transform(
-                F.to_pil_image(frame), transform_id, magnitude, interpolation, fill) for frame in image]
-            return torch.stack([F.pil_to_tensor(frame) for frame in frames])
-
-    return RandAugment
+    def _apply_image_or_video_transform(self, image, transform_id, magnitude, interpolation, fill):
+        if transform_id not in _GEOMETRIC_OPS:
+            return super()._apply_image_or_video_transform(image, transform_id, magnitude, interpolation, fill)
+        if interpolation == "random":
+            modes = (InterpolationMode.BILINEAR, InterpolationMode.BICUBIC)
+            interpolation = modes[int(torch.randint(2, ()))]
+        if interpolation != InterpolationMode.BICUBIC or not isinstance(image, torch.Tensor):
+            return super()._apply_image_or_video_transform(image, transform_id, magnitude, interpolation, fill)
+        frames = [super(_RandAugment, self)._apply_image_or_video_transform(
+            F.to_pil_image(frame), transform_id, magnitude, interpolation, fill) for frame in image]
+        return torch.stack([F.pil_to_tensor(frame) for frame in frames])
 
 
 class VideoRandAugment:
@@ -105,8 +99,8 @@ class VideoRandAugment:
 
     def __init__(self, num_ops: int, magnitude: int, interpolation: str = "bilinear") -> None:
         self.num_ops, self.magnitude = num_ops, magnitude
-        self.op = _rand_augment_class()(num_ops=num_ops, magnitude=magnitude, num_magnitude_bins=11,
-                                        interpolation=_grid_interpolation(interpolation), fill=list(MEAN_PIXEL))
+        self.op = _RandAugment(num_ops=num_ops, magnitude=magnitude, num_magnitude_bins=11,
+                               interpolation=_grid_interpolation(interpolation), fill=list(MEAN_PIXEL))
 
     @classmethod
     def from_policy(cls, policy: str | None, interpolation: str = "bilinear") -> "VideoRandAugment | None":
