@@ -5,6 +5,7 @@ refused with one line."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -235,3 +236,21 @@ def test_a_refused_videomae_flag_ends_the_entry_script_with_one_error_line(tmp_p
     assert result.returncode != 0 and result.stdout == ""
     assert result.stderr.splitlines() == [f"error: {REFUSED_SWITCHES['--dist_on_itp']}"]
     assert not (tmp_path / "out").exists()  # refused before any work
+
+
+@pytest.mark.slow
+def test_dry_run_under_slurm_prints_one_json_object_and_exits_0(tmp_path: Path) -> None:
+    """As srun starts it: the process count and rank from Slurm's variables, no process group, nothing read."""
+    line = next(s for s in SCRIPTS if "kinetics/videomae_vit_base_patch16_224_tubemasking_ratio_0.9_epoch_800" in
+                s["source"] and s["script"] == "run_mae_pretraining.py")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(SLURM_PROCID="5", SLURM_NTASKS="64", SLURM_LOCALID="5", SLURM_NODELIST="node[0-7]",
+               PYTHONPATH=str(ROOT))
+    result = subprocess.run([sys.executable, str(ROOT / line["script"]), *filled(line, tmp_path), "--dry_run"],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    run = json.loads(result.stdout)  # stdout holds the JSON object alone
+    assert (run["world_size"], run["rank"], run["total_batch"]) == (64, 5, 2048)
+    assert run["lr"] == pytest.approx(1.5e-4 * 2048 / 256) and (run["epochs"], run["mask_ratio"]) == (801, 0.9)
+    assert f"warning: --data_path {tmp_path / 'data_path'} is not a file" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no output folder, no demo data: nothing written
