@@ -167,6 +167,9 @@ def build_rows(config: SweepConfig, plan: list[Stage], plan_budget: Budget, resu
     grids = {g.spec: g for g in config.grids}
     rows = {(g, how): {**new_row(config, grids[g], how), **costs.get(g, {})} for g in grids for how in config.eval}
     by_name = {s.name: s for s in plan}
+    model = flag_value(plan[0].flags, "--model") if plan else None  # a recipe's, or --pretrain_args' size
+    for row in rows.values():
+        row["model"] = model.split("_")[-3] if config.recipe and model else config.model
     for stage in plan:
         if stage.task == "pretrain" or stage.name not in results or stage.needs not in results:
             continue
