@@ -272,3 +272,14 @@ def test_the_report_gives_each_points_pretraining_flops_and_plots_accuracy_again
     from PIL import Image
     with Image.open(tmp_path / "sweep.png") as png:  # top-1 against patches per frame and against FLOPs, 3 costs
         assert png.size[0] == 80 * 4.2 * 5
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--launcher", "slurm"], "--launcher slurm runs the launchers' recipes: give --recipe"),
+    (["--recipe", "k400_base_800", "--parallel"], "--parallel is for --launcher slurm"),
+    (["--budget", "flops", "--budget_grid", "320/16"], "--budget_grid 320/16: without --recipe"),
+])
+def test_flags_that_cannot_work_together_are_refused_by_name(flags, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as ended:
+        patch_sweep.main([*flags, "--dry_run", "--output_dir", str(tmp_path / "out")])
+    assert str(ended.value.code).startswith("error: ") and message in str(ended.value.code)

@@ -184,6 +184,9 @@ def resolve(args: argparse.Namespace) -> SweepConfig:
         raise UsageError(f"--grids: {e}") from None
     if args.mode == "flexible" and len(grids) < 2 and not args.skip_training:
         problems.append("--mode flexible pre-trains over several grids: give at least two in --grids")
+    if args.budget == "flops" and not args.recipe and budget_grid not in [g.spec for g in grids]:
+        problems.append(f"--budget_grid {budget_grid}: without --recipe its FLOPs come from the benchmark of --grids; "
+                        "give one of them")
     if len(set(args.seeds)) != len(args.seeds):
         problems.append(f"--seeds lists a seed twice: {args.seeds}")
     if problems:

@@ -11,17 +11,19 @@ Two modes, the same outputs:
 With --budget epochs (default) every pre-training gets the same --pretrain_epochs, so a fixed model and the
 flexible one have the same pre-training epochs; with --budget flops every grid gets the same pre-training FLOPs
 (fixed: a grid of fewer FLOPs per clip trains more epochs; flexible: grids drawn with weights giving each an equal
-share of the run's FLOPs, the run's total that of one fixed point at --budget_grid). Each seed (--seeds, default 0 1) is a whole pre-training + evaluation run with --seed;
---eval names how a pre-trained encoder is scored (one or more of finetune, linear, attentive, knn: the last
+share of the run's FLOPs, the run's total that of one fixed point at --budget_grid). Each seed (--seeds,
+default 0 1) is a whole pre-training + evaluation run with --seed; --eval names how a pre-trained encoder is scored (one or more of finetune, linear, attentive, knn: the last
 three are probes of the frozen encoder, run_class_finetuning.py --probe). Both modes use --pos_embed 3d, so
 they differ only in the pre-training. The cost columns come from scripts/benchmark.py at each grid (one
 pre-training step in its own process). The sweep writes, in OUTPUT_DIR,
 
     sweep.json  one row per (grid, mode, eval): per-seed top1/top5/pretrain_loss and the grid's step_s,
-                clips_per_s, gflop_per_step, peak_mem_gb; rows of the other mode already there are kept
+                clips_per_s, gflop_per_step, peak_mem_gb; with --recipe also pretrain_epochs, pretrain_flops
+                (the whole pre-training the point's checkpoint came from), pretrain_flops_at_grid and
+                gpu_hours_per_seed; rows of the other mode already there are kept
     sweep.md    the table: top-1 per evaluation as mean ± half the min-max range over seeds, and the costs
     sweep.png   top-1 with its spread against patches per frame (log x), one line per mode and evaluation,
-                and the cost panels; --plot_only re-plots an existing sweep.json (e.g. one holding both modes)
+                (and against total pre-training FLOPs), and the cost panels; --plot_only re-plots an existing sweep.json (e.g. one holding both modes)
 
 On the demo data (2 CPU cores; the commands README's "The patch question" ran):
 
