@@ -285,14 +285,15 @@ def test_flags_that_cannot_work_together_are_refused_by_name(flags, message, cap
     assert str(ended.value.code).startswith("error: ") and message in str(ended.value.code)
 
 
-def test_grid_weights_need_one_positive_weight_per_grid(demo_root):
+def test_grid_weights_need_one_positive_weight_per_grid(demo_root, tmp_path):
     from patches.cli import pretrain as run_mae_pretraining
     from patches.config.checks import FlagError
     from patches.config.pretraining import resolve_pretraining
 
     base = ["--model", "pretrain_videomae_micro_patch16_224", "--grids", "32/16", "32/8", "--num_frames", "4",
             "--batch_size", "2",
-            "--data_path", str(demo_root / "train.csv"), "--data_root", str(demo_root), "--device", "cpu"]
+            "--data_path", str(demo_root / "train.csv"), "--data_root", str(demo_root), "--device", "cpu",
+            "--output_dir", str(tmp_path / "out")]
     parse = run_mae_pretraining.get_args_parser().parse_args
     assert resolve_pretraining(parse([*base, "--grid_weights", "1", "3"]), 1).grid_weights == (1.0, 3.0)
     assert resolve_pretraining(parse(base), 1).grid_weights is None
