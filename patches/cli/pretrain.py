@@ -35,6 +35,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "216/12 224/32), drawn from --seed and the step; replaces --input_size/--patch_size, needs "
                         "--pos_embed 3d (its default here). Without it: --input_size 224 --patch_size 16 "
                         "--pos_embed 1d unless given. See PRETRAIN.md")
+    g.add_argument("--grid_weights", default=None, nargs="+", type=float, metavar="W",
+                   help="with --grids: one weight per grid, how often each is drawn (default: all alike); "
+                        "scripts/patch_sweep.py --budget flops gives each grid an equal share of the FLOPs with them")
     # unset, so that giving them with --grids can be refused; resolved by config.pretraining.grid_flag_values
     p.set_defaults(input_size=None, patch_size=None, pos_embed=None)
 

@@ -42,6 +42,7 @@ class PretrainRunConfig(RunConfig):
     masking: MaskingConfig
     normlize_target: bool
     seed: int
+    grid_weights: tuple[float, ...] | None = None  # --grid_weights: how often each of ``grids`` is drawn
 
     @property
     def grid(self) -> PatchGrid:
@@ -102,6 +103,10 @@ def check_pretraining(args: argparse.Namespace) -> tuple[argparse.Namespace, lis
         c, found = grid_problems(g, flags)
         counts.append(c)
         problems += found
+    weights = getattr(flags, "grid_weights", None)
+    if weights is not None and (len(weights) != len(flexible) or min(weights) <= 0):
+        problems.append(f"--grid_weights needs one positive weight per grid of --grids ({len(flexible)}), got "
+                        f"{' '.join(map(str, weights))}")
     if flags.decoder_mask_type == "none" and flags.decoder_mask_ratio:
         problems.append(f"--decoder_mask_ratio {flags.decoder_mask_ratio} does nothing with --decoder_mask_type "
                         f"none; add --decoder_mask_type run_cell")
@@ -134,4 +139,5 @@ def resolve_pretraining(args: argparse.Namespace, world_size: int | None = None)
         grids=tuple(grids), mask_counts=tuple(counts), flexible=bool(flags.grids),
         data=pretraining_data_config(flags),
         masking=MaskingConfig(flags.mask_type, flags.mask_ratio, flags.decoder_mask_type, flags.decoder_mask_ratio),
-        normlize_target=flags.normlize_target, seed=flags.seed)
+        normlize_target=flags.normlize_target, seed=flags.seed,
+        grid_weights=tuple(flags.grid_weights) if getattr(flags, "grid_weights", None) else None)

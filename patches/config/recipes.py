@@ -141,7 +141,8 @@ def launcher_flags(name: str, stage: str, world: int, grid: str = "224/16", batc
     set by ``--input_size``/``--patch_size`` (and ``--short_side_size``, which VideoMAE sets to the input size),
     the launchers' own flags left out. ``batch_size``: per process (default: VideoMAE's, or what keeps the total
     batch with ``update_freq``); ``update_freq`` alone: the batch size is recomputed; both: taken as given, the
-    total batch they make said on stderr when it is not the recipe's."""
+    total batch they make said on stderr when it is not the recipe's. Several grids (``"224/16 288/16"``,
+    pre-training only) give flexible pre-training: ``--grids`` and ``--pos_embed 3d``."""
     recipe = RECIPES[name]
     flags = [f for f in recipe.flags(stage) if f not in LAUNCHER_FLAGS]
     per_gpu = int(_flag_value(flags, "--batch_size", "64"))
@@ -164,12 +165,17 @@ def launcher_flags(name: str, stage: str, world: int, grid: str = "224/16", batc
                              f"processes x batch {batch_size or per_gpu}; set BATCH_SIZE (or --batch_size) to a "
                              f"divisor of {total // world}, or give --update_freq too")
         update_freq = total // (batch_size * world)
+    flags = _set(_set(flags, "--batch_size", str(batch_size)), "--update_freq", str(update_freq))
+    specs = grid.split()
+    if len(specs) > 1:  # flexible pre-training (the patch sweep): --grids replaces --input_size/--patch_size
+        if stage != "pretrain":
+            raise ValueError(f"{name} {stage}: several grids ({grid}) are for pre-training only")
+        return [*flags, "--grids", *("/".join(map(str, parse_grid(s))) for s in specs), "--pos_embed", "3d"]
     size, patch = parse_grid(grid)
-    flags = _set(flags, "--batch_size", str(batch_size))
     flags = _set(flags, "--input_size", str(size))
     if "--short_side_size" in flags:  # VideoMAE tests on crops of the whole short side
         flags = _set(flags, "--short_side_size", str(size))
-    return _set(_set(flags, "--patch_size", str(patch)), "--update_freq", str(update_freq))
+    return _set(flags, "--patch_size", str(patch))
 
 
 def _set(flags: list[str], name: str, value: str) -> list[str]:
@@ -224,6 +230,12 @@ def flops_per_clip(stage: str, model: str, size: int, patch: int, mask_ratio: fl
     return float(benchmark.count_model_flops(model_, forward_backward, "math"))
 
 
+def gpu_hours(flops_per_clip: float, clips: float, tflops: float) -> float:
+    """GPU-hours to train on ``clips`` clips of ``flops_per_clip`` FLOPs each at ``tflops`` sustained TFLOP/s per
+    GPU (the patch sweep's --dry_run calls this too)."""
+    return flops_per_clip * clips / (tflops * 1e12) / 3600
+
+
 def table(names: list[str], grid: str, tflops: float, count_flops: bool = True) -> list[dict]:
     """One row per recipe and stage, at VideoMAE's process count, with GPU-hours at ``tflops`` per GPU."""
     size, patch = parse_grid(grid)
@@ -238,7 +250,7 @@ def table(names: list[str], grid: str, tflops: float, count_flops: bool = True) 
                     cache[key] = flops_per_clip(stage, row["model"], size, patch, row["mask_ratio"],
                                                 row["decoder_depth"])
                 row["gflop_per_clip"] = cache[key] / 1e9
-                row["gpu_hours"] = cache[key] * row["clips_per_epoch"] * row["epochs"] / (tflops * 1e12) / 3600
+                row["gpu_hours"] = gpu_hours(cache[key], row["clips_per_epoch"] * row["epochs"], tflops)
             rows.append(row)
     return rows
 

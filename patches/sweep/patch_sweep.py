@@ -8,25 +8,37 @@ Two modes, the same outputs:
   --grids; each step draws one grid), then each grid evaluated from that one checkpoint. One pre-training
   instead of one per grid; what it answers is how a model trained on all grids does at each (see README).
 
-Every pre-training gets the same --pretrain_epochs, so a fixed model and the flexible one have the same
-pre-training budget. Each seed (--seeds, default 0 1) is a whole pre-training + evaluation run with --seed;
---eval names how a pre-trained encoder is scored (one or more of finetune, linear, attentive, knn: the last
+With --budget epochs (default) every pre-training gets the same --pretrain_epochs, so a fixed model and the
+flexible one have the same pre-training epochs; with --budget flops every grid gets the same pre-training FLOPs
+(fixed: a grid of fewer FLOPs per clip trains more epochs; flexible: grids drawn with weights giving each an equal
+share of the run's FLOPs, the run's total that of one fixed point at --budget_grid). Each seed (--seeds,
+default 0 1) is a whole pre-training + evaluation run with --seed; --eval names how a pre-trained encoder is scored (one or more of finetune, linear, attentive, knn: the last
 three are probes of the frozen encoder, run_class_finetuning.py --probe). Both modes use --pos_embed 3d, so
 they differ only in the pre-training. The cost columns come from scripts/benchmark.py at each grid (one
 pre-training step in its own process). The sweep writes, in OUTPUT_DIR,
 
     sweep.json  one row per (grid, mode, eval): per-seed top1/top5/pretrain_loss and the grid's step_s,
-                clips_per_s, gflop_per_step, peak_mem_gb; rows of the other mode already there are kept
+                clips_per_s, gflop_per_step, peak_mem_gb; with --recipe also pretrain_epochs, pretrain_flops
+                (the whole pre-training the point's checkpoint came from), pretrain_flops_at_grid and
+                gpu_hours_per_seed; rows of the other mode already there are kept
     sweep.md    the table: top-1 per evaluation as mean ± half the min-max range over seeds, and the costs
     sweep.png   top-1 with its spread against patches per frame (log x), one line per mode and evaluation,
-                and the cost panels; --plot_only re-plots an existing sweep.json (e.g. one holding both modes)
+                (and against total pre-training FLOPs), and the cost panels; --plot_only re-plots an existing sweep.json (e.g. one holding both modes)
 
 On the demo data (2 CPU cores; the commands README's "The patch question" ran):
 
     python scripts/patch_sweep.py --demo                  # flexible, 2 seeds
     python scripts/patch_sweep.py --demo --mode fixed     # one pre-training per grid and seed
 
-On real data (every stage is an ordinary run of run_mae_pretraining.py / run_class_finetuning.py, printed
+With one of VideoMAE's recipes on a cluster (docs/real_data_sweep.md): every stage runs that recipe at its grid,
+through scripts/launch/torchrun.sh or as chained sbatch jobs of scripts/launch/slurm.sbatch; --dry_run prints
+every command and its GPU-hours first; OUTPUT_DIR/stages.json records each stage's command, job id, status and
+result, so the same command run again reports, resumes, and at the end writes the table:
+
+    python scripts/patch_sweep.py --recipe k400_base_800 --grids 224/16 288/16 --mode fixed --launcher slurm \\
+        --nodes 8 --data_path data/k400 --output_dir output/sweep_k400 --dry_run
+
+Without a recipe (every stage is an ordinary run of run_mae_pretraining.py / run_class_finetuning.py, printed
 so it can be re-run alone; re-running the sweep resumes: finished stages are read back from their results):
 
     python scripts/patch_sweep.py --model base --data_path k400 --data_set Kinetics-400 \\
@@ -36,194 +48,23 @@ so it can be re-run alone; re-running the sweep resumes: finished stages are rea
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import shlex
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from patches.cli.exits import exits_on_error
 from patches.cli.stages import run_stage
-from patches.config import demo_recipe  # run_demo.py's recipe: the demo preset trains as the demo does
 from patches.errors import PatchesError, UsageError
-from patches.grid import GridError, PatchGrid, grids_from_specs
+from patches.grid import PatchGrid
 from patches.perf import benchmark  # scripts/benchmark.py: step time and peak memory, one process per configuration
+from patches.sweep import launchers
 from patches.sweep import report as sweep_report
-
-MODES = ("fixed", "flexible")
-DEFAULT_GRIDS = ["224/16", "288/16", "216/12", "224/32"]
-# Demo scale (the 64x64 demo videos, read at SIZE): 9, 36 and 81 patches per frame, the 9x range of the real
-# default's 49..324. Grids of 4 patches per frame (16/8, 32/16) stay at chance with this recipe and budget.
-DEMO_GRIDS = ["24/8", "48/8", "72/8"]
-# The demo preset pre-trains with run_demo.py's recipe but random masks: with tube masks the grids of 9 or fewer
-# patches per frame reconstruct without learning the motion (k-NN near chance, README "The patch question").
-DEMO_MASK_TYPE = "random"
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--mode", default="flexible", choices=MODES,
-                   help="fixed: one pre-training per grid; flexible: one pre-training over all grids (default)")
-    p.add_argument("--demo", action="store_true",
-                   help=f"the demo preset: demo data, micro model, grids {' '.join(DEMO_GRIDS)}, "
-                        f"{demo_recipe.PRETRAIN_EPOCHS} pre-training epochs of run_demo.py's recipe with {DEMO_MASK_TYPE} "
-                        "masks, k-NN evaluation")
-    p.add_argument("--grids", nargs="+", default=None, metavar="SIZE/PATCH",
-                   help=f"grids to compare (default: {' '.join(DEFAULT_GRIDS)}; with --demo: {' '.join(DEMO_GRIDS)})")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1],
-                   help="one whole pre-training + evaluation per seed (--seed); the table gives mean and spread")
-    p.add_argument("--eval", nargs="+", default=None, choices=sweep_report.EVALS,
-                   help="how each grid's pre-trained encoder is scored, one top-1 column each: fine-tuned, or frozen "
-                        "with a linear or attentive probe or k-NN (run_class_finetuning.py --probe; much cheaper) "
-                        "(default: finetune; demo: knn)")
-    p.add_argument("--model", default=None, help="ViT size: micro tiny small base large huge (default: base; demo: micro)")
-    p.add_argument("--num_frames", type=int, default=None, help="frames per clip (default 16; demo 8)")
-    p.add_argument("--tubelet_size", type=int, default=2)
-    p.add_argument("--sampling_rate", type=int, default=None, help="frame stride (default 4)")
-    p.add_argument("--pretrain_epochs", type=int, default=None,
-                   help=f"epochs of every pre-training (default: the script's, 800; demo {demo_recipe.PRETRAIN_EPOCHS})")
-    p.add_argument("--finetune_epochs", type=int, default=None,
-                   help="epochs of fine-tuning or probe training (default: the script's, 30; demo "
-                        f"{demo_recipe.FINETUNE_EPOCHS})")
-    p.add_argument("--data_path", default=None,
-                   help="fine-tuning data: folder with train.csv/val.csv/test.csv (default: the demo data)")
-    p.add_argument("--data_set", default=None, help="fine-tuning --data_set (e.g. Kinetics-400, SSV2)")
-    p.add_argument("--data_root", default=None, help="folder the list files' video paths are relative to")
-    p.add_argument("--pretrain_data_path", default=None,
-                   help="pre-training list file (default: DATA_PATH/train.csv, or the demo's pretrain.csv)")
-    p.add_argument("--demo_root", default="data/demo", help="where the demo videos are (generated on first use)")
-    p.add_argument("--pretrain_args", default="", help="extra flags for run_mae_pretraining.py, one quoted string")
-    p.add_argument("--finetune_args", default="", help="extra flags for run_class_finetuning.py, one quoted string")
-    p.add_argument("--bench_batch_size", type=int, default=None,
-                   help="clips per benchmarked step (default: the pre-training --batch_size x --num_sample)")
-    p.add_argument("--bench_iters", type=int, default=5, help="timed benchmark steps (median reported)")
-    p.add_argument("--device", default=None, help="cuda or cpu for every stage (default: cuda when present)")
-    p.add_argument("--output_dir", default=None, help="default: output/patch_sweep (demo: output/patch_sweep_demo)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads for every stage and the benchmark (default: torch's; demo: 1, which on a "
-                        "shared 2-core machine leaves the other core to the data loader and is much faster)")
-    p.add_argument("--skip_training", action="store_true", help="only benchmark (no accuracy columns)")
-    p.add_argument("--plot_only", action="store_true",
-                   help="only remake sweep.md and sweep.png from OUTPUT_DIR/sweep.json (e.g. one holding both modes)")
-    return p
-
-
-@dataclass(frozen=True)
-class SweepConfig:
-    """A sweep's flags, resolved: the defaults that depend on ``--demo`` filled in, the grids parsed."""
-
-    mode: str
-    demo: bool
-    grids: tuple[PatchGrid, ...]
-    seeds: tuple[int, ...]
-    eval: tuple[str, ...]
-    model: str
-    num_frames: int
-    tubelet_size: int
-    sampling_rate: int
-    pretrain_epochs: int | None
-    finetune_epochs: int | None
-    data_path: str | None
-    data_set: str | None
-    data_root: str | None
-    pretrain_data_path: str | None
-    demo_root: str
-    pretrain_args: str
-    finetune_args: str
-    bench_batch_size: int | None
-    bench_iters: int
-    device: str | None
-    output_dir: Path
-    threads: int | None
-    skip_training: bool
-    plot_only: bool
-
-
-def resolve(args: argparse.Namespace) -> SweepConfig:
-    """The sweep's frozen config: the defaults that depend on --demo; a bad --grids entry refused by name
-    (:class:`UsageError`) before any work. ``args`` is only read."""
-    demo = args.demo
-    num_frames = args.num_frames or (8 if demo else 16)
-    try:
-        grids = grids_from_specs(args.grids or (DEMO_GRIDS if demo else DEFAULT_GRIDS), num_frames, args.tubelet_size)
-    except GridError as e:
-        raise UsageError(f"--grids: {e}") from None
-    if args.mode == "flexible" and len(grids) < 2 and not args.skip_training:
-        raise UsageError("--mode flexible pre-trains over several grids: give at least two in --grids")
-    if len(set(args.seeds)) != len(args.seeds):
-        raise UsageError(f"--seeds lists a seed twice: {args.seeds}")
-    epochs = {"pretrain_epochs": args.pretrain_epochs, "finetune_epochs": args.finetune_epochs}
-    if demo:
-        epochs = {"pretrain_epochs": args.pretrain_epochs or demo_recipe.PRETRAIN_EPOCHS,
-                  "finetune_epochs": args.finetune_epochs or demo_recipe.FINETUNE_EPOCHS}
-    given = {name: getattr(args, name) for name in SweepConfig.__dataclass_fields__}
-    return SweepConfig(**{
-        **given, **epochs, "grids": tuple(grids), "seeds": tuple(args.seeds), "num_frames": num_frames,
-        "model": args.model or ("micro" if demo else "base"), "sampling_rate": args.sampling_rate or 4,
-        "threads": args.threads or (1 if demo else None),
-        "eval": tuple(dict.fromkeys(args.eval or (["knn"] if demo else ["finetune"]))),
-        "output_dir": Path(args.output_dir or ("output/patch_sweep_demo" if demo else "output/patch_sweep")),
-        "pretrain_data_path": args.pretrain_data_path or (str(Path(args.data_path) / "train.csv")
-                                                          if args.data_path else None)})
-
-
-def _flag_value(flags: list[str], name: str) -> str | None:
-    """The last value given to ``name`` in a flag list (argparse's rule: the last one wins)."""
-    value = None
-    for i, f in enumerate(flags[:-1]):
-        if f == name:
-            value = flags[i + 1]
-    return value
-
-
-def _common(config: SweepConfig, seed: int) -> list[str]:
-    flags = ["--num_frames", str(config.num_frames), "--tubelet_size", str(config.tubelet_size),
-             "--sampling_rate", str(config.sampling_rate), "--pos_embed", "3d", "--seed", str(seed)]
-    if config.device:
-        flags += ["--device", config.device]
-    if config.data_root:
-        flags += ["--data_root", config.data_root]
-    return flags
-
-
-def _epoch_flags(epochs: int | None) -> list[str]:
-    """--epochs, and a checkpoint at the last one; nothing (the script's default) when ``epochs`` is None."""
-    return ["--epochs", str(epochs), "--save_ckpt_freq", str(epochs)] if epochs else []
-
-
-def _grid_flags(grid: PatchGrid) -> list[str]:
-    size, patch = grid.spec.split("/")
-    return ["--input_size", size, "--patch_size", patch]
-
-
-def pretrain_flags(config: SweepConfig, grids: list[PatchGrid], seed: int, out: Path) -> list[str]:
-    """One pre-training: at ``grids[0]`` when it is the only one, else over all of them (--grids)."""
-    where = _grid_flags(grids[0]) if len(grids) == 1 else ["--grids", *(g.spec for g in grids)]
-    recipe = (demo_recipe.pretrain_recipe(config.pretrain_epochs, config.demo_root, DEMO_MASK_TYPE) if config.demo
-              else _epoch_flags(config.pretrain_epochs))
-    flags = ["--model", f"pretrain_videomae_{config.model}_patch16_224", *where, *recipe, *_common(config, seed)]
-    if config.pretrain_data_path:
-        flags += ["--data_path", config.pretrain_data_path]
-    return flags + [*shlex.split(config.pretrain_args), "--output_dir", str(out)]
-
-
-def eval_flags(config: SweepConfig, grid: PatchGrid, seed: int, how: str, checkpoint: str, out: Path
-               ) -> list[str]:
-    """Fine-tuning and test, or a probe (``how``), of ``checkpoint``'s encoder at ``grid``."""
-    epochs = None if how == "knn" else config.finetune_epochs  # k-NN trains nothing
-    recipe = ([*demo_recipe.finetune_recipe(epochs or 1, config.demo_root), "--disable_eval_during_finetuning"]
-              if config.demo else _epoch_flags(epochs))
-    flags = ["--model", f"vit_{config.model}_patch16_224", *_grid_flags(grid), *recipe, *_common(config, seed)]
-    if config.data_path:
-        flags += ["--data_path", config.data_path]
-    if config.data_set:
-        flags += ["--data_set", config.data_set]
-    probe = [] if how == "finetune" else ["--probe", how]
-    return flags + [*probe, *shlex.split(config.finetune_args), "--finetune", checkpoint, "--output_dir", str(out)]
-
+from patches.sweep.config import (DEFAULT_GRIDS, DEMO_GRIDS, DEMO_MASK_TYPE, MODES, SweepConfig,  # noqa: F401
+                                  get_args_parser, resolve)
+from patches.sweep.plan import Budget, Stage, build_plan, grid_pretrain_flops
+from patches.sweep.stage_flags import eval_flags, flag_value, pretrain_flags  # noqa: F401  (the sweep's flags)
 
 def run_once(title: str, script: Any, flags: list[str], out: Path) -> dict[str, Any]:
     """``run_stage``, or the result a finished earlier run left in ``out/sweep_stage.json`` (resuming a sweep)."""
@@ -246,13 +87,13 @@ def bench_config(config: SweepConfig, grid: PatchGrid, pre_flags: list[str]) -> 
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     size, patch = (int(x) for x in grid.spec.split("/"))
     # One optimizer step of the pre-training run sees batch_size x num_sample clips.
-    batch = config.bench_batch_size or (int(_flag_value(pre_flags, "--batch_size") or 2)
-                                      * int(_flag_value(pre_flags, "--num_sample") or 1))
+    batch = config.bench_batch_size or (int(flag_value(pre_flags, "--batch_size") or 2)
+                                      * int(flag_value(pre_flags, "--num_sample") or 1))
     return dict(task="pretrain", attn_impl="auto", compile=None, model=config.model, size=size, patch=patch,
                 num_frames=config.num_frames,
                 dtype="bf16" if device.startswith("cuda") else "fp32", decoder_mask="none",
-                mask_ratio=float(_flag_value(pre_flags, "--mask_ratio") or 0.75),
-                decoder_depth=int(_flag_value(pre_flags, "--decoder_depth") or 4), batch_size=batch,
+                mask_ratio=float(flag_value(pre_flags, "--mask_ratio") or 0.75),
+                decoder_depth=int(flag_value(pre_flags, "--decoder_depth") or 4), batch_size=batch,
                 warmup=2, iters=config.bench_iters, device=device, matmul_ceiling=False)
 
 
@@ -276,80 +117,149 @@ def grid_cost(config: SweepConfig, grid: PatchGrid) -> dict[str, Any]:
 def new_row(config: SweepConfig, grid: PatchGrid, how: str) -> dict[str, Any]:
     return {"grid": grid.spec, "patches_per_frame": grid.patches_per_frame, "tokens": grid.num_tokens,
             "mode": config.mode, "eval": how, "model": config.model, "num_frames": config.num_frames,
-            "data": config.data_path or "demo", "pretrain_epochs": config.pretrain_epochs,
-            "seeds": [], "top1": [], "top5": [], "pretrain_loss": [], "pretrain_s": [], "eval_s": []}
+            "data": config.data_path or "demo", "pretrain_epochs": config.pretrain_epochs, "budget": config.budget,
+            "recipe": config.recipe, "seeds": [], "top1": [], "top5": [], "pretrain_loss": [], "pretrain_s": [],
+            "eval_s": []}
 
 
-def _grid_loss(record: dict[str, Any], grid: PatchGrid) -> float | None:
+def _grid_loss(record: dict[str, Any], grid: str) -> float | None:
     """The last epoch's loss at ``grid``: a flexible run's per-grid entry (None if its last epoch never drew the
     grid), a fixed run's loss."""
     flexible = any(k.startswith("train_loss_") for k in record)
-    value = record.get(f"train_loss_{grid.spec}") if flexible else record.get("train_loss")
+    value = record.get(f"train_loss_{grid}") if flexible else record.get("train_loss")
     return None if value is None else float(value)
 
 
-def evaluate_seed(config: SweepConfig, grid: PatchGrid, seed: int, pre: dict[str, Any], out: Path,
-                  rows: dict[tuple[str, str], dict[str, Any]]) -> None:
-    """Every --eval of one pre-trained checkpoint at ``grid``, added to that grid's rows as seed ``seed``."""
+def run_local(config: SweepConfig, stages: list[Stage], records: launchers.StageRecords) -> dict[str, dict]:
+    """Each stage in this process, as run_demo.py chains them; a stage done earlier is read back."""
     from patches.cli import finetune as run_class_finetuning
-
-    for how in config.eval:
-        flags = eval_flags(config, grid, seed, how, str(pre["checkpoint"]), out / how)
-        what = "fine-tuning and test" if how == "finetune" else f"{how} probe of the frozen encoder"
-        test = run_once(f"{config.mode} seed {seed}, {grid.spec}: {what}", run_class_finetuning, flags, out / how)
-        row = rows[(grid.spec, how)]
-        row["seeds"].append(seed)
-        row["top1"].append(float(test["acc1"]))
-        row["top5"].append(float(test["acc5"]))
-        row["pretrain_loss"].append(_grid_loss(pre, grid))
-        row["pretrain_s"].append(pre["stage_s"])
-        row["eval_s"].append(test["stage_s"])
-
-
-def pretrain(config: SweepConfig, grids: list[PatchGrid], seed: int, out: Path) -> dict[str, Any]:
     from patches.cli import pretrain as run_mae_pretraining
 
-    where = grids[0].spec if len(grids) == 1 else "grids " + " ".join(g.spec for g in grids)
-    pre = run_once(f"{config.mode} seed {seed}: masked pre-training at {where}", run_mae_pretraining,
-                   pretrain_flags(config, grids, seed, out), out)
-    if pre.get("checkpoint") is None:
-        raise PatchesError(f"pre-training wrote no checkpoint in {out}")
-    return pre
+    results: dict[str, dict[str, Any]] = {}
+    for stage in stages:
+        where = " ".join(stage.grids) if len(stage.grids) == 1 else "grids " + " ".join(stage.grids)
+        if stage.task == "pretrain":
+            title, script = f"{config.mode} seed {stage.seed}: masked pre-training at {where}", run_mae_pretraining
+        else:
+            what = "fine-tuning and test" if stage.task == "finetune" else f"{stage.task} probe of the frozen encoder"
+            title, script = f"{config.mode} seed {stage.seed}, {where}: {what}", run_class_finetuning
+        result = run_once(title, script, list(stage.flags), stage.out)
+        if stage.task == "pretrain" and result.get("checkpoint") is None:
+            raise PatchesError(f"pre-training wrote no checkpoint in {stage.out}")
+        results[stage.name] = result
+        records.update(stage, flags=list(stage.flags), command=launchers.printed(
+            config, stage, launchers.command(config, stage)), status="done", job_id=None, result=result)
+    return results
 
 
-def run_sweep(config: SweepConfig, save) -> list[dict[str, Any]]:
-    """Every seed's pre-training(s) and evaluations in ``config.mode``; ``save(rows)`` after each seed."""
-    rows = {(g.spec, how): new_row(config, g, how) for g in config.grids for how in config.eval}
-    for g in config.grids:
-        cost = grid_cost(config, g)
-        for how in config.eval:
-            rows[(g.spec, how)].update(cost)
-    if config.skip_training:
-        return list(rows.values())
-    for seed in config.seeds:
-        base = config.output_dir / config.mode / f"seed{seed}"
-        flexible = pretrain(config, config.grids, seed, base / "pretrain") if config.mode == "flexible" else None
-        for g in config.grids:
-            out = base / f"grid_{g.spec.replace('/', '_')}"
-            pre = flexible or pretrain(config, [g], seed, out / "pretrain")
-            evaluate_seed(config, g, seed, pre, out, rows)
-        save(list(rows.values()))  # partial results survive a stop
+def point_flops(stage: Stage, grid: str, plan_budget: Budget) -> dict[str, Any]:
+    """A point's pre-training FLOPs: the whole run its checkpoint came from, and (flexible) the share at ``grid``."""
+    total = stage.flops
+    if total is None or len(stage.grids) == 1:
+        return {"pretrain_flops": total, "pretrain_flops_at_grid": total}
+    weights = plan_budget.weights or {g: 1 / len(stage.grids) for g in stage.grids}
+    flops = plan_budget.pretrain_flops
+    share = weights[grid] * flops[grid] / sum(weights[g] * flops[g] for g in stage.grids)
+    return {"pretrain_flops": total, "pretrain_flops_at_grid": total * share}
+
+
+def build_rows(config: SweepConfig, plan: list[Stage], plan_budget: Budget, results: dict[str, dict],
+               costs: dict[str, dict]) -> list[dict[str, Any]]:
+    """One row per grid and evaluation: per-seed figures from the stages' results, the costs, the budget."""
+    grids = {g.spec: g for g in config.grids}
+    rows = {(g, how): {**new_row(config, grids[g], how), **costs.get(g, {})} for g in grids for how in config.eval}
+    by_name = {s.name: s for s in plan}
+    model = flag_value(plan[0].flags, "--model") if plan else None  # a recipe's, or --pretrain_args' size
+    for row in rows.values():
+        row["model"] = model.split("_")[-3] if config.recipe and model else config.model
+    for stage in plan:
+        if stage.task == "pretrain" or stage.name not in results or stage.needs not in results:
+            continue
+        pre, pre_stage, test = results[stage.needs], by_name[str(stage.needs)], results[stage.name]
+        row = rows[(stage.grids[0], stage.task)]
+        hours = [h for h in (pre_stage.gpu_hours, stage.gpu_hours) if h is not None]
+        row.update(pretrain_epochs=pre_stage.epochs, gpu_hours_per_seed=sum(hours) if hours else None,
+                   **point_flops(pre_stage, stage.grids[0], plan_budget))
+        row["seeds"].append(stage.seed)
+        row["top1"].append(float(test["acc1"]))
+        row["top5"].append(float(test["acc5"]))
+        row["pretrain_loss"].append(_grid_loss(pre, stage.grids[0]))
+        row["pretrain_s"].append(pre.get("stage_s"))
+        row["eval_s"].append(test.get("stage_s"))
     return list(rows.values())
+
+
+def dry_run_table(config: SweepConfig, plan: list[Stage]) -> str:
+    """Every stage's command and GPU-hours, and the sweep's total."""
+    lines = [f"Dry run: {len(plan)} stages, {config.launcher} launcher, {config.nodes} x {config.gpus_per_node} "
+             f"GPUs each; GPU-hours at {config.tflops:g} TFLOP/s per GPU (scripts/recipes.py's cost model)", "",
+             "| stage | grids | epochs | GFLOP/clip | clips/epoch | GPU-hours |", "|---|---|---|---|---|---|"]
+    for s in plan:
+        lines.append(f"| {s.name} | {' '.join(s.grids)} | {s.epochs or 'default'} | "
+                     f"{'-' if s.gflop_per_clip is None else f'{s.gflop_per_clip:.1f}'} | "
+                     f"{'-' if s.clips_per_epoch is None else f'{s.clips_per_epoch:,}'} | "
+                     f"{'-' if s.gpu_hours is None else f'{s.gpu_hours:,.1f}'} |")
+    for i, s in enumerate(plan):
+        waits = [s.needs] if s.needs and config.parallel else ([plan[i - 1].name] if i else [])
+        after = [f"JOB_OF_{w.replace('/', '-')}" for w in waits] if config.launcher == "slurm" else None
+        lines += ["", f"# {s.name}", "$ " + launchers.printed(config, s, launchers.command(config, s, after))]
+    hours = [s.gpu_hours for s in plan if s.gpu_hours is not None]
+    pre = sum(s.gpu_hours or 0 for s in plan if s.task == "pretrain")
+    lines += ["", f"Total: {sum(hours):,.1f} GPU-hours (pre-training {pre:,.1f}, evaluation {sum(hours) - pre:,.1f})"
+              + ("" if len(hours) == len(plan) else f"; {len(plan) - len(hours)} stages not estimated (k-NN and "
+                 "probes, or no --recipe)")]
+    return "\n".join(lines)
+
+
+def grid_costs(config: SweepConfig) -> dict[str, dict[str, Any]]:
+    """The benchmark's figures per grid; none for a dry run or Slurm (the submitting machine is not a node)."""
+    if config.dry_run or config.launcher == "slurm":
+        return {}
+    return {g.spec: grid_cost(config, g) for g in config.grids}
+
+
+def run_sweep(config: SweepConfig) -> tuple[list[dict[str, Any]] | None, str | None]:
+    """The plan, then (unless --dry_run) every stage with the launcher: (rows, None) when every stage is done,
+    else (None, what to print: the dry run, or the jobs still queued)."""
+    costs = grid_costs(config)
+    if config.budget == "flops" and not config.recipe and not costs:
+        raise UsageError("--budget flops without --recipe takes each grid's FLOPs from the benchmark: not with "
+                         "--dry_run or --launcher slurm")
+    flops = grid_pretrain_flops(config, costs) if (config.recipe or config.budget == "flops") else {}
+    plan, plan_budget = build_plan(config, flops)
+    if config.dry_run:
+        return None, dry_run_table(config, plan)
+    if config.skip_training:
+        return build_rows(config, plan, plan_budget, {}, costs), None
+    records = launchers.StageRecords(config.output_dir)
+    run = {"local": run_local, "torchrun": launchers.run_in_turn, "slurm": launchers.submit_all}[config.launcher]
+    results = run(config, plan, records)
+    missing = [s.name for s in plan if s.name not in results]
+    if missing:
+        return None, (f"{len(plan) - len(missing)} of {len(plan)} stages done; waiting for {', '.join(missing)}. "
+                      f"Run the same command again to report (OUTPUT_DIR/stages.json: {records.path}).")
+    return build_rows(config, plan, plan_budget, results, costs), None
 
 
 def title_of(config: SweepConfig, rows: list[dict[str, Any]]) -> str:
     modes = "/".join(sorted({r["mode"] for r in rows}))
     epochs = sorted({r.get("pretrain_epochs") or "default" for r in rows}, key=str)
     first = rows[0]
-    return (f"PATCHES sweep ({modes}): ViT-{first.get('model', config.model)}, "
-            f"{first.get('num_frames', config.num_frames)} frames, {'/'.join(map(str, epochs))} pre-training epochs, "
-            f"data: {first.get('data', 'demo')}")
+    recipe = f"recipe {first['recipe']}, " if first.get("recipe") else ""
+    return (f"PATCHES sweep ({modes}): {recipe}ViT-{first.get('model', config.model)}, "
+            f"{first.get('num_frames', config.num_frames)} frames, {'/'.join(map(str, epochs))} pre-training epochs "
+            f"({first.get('budget', 'epochs')} budget), data: {first.get('data', 'demo')}")
 
 
 @exits_on_error
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    """Run the sweep (or with --plot_only remake its reports); returns the rows of sweep.json."""
-    config = resolve(get_args_parser().parse_args(argv))
+    """Run the sweep (or with --plot_only remake its reports, with --dry_run print its plan); returns the rows of
+    sweep.json (none while Slurm jobs are still to finish, or for a dry run)."""
+    config = resolve(get_args_parser(__doc__).parse_args(argv))
+    if config.dry_run:
+        plan, text = run_sweep(config)
+        print(text)
+        return []
     config.output_dir.mkdir(parents=True, exist_ok=True)
     if config.threads:
         import torch
@@ -366,12 +276,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         if config.demo:
             from patches.data.demo import ensure_demo_dataset
             ensure_demo_dataset(config.demo_root)
-
-        def save(new: list[dict[str, Any]]) -> None:
-            rows = sweep_report.merge_rows(earlier, new)
-            sweep_report.write_reports(rows, config.output_dir, title_of(config, rows))
-
-        rows = sweep_report.merge_rows(earlier, run_sweep(config, save))
+        new, waiting = run_sweep(config)
+        if new is None:
+            print(waiting)
+            return []
+        rows = sweep_report.merge_rows(earlier, new)
     table = sweep_report.write_reports(rows, config.output_dir, title_of(config, rows))
     print(f"\n{table}\n\nWrote {config.output_dir / 'sweep.md'}, {config.output_dir / 'sweep.png'} and {json_path} "
           f"in {(time.time() - start) / 60:.1f} min")

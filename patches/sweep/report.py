@@ -1,5 +1,6 @@
 """The patch sweep's outputs: sweep.json (one row per grid, mode and evaluation), sweep.md (the table) and
-sweep.png (top-1 with its spread over seeds, and the cost panels, against patches per frame).
+sweep.png (top-1 with its spread over seeds, and the cost panels, against patches per frame; with a recipe's
+per-point ``pretrain_flops`` also top-1 against total pre-training FLOPs).
 
 A row holds per-seed lists (``seeds``, ``top1``, ``top5``, ``pretrain_loss``, ``pretrain_s``, ``eval_s``) and the
 grid's cost from scripts/benchmark.py (``step_s``, ``clips_per_s``, ``gflop_per_step``, ``peak_mem_gb``). The table
@@ -61,13 +62,18 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         line = lines.setdefault((r["grid"], r["mode"]), {**r, "top1_by_eval": {}})
         line["top1_by_eval"][r["eval"]] = r.get("top1", [])
+    budget = any(r.get("pretrain_flops") for r in rows)  # sweeps with a recipe: each point's pre-training FLOPs
     head = ("| grid | patches/frame | tokens | pre-training | "
             + "".join(f"top-1 {EVAL_NAMES[e]} | " for e in evals)
+            + ("pre-train epochs | pre-train PFLOP | " if budget else "")
             + "pre-train loss | step s | clips/s | GFLOP/step | peak mem GB | seeds |")
     out = [head, "|" + "---|" * (head.count("|") - 1)]
     for line in lines.values():
+        flops = line.get("pretrain_flops")
         out.append(f"| {line['grid']} | {line['patches_per_frame']} | {line['tokens']} | {line['mode']} | "
                    + "".join(f"{_fmt_spread(line['top1_by_eval'].get(e, []))} | " for e in evals)
+                   + (f"{_fmt(line.get('pretrain_epochs'), '')} | {_fmt(flops and flops / 1e15, '.4g')} | "
+                      if budget else "")
                    + f"{_fmt_spread(line.get('pretrain_loss', []), '.4f')} | {_fmt(line.get('step_s'), '.3f')} | "
                    f"{_fmt(line.get('clips_per_s'), '.1f')} | {_fmt(line.get('gflop_per_step'), '.1f')} | "
                    f"{_fmt(line.get('peak_mem_gb'), '.2f')} | {len(line.get('seeds', []))} |")
@@ -75,21 +81,21 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
                              "step at the grid (scripts/benchmark.py, median).")
 
 
-def _accuracy_panel(ax, rows: list[dict[str, Any]]) -> None:
+def _accuracy_panel(ax, rows: list[dict[str, Any]], x: str = "patches_per_frame") -> None:
+    """Top-1 against ``x`` (patches per frame, or ``pretrain_flops``), one line per mode and evaluation."""
     curves: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in rows:
-        if mean_spread(r.get("top1", [])) is not None:
+        if mean_spread(r.get("top1", [])) is not None and r.get(x) is not None:
             curves.setdefault((r["mode"], r["eval"]), []).append(r)
     for (mode, ev), pts in sorted(curves.items()):
-        pts.sort(key=lambda r: r["patches_per_frame"])
+        pts.sort(key=lambda r: r[x])
         stats = [mean_spread(r["top1"]) for r in pts]
-        ax.errorbar([r["patches_per_frame"] for r in pts], [s[0] for s in stats], yerr=[s[1] for s in stats],
+        ax.errorbar([r[x] for r in pts], [s[0] for s in stats], yerr=[s[1] for s in stats],
                     fmt="o-" if mode == "fixed" else "s--", capsize=3, label=f"{mode}, {EVAL_NAMES[ev]}")
     for r in rows:
         ms = mean_spread(r.get("top1", []))
-        if ms is not None:
-            ax.annotate(r["grid"], (r["patches_per_frame"], ms[0]), textcoords="offset points", xytext=(4, -10),
-                        fontsize=7)
+        if ms is not None and r.get(x) is not None:
+            ax.annotate(r["grid"], (r[x], ms[0]), textcoords="offset points", xytext=(4, -10), fontsize=7)
     ax.set_ylim(0, 100)  # a full axis: small gaps are noise
     ax.set_ylabel("test top-1 (%), bars: min-max over seeds")
     if curves:
@@ -111,14 +117,22 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
     panels = [("step_s", f"pre-training step (s, {batch} clips)"), ("gflop_per_step", "GFLOP per step"),
               ("peak_mem_gb", "peak memory (GB)")]
     panels = [(k, label) for k, label in panels if all(r.get(k) is not None for r in cost_rows)]
-    fig, axes = plt.subplots(1, 1 + len(panels), figsize=(4.2 * (1 + len(panels)), 3.8), squeeze=False)
+    by_flops = any(r.get("pretrain_flops") for r in rows)  # a second accuracy panel: against pre-training FLOPs
+    first = 2 if by_flops else 1
+    fig, axes = plt.subplots(1, first + len(panels), figsize=(4.2 * (first + len(panels)), 3.8), squeeze=False)
     _accuracy_panel(axes[0][0], rows)
-    for ax, (key, label) in zip(axes[0][1:], panels):
+    if by_flops:
+        ax = axes[0][1]
+        _accuracy_panel(ax, rows, "pretrain_flops")
+        ax.set_xscale("log")
+        ax.set_xlabel("total pre-training FLOPs")
+        ax.grid(alpha=0.3, which="both")
+    for ax, (key, label) in zip(axes[0][first:], panels):
         ax.plot([r["patches_per_frame"] for r in cost_rows], [r[key] for r in cost_rows], "o-", color="tab:gray")
         ax.set_ylim(bottom=0)
         ax.set_ylabel(label)
     ticks = sorted({r["patches_per_frame"] for r in rows})
-    for ax in axes[0]:
+    for ax in [a for i, a in enumerate(axes[0]) if not (by_flops and i == 1)]:
         ax.set_xscale("log")
         ax.set_xticks(ticks, [str(t) for t in ticks])
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())

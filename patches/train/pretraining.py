@@ -91,7 +91,7 @@ def fit(run: PretrainRunConfig, trainer: Trainer) -> dict[str, Any]:
         return trainer.fit(settings)
     grids = list(run.grids)
     loss = FlexibleReconstruction(grids, [build_mask_generator(run.masking, g) for g in grids], settings, run.seed,
-                                  get_rank())
+                                  get_rank(), run.grid_weights)
     # every checkpoint records the grids beside "grid", the base (and, as for every 3d model, its
     # "pos_reference": here the finest grid's token rows and columns)
     trainer.progress.run.grids = [g.to_dict() for g in grids]

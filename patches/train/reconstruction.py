@@ -82,24 +82,27 @@ class FlexibleReconstruction:
     """The pre-training loss at a grid drawn for each step from ``grids`` (flexible-grid pre-training).
 
     ``loss(model, batch, position)``: ``batch`` holds clips at the largest grid's size (its masks are not used).
-    The step's grid is drawn from ``(seed, epoch, batch)`` alone, the same on every process and after a resume;
+    The step's grid is drawn from ``(seed, epoch, batch)`` alone (with ``weights``: in those proportions), the same on every process and after a resume;
     the clips are resized on the device to its size, each clip's masks drawn by ``masks[i]`` (grid ``i``'s
     generator) from ``(seed, epoch, batch, the clip's place in the global batch)``, so that they do not depend on
     the number of processes, and the model runs at it. Each clip of a step shares the grid.
     ``settings`` gives the device, precision and target normalisation (its grid is not used)."""
 
     def __init__(self, grids: Sequence[PatchGrid], masks: Sequence[MaskGenerator], settings: MaskedReconstruction,
-                 seed: int, rank: int = 0) -> None:
-        if len(masks) != len(grids):
-            raise ValueError(f"{len(grids)} grids but {len(masks)} mask generators")
+                 seed: int, rank: int = 0, weights: Sequence[float] | None = None) -> None:
+        if len(masks) != len(grids) or (weights is not None and len(weights) != len(grids)):
+            raise ValueError(f"{len(grids)} grids but {len(masks)} mask generators or weights {weights}")
+        self.weights = None if weights is None else [w / sum(weights) for w in weights]
         self.grids, self.masks, self.settings = tuple(grids), tuple(masks), settings
         self.seed, self.rank = seed, rank
         self._losses = torch.zeros(len(grids), dtype=torch.float64, device=settings.device)
         self._steps = [0] * len(grids)
 
     def grid_index(self, position: StepPosition) -> int:
-        """Which grid the step at ``position`` trains at."""
-        return int(position.rng(self.seed).integers(len(self.grids)))
+        """Which grid the step at ``position`` trains at: alike, or with ``weights`` (--grid_weights)."""
+        if self.weights is None:
+            return int(position.rng(self.seed).integers(len(self.grids)))
+        return int(position.rng(self.seed).choice(len(self.grids), p=self.weights))
 
     def __call__(self, model: torch.nn.Module, batch: Sequence[Any], position: StepPosition) -> torch.Tensor:
         index = self.grid_index(position)
