@@ -57,3 +57,58 @@ def test_a_compiled_step_at_a_prepared_grid_looks_the_resize_matrices_up():
     ops = " ".join(str(n.target) for gm in graphs for n in gm.graph.nodes)
     assert graphs and "pinv" not in ops and "svd" not in ops, "the pseudo-inverse is made once, not per step"
     assert "float64" not in str([gm.code for gm in graphs])
+
+
+def recording_backend(graphs: list):
+    def backend(gm: torch.fx.GraphModule, inputs: list) -> torch.fx.GraphModule:
+        graphs.append(gm)
+        return gm
+    return backend
+
+
+def test_a_model_compiled_in_place_then_wrapped_by_ddp_is_split_at_the_gradient_buckets(tmp_path):
+    """Dynamo's DDP optimizer finds the DDP module that is running and splits the compiled forward (and so its
+    backward) at the buckets: each bucket's all-reduce can start while the rest of the backward runs."""
+    import torch.distributed as dist
+
+    from patches.utils.distributed import data_parallel
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        graphs: list = []
+        model = create_video_model("vit_small_patch16_224", grid=grids_from_specs(["32/8"], 4, 2)[0], num_classes=3)
+        torch._dynamo.reset()
+        model.compile(backend=recording_backend(graphs))  # as compiling.compile_whole does, before wrapping
+        ddp = data_parallel(model, torch.device("cpu"))
+        assert torch._dynamo.config.optimize_ddp
+        ddp(torch.randn(2, 3, 4, 32, 32)).sum().backward()
+        assert len(graphs) >= 3, f"{len(graphs)} graphs for {sum(p.numel() for p in model.parameters())} parameters"
+    finally:
+        dist.destroy_process_group()
+        torch._dynamo.reset()
+
+
+def test_deepspeed_runs_compile_each_block_in_place_with_the_same_names_and_outputs():
+    from patches.train import compiling
+    grid = grids_from_specs(["32/8"], 4, 2)[0]
+    torch.manual_seed(0)
+    model = create_video_model("vit_micro_patch16_224", grid=grid, num_classes=3)
+    names = list(model.state_dict())
+    x = torch.randn(2, 3, 4, 32, 32)
+    expected = model(x)
+    torch._dynamo.reset()
+    compiling.compile_model(model, "eager", num_grids=1, blocks=True)
+    assert list(model.state_dict()) == names and model._compiled_call_impl is None
+    assert all(b._compiled_call_impl is not None for b in model.blocks)
+    torch.testing.assert_close(model(x), expected)
+    torch._dynamo.reset()
+
+
+def test_several_grids_raise_the_recompile_limit_to_fit_every_grid():
+    from patches.train import compiling
+    before = torch._dynamo.config.recompile_limit
+    try:
+        assert compiling.raise_recompile_limit(2 * 12) >= 24 + 2
+        assert compiling.compile_options("inductor", 6) == {"backend": "inductor", "dynamic": False}
+        assert compiling.compile_options("inductor", 1) == {"backend": "inductor"}
+    finally:
+        torch._dynamo.config.recompile_limit = before
