@@ -112,3 +112,19 @@ def test_several_grids_raise_the_recompile_limit_to_fit_every_grid():
         assert compiling.compile_options("inductor", 1) == {"backend": "inductor"}
     finally:
         torch._dynamo.config.recompile_limit = before
+
+
+@pytest.mark.slow
+def test_two_process_ddp_with_compile_trains_as_eager_ddp(demo_root, tmp_path):
+    from launch_helpers import run
+    flags = ["--model", "pretrain_videomae_micro_patch16_224", "--decoder_depth", "1", "--num_workers", "0",
+             "--device", "cpu", "--data_path", str(demo_root / "train.csv"), "--data_root", str(demo_root),
+             "--input_size", "32", "--patch_size", "8", "--num_frames", "4", "--batch_size", "2", "--epochs", "1",
+             "--warmup_epochs", "0", "--attn_impl", "math"]
+    eager = run("run_mae_pretraining.py", [*flags, "--output_dir", str(tmp_path / "eager")], nproc=2)
+    compiled = run("run_mae_pretraining.py", [*flags, "--output_dir", str(tmp_path / "compiled"),
+                                              "--compile", "aot_eager"], nproc=2)
+    assert "compiled with aot_eager" in compiled.stdout and "compiled with" not in eager.stdout
+    loss = [json.loads((tmp_path / o / "log.txt").read_text().splitlines()[0])["train_loss"]
+            for o in ("eager", "compiled")]
+    assert loss[1] == pytest.approx(loss[0], rel=1e-4)
