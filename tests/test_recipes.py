@@ -112,6 +112,20 @@ def test_recipe_table_rows() -> None:
     assert "| k400_base_800 | finetune | 64 x 8 | 512 | 512 | 0.002 |" in recipes.markdown(rows)
 
 
+def test_gpu_hours_use_the_slower_of_the_step_and_the_loader_with_a_gpus_cores() -> None:
+    flops, clips = 200e9, 1e6  # ViT-B pre-training at 196 patches/frame is about 200 GFLOP a clip
+    step = recipes.gpu_hours(flops, clips, tflops=100.0)  # 500 clips/s
+    assert step["bound"] == "step" and step["gpu_hours"] == pytest.approx(clips / 500 / 3600)
+    fed = recipes.gpu_hours(flops, clips, tflops=100.0, loader_clips_per_s=12 * 6.0)  # 12 cores x 6 clips/s
+    assert fed["bound"] == "loader" and fed["gpu_hours"] == pytest.approx(clips / 72 / 3600)
+    assert fed["gpu_hours_step"] == pytest.approx(step["gpu_hours"])
+    assert recipes.gpu_hours(flops, clips, 100.0, loader_clips_per_s=1000.0)["bound"] == "step"
+    row = {"recipe": "r", "stage": "pretrain", "gpus": 8, "batch_per_gpu": 32, "total_batch": 256, "num_sample": 1,
+           "lr": 1e-3, "min_lr": 1e-5, "warmup_lr": 1e-6, "epochs": 1, "steps_per_epoch": 1, "clips_per_epoch": 256,
+           "gflop_per_clip": 200.0, "top1": None, **fed}
+    assert f"| 200 | {fed['gpu_hours']:,.0f} (loader; step: {fed['gpu_hours_step']:,.0f}) |" in recipes.markdown([row])
+
+
 def videomae_ssv2_test_indices(length: int, num_segment: int, test_num_segment: int, chunk_nb: int) -> list[int]:
     """ssv2.py SSVideoClsDataset, mode 'test': loadvideo_decord's indices, then buffer[chunk_nb::2]."""
     tick = length / float(num_segment)

@@ -34,7 +34,10 @@ def test_quick_cpu_selfcheck_passes_and_writes_its_table_and_json(tmp_path):
     assert set(checks) == set(MUST_PASS + SKIPPED_ON_CPU)
     assert checks["resume_exact"]["figures"]["max_abs_weight_diff"] == 0.0
     assert checks["loss_falls 36 bf16"]["figures"]["last_loss"] < checks["loss_falls 36 bf16"]["figures"]["first_loss"]
-    assert checks["loader_vs_step"]["figures"]["bound"] in ("loader", "step")
+    loader = checks["loader_vs_step"]["figures"]
+    assert loader["bound"] in ("loader", "step") and loader["workers_per_gpu"] == loader["cores"]  # no GPU here
+    assert checks["timing 16 sdpa"]["figures"]["mfu_pct"] is None  # a CPU has no spec peak
+    assert checks["timing 16 sdpa"]["figures"]["pct_of_matmul"] > 0
     assert {r["attention"] for r in report["timing"]} == {"sdpa", "math"}
     md = (tmp_path / "tmp" / "selfcheck.md").read_text()
     assert md.startswith("# PATCHES self-check: PASS") and "| resume_exact | pass |" in md
@@ -70,3 +73,16 @@ def test_a_failing_check_fails_the_report_and_a_skip_keeps_its_reason(tmp_path):
     assert md.startswith("# PATCHES self-check: FAIL")
     assert "| broken | fail |  (ValueError: no such kernel) |" in md and "| absent | skipped |" in md
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_loader_check_gives_the_loader_the_cores_one_gpu_gets(tmp_path):
+    import os
+
+    from patches.perf.selfcheck_context import QUICK, Context
+    from patches.perf.selfcheck_runs import check_loader
+    cores = len(os.sched_getaffinity(0))
+    ctx = Context(torch.device("cpu"), QUICK, tmp_path, gpus_per_node=cores)
+    ctx.timing.append({"patches_per_frame": 16, "attention": "math", "clips_per_s": 1e6})
+    figures = check_loader(ctx)
+    assert (figures["cores"], figures["gpus"], figures["workers_per_gpu"]) == (cores, cores, 1)
+    assert figures["loader_clips_per_s"] > 0 and figures["bound"] == "loader"  # against a step of 1e6 clips/s

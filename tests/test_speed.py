@@ -252,6 +252,7 @@ def test_benchmark_writes_pretraining_and_finetuning_rows(tmp_path):
     for r in rows:
         assert r["patches_per_frame"] == 16 and r["step_s"] > 0 and r["gflop_per_step"] > 0
         assert r["peak_mem_gb"] > 0 and 0 < r["fraction_of_matmul"]
+        assert r["peak_tflops"] is None and r["mfu"] is None  # a CPU has no spec peak: MFU needs --peak_tflops
         assert r["attention"] in ("sdpa", "math")  # auto: whichever its timing found faster here
     # the same model FLOPs whatever the attention path; decoder masking lowers them
     pre = {(r["dtype"], r["decoder_mask"]): r["gflop_per_step"] for r in rows if r["task"] == "pretrain"}
@@ -284,9 +285,43 @@ def test_bound_table_says_whether_the_loader_or_the_step_is_slower():
     loader = [dict(pipeline="ours", workers=0, num_sample=1, clips_per_s=3.0),
               dict(pipeline="ours", workers=2, num_sample=1, clips_per_s=9.0),
               dict(pipeline="baseline", workers=2, num_sample=1, clips_per_s=1.0)]
-    table = benchmark.bound_table(step, loader)
-    assert "| ViT-S 196 bf16 none | 5.00 | 3.0 (loader bound) | 9.0 (step bound) |" in table
+    table = benchmark.bound_table(step, loader, cores_per_gpu=2)
+    assert "| ViT-S 196 bf16 none | 5.00 | 9.0 | step |" in table and "2 workers (a GPU's cores)" in table
+    assert "| ViT-S 196 bf16 none | 5.00 | 3.0 | loader |" in benchmark.bound_table(step, loader, cores_per_gpu=0)
     assert "finetune" not in table and table.count("\n") == 2
+
+
+def test_mfu_is_against_the_spec_peak_of_the_named_gpu_or_the_flag():
+    from patches.perf import peaks
+    assert peaks.spec_peak("NVIDIA H100 80GB HBM3").name == "H100 SXM"
+    assert peaks.spec_peak("NVIDIA H100 PCIe").bf16 == 756.0 and peaks.spec_peak("NVIDIA H200").bf16 == 989.0
+    assert peaks.spec_peak("NVIDIA A100-SXM4-80GB").name == "A100" and peaks.spec_peak("NVIDIA L40S").name == "L40S"
+    assert peaks.spec_peak("NVIDIA L4").name == "L4" and peaks.spec_peak("some CPU") is None
+    assert peaks.peak_tflops("NVIDIA H100 80GB HBM3", "bf16") == (989.0, "H100 SXM bf16 dense spec")
+    assert peaks.peak_tflops("NVIDIA H100 80GB HBM3", "fp32")[0] == 494.5  # TF32
+    assert peaks.peak_tflops("cpu", "bf16", override=2.5) == (2.5, "--peak_tflops")
+    assert peaks.peak_tflops("cpu", "bf16")[0] is None
+    assert peaks.mfu(400e12, 1.0, 989.0) == pytest.approx(400 / 989) and peaks.mfu(1.0, 1.0, None) is None
+
+
+def test_the_loader_gets_the_cores_divided_by_the_gpus_per_node():
+    from patches.perf import peaks
+    assert peaks.cores_per_gpu(8, cores=96) == 12 and peaks.cores_per_gpu(None, cores=96) == 96  # no GPU here
+    assert peaks.cores_per_gpu(16, cores=8) == 1
+    assert peaks.bound(1000.0, 85.0) == "loader" and peaks.bound(50.0, 85.0) == "step"
+
+
+def test_checkpointing_recompute_counts_in_hardware_flops_not_model_flops():
+    from patches.perf import benchmark
+    cfg = dict(num_frames=4, size=32, patch=8, model="micro", batch_size=2, mask_ratio=0.75, decoder_depth=1,
+               decoder_mask="none", dtype="fp32", attn_impl="math", compile=None)
+    _, forward_backward, _, plain = benchmark.pretrain_step_fn(cfg, torch.device("cpu"))
+    _, forward_backward_ckpt, _, ckpt = benchmark.pretrain_step_fn({**cfg, "use_checkpoint": True},
+                                                                  torch.device("cpu"))
+    model = benchmark.count_model_flops(plain, forward_backward, "math")
+    assert benchmark.count_model_flops(ckpt, forward_backward_ckpt, "math") == model
+    hardware = benchmark.count_model_flops(ckpt, forward_backward_ckpt, "math", hardware=True)
+    assert model < hardware < 1.5 * model  # the blocks' forward again: about a third of forward + backward
 
 
 def test_benchmark_peak_memory_restarts_after_the_flop_count_and_matmul_rate_is_measured():

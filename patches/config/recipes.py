@@ -230,15 +230,32 @@ def flops_per_clip(stage: str, model: str, size: int, patch: int, mask_ratio: fl
     return float(benchmark.count_model_flops(model_, forward_backward, "math"))
 
 
-def gpu_hours(flops_per_clip: float, clips: float, tflops: float) -> float:
-    """GPU-hours to train on ``clips`` clips of ``flops_per_clip`` FLOPs each at ``tflops`` sustained TFLOP/s per
-    GPU (the patch sweep's --dry_run calls this too)."""
-    return flops_per_clip * clips / (tflops * 1e12) / 3600
+# The loader's side of the cost model: the cores one GPU gets (a 96-core, 8-GPU node) and the pre-training
+# loader's clips per second per core on Kinetics-shaped files (568x320 H.264, --num_sample 1): 13.9 clips/s from 2
+# workers on the idle 2-core machine (issue 28), measured with
+# patches.perf.loader_bench (PERFORMANCE.md, "Will the loader keep up?"). Pass your own to table().
+CORES_PER_GPU = 12
+LOADER_CLIPS_PER_CORE_S = 7.0
 
 
-def table(names: list[str], grid: str, tflops: float, count_flops: bool = True) -> list[dict]:
-    """One row per recipe and stage, at VideoMAE's process count, with GPU-hours at ``tflops`` per GPU."""
+def gpu_hours(flops_per_clip_: float, clips: float, tflops: float, loader_clips_per_s: float | None = None
+              ) -> dict[str, float | str]:
+    """GPU-hours of ``clips`` training clips: at the slower of the step (``tflops`` sustained per GPU) and the
+    loader (``loader_clips_per_s`` per GPU; None: the step alone). Returns ``gpu_hours`` (the slower),
+    ``gpu_hours_step`` (the step's alone), ``step_clips_per_s`` and ``bound`` ("step" or "loader")."""
+    step_rate = tflops * 1e12 / flops_per_clip_
+    rate = min(step_rate, loader_clips_per_s) if loader_clips_per_s else step_rate
+    return {"gpu_hours": clips / rate / 3600, "gpu_hours_step": clips / step_rate / 3600,
+            "step_clips_per_s": step_rate,
+            "bound": "loader" if loader_clips_per_s and loader_clips_per_s < step_rate else "step"}
+
+
+def table(names: list[str], grid: str, tflops: float, count_flops: bool = True, cores_per_gpu: int = CORES_PER_GPU,
+          loader_clips_per_core_s: float | None = LOADER_CLIPS_PER_CORE_S) -> list[dict]:
+    """One row per recipe and stage, at VideoMAE's process count, with GPU-hours at ``tflops`` per GPU or at the
+    loader's ``loader_clips_per_core_s`` x ``cores_per_gpu`` clips/s, whichever is slower (None: the step's)."""
     size, patch = parse_grid(grid)
+    loader = loader_clips_per_core_s * cores_per_gpu if loader_clips_per_core_s else None
     rows, cache = [], {}
     for name in names:
         for stage in ("pretrain", "finetune"):
@@ -250,7 +267,8 @@ def table(names: list[str], grid: str, tflops: float, count_flops: bool = True) 
                     cache[key] = flops_per_clip(stage, row["model"], size, patch, row["mask_ratio"],
                                                 row["decoder_depth"])
                 row["gflop_per_clip"] = cache[key] / 1e9
-                row["gpu_hours"] = gpu_hours(cache[key], row["clips_per_epoch"] * row["epochs"], tflops)
+                row.update(gpu_hours(cache[key], row["clips_per_epoch"] * row["epochs"], tflops, loader),
+                           cores_per_gpu=cores_per_gpu, loader_clips_per_s=loader)
             rows.append(row)
     return rows
 
@@ -261,6 +279,8 @@ def markdown(rows: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         cost = (f"{r['gflop_per_clip']:.0f} | {r['gpu_hours']:,.0f}" if "gpu_hours" in r else "- | -")
+        if r.get("bound") == "loader":
+            cost += f" (loader; step: {r['gpu_hours_step']:,.0f})"
         lines.append(f"| {r['recipe']} | {r['stage']} | {r['gpus']} x {r['batch_per_gpu']} | {r['total_batch']} | "
                      f"{r['total_batch'] * r['num_sample']} | {r['lr']:.3g} | {r['min_lr']:.3g} | "
                      f"{r['warmup_lr']:.3g} | {r['epochs']} | {r['steps_per_epoch']:,} | {r['clips_per_epoch']:,} | "
@@ -284,6 +304,11 @@ def main() -> None:
     p.add_argument("--tflops", type=float, default=100.0,
                    help="sustained training TFLOP/s per GPU for GPU-hours (an assumption: about a third of an "
                         "A100's bf16 peak; measure yours with scripts/benchmark.py)")
+    p.add_argument("--cores_per_gpu", type=int, default=CORES_PER_GPU,
+                   help="CPU cores the data loader of one GPU gets (GPU-hours use the slower of step and loader)")
+    p.add_argument("--loader_clips_per_core", type=float, default=LOADER_CLIPS_PER_CORE_S,
+                   help="the loader's clips/s per core (measure yours with scripts/loader_bench.py); 0: the "
+                        "step alone bounds")
     p.add_argument("--no_flops", action="store_true", help="leave out GFLOP/clip and GPU-hours")
     p.add_argument("--json", default=None, help="also write the rows here")
     args = p.parse_args()
@@ -297,7 +322,8 @@ def main() -> None:
         if args.checkpoint_epoch:
             print(RECIPES[args.checkpoint_epoch].checkpoint_epoch)
             return
-        rows = table(args.recipes, args.grid, args.tflops, not args.no_flops)
+        rows = table(args.recipes, args.grid, args.tflops, not args.no_flops, args.cores_per_gpu,
+                     args.loader_clips_per_core or None)
     except (ValueError, KeyError) as e:
         raise UsageError(str(e)) from None
     print(markdown(rows))

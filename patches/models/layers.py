@@ -85,11 +85,36 @@ def bilinear_resize_matrix(old_hw: tuple[int, int], new_hw: tuple[int, int]) -> 
 
 
 @lru_cache(maxsize=64)
+def _resize_matrix_f64(old_hw: tuple[int, int], new_hw: tuple[int, int], pinv: bool) -> torch.Tensor:
+    """R, or pinv(R) [old, new], float64 on the CPU: made once per patch pair."""
+    r = bilinear_resize_matrix(old_hw, new_hw)
+    return torch.linalg.pinv(r) if pinv else r
+
+
+# The resize matrices on their devices, in plain dicts (not lru_cache, which torch.compile traces through,
+# putting a float64 pinv and a host copy in every step's graph); filled up front by prepare_resize_matrices.
+_RESIZE_MATRICES: dict[tuple, torch.Tensor] = {}
+MATRIX_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
 def _resize_matrix(old_hw: tuple[int, int], new_hw: tuple[int, int], pinv: bool, device: torch.device,
                    dtype: torch.dtype) -> torch.Tensor:
     """R (or pinv(R) [old, new]) on the device, made once per patch pair so a step makes no host transfer."""
-    r = bilinear_resize_matrix(old_hw, new_hw)
-    return (torch.linalg.pinv(r) if pinv else r).to(device=device, dtype=dtype)
+    key = (old_hw, new_hw, pinv, str(device), str(dtype))
+    matrix = _RESIZE_MATRICES.get(key)
+    if matrix is None:
+        matrix = _RESIZE_MATRICES[key] = _resize_matrix_f64(old_hw, new_hw, pinv).to(device=device, dtype=dtype)
+    return matrix
+
+
+def prepare_resize_matrices(base_patch: int, patches: Sequence[int], device: torch.device) -> None:
+    """Both resize matrices between ``base_patch`` and each of ``patches``, on ``device`` in every float dtype a
+    step may ask for, so that a compiled step only looks them up."""
+    for patch in patches:
+        if patch != base_patch:
+            for pinv in (True, False):
+                for dtype in MATRIX_DTYPES:
+                    _resize_matrix((base_patch, base_patch), (patch, patch), pinv, device, dtype)
 
 
 def pi_resize_kernel(weight: torch.Tensor, new_hw: tuple[int, int]) -> torch.Tensor:
@@ -245,6 +270,7 @@ class VideoEncoder(TransformerStack):
             # Rebuilt from the grid at construction, so it is not part of the state dict.
             self.register_buffer("pos_embed", table, persistent=False)
         self._pos_tables: dict = {}
+        self._prepared_grids: tuple[PatchGrid, ...] = ()
 
     def set_pos_reference(self, reference: Sequence[int]) -> None:
         """Use another '3d' reference (a checkpoint's): the fixed table is rebuilt, a learned one kept."""
@@ -253,6 +279,16 @@ class VideoEncoder(TransformerStack):
         if self.pos_embed_type == "3d":
             self.pos_embed = build_pos_table(self.grid, self.embed_dim, "3d", self.pos_reference).to(
                 self.pos_embed.device)
+        self.prepare_grids(self._prepared_grids)
+
+    def prepare_grids(self, grids: Sequence[PatchGrid]) -> None:
+        """Build every table and resize matrix ``grids`` need, now (again after :meth:`set_pos_reference`):
+        a compiled forward then only looks them up, one graph per grid."""
+        self._prepared_grids = tuple(grids)
+        for grid in self._prepared_grids:
+            self.pos_table(grid)
+        prepare_resize_matrices(self.grid.patch_size, [g.patch_size for g in self._prepared_grids],
+                                self.pos_embed.device)
 
     def pos_table(self, grid: PatchGrid | None = None) -> torch.Tensor:
         """The position table [1, N, D] at ``grid`` (default: the model's)."""

@@ -88,6 +88,14 @@ class MaskedVideoAutoencoder(nn.Module):
         self.encoder.set_pos_reference(reference)
         self._decoder_tables.clear()
         self.decoder_pos_embed = self._decoder_table(self.grid, self.decoder_pos_embed.device)
+        self.prepare_grids(self.encoder._prepared_grids)
+
+    def prepare_grids(self, grids: Sequence[PatchGrid]) -> None:
+        """Every grid's tables and resize matrices, built now on the model's device, so that a compiled
+        forward only looks them up (one graph per grid, no host work in a step)."""
+        self.encoder.prepare_grids(grids)
+        for grid in grids:
+            self.decoder_pos_table(grid)
 
     def _decoder_table(self, grid: PatchGrid, device: torch.device) -> torch.Tensor:
         ref = self.pos_reference if self.decoder_pos_kind == "3d" else None

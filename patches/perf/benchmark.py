@@ -1,4 +1,5 @@
-r"""PATCHES benchmark: train-step time, FLOP/s against the measured matmul rate, peak memory, loader clips/s.
+r"""PATCHES benchmark: train-step time, MFU against the spec peak and FLOP/s against the measured matmul rate,
+peak memory, loader clips/s with the cores a GPU gets.
 
 Each step configuration runs in its own process, so peak memory (RSS on CPU, allocator peak on CUDA, both
 counted from after the FLOP count) is its own. The data loader is measured by scripts/loader_bench.py (our
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -20,6 +22,8 @@ from pathlib import Path
 
 from patches.utils import cpu_memory  # noqa: F401  # isort: skip  (first: allocator settings torch reads once)
 import torch
+
+from patches.perf import peaks
 
 
 def matmul_rate(dtype: torch.dtype, device: torch.device, n: int | None = None, iters: int = 10) -> float:
@@ -150,8 +154,11 @@ def build_benchmark_optimizer(model: torch.nn.Module, layer_decay: float | None 
                                            layer_decay=layer_decay), model)
 
 
-def count_model_flops(model: torch.nn.Module, forward_backward, attention: str) -> int:
+def count_model_flops(model: torch.nn.Module, forward_backward, attention: str, hardware: bool = False) -> int:
     """FLOPs of one forward + backward, counted on the eager model with matmul + softmax attention.
+
+    ``hardware``: with the forward that activation checkpointing recomputes (hardware FLOPs); else the
+    model's FLOPs only, the numerator of MFU.
 
     The same count for every attention path and for compiled models: the flop counter charges SDPA's CPU
     flash backward for the recomputation it does, which would flatter the fused path's FLOP/s.
@@ -162,12 +169,19 @@ def count_model_flops(model: torch.nn.Module, forward_backward, attention: str) 
     compiled = getattr(model, "_compiled_call_impl", None)
     model._compiled_call_impl = None
     set_fused_attention(model, False)
+    stacks = [m for m in model.modules() if hasattr(m, "use_checkpoint")]
+    recompute = [m.use_checkpoint for m in stacks]
+    if not hardware:  # model FLOPs: --use_checkpoint's recomputed forward is not the model's work
+        for m in stacks:
+            m.use_checkpoint = False
     try:
         with FlopCounterMode(display=False) as counter:
             forward_backward()
     finally:
         set_fused_attention(model, attention == "sdpa")
         model._compiled_call_impl = compiled
+        for m, r in zip(stacks, recompute):
+            m.use_checkpoint = r
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops()
 
@@ -185,6 +199,8 @@ def measure(cfg: dict) -> dict:
     ceiling = cfg.get("matmul_ceiling", True)
     rate_before = matmul_rate(matmul_dtype, device) if ceiling else None
     flops = count_model_flops(model, forward_backward, cfg["attention"])
+    hardware_flops = (count_model_flops(model, forward_backward, cfg["attention"], hardware=True)
+                      if cfg.get("use_checkpoint") else flops)
     # The count ran the explicit attention path: its memory is not the measured path's.
     sync(device)
     reset_peak_memory(device)
@@ -202,11 +218,15 @@ def measure(cfg: dict) -> dict:
     # The machine's ceiling is the faster of two measurements: on a shared machine one short measurement can
     # land in a slow spell and flatter the step (ViT-B once showed 121% of a single measurement).
     rate = max(rate_before, matmul_rate(matmul_dtype, device)) if ceiling else None
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    peak, peak_source = peaks.peak_tflops(name, cfg["dtype"], cfg.get("peak_tflops"))
     return {**cfg, "patches_per_frame": grid.patches_per_frame, "tokens": grid.num_tokens,
             "step_s": seconds, "step_s_each": times, "clips_per_s": cfg["batch_size"] / seconds,
-            "gflop_per_step": flops / 1e9,
+            "gflop_per_step": flops / 1e9, "hardware_gflop_per_step": hardware_flops / 1e9,
             "achieved_gflops": flops / seconds / 1e9, "matmul_gflops": rate and rate / 1e9,
-            "fraction_of_matmul": rate and flops / seconds / rate, "peak_mem_gb": peak_mem / 1e9,
+            "fraction_of_matmul": rate and hardware_flops / seconds / rate, "device_name": name,
+            "peak_tflops": peak, "peak_source": peak_source, "mfu": peaks.mfu(flops, seconds, peak),
+            "hfu": peaks.mfu(hardware_flops, seconds, peak), "peak_mem_gb": peak_mem / 1e9,
             "cpu_allocator": cpu_memory.allocator_settings()}
 
 
@@ -226,7 +246,7 @@ def configurations(args: argparse.Namespace) -> list[dict]:
                                     decoder_mask=decoder_mask, mask_ratio=args.mask_ratio,
                                     decoder_depth=args.decoder_depth, batch_size=args.batch_size,
                                     warmup=args.warmup, iters=args.iters, device=args.device,
-                                    use_checkpoint=args.use_checkpoint))
+                                    use_checkpoint=args.use_checkpoint, peak_tflops=args.peak_tflops))
     return configs
 
 
@@ -238,15 +258,26 @@ def run_isolated(cfg: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def percent(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{100 * fraction:.0f}%"
+
+
 def markdown_table(rows: list[dict]) -> str:
+    """The step rows. GFLOP/step: model FLOPs (with --use_checkpoint's recompute after a +); MFU (HFU with the
+    recompute) against the spec peak; % of matmul: hardware FLOP/s against the measured matmul rate."""
     head = ("| task | model | size/patch | patches/frame | dtype | attention | decoder mask | step s | clips/s | "
-            "GFLOP/step | GFLOP/s | % of matmul | peak mem GB |")
+            "GFLOP/step | GFLOP/s | MFU (spec peak) | % of matmul | peak mem GB |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         attention = r["attention"] + (f" + compile ({r['compile']})" if r["compile"] else "")
+        hardware = r.get("hardware_gflop_per_step", r["gflop_per_step"])
+        gflop = f"{r['gflop_per_step']:.0f}" + (f" + {hardware - r['gflop_per_step']:.0f} recompute"
+                                               if hardware > r["gflop_per_step"] else "")
+        mfu = percent(r.get("mfu")) + (f" (HFU {percent(r.get('hfu'))})" if hardware > r["gflop_per_step"] else "")
+        mfu += f" of {r['peak_tflops']:.0f}" if r.get("peak_tflops") else ""
         lines.append(f"| {r['task']} | ViT-{r['model'][0].upper()} | {r['size']}/{r['patch']} | {r['patches_per_frame']} | "
                      f"{r['dtype']} | {attention} | {r['decoder_mask']} | {r['step_s']:.3f} | {r['clips_per_s']:.2f} | "
-                     f"{r['gflop_per_step']:.0f} | {r['achieved_gflops']:.0f} | {100 * r['fraction_of_matmul']:.0f}% | "
+                     f"{gflop} | {r['achieved_gflops']:.0f} | {mfu} | {percent(r['fraction_of_matmul'])} | "
                      f"{r['peak_mem_gb']:.2f} |")
     return "\n".join(lines)
 
@@ -272,6 +303,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--iters", type=int, default=5, help="timed steps; the median is reported")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--peak_tflops", type=float, default=None,
+                   help="the device's dense peak TFLOP/s for MFU (default: the spec table's, patches/perf/peaks.py)")
+    p.add_argument("--gpus_per_node", type=int, default=None,
+                   help="GPUs sharing this machine's cores: the loader gets cores / GPUs workers (default: the "
+                        "visible GPUs, at least 1)")
     p.add_argument("--no_loader", action="store_true", help="skip the data-loader measurement")
     p.add_argument("--loader_workers", type=int, nargs="+", default=[0, 1, 2], help="DataLoader worker counts")
     p.add_argument("--loader_num_sample", type=int, nargs="+", default=[1, 2], help="clips per decoded video")
@@ -302,8 +338,11 @@ def main() -> None:
         from patches.perf import loader_bench
         print(f"\nData loader ({loader_rows[0]['videos']}; 16 frames at stride 4 -> 224 px):")
         print(loader_bench.markdown_table(loader_rows))
-        print("\nWhich bounds a run: step clips/s against our loader's clips/s (pre-training, --num_sample 1)")
-        print(bound_table(rows, loader_rows))
+        share = peaks.cores_per_gpu(args.gpus_per_node)
+        print(f"\nWhich bounds a run: step clips/s against our loader's clips/s (pre-training, --num_sample 1) "
+              f"with the {share} cores a GPU gets ({len(os.sched_getaffinity(0))} cores / "
+              f"{args.gpus_per_node or max(peaks.visible_gpus(), 1)} GPUs)")
+        print(bound_table(rows, loader_rows, share))
     if args.json:
         Path(args.json).write_text(json.dumps(rows + loader_rows, indent=2))
 
@@ -311,22 +350,22 @@ def main() -> None:
 def measure_loaders(args: argparse.Namespace) -> list[dict]:
     """scripts/loader_bench.py's rows: our loader and the per-frame-PIL baseline on generated 320p mp4s."""
     from patches.perf import loader_bench
-    argv = ["--workers", *map(str, args.loader_workers), "--num_sample", *map(str, args.loader_num_sample),
+    workers = sorted(set(args.loader_workers) | {peaks.cores_per_gpu(args.gpus_per_node)})  # + a GPU's share
+    argv = ["--workers", *map(str, workers), "--num_sample", *map(str, args.loader_num_sample),
             "--repeats", str(args.loader_repeats), "--device", args.device]
     return [{"task": "loader", **r} for r in loader_bench.run(loader_bench.parse_args(argv))]
 
 
-def bound_table(step_rows: list[dict], loader_rows: list[dict]) -> str:
+def bound_table(step_rows: list[dict], loader_rows: list[dict], cores_per_gpu: int) -> str:
+    """Per pre-training step row: its clips/s, the loader's with ``cores_per_gpu`` workers, and which bounds."""
     ours = {r["workers"]: r["clips_per_s"] for r in loader_rows if r["pipeline"] == "ours" and r["num_sample"] == 1}
-    workers = sorted(ours)
-    lines = ["| step | step clips/s | " + " | ".join(f"loader, {w} workers" for w in workers) + " |",
-             "|" + "---|" * (2 + len(workers))]
+    loader = ours[cores_per_gpu]
+    lines = [f"| step | step clips/s | loader clips/s, {cores_per_gpu} workers (a GPU's cores) | bound |",
+             "|---|---|---|---|"]
     for r in step_rows:
-        if r["task"] != "pretrain":
-            continue
-        cells = [f"{ours[w]:.1f} ({'loader' if ours[w] < r['clips_per_s'] else 'step'} bound)" for w in workers]
-        lines.append(f"| ViT-{r['model'][0].upper()} {r['patches_per_frame']} {r['dtype']} {r['decoder_mask']} | "
-                     f"{r['clips_per_s']:.2f} | " + " | ".join(cells) + " |")
+        if r["task"] == "pretrain":
+            lines.append(f"| ViT-{r['model'][0].upper()} {r['patches_per_frame']} {r['dtype']} {r['decoder_mask']} | "
+                         f"{r['clips_per_s']:.2f} | {loader:.1f} | {peaks.bound(r['clips_per_s'], loader)} |")
     return "\n".join(lines)
 
 

@@ -10,8 +10,9 @@ pre-training steps on one fixed batch at each grid, in bf16 and in fp16 with the
 last loss below the first); the same with ``torch.compile``; fine-tuning with a multi-view test; a 1-process
 torchrun (nccl on CUDA, gloo on CPU); save and exact resume against an uninterrupted run; DeepSpeed ZeRO-2 in
 bf16 and fp16. Then the step timings (scripts/benchmark.py, each in its own process: step time, clips/s, MFU
-against the bf16 matmul rate measured in the same process, peak memory) with SDPA and with the explicit
-attention path, and the data loader's clips/s with all the machine's cores against the step's (which bounds).
+against the device's spec peak, % of the bf16 matmul rate measured in the same process, peak memory) with SDPA
+and with the explicit attention path, and the data loader's clips/s with the cores one GPU gets (cores /
+--gpus_per_node), on files of realistic length, against the step's (which bounds).
 Writes ``selfcheck.json`` and ``selfcheck.md`` into ``--output_dir``; exits 1 if any check fails. The run
 scripts' logs of a failed run stay in ``selfcheck_work/`` there.
 """
@@ -92,6 +93,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output_dir", default=".", help="where selfcheck.json and selfcheck.md go")
     p.add_argument("--timing_batch", type=int, default=None,
                    help=f"clips per timed step (default {FULL.timing_batch}, quick {QUICK.timing_batch})")
+    p.add_argument("--gpus_per_node", type=int, default=None,
+                   help="GPUs sharing this machine's cores: the loader check gets cores / GPUs workers "
+                        "(default: the visible GPUs, at least 1)")
+    p.add_argument("--peak_tflops", type=float, default=None,
+                   help="the device's dense bf16 peak TFLOP/s for MFU (default: the spec table's, "
+                        "patches/perf/peaks.py)")
     return p.parse_args(argv)
 
 
@@ -105,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     work = output_dir / "selfcheck_work"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    ctx, start = Context(device, profile, work.resolve()), time.perf_counter()
+    ctx = Context(device, profile, work.resolve(), gpus_per_node=args.gpus_per_node, peak_tflops=args.peak_tflops)
+    start = time.perf_counter()
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" and torch.cuda.is_available() \
         else platform.processor() or platform.machine()
     print(f"PATCHES self-check on {args.device} ({device_name}), {'quick' if args.quick else 'full'} mode, "

@@ -44,9 +44,11 @@ class Profile:
 QUICK = Profile("micro", 1, 4, ("32/8", "48/8"), 2, 1e-3, 2, 1, 2,
                 ("--input_size", "32", "--patch_size", "8", "--num_frames", "4", "--sampling_rate", "2"), 32,
                 (2, 64, 2.0), ("--input_size", "32", "--patch_size", "8", "--num_frames", "4"), 2.0, "aot_eager", 1)
+# Full: the loader reads 8 distinct files of Kinetics' shape (568x320, 10 s at 25 fps, one keyframe per 10 s),
+# each clip a seek and a decode as in a real epoch, not four short files.
 FULL = Profile("base", 4, 16, ("224/16", "288/16"), 8, 2e-4, 32, 2, 6,
                ("--input_size", "112", "--patch_size", "16", "--num_frames", "8", "--sampling_rate", "2"), 64,
-               (4, 320, 4.0), (), 8.0, "inductor", 2)
+               (8, 320, 10.0), (), 8.0, "inductor", 2)
 
 
 class Skip(Exception):
@@ -62,3 +64,5 @@ class Context:
     eager_first_loss: dict[str, float] = field(default_factory=dict)
     batches: dict[str, tuple[torch.Tensor, ...]] = field(default_factory=dict)  # the fixed batch of each grid
     timing: list[dict] = field(default_factory=list)
+    gpus_per_node: int | None = None  # GPUs sharing this machine's cores (None: the visible GPUs, at least 1)
+    peak_tflops: float | None = None  # the device's dense peak for MFU (None: the spec table's)

@@ -35,8 +35,9 @@ def markdown_report(checks: list[Check], meta: dict[str, Any], timing: list[dict
         text = format_figures(c.figures) + (f" ({c.detail})" if c.detail else "")
         lines.append(f"| {c.name} | {c.status} | {text.replace('|', '/')} | {c.seconds:.1f} |")
     if timing:
-        lines += ["", "Step timings (scripts/benchmark.py; % of matmul = MFU against the bf16 matmul rate measured "
-                  "in the same process):", "", benchmark.markdown_table(timing)]
+        lines += ["", "Step timings (scripts/benchmark.py; MFU: model FLOP/s against the device's spec peak, or "
+                  "--peak_tflops; % of matmul: against the bf16 matmul rate measured in the same process):", "",
+                  benchmark.markdown_table(timing)]
     return "\n".join(lines) + "\n"
 
 

@@ -153,7 +153,8 @@ def check_timing(ctx: Context, spec: str, attn_impl: str) -> dict[str, Any]:
     size, patch = parse_grid_spec(spec)
     cfg = dict(task="pretrain", model=p.size, size=size, patch=patch, num_frames=p.num_frames, dtype="bf16",
                attn_impl=attn_impl, compile=None, decoder_mask="none", mask_ratio=0.9, decoder_depth=p.decoder_depth,
-               batch_size=p.timing_batch, warmup=p.timing_warmup, iters=p.timing_iters, device=str(ctx.device))
+               batch_size=p.timing_batch, warmup=p.timing_warmup, iters=p.timing_iters, device=str(ctx.device),
+               peak_tflops=ctx.peak_tflops)
     # Quick mode measures in this process (a micro model: the peak memory is then this process's, not the step's).
     try:
         row = benchmark.run_isolated(cfg) if p is FULL else benchmark.measure(cfg)
@@ -163,25 +164,30 @@ def check_timing(ctx: Context, spec: str, attn_impl: str) -> dict[str, Any]:
         raise
     ctx.timing.append(row)
     return {"patches_per_frame": row["patches_per_frame"], "batch": row["batch_size"], "step_s": row["step_s"],
-            "clips_per_s": row["clips_per_s"], "mfu_pct": 100 * row["fraction_of_matmul"],
+            "clips_per_s": row["clips_per_s"], "mfu_pct": row["mfu"] and 100 * row["mfu"],
+            "peak_tflops": row["peak_tflops"], "pct_of_matmul": 100 * row["fraction_of_matmul"],
             "bf16_matmul_tflops": row["matmul_gflops"] / 1e3, "peak_mem_gb": row["peak_mem_gb"]}
 
 
 def check_loader(ctx: Context) -> dict[str, Any]:
-    """The pre-training loader's clips/s with one worker per core (scripts/loader_bench.py) against the fastest
-    timed step at the first grid: the slower of the two bounds a run."""
-    from patches.perf import bench_videos, loader_bench
+    """The pre-training loader's clips/s with the cores one GPU gets (this machine's cores / --gpus_per_node,
+    default the visible GPUs) as workers, on files of realistic length and size (scripts/loader_bench.py),
+    against the fastest timed step at the first grid: the slower of the two bounds a run."""
+    from patches.perf import bench_videos, loader_bench, peaks
 
     count, short_side, seconds = ctx.profile.loader_videos
     paths = bench_videos.make_videos(ctx.work / "loader_videos", count, short_side=short_side, seconds=seconds)
-    workers = len(os.sched_getaffinity(0))
+    cores = len(os.sched_getaffinity(0))
+    workers = peaks.cores_per_gpu(ctx.gpus_per_node, cores)
     row = loader_bench.measure_loader(paths, workers, batch_size=8, seconds=ctx.profile.loader_seconds,
                                       device=ctx.device.type, extra_args=ctx.profile.loader_flags, workdir=ctx.work)
-    figures: dict[str, Any] = {"workers": workers, "loader_clips_per_s": row["clips_per_s"],
+    gpus = ctx.gpus_per_node or max(peaks.visible_gpus(), 1)
+    figures: dict[str, Any] = {"cores": cores, "gpus": gpus, "workers_per_gpu": workers,
+                               "loader_clips_per_s": row["clips_per_s"],
                                "videos": f"{count} x {short_side}p, {seconds:g} s"}
     first = [r for r in ctx.timing if r["patches_per_frame"] == ctx.timing[0]["patches_per_frame"]] if ctx.timing else []
     if first:
         step = max(first, key=lambda r: r["clips_per_s"])
         figures.update(step_clips_per_s=step["clips_per_s"], step=f"{step['patches_per_frame']} {step['attention']}",
-                       bound="loader" if row["clips_per_s"] < step["clips_per_s"] else "step")
+                       bound=peaks.bound(step["clips_per_s"], row["clips_per_s"]))
     return figures

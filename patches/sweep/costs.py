@@ -73,8 +73,10 @@ def flexible_budget_epochs(flops: dict[str, float], weights: dict[str, float], r
 
 
 def stage_gpu_hours(flops_per_clip: float, clips_per_epoch: int, epochs: int, tflops: float) -> float:
-    """A stage's GPU-hours, from :func:`patches.config.recipes.gpu_hours` (the cost model scripts/recipes.py uses)."""
-    return recipes.gpu_hours(flops_per_clip, clips_per_epoch * epochs, tflops)
+    """A stage's GPU-hours at the slower of the step and the loader on the cores one GPU gets, from
+    :func:`patches.config.recipes.gpu_hours` (the cost model scripts/recipes.py uses)."""
+    loader = recipes.CORES_PER_GPU * recipes.LOADER_CLIPS_PER_CORE_S
+    return recipes.gpu_hours(flops_per_clip, clips_per_epoch * epochs, tflops, loader)["gpu_hours"]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -56,6 +56,7 @@ from typing import Any
 
 from patches.cli.exits import exits_on_error
 from patches.cli.stages import run_stage
+from patches.config import recipes
 from patches.errors import PatchesError, UsageError
 from patches.grid import PatchGrid
 from patches.perf import benchmark  # scripts/benchmark.py: step time and peak memory, one process per configuration
@@ -192,7 +193,9 @@ def build_rows(config: SweepConfig, plan: list[Stage], plan_budget: Budget, resu
 def dry_run_table(config: SweepConfig, plan: list[Stage]) -> str:
     """Every stage's command and GPU-hours, and the sweep's total."""
     lines = [f"Dry run: {len(plan)} stages, {config.launcher} launcher, {config.nodes} x {config.gpus_per_node} "
-             f"GPUs each; GPU-hours at {config.tflops:g} TFLOP/s per GPU (scripts/recipes.py's cost model)", "",
+             f"GPUs each; GPU-hours at the slower of {config.tflops:g} TFLOP/s per GPU and the loader on "
+             f"{recipes.CORES_PER_GPU} cores per GPU at {recipes.LOADER_CLIPS_PER_CORE_S:g} clips/s each "
+             f"(scripts/recipes.py's cost model)", "",
              "| stage | grids | epochs | GFLOP/clip | clips/epoch | GPU-hours |", "|---|---|---|---|---|---|"]
     for s in plan:
         lines.append(f"| {s.name} | {' '.join(s.grids)} | {s.epochs or 'default'} | "

@@ -72,7 +72,7 @@ def train(run: PretrainRunConfig, device: str | None) -> dict[str, Any]:
         masks = no_masks if run.flexible else build_mask_generator(run.masking, grid)  # flexible: drawn per step
         dataset, loader = pretraining_loader(run.data, run.loader, largest_size(grids), masks, trainer.device,
                                              run.update_freq)
-        model = trainer.prepare_model(build_model())
+        model = trainer.prepare_model(build_model(), grids if run.flexible else ())
         print(f"Model {run.model.name}: {trainer.n_parameters / 1e6:.2f} M parameters")
         print(f"{len(dataset)} videos, {loader.sampler.batches_per_epoch // run.update_freq} updates per epoch of "
               f"{run.clips_per_step * run.update_freq} clips; lr {run.rates.lr:.3g}")

@@ -15,7 +15,7 @@ import contextlib
 import datetime
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -26,6 +26,7 @@ from patches.checkpoints.run_checkpoints import RunCheckpoints, restore_training
 from patches.checkpoints.writing import checkpoint_state, print_saved_and_export_safetensors, save_checkpoint
 from patches.grid import PatchGrid
 from patches.models.attention import configure_attention
+from patches.train import compiling
 from patches.train.config import Schedule, StepSchedules, TrainerConfig
 from patches.train.epoch_loop import EpochLoop, LossFn
 from patches.train.launch import launch, record_stop
@@ -59,6 +60,7 @@ class Trainer:
         self.output_dir = Path(cfg.output_dir)
         self.logs = RunLogs(cfg.output_dir, cfg.log_dir)
         self.model = self.model_without_ddp = self.ema = self.engine = self.updater = None
+        self.num_grids = 1
         self.loader = self.checkpoints = self.epoch_loop = None
         self.progress = Progress(epoch=cfg.start_epoch)
         self.last_checkpoint: Path | None = None
@@ -112,8 +114,10 @@ class Trainer:
 
     # ------------------------------------------------------------ model
 
-    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        """On the device, with the attention kernel, the EMA copy and ``torch.compile`` the flags ask for."""
+    def prepare_model(self, model: torch.nn.Module, grids: Sequence[PatchGrid] = ()) -> torch.nn.Module:
+        """On the device, with the attention kernel, the EMA copy and ``torch.compile`` the flags ask for.
+        ``grids``: the grids a flexible run draws from; their tables and matrices are built here, before any
+        compiled step (see :mod:`patches.train.compiling`)."""
         cfg = self.cfg
         model = model.to(self.device)
         attention = configure_attention(model, cfg.attn_impl, self.device, self.amp_dtype)
@@ -121,9 +125,14 @@ class Trainer:
             from timm.utils import ModelEmaV3
             self.ema = ModelEmaV3(model, decay=cfg.model_ema_decay,
                                   device=torch.device("cpu") if cfg.model_ema_force_cpu else None)
-        if cfg.compile:  # in place, so that the state dict keeps its names; after the EMA copy, a plain module
-            model.compile(backend=cfg.compile)
-        print(f"Attention: {attention}" + (f"; compiled with {cfg.compile}" if cfg.compile else "")
+        compiling.prepare_grids(model, grids)
+        self.num_grids = max(len(grids), 1)
+        # in place, so that the state dict keeps its names; after the EMA copy, a plain module
+        blocks = cfg.deepspeed_zero_stage is not None
+        if cfg.compile:
+            compiling.compile_model(model, cfg.compile, self.num_grids, blocks)
+        compiled = " (each block)" if blocks else ""
+        print(f"Attention: {attention}" + (f"; compiled with {cfg.compile}{compiled}" if cfg.compile else "")
               + (f"; CPU allocator: {cpu_memory.allocator_settings()}" if self.device.type == "cpu" else ""))
         self.model = self.model_without_ddp = model
         return model
