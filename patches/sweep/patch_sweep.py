@@ -67,6 +67,7 @@ from patches.sweep.config import (DEFAULT_GRIDS, DEMO_GRIDS, DEMO_MASK_TYPE, MOD
 from patches.sweep.plan import Budget, Stage, build_plan, grid_pretrain_flops
 from patches.sweep.stage_flags import eval_flags, flag_value, pretrain_flags  # noqa: F401  (the sweep's flags)
 
+
 def run_once(title: str, script: Any, flags: list[str], out: Path) -> dict[str, Any]:
     """``run_stage``, or the result a finished earlier run left in ``out/sweep_stage.json`` (resuming a sweep)."""
     from patches.utils.files import write_atomically
