@@ -145,3 +145,22 @@ def test_a_doc_command_parses_with_its_scripts_parser(where, script, flags, monk
         refused = re.search(r"unrecognized arguments: (.*)", err)
         unknown = {t for t in (refused.group(1).split() if refused else []) if t.startswith("--")}
         assert e.code == 2 and refused and unknown and unknown <= pending, f"{where}: {script} {' '.join(flags)}\n{err}"
+
+
+def anchors(doc: Path) -> set[str]:
+    """GitHub's anchors for the headings of ``doc``."""
+    headings = re.findall(r"^#+ (.*)$", re.sub(r"^```.*?^```", "", doc.read_text(), flags=re.S | re.M), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+def test_every_relative_link_in_the_docs_resolves():
+    broken = []
+    for doc in DOCS:
+        for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text()):
+            if re.match(r"\w+://", target):
+                continue
+            path, _, anchor = target.partition("#")
+            file = (doc.parent / path).resolve() if path else doc
+            if not file.exists() or (anchor and file.suffix == ".md" and anchor not in anchors(file)):
+                broken.append(f"{doc.relative_to(ROOT)}: {target}")
+    assert not broken, broken
