@@ -181,7 +181,7 @@ def test_videomae_recipes_resolve_to_the_values_the_flags_gave_before(case: str,
 def test_typed_errors_end_an_entry_point_with_an_error_line_and_their_status(capsys: pytest.CaptureFixture) -> None:
     from patches.cli.exits import exit_status, exits_on_error
     from patches.config.checks import FlagError
-    from patches.errors import PatchesError, UsageError
+    from patches.errors import PatchesError, SomeInputsFailed, UsageError
 
     @exits_on_error
     def main(error: Exception | None) -> str:
@@ -192,10 +192,14 @@ def test_typed_errors_end_an_entry_point_with_an_error_line_and_their_status(cap
     assert main(None) == "done"
     problems = FlagError(["--lr must be positive, got 0", "--epochs must be at least 1, got 0"])
     assert isinstance(problems, UsageError)
-    with pytest.raises(SystemExit) as stop:  # as the scripts always exited on bad flags: status 1, no traceback
+    with pytest.raises(SystemExit) as stop:  # a usage error: status 2 (as argparse's own refusals), no traceback
         main(problems)
-    assert stop.value.code == "error: --lr must be positive, got 0\n       --epochs must be at least 1, got 0"
-    assert exit_status(PatchesError("x")) == (1, "error: x")
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == "error: --lr must be positive, got 0\n       --epochs must be at least 1, got 0\n"
+    assert exit_status(PatchesError("x")) == (1, "error: x") and exit_status(UsageError("y")) == (2, "error: y")
+    with pytest.raises(SystemExit) as stop:  # a failure (here: some inputs failed): status 1, the message as code
+        main(SomeInputsFailed([("a.mp4", "truncated")], 3))
+    assert stop.value.code == "error: 1 of 3 videos failed (the others are done):\n  a.mp4: truncated"
 
     class Requeue(PatchesError):
         exit_status = 75

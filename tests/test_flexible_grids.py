@@ -38,7 +38,7 @@ def test_a_bad_grids_entry_is_refused_by_the_cli_naming_it(tmp_path):
     cmd = [sys.executable, str(ROOT / "run_mae_pretraining.py"), *TINY, "--output_dir", str(tmp_path / "o"),
            "--grids", "32/16", "30/8"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 2, result.stderr  # a usage error
     assert "--grids: grid 30/8: the frame side 30 is not divisible by the patch 8" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "o").exists(), "refused before any work"
 

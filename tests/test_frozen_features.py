@@ -1,6 +1,7 @@
 """A trained model used without fine-tuning: frozen-feature probes (run_class_finetuning.py --probe), feature
 extraction (extract_features.py) and classifying video files (run_inference.py)."""
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -129,7 +130,7 @@ def test_knn_probe_cli_at_324_patches_per_frame(pretrained, demo_root, tmp_path)
 def test_a_probe_without_finetune_is_refused_by_name(demo_root, tmp_path):
     result = run("run_class_finetuning.py", *PROBE, "--probe", "attentive", "--data_path", str(demo_root),
                  "--output_dir", str(tmp_path / "x"), cwd=tmp_path, ok=False)
-    assert result.returncode == 1
+    assert result.returncode == 2  # a usage error
     assert "--probe attentive evaluates a trained encoder, frozen: give its checkpoint with --finetune" in result.stderr
 
 
@@ -145,9 +146,13 @@ def test_extraction_is_bit_identical_resumes_lists_bad_videos_and_guards_its_fol
     (videos / "zz_broken.mp4").write_bytes(b"not a video")
     flags = [*CPU, "--finetune", str(pretrained), "--data_path", str(videos), "--input_size", "32", "48",
              "--save_tokens", "--shard_size", "3", "--test_num_segment", "2"]
-    first = run("extract_features.py", *flags, "--output_dir", str(tmp_path / "a"), cwd=tmp_path)
+    first = run("extract_features.py", *flags, "--output_dir", str(tmp_path / "a"), cwd=tmp_path, ok=False)
     assert "3 shards, 0 already done" in first.stdout
-    extract(*flags, "--output_dir", str(tmp_path / "b"))
+    # one input failed, named, the others written: status 1
+    assert first.returncode == 1 and f"1 of 8 videos failed (the others are done):\n  {videos / 'zz_broken.mp4'}: " \
+        in first.stderr, first.stderr[-3000:]
+    with pytest.raises(SystemExit, match="1 of 8 videos failed"):
+        extract(*flags, "--output_dir", str(tmp_path / "b"))
     files = sorted(p.name for p in (tmp_path / "a").iterdir())
     assert files == sorted(p.name for p in (tmp_path / "b").iterdir())
     for name in files:
@@ -165,14 +170,17 @@ def test_extraction_is_bit_identical_resumes_lists_bad_videos_and_guards_its_fol
     (tmp_path / "b" / "index.json").unlink()
     (tmp_path / "b" / "shard-00002.safetensors").rename(tmp_path / "b" / ".shard-00002.safetensors.999999.tmp")
     capsys.readouterr()
-    extract(*flags, "--output_dir", str(tmp_path / "b"))
+    with pytest.raises(SystemExit, match="1 of 8 videos failed"):
+        extract(*flags, "--output_dir", str(tmp_path / "b"))
     resumed = capsys.readouterr().out
     assert "3 shards, 2 already done" in resumed and "Removed 1 temporary files" in resumed
     for name in files:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
-    with pytest.raises(SystemExit, match=f"--output_dir {tmp_path / 'a'} holds features from another grid"):
+    with pytest.raises(SystemExit) as stop:  # a usage error: status 2
         extract(*flags[:-6], "--output_dir", str(tmp_path / "a"))
+    assert stop.value.code == 2
+    assert f"--output_dir {tmp_path / 'a'} holds features from another grid" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -226,11 +234,19 @@ def test_inference_gives_the_multi_view_test_probabilities_as_table_and_json(cla
     videos = [v for v, _ in parse_list_file(demo_root / "test.csv", demo_root)][:3]
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"not a video")
-    table = run("run_inference.py", *videos, str(bad), "--checkpoint", str(path), "--classes",
-                str(demo_root / "classes.txt"), *CPU, cwd=tmp_path)
+    truncated = tmp_path / "truncated.mp4"  # cut before its index (moov atom): decoders complain on stderr
+    truncated.write_bytes(Path(videos[0]).read_bytes()[:2000])
+    table = run("run_inference.py", *videos, str(bad), str(truncated), "--checkpoint", str(path), "--classes",
+                str(demo_root / "classes.txt"), *CPU, cwd=tmp_path, ok=False)
     names = (demo_root / "classes.txt").read_text().split()
     assert "2 x 2 views per video" in table.stdout and f"| {Path(videos[0]).name} | " in table.stdout
     assert f"| bad.mp4 | unreadable | | cannot decode video {bad}" in table.stdout
+    # Some inputs failed: status 1, each named on stderr, the others classified; no decoder noise in the output.
+    assert table.returncode == 1, table.stderr[-3000:]
+    assert f"2 of 5 videos failed (the others are done):\n  {bad}: cannot decode video" in table.stderr
+    assert f"\n  {truncated}: cannot decode video {truncated}" in table.stderr
+    output = table.stdout + table.stderr
+    assert "moov atom" not in output and not re.search(r"^\[[0-9:]+\] \S+\.cc:[0-9]+", output, re.M), output
     capsys.readouterr()
     run_inference.main(run_inference.get_args_parser().parse_args(
         [*videos, "--checkpoint", str(path), "--classes", str(demo_root / "classes.txt"), "--json", "--topk", "3",
@@ -248,8 +264,23 @@ def test_inference_gives_the_multi_view_test_probabilities_as_table_and_json(cla
         assert [t["probability"] for t in result["top"]] == pytest.approx(top.values.tolist(), abs=1e-5)
 
 
-def test_inference_without_class_names_says_so(classifier, tmp_path):
+def test_inference_without_class_names_says_so(classifier, tmp_path, capsys):
     from patches.cli import inference as run_inference
     path, _ = classifier
-    with pytest.raises(SystemExit, match=f"--checkpoint {path} records no class names: pass --classes FILE"):
+    with pytest.raises(SystemExit) as stop:  # a usage error: status 2
         run_inference.main(run_inference.get_args_parser().parse_args([str(tmp_path), "--checkpoint", str(path)]))
+    assert stop.value.code == 2
+    assert f"--checkpoint {path} records no class names: pass --classes FILE" in capsys.readouterr().err
+
+
+def test_inference_usage_errors_exit_2(classifier, tmp_path, capsys):
+    """A flag argparse refuses and a flag PATCHES refuses (a missing --classes file) both end with status 2."""
+    from patches.cli import inference as run_inference
+    path, _ = classifier
+    with pytest.raises(SystemExit) as stop:
+        run_inference.get_args_parser().parse_args([str(tmp_path), "--checkpoint", str(path), "--no_such_flag"])
+    assert stop.value.code == 2
+    with pytest.raises(SystemExit) as stop:
+        run_inference.main(run_inference.get_args_parser().parse_args(
+            [str(tmp_path), "--checkpoint", str(path), "--classes", str(tmp_path / "missing.txt")]))
+    assert stop.value.code == 2 and f"error: --classes {tmp_path / 'missing.txt'} does not exist" in capsys.readouterr().err

@@ -170,17 +170,22 @@ def test_a_non_finite_loss_ends_with_an_error_line(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("checkpoint-*")), "nothing is saved from a broken state"
 
 
-def test_launch_ends_a_known_failure_with_an_error_line_and_status_1() -> None:
+def test_launch_ends_a_known_failure_with_an_error_line_and_its_status(capsys: pytest.CaptureFixture) -> None:
     worker_text = ("Caught UnreadableDataError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
                    "last):\n  ...\npatches.data.unreadable.UnreadableDataError: no readable video for this item")
-    for error, line in [(UnreadableDataError(worker_text), "error: no readable video for this item"),
-                        (GridError("grid 7/3 is not SIZE/PATCH"), "error: grid 7/3 is not SIZE/PATCH")]:
-        def body(device: str | None) -> None:
-            raise error
 
-        with pytest.raises(SystemExit) as stop:
-            launch(body, "cpu")
-        assert stop.value.code == line  # (a message as the code: Python prints it and exits with status 1)
+    def body(device: str | None) -> None:
+        raise error
+
+    error = UnreadableDataError(worker_text)
+    with pytest.raises(SystemExit) as stop:
+        launch(body, "cpu")
+    # (a message as the code: Python prints it and exits with status 1)
+    assert stop.value.code == "error: no readable video for this item"
+    error = GridError("grid 7/3 is not SIZE/PATCH")  # a usage error: the line on stderr, status 2
+    with pytest.raises(SystemExit) as stop:
+        launch(body, "cpu")
+    assert stop.value.code == 2 and capsys.readouterr().err == "error: grid 7/3 is not SIZE/PATCH\n"
 
 
 def test_resuming_from_an_older_checkpoint_logs_each_epoch_once(tmp_path: Path, capsys) -> None:

@@ -127,12 +127,13 @@ def test_bad_inputs_stop_with_a_message(tmp_path, demo_root):
 
 
 @pytest.mark.slow
-def test_frame_count_is_part_of_the_grid(trained, demo_root, tmp_path):
-    with pytest.raises(SystemExit, match="--num_frames 8: the checkpoint's grid has 4 frames"):
+def test_frame_count_is_part_of_the_grid(trained, demo_root, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:  # a usage error: status 2
         run_vis(trained, clip(demo_root), tmp_path, "--num_frames", "8")
+    assert stop.value.code == 2 and "--num_frames 8: the checkpoint's grid has 4 frames" in capsys.readouterr().err
 
 
-def test_flexible_checkpoint_reconstructs_at_a_chosen_grid(demo_root, tmp_path):
+def test_flexible_checkpoint_reconstructs_at_a_chosen_grid(demo_root, tmp_path, capsys):
     """--grid: a flexible-grid checkpoint (base 32/16, grids 32/16 and 32/8) runs at 48/8; a fixed one refuses."""
     base = make_grid(4, 2, 32, 16)
     model = create_video_model("pretrain_videomae_micro_patch16_224", grid=base, decoder_depth=1, pos_embed="3d")
@@ -145,5 +146,6 @@ def test_flexible_checkpoint_reconstructs_at_a_chosen_grid(demo_root, tmp_path):
     assert Image.open(result["png"]).size == (4 * 48, 3 * 48)
     assert np.isfinite(result["mse_reconstruction"])
     fixed = writing.save_checkpoint(tmp_path / "fixed.pth", writing.checkpoint_state(model, base, flags, epoch=0))
-    with pytest.raises(SystemExit, match="pre-trained at 32/16 only"):
+    with pytest.raises(SystemExit) as stop:  # a usage error: status 2
         run_vis(fixed, clip(demo_root), tmp_path, "--grid", "48/8")
+    assert stop.value.code == 2 and "pre-trained at 32/16 only" in capsys.readouterr().err

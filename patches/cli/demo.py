@@ -1,7 +1,7 @@
 """The PATCHES demo on CPU: pre-train on the built-in demo videos, fine-tune, test, and compare with
 fine-tuning from scratch on the same budget.
 
-    python run_demo.py                 # about 7 minutes on 2 CPU cores
+    python run_demo.py                 # its result and time: README.md, "Quick start"
     python run_demo.py --output_dir output/demo --pretrain_epochs 80 --finetune_epochs 30
 
 Each stage is an ordinary run of run_mae_pretraining.py / run_class_finetuning.py; the commands are

@@ -1,10 +1,12 @@
 """How an entry point ends on an error: the one place that maps PATCHES's typed errors to a message and an
 exit status.
 
-Statuses, as the run scripts have always had them: 0 success; 1 a known failure (an ``error:`` line on stderr,
-no traceback), flag and input problems included; 2 a command line argparse cannot parse (argparse exits
-itself); 75 stopped by SIGTERM/SIGUSR1 after saving, to be requeued, and 130 Ctrl-C, both set by
-:func:`patches.train.trainer.launch`.
+Statuses, the same in every tool: 0 success; 1 a known failure (an ``error:`` line on stderr, no traceback),
+some inputs failed included (:class:`patches.errors.SomeInputsFailed`, each named); 2 a usage error: a command
+line argparse cannot parse (argparse exits itself) or a flag, input path or output folder refused
+(:class:`patches.errors.UsageError`); 75 stopped by SIGTERM/SIGUSR1 after saving, to be requeued, and 130
+Ctrl-C, both set by :func:`patches.train.launch.launch`. The status of an error is its class's
+``exit_status``.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from patches.errors import PatchesError
 T = TypeVar("T")
 
 EXIT_FAILURE = 1
+EXIT_USAGE = 2
 
 
 def exit_status(error: PatchesError) -> tuple[int, str]:

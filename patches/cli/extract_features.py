@@ -8,6 +8,9 @@ and grid default to those it records. LIST_OR_FOLDER: a list file (``path [label
 ``shard-NNNNN.safetensors`` (or ``.npy``) files of ``--shard_size`` videos, each with a ``.json`` record,
 and ``index.json`` naming every video's shard and row and listing the unreadable videos. A rerun skips
 finished shards; under torchrun each rank writes its own shards.
+
+Exit status: 0 when every video's features are written; 1 when some videos could not be read (each named on
+stderr and in ``index.json``; the others are written); 2 for a usage error.
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ from patches.cli.exits import exits_on_error
 from patches.config import checks
 from patches.config import flags as cli_args
 from patches.config.checkpoint_defaults import checkpoint_flag_values
-from patches.errors import UsageError
+from patches.errors import SomeInputsFailed, UsageError
 from patches.eval.features import (FEATURES_KEY, VideoViews, check_feature_folder, collate_views, encode_views,
                                    encoder_reference, find_videos, inputs_digest, shard_done, write_index, write_shard)
 from patches.eval.predict import CHECKPOINT_FALLBACK
@@ -133,9 +136,14 @@ def prepare(args: argparse.Namespace) -> tuple[ExtractionConfig, list, dict[str,
 
 @exits_on_error
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    """Extract; returns the index (what ``index.json`` holds)."""
+    """Extract; returns the index (what ``index.json`` holds). Raises :class:`SomeInputsFailed` (exit status 1),
+    once every other video's features are written, when some videos could not be read."""
     run, videos, key = prepare(args)
-    return launch(lambda device: extract(run, videos, key, device), run.device)
+    index = launch(lambda device: extract(run, videos, key, device), run.device)
+    if index.get("unreadable"):
+        raise SomeInputsFailed([(u["path"], u["reason"]) for u in index["unreadable"]],
+                               index["videos"] + len(index["unreadable"]))
+    return index
 
 
 def extract(run: ExtractionConfig, videos: list, key: dict[str, Any], device: str | None) -> dict[str, Any]:

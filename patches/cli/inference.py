@@ -6,6 +6,9 @@ VIDEO: video files, folders of videos or frame folders, or list files. CKPT: a f
 format PATCHES reads; the model, grid and test views default to those it records. Class names come from
 ``--classes`` (one per line, in label order), else from the checkpoint (a transformers folder's labels).
 Each video's class probabilities are the softmax averaged over its views, as the fine-tuning test does.
+
+Exit status: 0 when every video was classified; 1 when some could not be read (each named on stderr, the others
+printed); 2 for a usage error (a flag, the checkpoint, the class names).
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from patches.cli.exits import exits_on_error
 from patches.config import flags as cli_args
 from patches.config.checkpoint_defaults import checkpoint_flag_values
 from patches.config.checks import FlagError
+from patches.errors import SomeInputsFailed
 from patches.eval.features import VideoViews, collate_views, find_videos, head_classes, read_class_names
 from patches.eval.predict import (CHECKPOINT_FALLBACK, TEST_VIEWS_FALLBACK, class_probabilities, recorded_test_views,
                                   top_classes)
@@ -154,7 +158,8 @@ def print_table(results: list[dict[str, Any]], views: str) -> None:
 
 @exits_on_error
 def main(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Classify; returns each video's top-k (or the reason it could not be read), as printed."""
+    """Classify; returns each video's top-k, as printed. Raises :class:`SomeInputsFailed` (exit status 1), after
+    printing the others, when some videos could not be read."""
     run, names, videos = prepare(args)
     results = classify(run, names, videos)
     if run.json:
@@ -167,6 +172,9 @@ def main(args: argparse.Namespace) -> list[dict[str, Any]]:
             right = sum(r["top"][0]["index"] == r["label"] for r in labelled)
             print(f"\nTop-1 is the listed label for {right} of {len(labelled)} videos "
                   f"({100 * right / len(labelled):.1f}%)")
+    failed = [(r["video"], r["error"]) for r in results if "error" in r]
+    if failed:
+        raise SomeInputsFailed(failed, len(results))
     return results
 
 

@@ -24,8 +24,10 @@ import torch
 
 from patches.checkpoints.errors import CheckpointError
 from patches.checkpoints.models import pretrain_model_from_checkpoint
+from patches.cli.exits import exits_on_error
 from patches.data.masking import MASK_TYPES, MaskGenerator
 from patches.data.transforms import EvalTransform, denormalize
+from patches.errors import UsageError
 from patches.grid import GridError, PatchGrid, make_grid, parse_grid_spec
 from patches.models.pretrain import MaskedVideoAutoencoder, mask_to_index, patchify, unpatchify
 from patches.utils.devices import resolve_device
@@ -160,13 +162,15 @@ def output_paths(save_path: str | Path, video_path: str | Path) -> tuple[Path, P
     return png, png.with_suffix(".gif")
 
 
+@exits_on_error
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Returns the written paths, the grid, and the hidden-patch MSE of the masked input and of the reconstruction."""
+    """Returns the written paths, the grid, and the hidden-patch MSE of the masked input and of the reconstruction.
+    Exit status 2 for a usage error (a flag, the grid), 1 for a checkpoint or video that cannot be read."""
     a = get_args_parser().parse_args(argv)
     if not Path(a.img_path).is_file():
-        raise SystemExit(f"error: --img_path {a.img_path} does not exist")
+        raise UsageError(f"--img_path {a.img_path} does not exist")
     if a.scale < 1:
-        raise SystemExit(f"error: --scale must be at least 1, got {a.scale}")
+        raise UsageError(f"--scale must be at least 1, got {a.scale}")
     try:
         device = resolve_device(a.device)
         loaded = pretrain_model_from_checkpoint(a.model_path)
@@ -174,12 +178,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"error: --model_path: {e}")
     model, grid, args, trained = loaded.model.to(device), loaded.grid, loaded.recorded_args, loaded.trained_grids
     if a.grid is not None:
-        try:
-            grid = chosen_grid(a.grid, model, trained)
-        except GridError as e:
-            raise SystemExit(f"error: {e}")
+        grid = chosen_grid(a.grid, model, trained)  # a GridError: a usage error
     if a.num_frames is not None and a.num_frames != grid.num_frames:
-        raise SystemExit(f"error: --num_frames {a.num_frames}: the checkpoint's grid has {grid.num_frames} frames "
+        raise UsageError(f"--num_frames {a.num_frames}: the checkpoint's grid has {grid.num_frames} frames "
                          f"({grid.describe()}); only the sampling may change")
     sampling_rate = a.sampling_rate or int(args.get("sampling_rate") or 4)
     mask_type = a.mask_type or args.get("mask_type") or "tube"
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         mask = MaskGenerator(grid, mask_type, mask_ratio, rng=np.random.default_rng(a.seed))()[0]
         video = load_clip(a.img_path, grid, sampling_rate)
-    except (GridError, RuntimeError) as e:
+    except RuntimeError as e:  # the video cannot be decoded (a GridError is a usage error: status 2)
         raise SystemExit(f"error: {e}")
     views = reconstruct(model, video, mask, grid, normalize_target)
 

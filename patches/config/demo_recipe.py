@@ -28,7 +28,6 @@ def pretrain_recipe(epochs: int, demo_root: str, mask_type: str = "tube") -> lis
     return [*BATCH, "--mask_type", mask_type, "--mask_ratio", "0.75", "--decoder_depth", "2", *_schedule(epochs),
             "--save_ckpt_freq", str(epochs),
             "--lr", "2.4e-2", "--min_lr", "2e-5", "--warmup_lr", "2e-6",
-            "--flip",  # flipped clips in pre-training, as when README's figures were measured
             *CPU, "--demo_root", demo_root]
 
 

@@ -55,7 +55,8 @@ def add_grid_args(p: argparse.ArgumentParser, model: str) -> argparse._ArgumentG
                         "in the backward pass)")
     g.add_argument("--attn_impl", default="auto", choices=ATTN_IMPLS,
                    help="attention kernel: sdpa (torch's fused scaled_dot_product_attention), math (matmul + "
-                        "softmax), or auto: math for bf16/fp16 on CPU, where it is faster, sdpa elsewhere")
+                        "softmax), or auto: sdpa on CUDA in bf16/fp16, untimed; otherwise both timed on the run's "
+                        "shapes at start and the faster kept (the choice is cached per machine and shape)")
     g.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
                    help="torch.compile the model (backend inductor unless named; the first steps are slow while "
                         "it compiles, and inductor on CPU needs a C++ compiler; see PERFORMANCE.md)")

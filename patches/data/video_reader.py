@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from patches.data.quiet_decoders import decoder_stderr_silenced, quiet_pyav
 from patches.errors import PatchesError
 
 
@@ -61,7 +62,8 @@ def open_video(path: str) -> Any:
     if os.path.getsize(path) == 0:
         raise VideoDecodeError(path, "empty file (0 bytes)")
     try:
-        reader = decord.VideoReader(path, num_threads=1)
+        with decoder_stderr_silenced():
+            reader = decord.VideoReader(path, num_threads=1)
     except Exception as e:  # decord raises its own error types, and RuntimeError for unreadable files
         raise VideoDecodeError(path, e) from e
     if len(reader) < 1:
@@ -72,7 +74,8 @@ def open_video(path: str) -> Any:
 def read_frames(reader: Any, indices: np.ndarray, path: str) -> torch.Tensor:
     """Decode only ``indices`` (sorted, unique) into a uint8 ``[N, H, W, 3]`` tensor."""
     try:
-        return torch.from_numpy(reader.get_batch(indices.tolist()).asnumpy())
+        with decoder_stderr_silenced():
+            return torch.from_numpy(reader.get_batch(indices.tolist()).asnumpy())
     except Exception as e:
         raise VideoDecodeError(path, e) from e
 
@@ -107,6 +110,7 @@ class PyAVVideo:
             import av
         except ImportError:
             return None
+        quiet_pyav()
         container = None
         try:
             container = av.open(path)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -291,7 +292,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         report(args)
     except PatchesError as e:
-        raise SystemExit(f"error: {e}") from None
+        if e.exit_status == 1:
+            raise SystemExit(f"error: {e}") from None
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(e.exit_status) from None  # a usage error: 2
 
 
 def report(args: argparse.Namespace) -> None:

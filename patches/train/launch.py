@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Callable, TypeVar
 
 from patches.data.unreadable import UnreadableDataError, unreadable_data_message
@@ -12,7 +13,7 @@ from patches.utils.files import write_atomically
 
 T = TypeVar("T")
 
-# The known failures: an ``error:`` line and status 1, no traceback.
+# The known failures: an ``error:`` line and the error's status (1; 2 for a usage error), no traceback.
 KNOWN_FAILURES = (PatchesError,)
 
 
@@ -22,8 +23,8 @@ def launch(body: Callable[[str | None], T], device: str | None, deepspeed: bool 
     ``device`` comes back as ``cuda:LOCAL_RANK`` (modulo the visible GPUs) under torchrun on GPUs. Every way a
     run ends maps to one exit status: SIGTERM or SIGUSR1, in any phase, after saving -> 75 (the launchers
     requeue on it, see :func:`record_stop`); a first Ctrl-C after saving, or a second one at once -> 130, without
-    a traceback; a known failure (:class:`patches.errors.PatchesError`) -> an ``error:`` line and 1; success ->
-    ``body``'s result.
+    a traceback; a known failure (:class:`patches.errors.PatchesError`) -> an ``error:`` line and its class's
+    status (1, or 2 for a :class:`patches.errors.UsageError`); success -> ``body``'s result.
     """
     if deepspeed:
         from patches.train import deepspeed_engine as ds_utils
@@ -44,7 +45,10 @@ def launch(body: Callable[[str | None], T], device: str | None, deepspeed: bool 
               "from it)", flush=True)
         raise SystemExit(EXIT_CTRL_C) from None
     except KNOWN_FAILURES as e:
-        raise SystemExit(f"error: {error_message(e)}") from None  # (SystemExit with a message: status 1)
+        if e.exit_status == 1:
+            raise SystemExit(f"error: {error_message(e)}") from None  # (SystemExit with a message: status 1)
+        print(f"error: {error_message(e)}", file=sys.stderr, flush=True)
+        raise SystemExit(e.exit_status) from None  # a usage error found once the run started: 2
     finally:
         # On an error a peer may never reach the barrier: only leave through it when all ranks agree.
         cleanup_distributed(barrier=clean)
