@@ -26,6 +26,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--short_side", type=int, default=320, help="scale the short side down to this many pixels")
     p.add_argument("--max_side", type=int, default=None, help="instead, scale the long side down to at most this")
     p.add_argument("--max_fps", type=float, default=None, help="cap the frame rate (frames dropped by timestamp)")
+    p.add_argument("--keep_every", type=int, default=1,
+                   help="recipe-rate files: keep source frames 0, K, 2K, ... at 1/K of the frame rate; read them "
+                        "with the recipe's --sampling_rate divided by K (e.g. 4 -> 2 for K=2)")
     p.add_argument("--gop", type=int, default=16, help="a keyframe every this many frames, exactly")
     p.add_argument("--crf", type=int, default=23, help="libx264 quality (lower: better and larger)")
     p.add_argument("--preset", default="veryfast", help="libx264 preset (slower: smaller files)")
@@ -48,13 +51,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     checks = [(args.short_side < 2, "--short_side must be >= 2"), (args.gop < 1, "--gop must be >= 1"),
               (args.max_side is not None and args.max_side < 2, "--max_side must be >= 2"),
               (args.max_fps is not None and args.max_fps <= 0, "--max_fps must be > 0"),
+              (args.keep_every < 1, "--keep_every must be >= 1"),
+              (args.keep_every > 1 and (args.max_fps is not None or args.ffmpeg),
+               "--keep_every keeps exact source frames: not with --max_fps or --ffmpeg"),
               (args.workers < 1, "--workers must be >= 1"), (not 0 <= args.crf <= 51, "--crf must be in 0..51")]
     ffmpeg = shutil.which("ffmpeg") if args.ffmpeg else None
     checks.append((args.ffmpeg and ffmpeg is None, "--ffmpeg: no ffmpeg on PATH (leave it out to use PyAV)"))
     for bad, message in checks:
         if bad:
             parser.error(message)
-    config = EncodeConfig(args.short_side, args.max_side, args.max_fps, args.gop, args.crf, args.preset, ffmpeg)
+    config = EncodeConfig(args.short_side, args.max_side, args.max_fps, args.gop, args.crf, args.preset, ffmpeg,
+                          keep_every=args.keep_every)
     try:
         summary = prepare(args.src, args.dst, config, args.workers, args.labels, args.label_csv,
                           args.retry_failed, not args.quiet, [s.lower() for s in args.suffixes])
@@ -71,6 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(describe(summary))
     print(f"wrote {os.path.join(args.dst, LIST_NAME)}" + (f" and {FAILURES_NAME} ({summary['failed']} failed)"
                                                           if summary["failed"] else ""))
+    if args.keep_every > 1:
+        print(f"recipe-rate files (source frames 0, {args.keep_every}, {2 * args.keep_every}, ...): read them with "
+              f"--sampling_rate R/{args.keep_every} for a recipe's --sampling_rate R")
     return 1 if summary["failed"] else 0
 
 
