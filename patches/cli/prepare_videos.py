@@ -18,11 +18,8 @@ from patches.data.prepare import FAILURES_NAME, LIST_NAME, VIDEO_SUFFIXES, descr
 from patches.errors import UsageError
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("PATCHES video preparation: resized H.264 mp4 copies and list files",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("src", help="folder tree of videos, or a list file of 'path' / 'path label' lines")
-    p.add_argument("dst", help="output folder (the mirrored tree, list.csv, failures.csv, prepare_summary.json)")
+def add_encode_args(p: argparse.ArgumentParser) -> None:
+    """The flags of how videos are re-encoded, and of the batch (shared with ``prepare_dataset.py``)."""
     p.add_argument("--short_side", type=int, default=320, help="scale the short side down to this many pixels")
     p.add_argument("--max_side", type=int, default=None, help="instead, scale the long side down to at most this")
     p.add_argument("--max_fps", type=float, default=None, help="cap the frame rate (frames dropped by timestamp)")
@@ -33,21 +30,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--crf", type=int, default=23, help="libx264 quality (lower: better and larger)")
     p.add_argument("--preset", default="veryfast", help="libx264 preset (slower: smaller files)")
     p.add_argument("--workers", type=int, default=1, help="parallel processes (one video each)")
-    p.add_argument("--labels", default="auto", choices=("auto", "folders", "csv", "list", "none"),
-                   help="where list.csv's labels come from; auto: the list file's, --label_csv, the class "
-                        "folders (when every video is in one), else none")
-    p.add_argument("--label_csv", default=None, help="CSV of 'video,label' rows (video: path under SRC or name "
-                                                     "without suffix; label: class name or index)")
-    p.add_argument("--suffixes", nargs="+", default=list(VIDEO_SUFFIXES), help="which files of a folder are videos")
     p.add_argument("--retry_failed", action="store_true", help="try again the inputs failures.csv lists")
     p.add_argument("--ffmpeg", action="store_true", help="encode with the ffmpeg on PATH instead of PyAV")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = get_args_parser()
-    args = parser.parse_args(argv)
+def encode_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> EncodeConfig:
+    """The flags of :func:`add_encode_args` checked (``parser.error`` for bad values) as an :class:`EncodeConfig`."""
     checks = [(args.short_side < 2, "--short_side must be >= 2"), (args.gop < 1, "--gop must be >= 1"),
               (args.max_side is not None and args.max_side < 2, "--max_side must be >= 2"),
               (args.max_fps is not None and args.max_fps <= 0, "--max_fps must be > 0"),
@@ -60,8 +49,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     for bad, message in checks:
         if bad:
             parser.error(message)
-    config = EncodeConfig(args.short_side, args.max_side, args.max_fps, args.gop, args.crf, args.preset, ffmpeg,
-                          keep_every=args.keep_every)
+    return EncodeConfig(args.short_side, args.max_side, args.max_fps, args.gop, args.crf, args.preset, ffmpeg,
+                        keep_every=args.keep_every)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("PATCHES video preparation: resized H.264 mp4 copies and list files",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("src", help="folder tree of videos, or a list file of 'path' / 'path label' lines")
+    p.add_argument("dst", help="output folder (the mirrored tree, list.csv, failures.csv, prepare_summary.json)")
+    add_encode_args(p)
+    p.add_argument("--labels", default="auto", choices=("auto", "folders", "csv", "list", "none"),
+                   help="where list.csv's labels come from; auto: the list file's, --label_csv, the class "
+                        "folders (when every video is in one), else none")
+    p.add_argument("--label_csv", default=None, help="CSV of 'video,label' rows (video: path under SRC or name "
+                                                     "without suffix; label: class name or index)")
+    p.add_argument("--suffixes", nargs="+", default=list(VIDEO_SUFFIXES), help="which files of a folder are videos")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    config = encode_config(parser, args)
     try:
         summary = prepare(args.src, args.dst, config, args.workers, args.labels, args.label_csv,
                           args.retry_failed, not args.quiet, [s.lower() for s in args.suffixes])

@@ -219,7 +219,8 @@ def remove_stale_temp_files(dst: str) -> int:
     return removed
 
 
-def _write_atomically(path: str, text: str) -> None:
+def write_atomically(path: str, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
     tmp = _temp_path(path)
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
@@ -277,9 +278,9 @@ def write_outputs(dst: str, results: list[dict[str, Any]], classes: list[str] | 
         if r["status"] in ("done", "skipped"):
             rel = Path(os.path.relpath(r["dst"], dst)).as_posix()
             lines.append(rel if r["label"] is None else f"{rel} {r['label']}")
-    _write_atomically(os.path.join(dst, LIST_NAME), "".join(f"{line}\n" for line in lines))
+    write_atomically(os.path.join(dst, LIST_NAME), "".join(f"{line}\n" for line in lines))
     if classes is not None:
-        _write_atomically(os.path.join(dst, CLASSES_NAME), "".join(f"{i} {n}\n" for i, n in enumerate(classes)))
+        write_atomically(os.path.join(dst, CLASSES_NAME), "".join(f"{i} {n}\n" for i, n in enumerate(classes)))
     failures_path = os.path.join(dst, FAILURES_NAME)
     if not failures:
         if os.path.exists(failures_path):
@@ -289,7 +290,7 @@ def write_outputs(dst: str, results: list[dict[str, Any]], classes: list[str] | 
     writer = csv.writer(text)
     writer.writerow(["path", "reason", "size", "mtime_ns"])
     writer.writerows(failures)
-    _write_atomically(failures_path, text.getvalue())
+    write_atomically(failures_path, text.getvalue())
 
 
 def summarize(results: list[dict[str, Any]], known: int, workers: int, elapsed: float) -> dict[str, Any]:
@@ -326,14 +327,17 @@ def describe(summary: dict[str, Any]) -> str:
 
 def prepare(src: str, dst: str, config: EncodeConfig, workers: int = 1, labels: str = "auto",
             label_csv: str | None = None, retry_failed: bool = False, progress: bool = True,
-            suffixes: Sequence[str] = VIDEO_SUFFIXES) -> dict[str, Any]:
+            suffixes: Sequence[str] = VIDEO_SUFFIXES, mirror_root: str | None = None) -> dict[str, Any]:
     """Prepare every video of ``src`` into ``dst`` (see the module docstring); returns the summary, whose
-    ``failures`` lists ``(path, reason)``. Raises :class:`UsageError` before any work for bad input."""
+    ``failures`` lists ``(path, reason)``. ``mirror_root``: the folder whose tree ``dst`` mirrors, for a list file
+    ``src`` (default: the list's folder, else the videos' common folder). Raises :class:`UsageError` before any
+    work for bad input."""
     start = time.perf_counter()
     if os.path.abspath(dst) == os.path.abspath(src) or (os.path.isdir(src) and os.path.commonpath(
             [os.path.abspath(src), os.path.abspath(dst)]) == os.path.abspath(src)):
         raise UsageError(f"DST {dst} must not be SRC {src} or inside it (the source is never touched)")
     root, entries = find_inputs(src, suffixes)
+    root = os.path.abspath(mirror_root) if mirror_root is not None else root
     if not entries:
         raise UsageError(f"SRC {src}: no videos found (suffixes {' '.join(suffixes)})")
     label_of, classes = assign_labels(root, entries, label_csv, labels)
@@ -356,5 +360,5 @@ def prepare(src: str, dst: str, config: EncodeConfig, workers: int = 1, labels: 
     summary["unfinished_outputs_removed"] = stale
     summary["config"] = asdict(config)
     summary["failures"] = [(p, reason) for p, reason, *_ in sorted(failures)]
-    _write_atomically(os.path.join(dst, SUMMARY_NAME), json.dumps(summary, indent=1) + "\n")
+    write_atomically(os.path.join(dst, SUMMARY_NAME), json.dumps(summary, indent=1) + "\n")
     return summary
