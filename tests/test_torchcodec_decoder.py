@@ -13,9 +13,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from patches.data.torchcodec_reader import check_decoder, torchcodec_problem
 from patches.errors import UsageError
+from patches.perf.selfcheck_context import QUICK, Context, Skip
+from patches.perf.selfcheck_decoders import check_decoders
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,6 +39,12 @@ masks = lambda: (torch.zeros(1), torch.zeros(1))
 clips = [VideoMAEPretrainDataset(listing, None, grid, 2, masks, seed=5, decoder=d)[0][0] for d in ("pyav", "torchcodec")]
 assert clips[0].shape == (3, 4, 32, 32) and (clips[0].int() - clips[1].int()).abs().max().item() <= 1
 print("same frames")
+import pathlib, tempfile
+from patches.perf.selfcheck_context import QUICK, Context
+from patches.perf.selfcheck_decoders import check_decoders
+row = check_decoders(Context(torch.device("cpu"), QUICK, pathlib.Path(tempfile.mkdtemp())))
+assert row["pyav_clips_per_s"] > 0 and row["torchcodec_cpu_clips_per_s"] > 0, row
+print("self-check row", row)
 """
 
 
@@ -51,11 +60,13 @@ def _pyav_ffmpeg(folder: Path) -> str:
     return f"{folder}{os.pathsep}{libs}"
 
 
-def test_an_unusable_torchcodec_is_a_usage_error_up_front() -> None:
+def test_an_unusable_torchcodec_is_a_usage_error_up_front(tmp_path: Path) -> None:
     problem = torchcodec_problem()
     if problem is not None:  # not installed, or no FFmpeg libraries on this machine's library path
         with pytest.raises(UsageError, match="--decoder torchcodec"):
             check_decoder("torchcodec")
+        with pytest.raises(Skip, match="PyAV only"):  # the self-check row says why it cannot compare
+            check_decoders(Context(torch.device("cpu"), QUICK, tmp_path))
     with pytest.raises(UsageError, match="must be one of"):
         check_decoder("nvdec")
     check_decoder("pyav")
@@ -82,4 +93,5 @@ def test_torchcodec_cpu_reads_the_frames_pyav_reads(tmp_path: Path) -> None:
     env = {**os.environ, "LD_LIBRARY_PATH": _pyav_ffmpeg(tmp_path / "ffmpeg")}
     done = subprocess.run([sys.executable, "-c", "import sys\n" + PROBE, str(path), str(tmp_path / "train.csv")],
                           capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
-    assert done.returncode == 0 and "same frames" in done.stdout, done.stderr[-3000:]
+    assert done.returncode == 0 and "same frames" in done.stdout and "self-check row" in done.stdout, \
+        done.stderr[-3000:]
