@@ -34,6 +34,7 @@ def test_the_variant_is_opt_in_and_marked() -> None:
         repeated_sampling_flags(RECIPES["ucf101_base_3200"].flags("pretrain"), 5)
 
 
+@pytest.mark.slow
 def test_the_command_line_prints_the_variant_flags() -> None:
     cmd = [sys.executable, str(ROOT / "scripts" / "recipes.py"), "--flags", "k400_base_800", "pretrain", "--world",
            "8", "--repeated_sampling", "4"]

@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Sequence
 
-from patches.cli.prepare_videos import add_encode_args, encode_config
+from patches.cli.encode_flags import add_encode_args, encode_config
 from patches.data.dataset_layouts import DATASETS, MISSING_NAME, prepare_dataset
 from patches.data.prepare import FAILURES_NAME, describe
 from patches.errors import UsageError
