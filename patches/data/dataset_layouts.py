@@ -156,6 +156,8 @@ def ssv2_layout(src: str) -> DatasetLayout:
         path = _first_file(folders, (name,), "SSv2 labels")
         rows = []
         for item in _read_json(path):
+            if not isinstance(item, dict) or "id" not in item or "template" not in item:
+                raise UsageError(f"{path}: expected a list of {{'id': ..., 'template': ...}} entries, got {item!r:.80}")
             template = item["template"].replace("[", "").replace("]", "")
             if template not in index:
                 raise UsageError(f"{path}: video {item['id']}: template {template!r} is not in labels.json")
