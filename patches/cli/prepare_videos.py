@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 from typing import Sequence
 
-from patches.data.encoding import EncodeConfig
+from patches.cli.encode_flags import add_encode_args, encode_config
 from patches.data.prepare import FAILURES_NAME, LIST_NAME, VIDEO_SUFFIXES, describe, prepare
 from patches.errors import UsageError
 
@@ -23,38 +22,20 @@ def get_args_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("src", help="folder tree of videos, or a list file of 'path' / 'path label' lines")
     p.add_argument("dst", help="output folder (the mirrored tree, list.csv, failures.csv, prepare_summary.json)")
-    p.add_argument("--short_side", type=int, default=320, help="scale the short side down to this many pixels")
-    p.add_argument("--max_side", type=int, default=None, help="instead, scale the long side down to at most this")
-    p.add_argument("--max_fps", type=float, default=None, help="cap the frame rate (frames dropped by timestamp)")
-    p.add_argument("--gop", type=int, default=16, help="a keyframe every this many frames, exactly")
-    p.add_argument("--crf", type=int, default=23, help="libx264 quality (lower: better and larger)")
-    p.add_argument("--preset", default="veryfast", help="libx264 preset (slower: smaller files)")
-    p.add_argument("--workers", type=int, default=1, help="parallel processes (one video each)")
+    add_encode_args(p)
     p.add_argument("--labels", default="auto", choices=("auto", "folders", "csv", "list", "none"),
                    help="where list.csv's labels come from; auto: the list file's, --label_csv, the class "
                         "folders (when every video is in one), else none")
     p.add_argument("--label_csv", default=None, help="CSV of 'video,label' rows (video: path under SRC or name "
                                                      "without suffix; label: class name or index)")
     p.add_argument("--suffixes", nargs="+", default=list(VIDEO_SUFFIXES), help="which files of a folder are videos")
-    p.add_argument("--retry_failed", action="store_true", help="try again the inputs failures.csv lists")
-    p.add_argument("--ffmpeg", action="store_true", help="encode with the ffmpeg on PATH instead of PyAV")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = get_args_parser()
     args = parser.parse_args(argv)
-    checks = [(args.short_side < 2, "--short_side must be >= 2"), (args.gop < 1, "--gop must be >= 1"),
-              (args.max_side is not None and args.max_side < 2, "--max_side must be >= 2"),
-              (args.max_fps is not None and args.max_fps <= 0, "--max_fps must be > 0"),
-              (args.workers < 1, "--workers must be >= 1"), (not 0 <= args.crf <= 51, "--crf must be in 0..51")]
-    ffmpeg = shutil.which("ffmpeg") if args.ffmpeg else None
-    checks.append((args.ffmpeg and ffmpeg is None, "--ffmpeg: no ffmpeg on PATH (leave it out to use PyAV)"))
-    for bad, message in checks:
-        if bad:
-            parser.error(message)
-    config = EncodeConfig(args.short_side, args.max_side, args.max_fps, args.gop, args.crf, args.preset, ffmpeg)
+    config = encode_config(parser, args)
     try:
         summary = prepare(args.src, args.dst, config, args.workers, args.labels, args.label_csv,
                           args.retry_failed, not args.quiet, [s.lower() for s in args.suffixes])
@@ -71,6 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(describe(summary))
     print(f"wrote {os.path.join(args.dst, LIST_NAME)}" + (f" and {FAILURES_NAME} ({summary['failed']} failed)"
                                                           if summary["failed"] else ""))
+    if args.keep_every > 1:
+        print(f"recipe-rate files (source frames 0, {args.keep_every}, {2 * args.keep_every}, ...): read them with "
+              f"--sampling_rate R/{args.keep_every} for a recipe's --sampling_rate R")
     return 1 if summary["failed"] else 0
 
 

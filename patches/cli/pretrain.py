@@ -55,6 +55,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     cli_args.add_optim_args(p, lr=1.5e-4, min_lr=1e-5, warmup_epochs=40, opt_betas=[0.9, 0.95])
     g = cli_args.add_data_args(p, "list file of 'path' or 'path label' lines, or of frame folders 'folder "
                                   "num_frames label'; default: the built-in demo dataset", num_sample=1)
+    g.add_argument("--decoder", default="pyav", choices=("pyav", "torchcodec"),
+                   help="video decoder of the loader workers: PyAV (its own FFmpeg; decord as fallback), or torchcodec "
+                        "on the CPU (the system's FFmpeg 4-8; see PERFORMANCE.md)")
     g.add_argument("--flip", default=False, type=str2bool, nargs="?", const=True,
                    help="random horizontal flips (VideoMAE pre-trains without; never for data whose classes have a "
                         "left and a right, such as SSV2)")

@@ -37,7 +37,8 @@ def _pair(values: list[float] | None) -> tuple[float, float] | None:
 def pretraining_data_config(args: argparse.Namespace) -> PretrainingDataConfig:
     """The pre-training flags' dataset."""
     return PretrainingDataConfig(data_path=args.data_path, sampling_rate=args.sampling_rate, data_root=args.data_root,
-                                 num_sample=args.num_sample, flip=args.flip, fname_tmpl=args.fname_tmpl)
+                                 num_sample=args.num_sample, flip=args.flip, fname_tmpl=args.fname_tmpl,
+                                 decoder=getattr(args, "decoder", "pyav"))
 
 
 def loader_config(args: argparse.Namespace) -> LoaderConfig:

@@ -178,6 +178,40 @@ def launcher_flags(name: str, stage: str, world: int, grid: str = "224/16", batc
     return _set(flags, "--patch_size", str(patch))
 
 
+REPEATED_SAMPLING_NOTE = ("departs from VideoMAE's published line: --num_sample {k} clips per decoded video, "
+                          "--batch_size / {k} videos per step and the LR scaled by clips (the same clips and LR per "
+                          "update), for loader-bound nodes; an epoch makes {k}x the updates, so --epochs and "
+                          "--warmup_epochs / {k} give the recipe's updates")
+
+
+def repeated_sampling_flags(flags: list[str], num_sample: int = 4) -> list[str]:
+    """The loader-bound variant of pre-training ``flags``: ``--num_sample num_sample`` clips of each decoded video
+    and ``--batch_size`` divided by ``num_sample``, so each update holds the same clips (see
+    :data:`REPEATED_SAMPLING_NOTE`; an epoch then makes ``num_sample`` times the updates). Raises ValueError when
+    ``num_sample`` does not divide the batch."""
+    batch = int(_flag_value(flags, "--batch_size", "64"))
+    if num_sample < 1 or batch % num_sample:
+        raise ValueError(f"--repeated_sampling {num_sample} must divide the recipe's --batch_size {batch}")
+    flags = _set(_set(flags, "--batch_size", str(batch // num_sample)), "--num_sample", str(num_sample))
+    return _set(flags, "--lr_scale_by", "clips")
+
+
+def repeated_sampling_rows(names: list[str], rows: list[dict], num_sample: int) -> list[dict]:
+    """Table rows of each recipe's pre-training with :func:`repeated_sampling_flags`, costed like ``rows``'."""
+    out = []
+    for name in names:
+        base = next(r for r in rows if r["recipe"] == name and r["stage"] == "pretrain")
+        row = effective_values(name, "pretrain", flags=repeated_sampling_flags(RECIPES[name].flags("pretrain"),
+                                                                              num_sample))
+        row.update(top1=base["top1"], grid=base["grid"], note=REPEATED_SAMPLING_NOTE.format(k=num_sample),
+                   recipe=f"{name} (num_sample {num_sample})")
+        if "gflop_per_clip" in base:
+            row["gflop_per_clip"] = base["gflop_per_clip"]
+            row["gpu_hours"] = base["gpu_hours"] * row["clips_per_epoch"] / base["clips_per_epoch"]
+        out.append(row)
+    return out
+
+
 def _set(flags: list[str], name: str, value: str) -> list[str]:
     if name in flags:
         i = flags.index(name)
@@ -311,22 +345,33 @@ def main() -> None:
                         "step alone bounds")
     p.add_argument("--no_flops", action="store_true", help="leave out GFLOP/clip and GPU-hours")
     p.add_argument("--json", default=None, help="also write the rows here")
+    p.add_argument("--repeated_sampling", type=int, default=None, metavar="K",
+                   help="also show (table) or print (--flags RECIPE pretrain) the loader-bound variant: --num_sample "
+                        "K, --batch_size / K; a departure from VideoMAE's published recipes")
     args = p.parse_args()
     try:
         if args.flags:
             name, stage = args.flags
             if name not in RECIPES or stage not in ("pretrain", "finetune"):
                 raise ValueError(f"unknown recipe {name!r} or stage {stage!r}; recipes: {', '.join(RECIPES)}")
-            print("\n".join(launcher_flags(name, stage, args.world, args.grid, args.batch_size, args.update_freq)))
+            flags = launcher_flags(name, stage, args.world, args.grid, args.batch_size, args.update_freq)
+            if args.repeated_sampling and stage == "pretrain":
+                flags = repeated_sampling_flags(flags, args.repeated_sampling)
+                print(REPEATED_SAMPLING_NOTE.format(k=args.repeated_sampling), file=sys.stderr)
+            print("\n".join(flags))
             return
         if args.checkpoint_epoch:
             print(RECIPES[args.checkpoint_epoch].checkpoint_epoch)
             return
         rows = table(args.recipes, args.grid, args.tflops, not args.no_flops, args.cores_per_gpu,
                      args.loader_clips_per_core or None)
+        if args.repeated_sampling:
+            rows += repeated_sampling_rows(args.recipes, rows, args.repeated_sampling)
     except (ValueError, KeyError) as e:
         raise UsageError(str(e)) from None
     print(markdown(rows))
+    if args.repeated_sampling:
+        print(f"\n(num_sample {args.repeated_sampling}) rows: {REPEATED_SAMPLING_NOTE.format(k=args.repeated_sampling)}")
     if args.json:
         tmp = Path(f"{args.json}.tmp")
         tmp.write_text(json.dumps(rows, indent=1))

@@ -19,11 +19,12 @@ from torch.utils.data import Dataset, default_collate
 from patches.data.clip_sampling import (SAMPLINGS, eval_view_fraction, sample_clip_indices, segment_clip_indices,
                                         segment_eval_indices, segment_train_indices, torch_seeded_rng)
 from patches.data.lists import VideoListsConfig, VideoRecord, numbered_pretraining_entries, read_records
+from patches.data.torchcodec_reader import check_decoder, open_video_file
 from patches.data.transforms import PRETRAIN_SCALES, EvalTransform, PretrainTransform, RandomResizedCropTransform
 # (UnreadableDataError, CollateWithBad, ... are also named here, where VideoMAE's ``datasets`` finds them)
 from patches.data.unreadable import (MAX_REPLACEMENTS, CollateWithBad, SkipsUnreadableVideos,  # noqa: F401
                                      UnreadableDataError, UnreadableVideoWarning, other_index)
-from patches.data.video_reader import FrameFolder, VideoFile, decode_clips
+from patches.data.video_reader import FrameFolder, decode_clips
 from patches.grid import PatchGrid
 
 MaskGenerator = Callable[[], tuple[Any, Any]]
@@ -53,14 +54,16 @@ class VideoMAEPretrainDataset(SkipsUnreadableVideos, Dataset):
     def __init__(self, list_file: str | os.PathLike, data_root: str | os.PathLike | None, grid: PatchGrid,
                  sampling_rate: int, mask_generator: MaskGenerator, num_sample: int = 1,
                  scales: Sequence[float] = PRETRAIN_SCALES, flip: bool = False, seed: int | None = None,
-                 fname_tmpl: str = "img_{:05}.jpg") -> None:
+                 fname_tmpl: str = "img_{:05}.jpg", decoder: str = "pyav") -> None:
+        if decoder != "pyav":
+            check_decoder(decoder)
         if num_sample < 1:
             raise ValueError(f"num_sample must be >= 1, got {num_sample}")
         if sampling_rate < 1:
             raise ValueError(f"sampling_rate must be >= 1, got {sampling_rate}")
         self.list_file = os.fspath(list_file)
         self.samples = [(path, count) for _, path, count in numbered_pretraining_entries(list_file, data_root)]
-        self.fname_tmpl = fname_tmpl
+        self.fname_tmpl, self.decoder = fname_tmpl, decoder
         self.grid = grid
         self.sampling_rate = sampling_rate
         self.mask_generator = mask_generator
@@ -79,7 +82,7 @@ class VideoMAEPretrainDataset(SkipsUnreadableVideos, Dataset):
     def load_clips(self, index: int, rng: np.random.Generator) -> list[torch.Tensor]:
         """``num_sample`` raw uint8 ``THWC`` clips of video ``index``, decoding each needed frame once."""
         path, count = self.samples[index]
-        video = VideoFile(path) if count is None else FrameFolder(path, count, self.fname_tmpl)
+        video = open_video_file(path, self.decoder) if count is None else FrameFolder(path, count, self.fname_tmpl)
         picks = [sample_clip_indices(len(video), self.grid.num_frames, self.sampling_rate, rng)
                  for _ in range(self.num_sample)]
         return decode_clips(video, picks)
@@ -127,7 +130,8 @@ def collate_fn_for(num_sample: int) -> Callable[[list], Any]:
 class PretrainingDataConfig:
     """The pre-training videos: the list file ``data_path`` (paths relative to ``data_root``, or to the list's
     folder when None), ``sampling_rate`` frames between a clip's frames, ``num_sample`` clips per video,
-    ``flip``: random horizontal flips (VideoMAE has none), ``fname_tmpl``: the frames of frame folders."""
+    ``flip``: random horizontal flips (VideoMAE has none), ``fname_tmpl``: the frames of frame folders, ``decoder``:
+    ``pyav`` or ``torchcodec`` (:mod:`patches.data.torchcodec_reader`)."""
 
     data_path: str
     sampling_rate: int
@@ -135,6 +139,7 @@ class PretrainingDataConfig:
     num_sample: int = 1
     flip: bool = False
     fname_tmpl: str = "img_{:05}.jpg"
+    decoder: str = "pyav"
 
 
 def build_pretraining_dataset(config: PretrainingDataConfig, grid: PatchGrid,
@@ -149,6 +154,7 @@ def build_pretraining_dataset(config: PretrainingDataConfig, grid: PatchGrid,
         num_sample=config.num_sample,
         flip=config.flip,
         fname_tmpl=config.fname_tmpl,
+        decoder=config.decoder,
     )
 
 

@@ -22,6 +22,7 @@ class EncodeConfig:
     crf: int = 23
     preset: str = "veryfast"
     ffmpeg: str | None = None  # the ffmpeg binary to run instead of PyAV
+    keep_every: int = 1  # keep source frames 0, K, 2K, ... at 1/K of the source's rate (recipe-rate files)
 
 
 def output_size(height: int, width: int, config: EncodeConfig) -> tuple[int, int]:
@@ -40,8 +41,9 @@ def _rotation(frame: Any) -> int:
     return int(round((getattr(frame, "rotation", 0) or 0) / 90)) % 4
 
 
-def _source_frames(container: Any, stream: Any, max_fps: Fraction | None) -> Iterator[Any]:
-    """The decoded frames to keep (at most ``max_fps`` per second, by timestamp); raises for a file cut short."""
+def _source_frames(container: Any, stream: Any, max_fps: Fraction | None, keep_every: int = 1) -> Iterator[Any]:
+    """The decoded frames to keep (at most ``max_fps`` per second, by timestamp, or every ``keep_every``-th
+    decoded frame from the first); raises for a file cut short."""
     rate = stream.average_rate or stream.guessed_rate or Fraction(25)
     decoded, kept, last_time = 0, 0, 0.0
     frames = container.decode(stream)
@@ -55,6 +57,10 @@ def _source_frames(container: Any, stream: Any, max_fps: Fraction | None) -> Ite
                              f"corrupt ({getattr(e, 'strerror', None) or e})") from e
         t = frame.time if frame.time is not None else decoded / float(rate)
         decoded, last_time = decoded + 1, t
+        if keep_every > 1:
+            if (decoded - 1) % keep_every == 0:
+                yield frame
+            continue
         # output frame `kept` shows at kept / max_fps: the input frame on screen then is the one to keep
         if max_fps is None or kept / float(max_fps) < t + 1 / float(rate) - 1e-6:
             kept += 1
@@ -86,9 +92,12 @@ def transcode_pyav(src: str, dst: str, config: EncodeConfig) -> tuple[int, float
         out_rate = Fraction(rate).limit_denominator(1001)
         if config.max_fps is not None and out_rate > config.max_fps:
             out_rate = Fraction(config.max_fps).limit_denominator(1001)
+        if config.keep_every > 1:  # output frame j is source frame j * K, shown at the same moment
+            out_rate = Fraction(rate) / config.keep_every
         with av.open(dst, "w", format="mp4") as out:
             video, count = None, 0
-            for frame in _source_frames(inp, stream, out_rate if out_rate != rate else None):
+            for frame in _source_frames(inp, stream, out_rate if out_rate != rate and config.keep_every == 1
+                                        else None, config.keep_every):
                 turns = _rotation(frame)
                 if turns:
                     frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(
@@ -109,9 +118,12 @@ def transcode_pyav(src: str, dst: str, config: EncodeConfig) -> tuple[int, float
 
 
 def transcode_ffmpeg(src: str, dst: str, config: EncodeConfig) -> tuple[int, float]:
-    """The same re-encoding by the ffmpeg binary ``config.ffmpeg`` (which applies rotation itself)."""
+    """The same re-encoding by the ffmpeg binary ``config.ffmpeg`` (which applies rotation itself); not for
+    ``keep_every`` > 1 (PyAV only)."""
     import av
 
+    if config.keep_every > 1:
+        raise ValueError("keep_every > 1 is written by PyAV only, not by the ffmpeg binary")
     with av.open(src) as inp:
         if not inp.streams.video:
             raise ValueError("no video stream")

@@ -11,6 +11,10 @@ SRC is a folder tree of videos (any container PyAV opens: mp4, webm, mkv, avi, .
   rotation of phone videos is applied, so portrait videos come out portrait;
 * ``list.csv``: ``path label`` lines (paths relative to DST; labels from the list file, from ``--label_csv``,
   or from the first folder level, numbered in sorted order and named in ``classes.txt``), or ``path`` lines;
+* with ``--keep_every K``, recipe-rate files: only source frames 0, K, 2K, ... at 1/K of the source's frame
+  rate, each at its source timestamp. A recipe's ``--sampling_rate R`` then reads them with
+  ``--sampling_rate R/K`` (:func:`recipe_rate_sampling`): the same moments in time, a clip decodes about 1/K
+  of the frames, and a clip's start moves in steps of K source frames (temporal jitter at a coarser step);
 * ``failures.csv``: every input that could not be prepared, with the reason (one bad file never stops the batch);
 * ``prepare_summary.json``: files, hours of video, bytes in and out, time, throughput.
 
@@ -51,6 +55,15 @@ class Job:
     src: str
     dst: str
     label: int | None
+
+
+def recipe_rate_sampling(sampling_rate: int, keep_every: int) -> int:
+    """The ``--sampling_rate`` that reads files prepared with ``--keep_every keep_every`` at the moments a recipe's
+    ``sampling_rate`` picks on the full-rate files; raises :class:`UsageError` unless ``keep_every`` divides it."""
+    if keep_every < 1 or sampling_rate < 1 or sampling_rate % keep_every:
+        raise UsageError(f"--keep_every {keep_every} must divide the recipe's --sampling_rate {sampling_rate} "
+                         f"(frames the recipe samples must be frames the file keeps)")
+    return sampling_rate // keep_every
 
 
 def _temp_path(dst: str) -> str:
@@ -206,7 +219,8 @@ def remove_stale_temp_files(dst: str) -> int:
     return removed
 
 
-def _write_atomically(path: str, text: str) -> None:
+def write_atomically(path: str, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
     tmp = _temp_path(path)
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
@@ -264,9 +278,9 @@ def write_outputs(dst: str, results: list[dict[str, Any]], classes: list[str] | 
         if r["status"] in ("done", "skipped"):
             rel = Path(os.path.relpath(r["dst"], dst)).as_posix()
             lines.append(rel if r["label"] is None else f"{rel} {r['label']}")
-    _write_atomically(os.path.join(dst, LIST_NAME), "".join(f"{line}\n" for line in lines))
+    write_atomically(os.path.join(dst, LIST_NAME), "".join(f"{line}\n" for line in lines))
     if classes is not None:
-        _write_atomically(os.path.join(dst, CLASSES_NAME), "".join(f"{i} {n}\n" for i, n in enumerate(classes)))
+        write_atomically(os.path.join(dst, CLASSES_NAME), "".join(f"{i} {n}\n" for i, n in enumerate(classes)))
     failures_path = os.path.join(dst, FAILURES_NAME)
     if not failures:
         if os.path.exists(failures_path):
@@ -276,7 +290,7 @@ def write_outputs(dst: str, results: list[dict[str, Any]], classes: list[str] | 
     writer = csv.writer(text)
     writer.writerow(["path", "reason", "size", "mtime_ns"])
     writer.writerows(failures)
-    _write_atomically(failures_path, text.getvalue())
+    write_atomically(failures_path, text.getvalue())
 
 
 def summarize(results: list[dict[str, Any]], known: int, workers: int, elapsed: float) -> dict[str, Any]:
@@ -313,14 +327,17 @@ def describe(summary: dict[str, Any]) -> str:
 
 def prepare(src: str, dst: str, config: EncodeConfig, workers: int = 1, labels: str = "auto",
             label_csv: str | None = None, retry_failed: bool = False, progress: bool = True,
-            suffixes: Sequence[str] = VIDEO_SUFFIXES) -> dict[str, Any]:
+            suffixes: Sequence[str] = VIDEO_SUFFIXES, mirror_root: str | None = None) -> dict[str, Any]:
     """Prepare every video of ``src`` into ``dst`` (see the module docstring); returns the summary, whose
-    ``failures`` lists ``(path, reason)``. Raises :class:`UsageError` before any work for bad input."""
+    ``failures`` lists ``(path, reason)``. ``mirror_root``: the folder whose tree ``dst`` mirrors, for a list file
+    ``src`` (default: the list's folder, else the videos' common folder). Raises :class:`UsageError` before any
+    work for bad input."""
     start = time.perf_counter()
     if os.path.abspath(dst) == os.path.abspath(src) or (os.path.isdir(src) and os.path.commonpath(
             [os.path.abspath(src), os.path.abspath(dst)]) == os.path.abspath(src)):
         raise UsageError(f"DST {dst} must not be SRC {src} or inside it (the source is never touched)")
     root, entries = find_inputs(src, suffixes)
+    root = os.path.abspath(mirror_root) if mirror_root is not None else root
     if not entries:
         raise UsageError(f"SRC {src}: no videos found (suffixes {' '.join(suffixes)})")
     label_of, classes = assign_labels(root, entries, label_csv, labels)
@@ -343,5 +360,5 @@ def prepare(src: str, dst: str, config: EncodeConfig, workers: int = 1, labels: 
     summary["unfinished_outputs_removed"] = stale
     summary["config"] = asdict(config)
     summary["failures"] = [(p, reason) for p, reason, *_ in sorted(failures)]
-    _write_atomically(os.path.join(dst, SUMMARY_NAME), json.dumps(summary, indent=1) + "\n")
+    write_atomically(os.path.join(dst, SUMMARY_NAME), json.dumps(summary, indent=1) + "\n")
     return summary

@@ -31,6 +31,7 @@ from typing import Any, Callable
 import torch
 
 from patches.perf.selfcheck_context import FULL, QUICK, Context, Skip
+from patches.perf.selfcheck_decoders import check_decoders
 from patches.perf.selfcheck_report import Check, format_figures, markdown_report, write_reports
 from patches.perf.selfcheck_runs import (check_deepspeed, check_finetune, check_loader, check_resume, check_timing,
                                          check_torchrun)
@@ -65,6 +66,7 @@ def plan(ctx: Context) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
             checks.append((f"timing {grid.patches_per_frame} {impl}",
                            lambda s=spec, i=impl: check_timing(ctx, s, i)))
     checks.append(("loader_vs_step", lambda: check_loader(ctx)))
+    checks.append(("decoders pyav vs torchcodec", lambda: check_decoders(ctx)))
     return checks
 
 

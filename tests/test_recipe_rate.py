@@ -1,0 +1,85 @@
+"""prepare_videos.py --keep_every K: recipe-rate files whose clips, read at --sampling_rate R/K, show the moments
+that the recipe's R picks on the full-rate file (real encodes through PyAV, real timestamps)."""
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from patches.cli.prepare_videos import main as prepare_videos_main
+from patches.data.clip_sampling import sample_clip_indices
+from patches.data.encoding import EncodeConfig, transcode_pyav
+from patches.data.prepare import recipe_rate_sampling
+from patches.data.video_reader import PyAVVideo
+from patches.errors import UsageError
+
+FPS, FRAMES = 30, 60
+
+
+def _grey_video(path: Path) -> None:
+    """30 fps, frame i a flat grey of level 4 * i: each frame says which source frame it is."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=FPS)
+        stream.height, stream.width, stream.pix_fmt = 32, 48, "yuv420p"
+        stream.options = {"threads": "1", "crf": "0"}
+        for i in range(FRAMES):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 48, 3), 4 * i, np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+
+
+def _times(path: Path) -> list[Fraction]:
+    """Every frame's presentation time in seconds, in display order."""
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        return sorted(Fraction(p.pts) * stream.time_base for p in c.demux(stream) if p.pts is not None)
+
+
+@pytest.fixture(scope="module")
+def full_and_recipe_rate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("rate")
+    _grey_video(folder / "src.mp4")
+    for name, keep_every in (("full.mp4", 1), ("half.mp4", 2)):
+        transcode_pyav(str(folder / "src.mp4"), str(folder / name), EncodeConfig(crf=0, gop=8, keep_every=keep_every))
+    return folder / "full.mp4", folder / "half.mp4"
+
+
+def test_recipe_rate_clips_show_the_recipes_moments_in_time(full_and_recipe_rate: tuple[Path, Path]) -> None:
+    full, half = full_and_recipe_rate
+    full_times, half_times = _times(full), _times(half)
+    assert len(full_times) == FRAMES and len(half_times) == FRAMES // 2
+    # frame j of the recipe-rate file is source frame 2j, shown at the same moment
+    assert half_times == [Fraction(2 * j, FPS) for j in range(FRAMES // 2)] == full_times[::2]
+    rate = recipe_rate_sampling(4, 2)
+    assert rate == 2
+    rng = np.random.default_rng(0)
+    picks = sample_clip_indices(len(half_times), 8, rate, rng)
+    moments = [half_times[i] for i in picks]
+    start = int(picks[0]) * 2  # the full-rate clip with VideoMAE's rate 4 that starts at the same moment
+    assert moments == [full_times[start + 4 * i] for i in range(8)]
+    assert moments == [Fraction(start + 4 * i, FPS) for i in range(8)]
+    assert [float(m) for m in moments] == pytest.approx([0.8 + 4 * i / 30 for i in range(8)])  # seed 0: frame 24
+    # and the pictures are those source frames (lossless encode of flat greys)
+    video = PyAVVideo.open(str(half))
+    grey = video.read(np.unique(picks))[:, 16, 24, 0].astype(int)
+    video.close()
+    assert np.abs(grey - 4 * (start + 4 * np.arange(8))).max() <= 2
+
+
+def test_keep_every_must_divide_the_recipes_sampling_rate() -> None:
+    assert recipe_rate_sampling(4, 4) == 1 and recipe_rate_sampling(6, 3) == 2 and recipe_rate_sampling(4, 1) == 4
+    with pytest.raises(UsageError, match="must divide"):
+        recipe_rate_sampling(4, 3)
+
+
+def test_keep_every_flag_checks(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    for bad in (["--keep_every", "0"], ["--keep_every", "2", "--max_fps", "15"]):
+        with pytest.raises(SystemExit) as stop:
+            prepare_videos_main([str(tmp_path), str(tmp_path / "out"), *bad])
+        assert stop.value.code == 2
+    assert "--keep_every" in capsys.readouterr().err
