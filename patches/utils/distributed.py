@@ -16,7 +16,8 @@ from patches.errors import PatchesError
 
 # The ranks wait in collectives while rank 0 writes a checkpoint alone: a ViT-L's weights and optimizer state
 # (several GB) on a slow network filesystem can take far longer than torch's default of 10 minutes.
-PROCESS_GROUP_TIMEOUT = datetime.timedelta(minutes=60)
+# PATCHES_PROCESS_GROUP_TIMEOUT (seconds) overrides it: tests of hangs set a few seconds.
+PROCESS_GROUP_TIMEOUT = datetime.timedelta(seconds=float(os.environ.get("PATCHES_PROCESS_GROUP_TIMEOUT", 3600)))
 
 
 def local_device_index(local_rank: int, device_count: int) -> int:
