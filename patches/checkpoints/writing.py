@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
         with open(tmp, "wb") as f:
             torch.save(state, f)
             f.flush()
+            _killed_mid_save_if_armed(tmp, state)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
@@ -44,6 +46,26 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
         raise
     fsync_dir(path.parent)
     return path
+
+
+# Fault injection for the elastic-restart test (tests/test_elastic.py), inert unless set: the file this variable
+# names holds an update count; the first save of a checkpoint at that count removes the file, cuts its temporary
+# file to half and SIGKILLs its own process, as a node lost mid-save would.
+KILL_IN_SAVE_VARIABLE = "PATCHES_TEST_KILL_IN_SAVE"
+
+
+def _killed_mid_save_if_armed(tmp: Path, state: dict[str, Any]) -> None:
+    armed = os.environ.get(KILL_IN_SAVE_VARIABLE)
+    if not armed:
+        return
+    try:
+        step = int(Path(armed).read_text())
+    except (OSError, ValueError):
+        return
+    if state.get("global_step") == step:
+        Path(armed).unlink()
+        os.truncate(tmp, tmp.stat().st_size // 2)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _os_error_in_chain(e: BaseException) -> OSError | None:

@@ -7,7 +7,7 @@ and grid default to those it records. LIST_OR_FOLDER: a list file (``path [label
 ``folder num_frames label``), a folder of videos, or a folder of frame folders. The output folder gets
 ``shard-NNNNN.safetensors`` (or ``.npy``) files of ``--shard_size`` videos, each with a ``.json`` record,
 and ``index.json`` naming every video's shard and row and listing the unreadable videos. A rerun skips
-finished shards; under torchrun each rank writes its own shards.
+finished shards; under torchrun the ranks share the shards (on a rerun, those left) evenly.
 
 Exit status: 0 when every video's features are written; 1 when some videos could not be read (each named on
 stderr and in ``index.json``; the others are written); 2 for a usage error.
@@ -35,12 +35,13 @@ from patches.config import flags as cli_args
 from patches.config.checkpoint_defaults import checkpoint_flag_values
 from patches.errors import SomeInputsFailed, UsageError
 from patches.eval.features import (FEATURES_KEY, VideoViews, check_feature_folder, collate_views, encode_views,
-                                   encoder_reference, find_videos, inputs_digest, shard_done, write_index, write_shard)
+                                   encoder_reference, find_videos, inputs_digest, patient_group, share_of_shards,
+                                   shards_left, write_index, write_shard)
 from patches.eval.predict import CHECKPOINT_FALLBACK
 from patches.grid import GridError, PatchGrid
 from patches.train.trainer import launch
 from patches.utils.devices import autocast_dtype, concrete_amp, enable_tf32, resolve_device
-from patches.utils.distributed import get_rank, get_world_size, is_dist, is_main_process
+from patches.utils.distributed import is_main_process
 from patches.utils.files import write_atomically
 
 
@@ -154,21 +155,22 @@ def extract(run: ExtractionConfig, videos: list, key: dict[str, Any], device: st
     amp = autocast_dtype(concrete_amp(run.amp, device), device)
     enable_tf32(device, deterministic=False)
     shards = (len(videos) + run.shard_size - 1) // run.shard_size
+    patient = patient_group()
     if is_main_process():
         count, _ = remove_stale_temp_files(out)  # of a killed run's unfinished shard
         if count:
             print(f"Removed {count} temporary files an interrupted run left in {out}")
         write_atomically(out / FEATURES_KEY, lambda tmp: tmp.write_text(json.dumps(key, indent=1)))
-    mine = [n for n in range(get_rank(), shards, get_world_size())]
-    todo = [n for n in mine if not shard_done(out, n)]
+    left = shards_left(out, shards, patient)
+    todo = share_of_shards(left)
     print(f"{len(videos)} videos at {grid.describe()}, {run.test_num_segment} x {run.test_num_crop} views: "
-          f"{shards} shards, {len(mine) - len(todo)} already done")
+          f"{shards} shards, {shards - len(left)} already done")
     total = sum(len(videos[n * run.shard_size:(n + 1) * run.shard_size]) for n in todo)
     with tqdm(total=total, unit="video", disable=not is_main_process()) as bar:
         for n in todo:
             extract_shard(run, model, videos[n * run.shard_size:(n + 1) * run.shard_size], n, grid, amp, bar)
-    if is_dist():
-        torch.distributed.barrier()
+    if patient is not None:
+        torch.distributed.barrier(group=patient)  # a rank done first waits here without a timeout to reach
     index = write_index(out, key, shards) if is_main_process() else {}
     if is_main_process():
         print(f"Wrote {index['videos']} videos' features to {out} ({len(index['unreadable'])} unreadable, listed in "

@@ -3,6 +3,7 @@ video, and its features or class scores. Shared by extract_features.py, run_infe
 """
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import Dataset
 
 from patches.checkpoints.reading import checkpoint_fingerprint
@@ -19,6 +21,7 @@ from patches.data.transforms import EvalTransform
 from patches.data.video_reader import FrameFolder, VideoDecodeError, VideoFile, decode_clips
 from patches.grid import PatchGrid
 from patches.utils.devices import amp_autocast
+from patches.utils.distributed import get_rank, get_world_size, is_dist
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv")
 GRID_FLAGS = ("input_size", "patch_size", "num_frames", "tubelet_size")
@@ -184,6 +187,32 @@ def check_feature_folder(folder: Path, key: dict[str, Any]) -> None:
 def shard_done(folder: Path, number: int) -> bool:
     """A shard is finished when its record is written (after its arrays)."""
     return (folder / f"shard-{number:05d}.json").is_file()
+
+
+# A rank that has finished its shards waits for the others' (a rerun's leftovers, or one slow shard of 1000 videos
+# decoded from a network filesystem): this wait must outlast any such work, unlike the process group's timeout.
+PATIENT_TIMEOUT = datetime.timedelta(days=30)
+
+
+def patient_group() -> Any:
+    """A gloo group of every rank whose collectives wait as long as the slowest rank's shards take; None alone."""
+    return dist.new_group(backend="gloo", timeout=PATIENT_TIMEOUT) if is_dist() else None
+
+
+def shards_left(folder: Path, shards: int, group: Any) -> list[int]:
+    """The unfinished shards as rank 0 sees them (after clearing an interrupted run's files), the same list on
+    every rank: the ranks share what is left of a rerun evenly rather than each redoing its own first-run shards."""
+    left = [n for n in range(shards) if not shard_done(folder, n)] if get_rank() == 0 else None
+    if group is None:
+        return left or []
+    box = [left]
+    dist.broadcast_object_list(box, src=0, group=group)
+    return box[0]
+
+
+def share_of_shards(left: Sequence[int]) -> list[int]:
+    """This rank's share of the shards ``left``: every world-size-th, so shares differ by at most one shard."""
+    return list(left[get_rank()::get_world_size()])
 
 
 def write_shard(folder: Path, number: int, arrays: dict[str, np.ndarray], record: dict[str, Any], fmt: str) -> None:

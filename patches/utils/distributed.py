@@ -16,7 +16,8 @@ from patches.errors import PatchesError
 
 # The ranks wait in collectives while rank 0 writes a checkpoint alone: a ViT-L's weights and optimizer state
 # (several GB) on a slow network filesystem can take far longer than torch's default of 10 minutes.
-PROCESS_GROUP_TIMEOUT = datetime.timedelta(minutes=60)
+# PATCHES_PROCESS_GROUP_TIMEOUT (seconds) overrides it: tests of hangs set a few seconds.
+PROCESS_GROUP_TIMEOUT = datetime.timedelta(seconds=float(os.environ.get("PATCHES_PROCESS_GROUP_TIMEOUT", 3600)))
 
 
 def local_device_index(local_rank: int, device_count: int) -> int:
@@ -91,8 +92,12 @@ def init_distributed(device: str | None) -> str | None:
         device_id = torch.device("cuda", bind_local_device(local_rank, torch.cuda.device_count()))
         torch.cuda.set_device(device_id)
         device = str(device_id)
+    # torchrun keeps one store for every restart of a job (--max_restarts): a restarted group reading the last
+    # attempt's keys would connect to dead workers' addresses and hang, so each attempt has keys of its own.
+    store, _, _ = next(dist.rendezvous("env://", rank=rank, world_size=world_size, timeout=PROCESS_GROUP_TIMEOUT))
+    store = dist.PrefixStore(f"attempt-{env.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
     # device_id binds NCCL to this rank's GPU at once (the first barrier would guess it otherwise).
-    dist.init_process_group(backend="nccl" if use_cuda else "gloo", init_method="env://", world_size=world_size,
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo", store=store, world_size=world_size,
                             rank=rank, timeout=PROCESS_GROUP_TIMEOUT, device_id=device_id)
     dist.barrier()
     _print_on_main_only(rank == 0)
