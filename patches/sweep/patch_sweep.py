@@ -25,12 +25,12 @@ pre-training step in its own process). The sweep writes, in OUTPUT_DIR,
     sweep.png   top-1 with its spread against patches per frame (log x), one line per mode and evaluation,
                 (and against total pre-training FLOPs), and the cost panels; --plot_only re-plots an existing sweep.json (e.g. one holding both modes)
 
-On the demo data (2 CPU cores; the commands README's "The patch question" ran):
+On the demo data (2 CPU cores; the commands PATCH_QUESTION.md ran):
 
     python scripts/patch_sweep.py --demo                  # flexible, 2 seeds
     python scripts/patch_sweep.py --demo --mode fixed     # one pre-training per grid and seed
 
-With one of VideoMAE's recipes on a cluster (docs/real_data_sweep.md): every stage runs that recipe at its grid,
+With one of VideoMAE's recipes on a cluster (PATCH_QUESTION.md, "On real data, on a cluster"): every stage runs that recipe at its grid,
 through scripts/launch/torchrun.sh or as chained sbatch jobs of scripts/launch/slurm.sbatch; --dry_run prints
 every command and its GPU-hours first; OUTPUT_DIR/stages.json records each stage's command, job id, status and
 result, so the same command run again reports, resumes, and at the end writes the table:
