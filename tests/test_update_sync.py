@@ -1,0 +1,127 @@
+"""The ranks' one agreement per update (issue 27, items 4 and 9): a rank-local error stops every rank together with
+the same message, and an update costs a fixed number of host reads and one all-reduce, whatever its micro-steps."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from launch_helpers import ROOT, env, free_port
+from test_trainer import config, mse, start
+
+TESTS = Path(__file__).resolve().parent
+
+
+class CountingReads:
+    """Counts the host reads of tensors (``item``, ``tolist``, ``float``, ``bool``) while it is on."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        for name in ("item", "tolist", "__float__", "__bool__"):
+            original = getattr(torch.Tensor, name)
+            monkeypatch.setattr(torch.Tensor, name, self.counting(original))
+
+    def counting(self, original):
+        def read(tensor, *args, **kwargs):
+            self.count += 1
+            return original(tensor, *args, **kwargs)
+        return read
+
+
+@pytest.mark.parametrize("update_freq,clip_grad", [(1, None), (2, None), (4, 1.0)])
+def test_an_update_reads_the_host_twice_and_all_reduces_once(tmp_path: Path, monkeypatch, update_freq,
+                                                             clip_grad) -> None:
+    # Per update: the gradient norm, read before the step (non-finite gradients are never applied), and the
+    # agreement (losses, stop signals, errors) of the update before, a copy that is done by then on a GPU.
+    # Nothing per micro-step; no separate stop-signal or loss all-reduce.
+    trainer = start(config(tmp_path, update_freq=update_freq, clip_grad=clip_grad, epochs=1), batch_size=2)
+    all_reduces = []
+    monkeypatch.setattr("patches.train.update_sync.is_dist", lambda: True)
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda tensor, *a, **k: all_reduces.append(tensor.numel()))
+    trainer.loader.sampler.set_epoch(0, 0)
+    reads = CountingReads(monkeypatch)
+    with trainer:
+        stats = trainer.epoch_loop.train_one_epoch(mse, 0, 0)
+    updates = trainer.steps_per_epoch
+    assert updates == 16 // update_freq
+    assert all_reduces == [update_freq + 5] * updates, \
+        "one all-reduce per update: its losses, the unreadable videos found and 4 flags"
+    assert reads.count == 2 * updates + 1, "(+ 1: the DataLoader draws its base seed once per epoch, on the CPU)"
+    assert stats["loss"] > 0 and ("grad_norm" in stats) == bool(clip_grad)
+
+
+def test_the_unreadable_videos_of_every_rank_count_against_the_limit(tmp_path: Path, monkeypatch) -> None:
+    # 32 videos, --max_bad_fraction 0.05: 1.6 may be unreadable. This rank finds one; with a peer that found
+    # another (the all-reduce doubles the count, as a second rank alike would) the run has two: too many.
+    from patches.data.health import TooManyBadVideos
+    trainer = start(config(tmp_path, epochs=1), batch_size=2)
+    tracker = trainer.epoch_loop.loader
+    tracker.max_bad_fraction = 0.05
+    tracker.add([("broken.mp4", "moov atom not found")])  # (what the loader's items bring along)
+    monkeypatch.setattr("patches.train.update_sync.is_dist", lambda: True)
+
+    def doubled(tensor, *args, **kwargs):
+        tensor.mul_(2)
+    monkeypatch.setattr(torch.distributed, "all_reduce", doubled)
+    trainer.loader.sampler.set_epoch(0, 0)
+    with trainer, pytest.raises(TooManyBadVideos, match="2 of the 32 videos of toy data cannot be read"):
+        trainer.epoch_loop.train_one_epoch(mse, 0, 0)
+
+
+RANK_LOCAL_ERROR = """
+import sys
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from test_trainer import config, mse, start
+from patches.checkpoints.errors import CheckpointSaveError
+from patches.data.health import TooManyBadVideos
+from patches.train.trainer import launch
+from patches.utils.distributed import get_rank
+
+class FailingAfter:
+    # The training batches of this rank, then {error} after two of them.
+    def __init__(self, loader):
+        self.loader = loader
+    def __len__(self):
+        return len(self.loader)
+    def __iter__(self):
+        for n, batch in enumerate(self.loader):
+            if n == 2:
+                raise TooManyBadVideos("3 of the 32 videos of toy data cannot be read (rank 1's share)")
+            yield batch
+
+def failing_save(epoch, batches_done):
+    raise CheckpointSaveError(Path(sys.argv[1]) / "checkpoint-latest.pth", OSError(28, "No space left on device"))
+
+def body(device):
+    trainer = start(config(Path(sys.argv[1]), epochs=3), batch_size=2)
+    if "{error}" == "TooManyBadVideos" and get_rank() == 1:
+        trainer.epoch_loop.loader = FailingAfter(trainer.epoch_loop.loader)
+    if "{error}" == "CheckpointSaveError" and get_rank() == 0:
+        trainer.checkpoints.save_if_due = failing_save
+    with trainer:
+        trainer.fit(mse)
+
+launch(body, "cpu")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("error,rank", [("TooManyBadVideos", 1), ("CheckpointSaveError", 0)])
+def test_a_rank_local_error_stops_every_rank_with_its_message(tmp_path: Path, error: str, rank: int) -> None:
+    port, procs, start_time = free_port(), [], time.time()
+    script = RANK_LOCAL_ERROR.format(tests=str(TESTS), error=error)
+    for r in range(2):
+        rank_env = dict(env(), RANK=str(r), WORLD_SIZE="2", LOCAL_RANK=str(r), MASTER_ADDR="127.0.0.1",
+                        MASTER_PORT=str(port), PYTHONPATH=str(ROOT))
+        procs.append(subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "out")], env=rank_env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = [p.communicate(timeout=120) for p in procs]
+    assert time.time() - start_time < 60, "every rank ends within a minute"
+    for p, (out, err) in zip(procs, results):
+        assert p.returncode == 1, out[-2000:] + err[-3000:]
+        assert f"error: {error} on rank {rank}: " in err, err[-3000:]
