@@ -21,7 +21,7 @@ class CountingReads:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.count = 0
-        for name in ("item", "tolist", "__float__", "__bool__"):
+        for name in ("item", "tolist", "numpy", "__float__", "__int__", "__index__", "__bool__", "__format__"):
             original = getattr(torch.Tensor, name)
             monkeypatch.setattr(torch.Tensor, name, self.counting(original))
 
@@ -33,11 +33,11 @@ class CountingReads:
 
 
 @pytest.mark.parametrize("update_freq,clip_grad", [(1, None), (2, None), (4, 1.0)])
-def test_an_update_reads_the_host_twice_and_all_reduces_once(tmp_path: Path, monkeypatch, update_freq,
-                                                             clip_grad) -> None:
-    # Per update: the gradient norm, read before the step (non-finite gradients are never applied), and the
-    # agreement (losses, stop signals, errors) of the update before, a copy that is done by then on a GPU.
-    # Nothing per micro-step; no separate stop-signal or loss all-reduce.
+def test_an_update_reads_the_host_once_and_all_reduces_once(tmp_path: Path, monkeypatch, update_freq,
+                                                            clip_grad) -> None:
+    # Per update one read: the agreement (losses, gradient norm, stop signals, errors, unreadable videos), read
+    # before the step (non-finite gradients are never applied). Nothing per micro-step; no separate norm,
+    # stop-signal or loss read.
     trainer = start(config(tmp_path, update_freq=update_freq, clip_grad=clip_grad, epochs=1), batch_size=2)
     all_reduces = []
     monkeypatch.setattr("patches.train.update_sync.is_dist", lambda: True)
@@ -48,9 +48,9 @@ def test_an_update_reads_the_host_twice_and_all_reduces_once(tmp_path: Path, mon
         stats = trainer.epoch_loop.train_one_epoch(mse, 0, 0)
     updates = trainer.steps_per_epoch
     assert updates == 16 // update_freq
-    assert all_reduces == [update_freq + 5] * updates, \
-        "one all-reduce per update: its losses, the unreadable videos found and 4 flags"
-    assert reads.count == 2 * updates + 1, "(+ 1: the DataLoader draws its base seed once per epoch, on the CPU)"
+    assert all_reduces == [update_freq + 6] * updates, \
+        "one all-reduce per update: its losses, the gradient norm, the unreadable videos found and 4 flags"
+    assert reads.count == updates + 1, "(+ 1: the DataLoader draws its base seed once per epoch, on the CPU)"
     assert stats["loss"] > 0 and ("grad_norm" in stats) == bool(clip_grad)
 
 

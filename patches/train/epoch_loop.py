@@ -23,26 +23,13 @@ from patches.utils.progress import ProgressLogger
 LossFn = Callable[[torch.nn.Module, Any, StepPosition], torch.Tensor]
 
 
-@dataclass(frozen=True)
-class UpdateDone:
-    """Where an update was and the figures it logs, until its agreement is read (one update later)."""
-
-    epoch: int
-    batches_done: int  # of the epoch, this update's included
-    step: int  # global
-    grad_norm: float | None
-    lr: float
-    min_lr: float
-    loss_scale: float | None
-    skipped: int
-
-
 @dataclass
 class EpochLoop:
     """Trains ``model`` over one epoch of ``loader``; every ``update_freq`` batches make one optimizer update,
     after which ``after_update(epoch, batches_done, signum)`` runs (the checkpoint policy's hook: stop on the agreed
-    stop signal ``signum``, or save). The ranks agree once per update, in one all-reduce read one update late (see
-    :class:`~patches.train.update_sync.UpdateSync`), on the losses, the stop signals and rank-local errors."""
+    stop signal ``signum``, or save). The ranks agree once per update, in one all-reduce read before the optimizer
+    step (see :class:`~patches.train.update_sync.UpdateSync`), on the losses, the gradient norm, the stop signals
+    and rank-local errors."""
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -78,50 +65,33 @@ class EpochLoop:
                 apply_schedules(self.optimizer, float(self.schedules.lr[step]),
                                 float(self.schedules.weight_decay[step]))
             update = (i + 1) % self.update_freq == 0
+            agreed: list[Agreed] = []
             with self.updater.accumulating(update), self.at_step(epoch, i, step):
                 loss = loss_fn(self.model, batch, StepPosition(epoch, i))
-                grad_norm = self.updater(loss, update)
-            sync.add_loss(loss)
+                sync.add_loss(loss)
+                grad_norm = self.updater(loss, update, lambda norm: self.agree(sync, norm, agreed))
             self.last_batch = batch
             if update:
-                self.agree(sync, progress, self.figures(epoch, i + 1, step, grad_norm), i + 1 == end)
+                for k, value in enumerate(agreed[0].losses, start=1):
+                    self.log_step(progress, step, value, grad_norm if k == len(agreed[0].losses) else None)
+                self.after_update(epoch, i + 1, agreed[0].signum)
         return self.epoch_stats(progress)
 
-    def agree(self, sync: UpdateSync, progress: ProgressLogger, done: UpdateDone, last: bool) -> None:
-        """After an update: start its agreement and act on the previous one's (log its losses; stop on an agreed
-        signal or save when due, ``after_update``); at the epoch's last update, on its own too, at once."""
-        previous = sync.receive()
+    def agree(self, sync: UpdateSync, grad_norm: torch.Tensor | None, agreed: list[Agreed]) -> float | None:
+        """The ranks' agreement on an update (appended to ``agreed``), before its optimizer step: raises the
+        agreed rank-local error, too many unreadable videos over all ranks, or a non-finite loss; returns the
+        gradient norm."""
         unmerged = getattr(self.loader, "unmerged", None)  # (unreadable videos: a BadVideoTracker's)
         # (always one count: every rank's all-reduce has the same size)
-        sync.send(self.stop.received if self.stop is not None else 0, done,
-                  [float(unmerged()) if unmerged is not None else 0.0])
-        signum = self.log_agreed(progress, previous)
-        if last:
-            signum = max(signum, self.log_agreed(progress, sync.receive()))  # (SIGTERM first, as StopSignals)
-        self.after_update(done.epoch, done.batches_done, signum)
-
-    def log_agreed(self, progress: ProgressLogger, agreed: Agreed | None) -> int:
-        """An agreed update's losses and unreadable videos, checked, and its losses logged; returns its agreed stop
-        signal (0: none)."""
-        if agreed is None:
-            return 0
-        losses, done = agreed.losses, agreed.meta
+        agreement = sync.agree(grad_norm, self.stop.received if self.stop is not None else 0,
+                               [float(unmerged()) if unmerged is not None else 0.0])
         if hasattr(self.loader, "check_agreed"):
-            self.loader.check_agreed(int(agreed.counts[0]))
-        first = done.batches_done - len(losses)
-        for k, value in enumerate(losses):
-            if not math.isfinite(value):
-                raise NonFiniteLossError(f"loss is {value} at epoch {done.epoch}, step {first + k} of the epoch "
-                                         f"(global step {done.step}); stopping without saving, the last "
-                                         f"checkpoint on disk is intact")
-            self.log_step(progress, done, value)
-        return agreed.signum
-
-    def figures(self, epoch: int, batches_done: int, step: int, grad_norm: float | None) -> UpdateDone:
-        """What an update's progress lines and TensorBoard show, as they were at the update."""
-        lrs = [g["lr"] for g in self.optimizer.param_groups]
-        return UpdateDone(epoch, batches_done, step, grad_norm, max(lrs), min(lrs), self.updater.loss_scale,
-                          self.updater.skipped)
+            self.loader.check_agreed(int(agreement.counts[0]))
+        bad = [value for value in agreement.losses if not math.isfinite(value)]
+        if bad:
+            raise NonFiniteLossError(f"loss is {bad[0]}")
+        agreed.append(agreement)
+        return agreement.grad_norm
 
     @contextlib.contextmanager
     def at_step(self, epoch: int, batch: int, step: int) -> Iterator[None]:
@@ -147,12 +117,13 @@ class EpochLoop:
                       f"scaler lowered the loss scale to {self.updater.loss_scale:g})", flush=True)
         return stats
 
-    def log_step(self, progress: ProgressLogger, done: UpdateDone, loss: float) -> None:
+    def log_step(self, progress: ProgressLogger, step: int, loss: float, grad_norm: float | None) -> None:
         """A step's figures into the progress lines and TensorBoard."""
-        progress.update(loss=loss, lr=done.lr, grad_norm=done.grad_norm)
+        lrs = [g["lr"] for g in self.optimizer.param_groups]
+        progress.update(loss=loss, lr=max(lrs), grad_norm=grad_norm)
         tb = self.logs.tb
         if tb is not None:
-            tb.set_step(done.step)
-            tb.update("train", loss=loss, lr=done.lr, min_lr=done.min_lr,
-                      weight_decay=float(self.schedules.weight_decay[done.step]), grad_norm=done.grad_norm,
-                      loss_scale=done.loss_scale, skipped_updates=done.skipped)
+            tb.set_step(step)
+            tb.update("train", loss=loss, lr=max(lrs), min_lr=min(lrs),
+                      weight_decay=float(self.schedules.weight_decay[step]), grad_norm=grad_norm,
+                      loss_scale=self.updater.loss_scale, skipped_updates=self.updater.skipped)

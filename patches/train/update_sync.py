@@ -1,5 +1,10 @@
-"""What the ranks agree on at each optimizer update, in one all-reduce read one update late: the micro-steps'
-losses, the stop signals any rank received and whether any rank hit an error of its own.
+"""What the ranks agree on at each optimizer update, in one all-reduce read once, before the optimizer step: the
+micro-steps' losses, the gradient norm, the stop signals any rank received and whether any rank hit an error of
+its own.
+
+Read when it is made, not one update late: the gradient norm has to reach the host before the step anyway, so the
+agreement rides on that one read for free, and a stop signal or an error is acted on at the update it came in (a
+late read stops one update later, from a position whose last losses are still in flight).
 
 Errors that only one rank sees (too many unreadable videos in its share, a video that cannot be replaced, rank 0's
 failed save) are not raised there and then: the other ranks would wait for it in their next collective, up to the
@@ -73,62 +78,50 @@ def agree_on_errors(errors: RankErrors, device: torch.device) -> None:
 
 @dataclass(frozen=True)
 class Agreed:
-    """An update's agreement: the mean losses of its micro-steps, the ``counts`` summed over the ranks, the stop
-    signal any rank received (0: none) and the ``meta`` it was sent with."""
+    """An update's agreement: the mean losses of its micro-steps, the mean gradient norm (None: not sent), the
+    ``counts`` summed over the ranks and the stop signal any rank received (0: none)."""
 
     losses: list[float]
+    grad_norm: float | None
     counts: list[float]
     signum: int
-    meta: Any
 
 
 class UpdateSync:
-    """Collects an update's micro-step losses (on the device); :meth:`send` starts their all-reduce with this
-    rank's stop signal and error flag, :meth:`receive` reads the previous update's result, a copy that is done by
-    then (one host read per update, not blocking on the update in flight)."""
+    """Collects an update's micro-step losses (on the device); :meth:`agree` all-reduces them once per update with
+    the gradient norm, this rank's stop signal, error flag and counts, and reads the result: the update's one
+    blocking host read, made before the optimizer step (non-finite gradients must never reach the weights)."""
 
     def __init__(self, device: torch.device, errors: RankErrors) -> None:
         self.device, self.errors = device, errors
         self.losses: list[torch.Tensor] = []
-        self._pending: tuple[torch.Tensor, Any, Any] | None = None
 
     def add_loss(self, loss: torch.Tensor) -> None:
         self.losses.append(loss.detach().float().reshape(()))
 
-    def send(self, received_signal: int, meta: Any, counts: list[float] | None = None) -> None:
-        """Start the agreement of this update (``meta``: what the loop needs back with it, e.g. positions;
-        ``counts``: numbers to sum over the ranks, e.g. unreadable videos)."""
+    def agree(self, grad_norm: torch.Tensor | None, received_signal: int, counts: list[float] | None = None
+              ) -> Agreed:
+        """The ranks' agreement on this update; raises the agreed rank-local error on every rank. ``counts``:
+        numbers to sum over the ranks (e.g. unreadable videos); every rank sends as many."""
         counts = counts or []
         flags = counts + [float(received_signal == s) for s in SIGNALS] + [float(self.errors.error is not None)]
         flag_values = torch.tensor(flags)
         if self.device.type == "cuda":  # (a pageable host-to-device copy would wait for the stream)
             flag_values = flag_values.pin_memory()
-        values = torch.cat([torch.stack(self.losses), flag_values.to(self.device, non_blocking=True)])
-        self.losses = []
+        norm = torch.zeros(1, device=self.device) if grad_norm is None else grad_norm.detach().float().reshape(1)
+        values = torch.cat([torch.stack(self.losses).to(self.device), norm.to(self.device),
+                            flag_values.to(self.device, non_blocking=True)])
+        n_losses, self.losses = len(self.losses), []
         if is_dist():
             dist.all_reduce(values)
-        event = None
-        if values.device.type == "cuda":
-            values = values.to("cpu", non_blocking=True)
-            event = torch.cuda.Event()
-            event.record()
-        self._pending = (values, event, meta, len(counts))
-
-    def receive(self) -> Agreed | None:
-        """The previous :meth:`send`'s agreement; raises the agreed rank-local error. None when nothing is
-        pending."""
-        if self._pending is None:
-            return None
-        values, event, meta, n_counts = self._pending
-        self._pending = None
-        if event is not None:
-            event.synchronize()
-        agreed = values.tolist()
+        agreed = values.tolist()  # the update's one blocking host read
         raise_agreed(self.errors, agreed[-1])
+        world = get_world_size()
         signals = agreed[-len(SIGNALS) - 1:-1]
-        losses, counts = agreed[:-len(SIGNALS) - 1 - n_counts], agreed[-len(SIGNALS) - 1 - n_counts:-len(SIGNALS) - 1]
         signum = next((int(s) for s, c in zip(SIGNALS, signals) if c > 0), 0)
-        return Agreed([v / get_world_size() for v in losses], counts, signum, meta)
+        return Agreed([v / world for v in agreed[:n_losses]],
+                      None if grad_norm is None else agreed[n_losses] / world,
+                      agreed[n_losses + 1:n_losses + 1 + len(counts)], signum)
 
 
 def batches_or_last(loader: Any, errors: RankErrors, total: int, last: Any = None) -> Iterator[Any]:
