@@ -17,17 +17,18 @@ TESTS = Path(__file__).resolve().parent
 
 
 class CountingReads:
-    """Counts the host reads of tensors (``item``, ``tolist``, ``float``, ``bool``) while it is on."""
+    """Counts the host reads of tensors (``item``, ``tolist``, ``float``, ``bool``, ...) while it is on; with
+    ``floating_only``, of floating-point tensors only."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.count = 0
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, floating_only: bool = False) -> None:
+        self.count, self.floating_only = 0, floating_only
         for name in ("item", "tolist", "numpy", "__float__", "__int__", "__index__", "__bool__", "__format__"):
             original = getattr(torch.Tensor, name)
             monkeypatch.setattr(torch.Tensor, name, self.counting(original))
 
     def counting(self, original):
         def read(tensor, *args, **kwargs):
-            self.count += 1
+            self.count += not self.floating_only or tensor.is_floating_point()
             return original(tensor, *args, **kwargs)
         return read
 
@@ -125,3 +126,27 @@ def test_a_rank_local_error_stops_every_rank_with_its_message(tmp_path: Path, er
     for p, (out, err) in zip(procs, results):
         assert p.returncode == 1, out[-2000:] + err[-3000:]
         assert f"error: {error} on rank {rank}: " in err, err[-3000:]
+
+
+def test_the_selfchecks_host_syncs_row_steps_with_one_host_read_per_update(monkeypatch) -> None:
+    # The row's updates on CPU, host reads counted where CUDA's sync debug mode would count synchronising calls
+    # (that part needs CUDA: the row is skipped here, saying so). Reads of the step's floating-point results only:
+    # the masks' token indices are worked out from the loader's bool masks on the host, under CUDA too (integer
+    # reads of host tensors, no device sync).
+    from patches.perf.selfcheck_context import QUICK, Context, Skip
+    from patches.perf.selfcheck_steps import check_host_syncs, host_syncs
+
+    class Watch:
+        def __enter__(self):
+            self.reads = CountingReads(monkeypatch, floating_only=True)
+            return self
+
+        def __exit__(self, *exc):
+            monkeypatch.undo()
+            self.count, self.first = self.reads.count, None
+
+    figures = host_syncs(torch.device("cpu"), Watch, updates=3, update_freq=2)
+    assert figures["syncs_per_update"] == 1.0
+    assert figures["last_loss"] < figures["first_loss"]
+    with pytest.raises(Skip, match="needs CUDA"):
+        check_host_syncs(Context(torch.device("cpu"), QUICK, Path(".")))
