@@ -80,19 +80,22 @@ from pathlib import Path
 from test_trainer import config, mse, start
 from patches.checkpoints.errors import CheckpointSaveError
 from patches.data.health import TooManyBadVideos
+from patches.data.unreadable import UnreadableDataError
 from patches.train.trainer import launch
 from patches.utils.distributed import get_rank
 
 class FailingAfter:
-    # The training batches of this rank, then {error} after two of them.
+    # The training batches of this rank, then {error} after two of them (as the loader raises it).
     def __init__(self, loader):
         self.loader = loader
     def __len__(self):
         return len(self.loader)
     def __iter__(self):
         for n, batch in enumerate(self.loader):
-            if n == 2:
+            if n == 2 and "{error}" == "TooManyBadVideos":
                 raise TooManyBadVideos("3 of the 32 videos of toy data cannot be read (rank 1's share)")
+            if n == 2:
+                raise UnreadableDataError("no readable video for item 7: toy/7.mp4 and 10 replacements failed")
             yield batch
 
 def failing_save(epoch, batches_done):
@@ -100,7 +103,7 @@ def failing_save(epoch, batches_done):
 
 def body(device):
     trainer = start(config(Path(sys.argv[1]), epochs=3), batch_size=2)
-    if "{error}" == "TooManyBadVideos" and get_rank() == 1:
+    if "{error}" in ("TooManyBadVideos", "UnreadableDataError") and get_rank() == 1:
         trainer.epoch_loop.loader = FailingAfter(trainer.epoch_loop.loader)
     if "{error}" == "CheckpointSaveError" and get_rank() == 0:
         trainer.checkpoints.save_if_due = failing_save
@@ -112,19 +115,32 @@ launch(body, "cpu")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("error,rank", [("TooManyBadVideos", 1), ("CheckpointSaveError", 0)])
+@pytest.mark.parametrize("error,rank", [("TooManyBadVideos", 1), ("UnreadableDataError", 1),
+                                        ("CheckpointSaveError", 0)])
 def test_a_rank_local_error_stops_every_rank_with_its_message(tmp_path: Path, error: str, rank: int) -> None:
-    port, procs, start_time = free_port(), [], time.time()
-    script = RANK_LOCAL_ERROR.format(tests=str(TESTS), error=error)
-    for r in range(2):
-        rank_env = dict(env(), RANK=str(r), WORLD_SIZE="2", LOCAL_RANK=str(r), MASTER_ADDR="127.0.0.1",
-                        MASTER_PORT=str(port), PYTHONPATH=str(ROOT))
-        procs.append(subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "out")], env=rank_env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    results = [p.communicate(timeout=120) for p in procs]
-    assert time.time() - start_time < 60, "every rank ends within a minute"
-    for p, (out, err) in zip(procs, results):
-        assert p.returncode == 1, out[-2000:] + err[-3000:]
+    # Two torchrun agents on localhost (as two nodes), one process each, gloo. Before the agreement, the rank
+    # without the error waited in its next collective for the process group's timeout.
+    script = tmp_path / "body.py"
+    script.write_text(RANK_LOCAL_ERROR.format(tests=str(TESTS), error=error))
+    port, logs = free_port(), [(tmp_path / f"agent{r}.out", tmp_path / f"agent{r}.err") for r in range(2)]
+    agents = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(r),
+                                "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
+                                str(script), str(tmp_path / "out")], env=dict(env(), PYTHONPATH=str(ROOT)),
+                               stdout=logs[r][0].open("w"), stderr=logs[r][1].open("w")) for r in range(2)]
+    ended: dict[int, float] = {}
+    try:
+        while len(ended) < 2 and (not ended or time.time() - min(ended.values()) < 60):
+            ended.update({r: time.time() for r, a in enumerate(agents) if r not in ended and a.poll() is not None})
+            time.sleep(0.2)
+        assert len(ended) == 2, "every rank ends within a minute of the first"
+    finally:
+        for agent in agents:
+            if agent.poll() is None:
+                agent.kill()
+    for agent, (out_file, err_file) in zip(agents, logs):
+        agent.wait()
+        out, err = out_file.read_text(), err_file.read_text()
+        assert agent.returncode == 1, out[-2000:] + err[-3000:]
         assert f"error: {error} on rank {rank}: " in err, err[-3000:]
 
 
