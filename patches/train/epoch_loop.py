@@ -87,9 +87,11 @@ class EpochLoop:
                                [float(unmerged()) if unmerged is not None else 0.0])
         if hasattr(self.loader, "check_agreed"):
             self.loader.check_agreed(int(agreement.counts[0]))
-        bad = [value for value in agreement.losses if not math.isfinite(value)]
+        bad = [k for k, value in enumerate(agreement.losses) if not math.isfinite(value)]
         if bad:
-            raise NonFiniteLossError(f"loss is {bad[0]}")
+            n = len(agreement.losses)
+            micro = f" (micro-step {bad[0] + 1} of the update's {n})" if n > 1 else ""
+            raise NonFiniteLossError(f"loss is {agreement.losses[bad[0]]}{micro}")
         agreed.append(agreement)
         return agreement.grad_norm
 
