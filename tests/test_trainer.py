@@ -235,3 +235,44 @@ def test_a_stop_during_validation_saves_the_epoch_and_the_rerun_validates_it(tmp
     assert logged[1]["train_loss"] == latest["epoch_record"]["train_loss"]
     straight, resumed = (read_pth_checkpoint(d / "checkpoint-2.pth")["model"] for d in (tmp_path / "straight", out))
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_non_finite_gradients_stop_the_run_before_anything_is_applied_or_saved(tmp_path: Path) -> None:
+    # bf16 overflow: the loss is finite, its gradients are not; checkpoints are due after every update.
+    class Overflow(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+            return torch.full_like(grad, float("inf"))
+
+    trainer = start(config(tmp_path, save_ckpt_every_steps=1))
+    calls = []
+
+    def overflow_at_third(model: torch.nn.Module, batch, position: StepPosition) -> torch.Tensor:
+        calls.append(1)
+        x, y = batch
+        out = model(x)
+        return torch.nn.functional.mse_loss(Overflow.apply(out) if len(calls) == 3 else out, y)
+
+    def body(device: str | None) -> None:
+        with trainer:
+            trainer.fit(overflow_at_third)
+
+    with pytest.raises(SystemExit, match=r"error: gradient norm is (inf|nan) \(the loss is finite\) at epoch 0, step 2 of the epoch"):
+        launch(body, "cpu")
+    latest = read_pth_checkpoint(tmp_path / "checkpoint-latest.pth")
+    assert latest["next_batch"] == 2, "the last save is the update before the overflow"
+    assert all(torch.isfinite(v).all() for v in latest["model"].values())
+
+
+def test_non_finite_weights_are_never_saved(tmp_path: Path) -> None:
+    from patches.train.updater import NonFiniteWeightsError
+    trainer = start(config(tmp_path))
+    with torch.no_grad():
+        trainer.model_without_ddp.weight[0, 1] = float("nan")
+    with pytest.raises(NonFiniteWeightsError, match="weight"):
+        trainer.checkpoints.save_latest(0, 1)
+    assert not list(tmp_path.glob("checkpoint-*"))

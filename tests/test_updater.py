@@ -82,3 +82,34 @@ def test_fp16_overflow_skips_the_update_and_is_counted() -> None:
     assert updater.skipped == 2 and np.isfinite(losses).all(), "skipped, and the run goes on"
     assert updater.loss_scale == 2.0 ** 30
     assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items()), "a skipped step changes nothing"
+
+
+class InfiniteGradient(torch.autograd.Function):
+    """The identity forward; an infinite (or NaN) gradient backward: a finite loss whose gradients overflowed,
+    as a bf16 backward can."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, value: float) -> torch.Tensor:
+        ctx.value = value
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return torch.full_like(grad, ctx.value), None
+
+
+@pytest.mark.parametrize("clip_grad", [None, 1.0])
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_non_finite_gradients_of_a_finite_loss_are_never_applied(clip_grad, value) -> None:
+    from patches.train.updater import NonFiniteGradientError
+    model, x, y = regression()
+    ema = ModelEmaV3(model, decay=0.5)
+    updater = Updater(model, torch.optim.AdamW(model.parameters(), lr=0.1), clip_grad=clip_grad, ema=ema)
+    updater.start_epoch()
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    loss = torch.nn.functional.mse_loss(InfiniteGradient.apply(model(x), value), y)
+    assert torch.isfinite(loss)
+    with pytest.raises(NonFiniteGradientError, match="gradient norm is (inf|nan)"):
+        updater(loss)
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items()), "the update is not applied"
+    assert all(torch.equal(weights[k], v) for k, v in ema.module.state_dict().items()), "nor averaged"

@@ -49,6 +49,7 @@ class BadVideoTracker:
         self.sharded = sharded  # each process reads its own share (else every process reads everything)
         self.fate = fate
         self.seen: dict[str, str] = {}  # every unreadable file of the run -> reason
+        self.merged = 0  # how many of ``seen`` every process knows (gathered at the last epoch end)
         self._epoch_files: dict[str, str] = {}
         self._epoch_skips = 0
 
@@ -81,12 +82,26 @@ class BadVideoTracker:
                 sys.stdout.flush()
         self.check()
 
-    def check(self) -> None:
+    def unmerged(self) -> int:
+        """Unreadable files this process found since the last epoch end's gathering: summed over the processes
+        (at each update, see :mod:`patches.train.update_sync`) and added to :attr:`merged` for the run's count."""
+        return len(self.seen) - self.merged if self.sharded else 0
+
+    def check_agreed(self, unmerged_total: int) -> None:
+        """Every process alike, with :meth:`unmerged` summed over the processes: the run's count against the limit
+        (each process alone sees only its share of the files)."""
+        if self.sharded:
+            self.check(self.merged + unmerged_total)
+
+    def check(self, count: int | None = None) -> None:
+        """Raise :class:`TooManyBadVideos` when ``count`` (default: the files this process knows) unreadable files
+        are more than ``--max_bad_fraction`` allows."""
+        count = len(self.seen) if count is None else count
         limit = self.max_bad_fraction * self.num_videos
-        if len(self.seen) > limit:
+        if count > limit:
             examples = "\n  ".join(f"{p}: {r}" for p, r in list(self.seen.items())[:EXAMPLES])
             raise TooManyBadVideos(
-                f"{len(self.seen)} of the {self.num_videos} videos of {self.source} cannot be read, more than "
+                f"{count} of the {self.num_videos} videos of {self.source} cannot be read, more than "
                 f"--max_bad_fraction {self.max_bad_fraction:g} allows ({limit:g}); for example:\n  {examples}\n"
                 f"List them all with --check_data, then fix or remove them (or raise --max_bad_fraction).")
 
@@ -106,6 +121,7 @@ class BadVideoTracker:
             files = {p: r for g in gathered for p, r in g[1].items()}
             for path, reason in files.items():
                 self.seen.setdefault(path, reason)
+            self.merged = len(self.seen)
         if files and is_main_process():
             print(f"{self.source}: {skips} unreadable video loads skipped this epoch, from {len(files)} files: "
                   f"{', '.join(sorted(files)[:EXAMPLES])}{' ...' if len(files) > EXAMPLES else ''}", flush=True)

@@ -36,7 +36,7 @@ from patches.perf.selfcheck_report import Check, format_figures, markdown_report
 from patches.perf.selfcheck_runs import (check_deepspeed, check_finetune, check_loader, check_resume, check_timing,
                                          check_torchrun)
 from patches.perf.selfcheck_steps import (amp_name, check_compile, check_decode, check_environment, check_gpu_settings,
-                                          check_loss_falls)
+                                          check_host_syncs, check_loss_falls)
 
 __all__ = ["Skip", "main", "plan", "run_check", "write_reports"]
 
@@ -50,7 +50,7 @@ def plan(ctx: Context) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
     amps = (torch.bfloat16, torch.float16)  # fp16 is skipped on CPU, with the reason
     checks: list[tuple[str, Callable[[], dict[str, Any]]]] = [
         ("environment", lambda: check_environment(ctx)), ("decode", lambda: check_decode(ctx)),
-        ("gpu_settings", lambda: check_gpu_settings(ctx))]
+        ("gpu_settings", lambda: check_gpu_settings(ctx)), ("host_syncs", lambda: check_host_syncs(ctx))]
     for grid in grids:
         for amp in amps:
             checks.append((f"loss_falls {grid.patches_per_frame} {amp_name(amp)}",

@@ -191,3 +191,81 @@ def gpu_settings(device: torch.device) -> dict[str, Any]:
     if problems:
         raise RuntimeError("; ".join(problems))
     return {"tf32": True, "attn_auto_bf16": path, "python_h": True, "sync_batch_norm": True}
+
+
+# ---- host syncs per update ----------------------------------------------------------------------------
+
+def check_host_syncs(ctx: Context) -> dict[str, Any]:
+    """A few real updates of the training step, the ranks' agreement included, under CUDA's sync debug mode: at
+    most one synchronising call per update, the agreement's read (issue 27 item 9)."""
+    if ctx.device.type != "cuda":
+        raise Skip("torch.cuda.set_sync_debug_mode watches CUDA's synchronising calls; needs CUDA (on CPU, "
+                   "tests/test_update_sync.py counts the host reads per update)")
+    figures = host_syncs(ctx.device, CudaSyncWarnings)
+    if figures["syncs_per_update"] > 1:
+        raise RuntimeError(f"{figures['syncs_per_update']:g} synchronising calls per update, more than one; the "
+                           f"first: {figures['first_sync']}")
+    return figures
+
+
+class CudaSyncWarnings:
+    """While on, every synchronising CUDA call warns (``torch.cuda.set_sync_debug_mode``); :attr:`count` counts
+    them and :attr:`first` keeps the first one's message."""
+
+    def __enter__(self) -> "CudaSyncWarnings":
+        import warnings
+        self._record = warnings.catch_warnings(record=True)
+        self._warnings = self._record.__enter__()
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        torch.cuda.set_sync_debug_mode("default")
+        syncs = [str(w.message) for w in self._warnings if "synchroniz" in str(w.message)]
+        self._record.__exit__(*exc)
+        self.count, self.first = len(syncs), syncs[0] if syncs else None
+
+
+def host_syncs(device: torch.device, watch: Any, updates: int = 4, update_freq: int = 2) -> dict[str, Any]:
+    """``updates`` updates of ``update_freq`` micro-steps of a micro pre-training model (bf16 on CUDA), as the
+    epoch loop makes them, after one update of warm-up; ``watch()``: a context manager that counts what it sees
+    (``count``, ``first``) while the updates run, e.g. :class:`CudaSyncWarnings`."""
+    from patches.grid import make_grid
+    from patches.models.factory import create_video_model
+    from patches.train.optim import OptimizerConfig, build_optimizer
+    from patches.train.reconstruction import MaskedReconstruction
+    from patches.train.update_sync import RankErrors, UpdateSync
+    from patches.train.updater import Updater
+
+    grid = make_grid(4, 2, 32, 8)
+    torch.manual_seed(0)
+    model = create_video_model("pretrain_videomae_micro_patch16_224", grid=grid, decoder_depth=1).to(device)
+    optimizer = build_optimizer(OptimizerConfig("adamw", lr=1e-3, weight_decay=0.05, eps=1e-8, betas=(0.9, 0.95)),
+                                model)
+    updater, sync = Updater(model, optimizer, update_freq, clip_grad=1.0), UpdateSync(device, RankErrors())
+    loss_fn = MaskedReconstruction(grid, device, torch.bfloat16 if device.type == "cuda" else None)
+    batch = fixed_batch(grid, 2)  # (on the host, pinned on CUDA, as the loader gives it)
+    batch = tuple(t.pin_memory() for t in batch) if device.type == "cuda" else batch
+    losses: list[float] = []
+
+    def update() -> None:
+        for k in range(update_freq):
+            loss = loss_fn(model, batch)
+            sync.add_loss(loss)
+            updater(loss, k + 1 == update_freq, lambda norm: agreed_norm(sync.agree(norm, 0, [0.0]), losses))
+
+    model.train()
+    updater.start_epoch()
+    update()  # (first-use allocations and library loads sync once; not the steady state)
+    with watch() as seen:
+        for _ in range(updates):
+            update()
+    return {"updates": updates, "update_freq": update_freq, "syncs_per_update": seen.count / updates,
+            "first_sync": seen.first, "first_loss": losses[0], "last_loss": losses[-1]}
+
+
+def agreed_norm(agreed: Any, losses: list[float]) -> float | None:
+    """The epoch loop's use of an agreement, in short: keep the losses, return the gradient norm."""
+    losses += agreed.losses
+    return agreed.grad_norm

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
+from patches.checkpoints.errors import CheckpointSaveError
 from patches.checkpoints.folder import FoundCheckpoint, remove_stale_temp_files
 from patches.checkpoints.model_state import check_model_state
 from patches.checkpoints.resume_state import position_fields, start_position
@@ -34,7 +35,8 @@ from patches.train.rng import set_deterministic
 from patches.train.run_logs import RunLogs
 from patches.train.run_record import Progress, RunRecord
 from patches.train.stop_signals import Interrupted, StopChecked, StopRequested, StopSignals
-from patches.train.updater import Updater
+from patches.train.update_sync import agree_on_errors
+from patches.train.updater import Updater, check_finite_weights
 from patches.utils import cpu_memory
 from patches.utils.devices import autocast_dtype, enable_tf32, resolve_device, seed_everything
 from patches.utils.distributed import data_parallel, get_rank, is_dist, is_main_process
@@ -159,7 +161,8 @@ class Trainer:
                                           engine=self.engine)
         self.epoch_loop = EpochLoop(self.model, self.optimizer, self.updater, loader, self.schedules, self.logs,
                                     self.after_update, self.device, cfg.epochs, self.steps_per_epoch,
-                                    cfg.update_freq, cfg.print_freq, clips_per_step, self.scaler is not None)
+                                    cfg.update_freq, cfg.print_freq, clips_per_step, self.scaler is not None,
+                                    self.stop)
 
     def wrap_for_data_parallel(self, optimizer: torch.optim.Optimizer, micro_batch: int) -> torch.optim.Optimizer:
         """``self.model`` as DeepSpeed's engine or (several processes) DDP, and ``self.scaler`` for fp16; returns
@@ -182,7 +185,11 @@ class Trainer:
     def state(self, epoch: int, next_epoch: int = -1, next_batch: int = 0, full: bool = True) -> dict[str, Any]:
         """The checkpoint dict (a collective call when ``full``: it gathers every rank's RNG states).
 
-        Not ``full``: weights, EMA and the progress extras only, for files that are tested, never resumed."""
+        Not ``full``: weights, EMA and the progress extras only, for files that are tested, never resumed.
+        Raises :class:`NonFiniteWeightsError` rather than return NaN or infinite weights (same on every rank)."""
+        check_finite_weights(self.model_without_ddp)
+        if self.ema is not None:
+            check_finite_weights(self.ema.module, "the EMA model")
         extra = self.progress.run.checkpoint_fields()
         if self.ema is not None:
             extra["model_ema"] = self.ema.module.state_dict()
@@ -269,7 +276,11 @@ class Trainer:
         if a signal came in during the epoch's last steps."""
         last = epoch + 1 == self.cfg.epochs
         due = (epoch + 1) % self.cfg.save_ckpt_freq == 0 or last
-        path, state = self.checkpoints.end_of_epoch(epoch, epoch_file=due)
+        try:
+            path, state = self.checkpoints.end_of_epoch(epoch, epoch_file=due)
+        except CheckpointSaveError as error:  # (rank 0's alone: every rank stops with it)
+            self.epoch_loop.errors.add(error)
+        agree_on_errors(self.epoch_loop.errors, self.device)
         if due:
             self.last_checkpoint = path
             if is_main_process():
@@ -284,13 +295,16 @@ class Trainer:
         if signum:
             raise Interrupted(signum, self.checkpoints.latest)
 
-    def after_update(self, epoch: int, batches_done: int) -> None:
-        """After each optimizer update: on a stop signal save ``checkpoint-latest`` and stop, else save it when
-        ``--save_ckpt_every_steps`` says so."""
-        signum = self.stop.agreed(self.device)
+    def after_update(self, epoch: int, batches_done: int, signum: int) -> None:
+        """After each optimizer update: on a stop signal the ranks agreed on (``signum``) save ``checkpoint-latest``
+        and stop, else save it when ``--save_ckpt_every_steps`` says so. A failed save (on rank 0 alone) stops every
+        rank at the next agreement."""
         if signum:
             raise Interrupted(signum, self.checkpoints.save_latest(epoch, batches_done))
-        self.checkpoints.save_if_due(epoch, batches_done)
+        try:
+            self.checkpoints.save_if_due(epoch, batches_done)
+        except CheckpointSaveError as error:
+            self.epoch_loop.errors.add(error)
 
     def epoch_step(self, epoch: int) -> int:
         """The global step of ``epoch``'s last update: where TensorBoard plots the epoch's figures, on the same
