@@ -83,10 +83,10 @@ def test_a_flops_budget_gives_the_cheaper_grid_more_pretraining_epochs(capsys, t
 
 
 def test_flexible_pretraining_draws_grids_in_the_given_proportions():
+    import torch
+
     from patches.grid import grids_from_specs
     from patches.train.reconstruction import FlexibleReconstruction, MaskedReconstruction
-
-    import torch
     grids = grids_from_specs(["32/16", "32/8"], 4, 2)
     settings = MaskedReconstruction(grids[0], torch.device("cpu"), None, True)
     positions = [StepPosition(e, b) for e in range(4) for b in range(500)]

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_trainer import config, mse, start
 
 from launch_helpers import ROOT, env, free_port
-from test_trainer import config, mse, start
 
 TESTS = Path(__file__).resolve().parent
 

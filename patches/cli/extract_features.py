@@ -35,8 +35,8 @@ from patches.config import flags as cli_args
 from patches.config.checkpoint_defaults import checkpoint_flag_values
 from patches.errors import SomeInputsFailed, UsageError
 from patches.eval.features import (FEATURES_KEY, VideoViews, check_feature_folder, collate_views, encode_views,
-                                   encoder_reference, find_videos, inputs_digest, patient_group, share_of_shards,
-                                   shards_left, write_index, write_shard)
+                                   encoder_reference, find_videos, inputs_digest, patient_group, shards_left,
+                                   share_of_shards, write_index, write_shard)
 from patches.eval.predict import CHECKPOINT_FALLBACK
 from patches.grid import GridError, PatchGrid
 from patches.train.trainer import launch

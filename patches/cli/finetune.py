@@ -11,15 +11,15 @@ from typing import Any
 
 from patches.utils import cpu_memory  # noqa: F401  # isort: skip  (first: allocator settings torch reads once)
 
+from patches.checkpoints.finetune_weights import FC_NORM_INITS
 from patches.cli.exits import exits_on_error
 from patches.config import flags as cli_args
 from patches.config.dry_run import finetuning_summary
 from patches.config.finetuning import resolve_finetuning
-from patches.config.videomae_flags import StoreOrRefuse, add_videomae_args, refuse_image_folder
 from patches.config.flag_types import str2bool
+from patches.config.videomae_flags import StoreOrRefuse, add_videomae_args, refuse_image_folder
 from patches.data import health as data_health
 from patches.data.clip_sampling import SAMPLINGS
-from patches.checkpoints.finetune_weights import FC_NORM_INITS
 from patches.data.lists import DATA_SETS
 from patches.eval.classifier_test import warn_missing_evaluation_videos
 from patches.models.probes import KNN_FEATURES, PROBES

@@ -12,8 +12,8 @@ from patches.utils import cpu_memory  # noqa: F401  # isort: skip  (first: alloc
 
 from patches.cli.exits import exits_on_error
 from patches.config import flags as cli_args
-from patches.config.flag_types import str2bool
 from patches.config.dry_run import pretraining_summary
+from patches.config.flag_types import str2bool
 from patches.config.pretraining import resolve_pretraining
 from patches.config.videomae_flags import add_videomae_args
 from patches.data import health as data_health

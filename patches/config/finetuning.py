@@ -13,8 +13,8 @@ from patches.config.library_configs import (classification_data_config, optimize
                                             video_lists_config)
 from patches.config.lr_scaling import scaled_rates
 from patches.config.run_config import ModelConfig, RunConfig, common_fields, scaled_flags, with_values
-from patches.data.datasets import ClassificationDataConfig
 from patches.config.videomae_flags import refuse_videomae_flags
+from patches.data.datasets import ClassificationDataConfig
 from patches.data.lists import NB_CLASSES, read_records
 from patches.grid import PatchGrid
 

@@ -11,8 +11,8 @@ from patches.config import checks
 from patches.config.demo_fallback import demo_data_values
 from patches.config.library_configs import optimizer_config, pretraining_data_config, trainer_config
 from patches.config.lr_scaling import scaled_rates
-from patches.config.videomae_flags import refuse_videomae_flags
 from patches.config.run_config import ModelConfig, RunConfig, common_fields, scaled_flags, with_values
+from patches.config.videomae_flags import refuse_videomae_flags
 from patches.data.datasets import PretrainingDataConfig
 from patches.data.masking import MaskCounts, mask_counts
 from patches.grid import GridError, PatchGrid, base_grid, grids_from_specs, position_reference

@@ -22,8 +22,8 @@ What each dataset's download looks like, and which split feeds which list, is in
 from __future__ import annotations
 
 import csv
-import json
 import io
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
