@@ -19,6 +19,7 @@ from torch.utils.data import Dataset, default_collate
 from patches.data.clip_sampling import (SAMPLINGS, eval_view_fraction, sample_clip_indices, segment_clip_indices,
                                         segment_eval_indices, segment_train_indices, torch_seeded_rng)
 from patches.data.lists import VideoListsConfig, VideoRecord, numbered_pretraining_entries, read_records
+from patches.data.pretraining_clips import pretraining_clips
 from patches.data.transforms import PRETRAIN_SCALES, EvalTransform, PretrainTransform, RandomResizedCropTransform
 # (UnreadableDataError, CollateWithBad, ... are also named here, where VideoMAE's ``datasets`` finds them)
 from patches.data.unreadable import (MAX_REPLACEMENTS, CollateWithBad, SkipsUnreadableVideos,  # noqa: F401
@@ -89,9 +90,12 @@ class VideoMAEPretrainDataset(SkipsUnreadableVideos, Dataset):
         return self._robust_item(index, lambda i: self._item(i, rng), lambda i: other_index(rng, i, len(self)))
 
     def _item(self, index: int, rng: np.random.Generator):
-        videos, enc_masks, dec_masks = [], [], []
-        for clip in self.load_clips(index, rng):
-            videos.append(self.transform(clip, rng))
+        path, count = self.samples[index]
+        source = VideoFile(path) if count is None else FrameFolder(path, count, self.fname_tmpl)
+        picks = [sample_clip_indices(len(source), self.grid.num_frames, self.sampling_rate, rng)
+                 for _ in range(self.num_sample)]
+        videos, enc_masks, dec_masks = pretraining_clips(source, picks, self.transform, rng), [], []
+        for _ in videos:
             enc, dec = self.mask_generator()
             enc_masks.append(enc)
             dec_masks.append(dec)
