@@ -11,7 +11,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from patches.perf import bench_videos, loader_bench, reference_loader
+from patches.perf import bench_videos, loader_bench, loader_bench_cli, reference_loader
 
 # 8 frames at sampling rate 2, 32 px, patch 8: what the tiny videos can hold
 SMALL = ["--model", "pretrain_videomae_micro_patch16_224", "--input_size", "32", "--patch_size", "8",
@@ -63,7 +63,7 @@ def test_run_writes_json_and_table(videos: list[str], tmp_path: Path, capsys: py
     argv = ["--workers", "0", "1", "--num_sample", "1", "--videos", "2", "--video_dir", str(Path(videos[0]).parent),
             "--short_side", "64", "--seconds", "1.6", "--batch_size", "2", "--time", "0", "--json", str(out),
             "--extra_args", *SMALL]
-    loader_bench.main(argv)
+    loader_bench_cli.main(argv)
     rows = json.loads(out.read_text())
     assert [(r["pipeline"], r["workers"]) for r in rows] == [("baseline", 0), ("ours", 0), ("baseline", 1), ("ours", 1)]
     assert all(r["speedup"] > 0 for r in rows if r["pipeline"] == "ours")
