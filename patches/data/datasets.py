@@ -68,6 +68,7 @@ class VideoMAEPretrainDataset(SkipsUnreadableVideos, Dataset):
         self.num_sample = num_sample
         self.seed = seed
         self.transform = PretrainTransform(grid.input_size, scales, flip)
+        self.crops_to_device = False  # True: items hold crops at their cut size, resized on the step's device
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -94,7 +95,8 @@ class VideoMAEPretrainDataset(SkipsUnreadableVideos, Dataset):
         source = VideoFile(path) if count is None else FrameFolder(path, count, self.fname_tmpl)
         picks = [sample_clip_indices(len(source), self.grid.num_frames, self.sampling_rate, rng)
                  for _ in range(self.num_sample)]
-        videos, enc_masks, dec_masks = pretraining_clips(source, picks, self.transform, rng), [], []
+        videos = pretraining_clips(source, picks, self.transform, rng, resize=not self.crops_to_device)
+        enc_masks, dec_masks = [], []
         for _ in videos:
             enc, dec = self.mask_generator()
             enc_masks.append(enc)

@@ -15,17 +15,32 @@ from patches.data.yuv_crops import convertible, crop_clip_rgb
 
 
 def pretraining_clips(source: VideoFile | FrameFolder | FrameArray, picks: Sequence[np.ndarray],
-                      transform: PretrainTransform, rng: np.random.Generator) -> list[torch.Tensor]:
-    """uint8 ``[C, T, H, W]`` clips of ``source``, one for each index array in ``picks``."""
+                      transform: PretrainTransform, rng: np.random.Generator, resize: bool = True
+                      ) -> list[torch.Tensor]:
+    """uint8 ``[C, T, H, W]`` clips of ``source``, one for each index array in ``picks``; with ``resize=False``
+    each clip's crop instead, uint8 ``THWC`` at the size it was cut, flipped where drawn (the step's device
+    resizes it: :mod:`patches.data.device_transforms`)."""
+    crops = clip_crops(source, picks, transform, rng)
+    return [transform.resize_crop(crop) for crop in crops] if resize else crops
+
+
+def clip_crops(source: VideoFile | FrameFolder | FrameArray, picks: Sequence[np.ndarray], transform: PretrainTransform,
+               rng: np.random.Generator) -> list[torch.Tensor]:
+    """Each clip's crop, uint8 ``THWC`` contiguous, mirrored where drawn; boxes and flips from ``transform.draw``.
+    PyAV's YUV 4:2:0 frames are cut before their conversion; other sources are converted whole, then cut."""
     if isinstance(source, VideoFile):
         needed = np.unique(np.concatenate(picks))
         frames = source.decode(needed)
         if frames is not None and convertible(frames):
-            height, width = frames[0].height, frames[0].width
-            clips = []
+            crops = []
             for pick in picks:
-                box, flip = transform.draw(height, width, rng)
+                box, flip = transform.draw(frames[0].height, frames[0].width, rng)
                 chosen = [frames[i] for i in np.searchsorted(needed, pick).tolist()]
-                clips.append(transform.resize_crop(crop_clip_rgb(chosen, box, flip, source.fast.to_rgb)))
-            return clips
-    return [transform(clip, rng) for clip in decode_clips(source, picks)]
+                crops.append(crop_clip_rgb(chosen, box, flip, source.fast.to_rgb))
+            return crops
+    crops = []
+    for clip in decode_clips(source, picks):
+        (top, left, h, w), flip = transform.draw(clip.shape[1], clip.shape[2], rng)
+        crop = clip[:, top:top + h, left:left + w]
+        crops.append((crop.flip(2) if flip else crop).contiguous())
+    return crops
