@@ -148,11 +148,13 @@ class PyAVVideo:
         return int(self.stream.codec_context.height), int(self.stream.codec_context.width)
 
     def _runs(self, indices: np.ndarray) -> list[np.ndarray]:
-        """``indices`` cut where seeking saves decoding: a new run starts at a frame whose keyframe comes
-        after the previous frame asked for (clips far apart in one video share no decoding)."""
+        """``indices`` cut where seeking saves decoding: a new run starts at a frame when a whole keyframe interval
+        lies between it and the previous frame asked for (clips far apart in one video share no decoding). A
+        shorter gap is decoded through: a seek there would decode again the frames the decoder holds back."""
+        keys = np.unique(self.seek_to)
         pts, seek = self.pts[indices], self.seek_to[indices]
-        cuts = np.nonzero(seek[1:] > pts[:-1])[0] + 1
-        return np.split(indices, cuts)
+        between = np.searchsorted(keys, seek[1:], side="right") - np.searchsorted(keys, pts[:-1], side="right")
+        return np.split(indices, np.nonzero(between >= 2)[0] + 1)
 
     def decode(self, indices: np.ndarray) -> list[Any] | None:
         """The decoded frames ``indices`` (sorted, unique) as PyAV frames in their own pixel format, or None
