@@ -107,15 +107,13 @@ def measure_loader(paths: Sequence[str], num_workers: int, num_sample: int = 1, 
                    ) -> dict[str, Any]:
     """Clips per second delivered by ``pipeline`` (``"ours"`` or ``"baseline"``) over ``paths``.
 
-    A list file repeating ``paths`` feeds the loader built by :func:`build_loader` with ``batch_size``
-    videos per batch (each gives ``num_sample`` clips). After ``warmup_batches`` (default: 2 per worker,
-    at least 2: worker start-up and the first prefetches) it times batches until ``seconds`` have passed
-    and at least ``min_batches`` came. Returns the row for :func:`markdown_table`: ``pipeline``,
-    ``workers``, ``num_sample``, ``clips_per_s``, ``clips_per_s_per_worker`` (the main process counts
-    as one worker at 0 workers), ``clips_per_cpu_s`` (at 0 workers only: clips per CPU second of this
-    process, which other processes' load does not change), ``clips_per_all_cpu_s`` (per CPU second of this
-    process and its workers), ``worker_rss_mb`` (each worker's resident memory at the end), ``batches``, ``clips``, ``seconds``,
-    ``batch_shape`` and ``dtype`` of the last batch's videos, ``device``.
+    A list file repeating ``paths`` feeds the loader of :func:`build_loader`, ``batch_size`` videos per batch
+    (``num_sample`` clips each). After ``warmup_batches`` (default 2 per worker, at least 2) it times batches
+    until ``seconds`` have passed and at least ``min_batches`` came. The row: ``pipeline``, ``workers``,
+    ``num_sample``, ``clips_per_s``, ``clips_per_s_per_worker`` (0 workers count as one), ``clips_per_cpu_s``
+    (at 0 workers: per CPU second of this process, which other load changes less), ``clips_per_all_cpu_s``
+    (per CPU second of this process and its workers), ``worker_rss_mb`` (each worker's, at the end),
+    ``batches``, ``clips``, ``seconds``, ``batch_shape`` and ``dtype`` of the last batch's videos, ``device``.
     """
     dev = torch.device(device)
     warmup = warmup_batches if warmup_batches is not None else 2 * max(1, num_workers)
