@@ -37,6 +37,8 @@ def clip_crops(source: VideoFile | FrameFolder | FrameArray, picks: Sequence[np.
                 box, flip = transform.draw(frames[0].height, frames[0].width, rng)
                 chosen = [frames[i] for i in np.searchsorted(needed, pick).tolist()]
                 crops.append(crop_clip_rgb(chosen, box, flip, source.fast.to_rgb))
+            del frames  # the decoder's frame buffers go back before the file is closed
+            source.fast.close()
             return crops
     crops = []
     for clip in decode_clips(source, picks):

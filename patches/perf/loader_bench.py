@@ -112,9 +112,8 @@ def measure_loader(paths: Sequence[str], num_workers: int, num_sample: int = 1, 
     until ``seconds`` have passed and at least ``min_batches`` came. The row: ``pipeline``, ``workers``,
     ``num_sample``, ``clips_per_s``, ``clips_per_s_per_worker`` (0 workers count as one), ``clips_per_cpu_s``
     (at 0 workers: per CPU second of this process, which other load changes less), ``clips_per_all_cpu_s``
-    (per CPU second of this process and its workers), ``worker_rss_mb`` (each worker's, at the end),
-    ``batches``, ``clips``, ``seconds``, ``batch_shape`` and ``dtype`` of the last batch's videos, ``device``.
-    """
+    (per CPU second of this process and its workers), ``worker_rss_mb`` (each worker's, at the end), ``batches``,
+    ``clips``, ``seconds``, ``batch_shape`` and ``dtype`` of the last batch's videos, ``device``."""
     dev = torch.device(device)
     warmup = warmup_batches if warmup_batches is not None else 2 * max(1, num_workers)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
