@@ -107,3 +107,32 @@ def test_pretraining_loader(demo_root: Path) -> None:
     with pytest.raises(data_loaders.BatchLargerThanData, match=rf"^--batch_size 17 x 1 processes is larger than the "
                                                              rf"16 videos in {demo_root / 'train.csv'}$"):
         data_loaders.pretraining_loader(data, config(17), grid, MaskGenerator(grid, "tube", 0.75), CPU)
+
+
+def test_the_device_path_on_cpu_gives_the_loaders_clips_within_rounding(demo_root: Path) -> None:
+    """CUDA runs hand the step crops at their cut size, resized, flipped and normalised there in one batch
+    (patches.data.device_transforms): run on the CPU, that path gives the loader's own clips within 1/255."""
+    from patches.data.datasets import VideoMAEPretrainDataset
+    from patches.data.device_transforms import CollateCrops, PaddedCrops
+    from patches.data.transforms import IMAGENET_DEFAULT_STD, normalize_batch
+    from patches.train.reconstruction import clips_to_device
+
+    grid = make_grid(4, 2, 32, 16)
+    masks = MaskGenerator(grid, "tube", 0.75)
+    loader_path = VideoMAEPretrainDataset(demo_root / "train.csv", demo_root, grid, 2, masks, num_sample=2, flip=True)
+    device_path = VideoMAEPretrainDataset(demo_root / "train.csv", demo_root, grid, 2, masks, num_sample=2, flip=True)
+    device_path.crops_to_device = True
+    items = range(6)
+    torch.manual_seed(0)
+    expected = collate_fn_for(2)([loader_path[i] for i in items])[0]
+    torch.manual_seed(0)
+    batch = CollateCrops(grid.input_size)([device_path[i] for i in items])
+    crops = batch[0]
+    assert isinstance(crops, PaddedCrops) and crops.dtype == torch.uint8 and crops.shape[:2] == (12, 4)
+    assert len({tuple(s) for s in crops.sizes.tolist()}) > 1, "crops of several sizes in one batch"
+    assert tuple(batch[1].shape) == (12, grid.num_tokens) and tuple(batch[2].shape) == (12, grid.num_tokens)
+    got = clips_to_device(crops, CPU)
+    want = normalize_batch(expected)
+    assert got.shape == want.shape == (12, 3, 4, 32, 32) and got.dtype == torch.float32
+    pixels = (got - want).abs() * torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1, 1) * 255
+    assert pixels.max() <= 1.001 and pixels.mean() < 0.5  # uint8 resizing rounds in fixed point

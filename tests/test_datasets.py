@@ -221,6 +221,48 @@ def test_pretrain_dataset_is_reproducible(tiny_videos: Path) -> None:
     assert torch.equal(fixed[1][0], fixed[1][0])
 
 
+@pytest.mark.parametrize("name", ["v 0.mp4", "v 1.mp4", "v 2.mp4"])
+def test_yuv_crops_give_the_rgb_first_clips_frames_boxes_and_flips(tiny_videos: Path, name: str) -> None:
+    """Cutting each crop from the YUV frames before converting it gives today's RGB-first clips: the same frames,
+    boxes and flips drawn in the same order from the same seed, pixels within 2/255 (odd box corners included)."""
+    from patches.data.pretraining_clips import pretraining_clips
+    from patches.data.transforms import PretrainTransform
+    from patches.data.video_reader import VideoFile
+    from patches.perf.reference_loader import rgb_first_clips
+
+    transform = PretrainTransform((40, 40), flip=True)
+    for seed in range(6):
+        source = VideoFile(str(tiny_videos / name))
+        assert source.fast is not None, "PyAV reads it: the YUV path is the one under test"
+        rng_new, rng_old = np.random.default_rng(seed), np.random.default_rng(seed)
+        picks = [sample_clip_indices(len(source), 4, 3, rng_new) for _ in range(3)]
+        assert all(np.array_equal(p, sample_clip_indices(len(source), 4, 3, rng_old)) for p in picks)
+        new = pretraining_clips(source, picks, transform, rng_new)
+        old = rgb_first_clips(VideoFile(str(tiny_videos / name), backend="decord"), picks, transform, rng_old)
+        assert rng_new.bit_generator.state == rng_old.bit_generator.state, "the same draws, in the same order"
+        for a, b in zip(new, old):
+            assert a.dtype == b.dtype == torch.uint8 and a.shape == b.shape == (3, 4, 40, 40)
+            assert (a.int() - b.int()).abs().max() <= 2
+
+
+def test_yuv_crops_at_odd_corners_and_sizes_are_the_whole_frames_rgb_cut(tiny_videos: Path) -> None:
+    from av.video.reformatter import VideoReformatter
+
+    from patches.data.video_reader import VideoFile
+    from patches.data.yuv_crops import convertible, crop_clip_rgb, even_box
+
+    source = VideoFile(str(tiny_videos / "v 1.mp4"))  # 48 x 80
+    indices = np.array([0, 3, 7, 19])
+    frames, rgb = source.decode(indices), source.read(indices).numpy()
+    assert convertible(frames) and even_box((3, 5, 9, 7)) == (2, 4, 10, 8)
+    for top, left, h, w in [(0, 0, 48, 80), (1, 1, 47, 79), (3, 5, 9, 7), (10, 33, 31, 42), (47, 79, 1, 1)]:
+        for flip in (False, True):
+            crop = crop_clip_rgb(frames, (top, left, h, w), flip, VideoReformatter()).numpy()
+            expected = rgb[:, top:top + h, left:left + w][:, :, ::-1 if flip else 1]
+            assert crop.flags["C_CONTIGUOUS"] and crop.shape == expected.shape
+            assert np.abs(crop.astype(int) - expected).max() <= 2
+
+
 def test_repeated_augmentation_and_collate(tiny_videos: Path) -> None:
     grid = make_grid(4, 2, 32, 16)
     masks = CountingMasks()

@@ -11,7 +11,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from patches.perf import bench_videos, loader_bench, reference_loader
+from patches.perf import bench_videos, loader_bench, loader_bench_cli, reference_loader
 
 # 8 frames at sampling rate 2, 32 px, patch 8: what the tiny videos can hold
 SMALL = ["--model", "pretrain_videomae_micro_patch16_224", "--input_size", "32", "--patch_size", "8",
@@ -63,7 +63,7 @@ def test_run_writes_json_and_table(videos: list[str], tmp_path: Path, capsys: py
     argv = ["--workers", "0", "1", "--num_sample", "1", "--videos", "2", "--video_dir", str(Path(videos[0]).parent),
             "--short_side", "64", "--seconds", "1.6", "--batch_size", "2", "--time", "0", "--json", str(out),
             "--extra_args", *SMALL]
-    loader_bench.main(argv)
+    loader_bench_cli.main(argv)
     rows = json.loads(out.read_text())
     assert [(r["pipeline"], r["workers"]) for r in rows] == [("baseline", 0), ("ours", 0), ("baseline", 1), ("ours", 1)]
     assert all(r["speedup"] > 0 for r in rows if r["pipeline"] == "ours")
@@ -71,3 +71,40 @@ def test_run_writes_json_and_table(videos: list[str], tmp_path: Path, capsys: py
     table = capsys.readouterr().out
     assert "| pipeline | workers | num_sample | clips/s | clips/s per worker | speed-up over baseline" in table
     assert table.count("| ours |") == 2 and "wrote" in table
+
+
+def test_files_mode_reports_the_decode_only_limit_the_share_and_worker_memory(videos: list[str], tmp_path: Path,
+                                                                             capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "list.csv").write_text("".join(f"{Path(v).name}\n" for v in videos))
+    out = tmp_path / "files.json"
+    loader_bench_cli.main(["--data_path", str(tmp_path / "list.csv"), "--data_root", str(Path(videos[0]).parent),
+                           "--workers", "0", "1", "--num_sample", "1", "2", "--pipelines", "ours", "--time", "0",
+                           "--batch_size", "2", "--json", str(out), "--extra_args", *SMALL])
+    result = json.loads(out.read_text())
+    rows, limits = result["rows"], {d["num_sample"]: d for d in result["decode_only"]}
+    assert [(r["workers"], r["num_sample"]) for r in rows] == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    assert set(limits) == {1, 2} and all(d["clips_per_cpu_s"] > 0 and d["clips"] >= 4 for d in limits.values())
+    for r in rows:
+        assert r["decode_limit_per_core"] == limits[r["num_sample"]]["clips_per_cpu_s"] and r["cores"] == 1
+        assert r["share_of_limit"] == pytest.approx(r["clips_per_s"] / r["decode_limit_per_core"])
+        assert r["cpu_share_of_limit"] > 0 and len(r["worker_rss_mb"]) == r["workers"]
+        assert r["vs_num_sample_1"] == pytest.approx(r["clips_per_s"] / rows[2 * (r["workers"])]["clips_per_s"])
+    assert all(mb > 10 for mb in rows[2]["worker_rss_mb"])
+    assert "| ours | 1 | 2 |" in capsys.readouterr().out
+
+
+def test_leak_check_samples_each_workers_memory_over_the_run(videos: list[str], tmp_path: Path) -> None:
+    out = tmp_path / "leak.json"
+    loader_bench_cli.main(["--leak_clips", "12", "--workers", "1", "--num_sample", "2", "--batch_size", "2",
+                           "--videos", "2", "--video_dir", str(Path(videos[0]).parent), "--short_side", "64",
+                           "--seconds", "1.6", "--json", str(out), "--extra_args", *SMALL])
+    result = json.loads(out.read_text())
+    assert result["clips"] == 12 and len(result["rss_mb_samples"]) == 3 and not result["leak"]
+    assert all(len(s) == 1 and s[0] > 10 for s in result["rss_mb_samples"])
+
+
+def test_rss_growth_ignores_start_up_and_single_peaks() -> None:
+    from patches.perf.loader_limits import rss_growth
+    assert rss_growth([[100.0, 90.0]] * 3) == 0.0  # too few samples to tell
+    assert rss_growth([[50.0]] + [[100.0]] * 6 + [[160.0]] + [[100.0]] * 4) == 0.0
+    assert rss_growth([[100.0 + 10 * i, 50.0] for i in range(12)]) == pytest.approx(200.0 - 140.0)

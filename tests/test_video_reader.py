@@ -75,3 +75,20 @@ def test_decode_reason_rewrites_decords_errors() -> None:
     assert "decord 0.6 bug" in decode_reason(RuntimeError("Check failed: from_size == to_size"))
     assert decode_reason(ValueError()) == "ValueError"
     assert len(decode_reason("x" * 1000)) == 300
+
+
+def test_clips_far_apart_are_decoded_in_separate_runs_with_the_same_frames(tmp_path: Path) -> None:
+    """With a keyframe every 8 frames, two clips far apart are two runs (a seek each); the frames are decord's."""
+    import decord
+
+    from patches.data.encoding import EncodeConfig, transcode_pyav
+    src = bench_videos.make_videos(tmp_path, 1, short_side=64, seconds=2.4, fps=25)[0]
+    path = str(tmp_path / "gop8.mp4")
+    transcode_pyav(src, path, EncodeConfig(short_side=64, gop=8))
+    fast = PyAVVideo.open(path)
+    indices = np.array([1, 3, 5, 12, 40, 42, 44, 47])
+    assert [len(r) for r in fast._runs(indices)] == [4, 4]  # 12 to 40: keyframes 16, 24, 32 between
+    frames = fast.decode(indices)
+    assert [f.format.name for f in frames] == ["yuv420p"] * len(indices)
+    expected = decord.VideoReader(path, num_threads=1).get_batch(indices.tolist()).asnumpy()
+    assert np.array_equal(fast.read(indices), expected)

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset, default_collate
 from patches.data.clip_sampling import (SAMPLINGS, eval_view_fraction, sample_clip_indices, segment_clip_indices,
                                         segment_eval_indices, segment_train_indices, torch_seeded_rng)
 from patches.data.lists import VideoListsConfig, VideoRecord, numbered_pretraining_entries, read_records
+from patches.data.pretraining_clips import pretraining_clips
 from patches.data.torchcodec_reader import check_decoder, open_video_file
 from patches.data.transforms import PRETRAIN_SCALES, EvalTransform, PretrainTransform, RandomResizedCropTransform
 # (UnreadableDataError, CollateWithBad, ... are also named here, where VideoMAE's ``datasets`` finds them)
@@ -70,6 +71,7 @@ class VideoMAEPretrainDataset(SkipsUnreadableVideos, Dataset):
         self.num_sample = num_sample
         self.seed = seed
         self.transform = PretrainTransform(grid.input_size, scales, flip)
+        self.crops_to_device = False  # True: items hold crops at their cut size, resized on the step's device
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -92,9 +94,13 @@ class VideoMAEPretrainDataset(SkipsUnreadableVideos, Dataset):
         return self._robust_item(index, lambda i: self._item(i, rng), lambda i: other_index(rng, i, len(self)))
 
     def _item(self, index: int, rng: np.random.Generator):
-        videos, enc_masks, dec_masks = [], [], []
-        for clip in self.load_clips(index, rng):
-            videos.append(self.transform(clip, rng))
+        path, count = self.samples[index]
+        source = open_video_file(path, self.decoder) if count is None else FrameFolder(path, count, self.fname_tmpl)
+        picks = [sample_clip_indices(len(source), self.grid.num_frames, self.sampling_rate, rng)
+                 for _ in range(self.num_sample)]
+        videos = pretraining_clips(source, picks, self.transform, rng, resize=not self.crops_to_device)
+        enc_masks, dec_masks = [], []
+        for _ in videos:
             enc, dec = self.mask_generator()
             enc_masks.append(enc)
             dec_masks.append(dec)

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from patches.data.datasets import (MaskGenerator, PretrainingDataConfig, VideoMAEPretrainDataset,
                                    build_pretraining_dataset, collate_fn_for)
+from patches.data.device_transforms import CollateCrops
 from patches.data.health import BadVideoTracker
 from patches.data.samplers import ResumableSampler, SeededItems, ShardSampler
 from patches.data.unreadable import CollateWithBad
@@ -90,14 +91,18 @@ def pretraining_loader(data: PretrainingDataConfig, config: LoaderConfig, grid: 
                        mask_generator: MaskGenerator, device: torch.device, update_freq: int = 1
                        ) -> tuple[VideoMAEPretrainDataset, BadVideoTracker]:
     """The pre-training dataset of ``data`` and its training loader, in whole updates of ``update_freq`` batches.
+    On CUDA its batches' clips are :class:`device_transforms.PaddedCrops` (the step resizes them there).
 
     Raises :class:`BatchLargerThanData` when one global batch (``batch_size`` x processes) holds more than all
     the videos.
     """
     dataset = build_pretraining_dataset(data, grid, mask_generator)
     dataset.report_bad = True  # unreadable videos travel with the batches to the tracker below
-    loader = train_loader(dataset, config, CollateWithBad(collate_fn_for(data.num_sample)), device,
-                          batches_multiple=update_freq, persistent_workers=True)
+    # on CUDA the workers only decode and cut: crops are resized and normalised batched on the device
+    dataset.crops_to_device = device.type == "cuda"
+    collate = CollateCrops(grid.input_size) if dataset.crops_to_device else collate_fn_for(data.num_sample)
+    loader = train_loader(dataset, config, CollateWithBad(collate), device, batches_multiple=update_freq,
+                          persistent_workers=True)
     tracker = BadVideoTracker(loader, len(dataset), config.max_bad_fraction, data.data_path)
     if tracker.sampler.batches_per_epoch == 0:
         accumulation = f"--update_freq {update_freq} x " if update_freq > 1 else ""

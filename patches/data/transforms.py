@@ -251,12 +251,21 @@ class PretrainTransform:
 
     def __call__(self, video: torch.Tensor | np.ndarray, rng: np.random.Generator) -> torch.Tensor:
         video = as_video_tensor(video)
-        box = multi_scale_crop_params(video.shape[1], video.shape[2], self.input_hw, self.scales,
-                                      self.max_distort, True, self.more_fix_crop, rng=rng)
+        box, flip = self.draw(video.shape[1], video.shape[2], rng)
         clip = crop_resize(video, box, self.input_hw)
-        if self.flip and rng.random() < 0.5:
+        if flip:
             clip = hflip(clip)
         return to_cthw(clip)
+
+    def draw(self, height: int, width: int, rng: np.random.Generator) -> tuple[Box, bool]:
+        """The crop box and the flip of one clip of ``height x width`` frames: what :meth:`__call__` draws."""
+        box = multi_scale_crop_params(height, width, self.input_hw, self.scales, self.max_distort, True,
+                                      self.more_fix_crop, rng=rng)
+        return box, bool(self.flip and rng.random() < 0.5)
+
+    def resize_crop(self, crop: torch.Tensor) -> torch.Tensor:
+        """A clip's crop, uint8 ``THWC`` (already flipped if drawn so), resized: uint8 ``[C, T, H, W]``."""
+        return to_cthw(crop_resize(crop, (0, 0, crop.shape[1], crop.shape[2]), self.input_hw))
 
     def __repr__(self) -> str:
         return (f"PretrainTransform(input_hw={self.input_hw}, scales={self.scales}, flip={self.flip}, "

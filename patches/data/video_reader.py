@@ -146,31 +146,65 @@ class PyAVVideo:
     def __len__(self) -> int:
         return len(self.pts)
 
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """``(height, width)`` of the decoded frames, as the stream declares them."""
+        return int(self.stream.codec_context.height), int(self.stream.codec_context.width)
+
+    def _runs(self, indices: np.ndarray) -> list[np.ndarray]:
+        """``indices`` cut where seeking saves decoding: a new run starts at a frame when a whole keyframe interval
+        lies between it and the previous frame asked for (clips far apart in one video share no decoding). A
+        shorter gap is decoded through: a seek there would decode again the frames the decoder holds back."""
+        keys = np.unique(self.seek_to)
+        pts, seek = self.pts[indices], self.seek_to[indices]
+        between = np.searchsorted(keys, seek[1:], side="right") - np.searchsorted(keys, pts[:-1], side="right")
+        return np.split(indices, np.nonzero(between >= 2)[0] + 1)
+
+    def decode(self, indices: np.ndarray) -> list[Any] | None:
+        """The decoded frames ``indices`` (sorted, unique) as PyAV frames in their own pixel format, or None
+        if they cannot all be read. Each run of :meth:`_runs` seeks to its keyframe; frames neither asked for
+        nor referenced by others are dropped undecoded."""
+        try:
+            out: list[Any] = [None] * len(indices)
+            codec = self.stream.codec_context
+            for run in self._runs(np.asarray(indices)):
+                wanted = {int(p): k for k, p in zip(np.searchsorted(indices, run).tolist(), self.pts[run])}
+                missing = len(wanted)
+                self.container.seek(int(self.seek_to[run[0]]), stream=self.stream, backward=True)
+                codec.flush_buffers()
+                mode = None
+                for packet in self.container.demux(self.stream):
+                    want = packet.pts is None or packet.pts in wanted
+                    if want != mode:  # decode every frame we need, and every reference frame (others need them)
+                        codec.skip_frame = "DEFAULT" if want else "NONREF"
+                        mode = want
+                    for frame in codec.decode(packet):
+                        k = wanted.get(frame.pts)
+                        if k is not None and out[k] is None:
+                            out[k] = frame
+                            missing -= 1
+                    if missing == 0:
+                        break
+                codec.skip_frame = "DEFAULT"
+                if missing:
+                    return None
+            return out
+        except Exception:
+            return None
+
     def read(self, indices: np.ndarray) -> np.ndarray | None:
         """Frames ``indices`` (sorted, unique) as uint8 ``[N, H, W, 3]``, or None if they cannot all be read."""
+        frames = self.decode(indices)
+        if frames is None:
+            return None
         try:
-            wanted = {int(p): k for k, p in enumerate(self.pts[indices])}
-            out: list[Any] = [None] * len(wanted)
-            missing = len(wanted)
-            codec = self.stream.codec_context
-            self.container.seek(int(self.seek_to[indices[0]]), stream=self.stream, backward=True)
-            mode = None
-            for packet in self.container.demux(self.stream):
-                want = packet.pts is None or packet.pts in wanted
-                if want != mode:  # decode every frame we need, and every reference frame (others need them)
-                    codec.skip_frame = "DEFAULT" if want else "NONREF"
-                    mode = want
-                for frame in codec.decode(packet):
-                    k = wanted.get(frame.pts)
-                    if k is not None and out[k] is None:
-                        out[k] = self.to_rgb.reformat(frame, format="rgb24", threads=1).to_ndarray()
-                        missing -= 1
-                if missing == 0:
-                    break
-            codec.skip_frame = "DEFAULT"
-            if missing:
-                return None
-            return np.stack(out)
+            out = None
+            for k, frame in enumerate(frames):
+                rgb = self.to_rgb.reformat(frame, format="rgb24", threads=1).to_ndarray()
+                if out is None:
+                    out = np.empty((len(frames), *rgb.shape), dtype=np.uint8)
+                out[k] = rgb
+            return out
         except Exception:
             return None
 
@@ -218,6 +252,11 @@ class VideoFile:
 
     def __len__(self) -> int:
         return len(self.fast) if self.fast is not None else len(self.reader)
+
+    def decode(self, indices: np.ndarray) -> list[Any] | None:
+        """Frames ``indices`` (sorted, unique, 0-based) as PyAV frames in the decoder's pixel format (for
+        :mod:`patches.data.yuv_crops`), or None where PyAV does not read this file: then :meth:`read` does."""
+        return None if self.fast is None else self.fast.decode(indices)
 
     def read(self, indices: np.ndarray) -> torch.Tensor:
         """Frames ``indices`` (sorted, unique, 0-based) as uint8 ``[N, H, W, 3]``."""

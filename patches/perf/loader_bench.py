@@ -16,7 +16,9 @@ pinned memory on cuda only); clips/s counts ``num_sample`` clips per decoded vid
     python scripts/loader_bench.py --workers 0 1 2 --num_sample 1 2 --videos 8 --json loader.json
 
 API (for scripts/benchmark.py): :func:`make_videos`, :func:`measure_loader`, :func:`run`
-(``run(parse_args([...]))`` or any namespace with the same fields) and :func:`markdown_table`.
+(``run(parse_args([...]))`` or any namespace with the same fields) and :func:`markdown_table`. The command line
+is :mod:`patches.perf.loader_bench_cli`; ``--data_path`` (the user's files against their decode-only limit) and
+``--leak_clips`` (workers' memory over a long run) are in :mod:`patches.perf.loader_files`.
 
 Figures depend on the machine being otherwise idle: on a busy one use ``--repeats 3`` (pipelines take
 turns, the best run counts) and read the 0-worker column "clips per CPU s", which other processes'
@@ -41,6 +43,7 @@ import torch
 
 from patches.errors import PatchesError, UsageError
 from patches.perf.bench_videos import CODECS, make_videos, video_size
+from patches.perf.loader_limits import children_cpu_s, worker_rss_mb
 from patches.perf.reference_loader import ReferencePretrainDataset
 
 PIPELINES = ("baseline", "ours")
@@ -105,15 +108,13 @@ def measure_loader(paths: Sequence[str], num_workers: int, num_sample: int = 1, 
                    ) -> dict[str, Any]:
     """Clips per second delivered by ``pipeline`` (``"ours"`` or ``"baseline"``) over ``paths``.
 
-    A list file repeating ``paths`` feeds the loader built by :func:`build_loader` with ``batch_size``
-    videos per batch (each gives ``num_sample`` clips). After ``warmup_batches`` (default: 2 per worker,
-    at least 2: worker start-up and the first prefetches) it times batches until ``seconds`` have passed
-    and at least ``min_batches`` came. Returns the row for :func:`markdown_table`: ``pipeline``,
-    ``workers``, ``num_sample``, ``clips_per_s``, ``clips_per_s_per_worker`` (the main process counts
-    as one worker at 0 workers), ``clips_per_cpu_s`` (at 0 workers only: clips per CPU second of this
-    process, which other processes' load does not change), ``batches``, ``clips``, ``seconds``,
-    ``batch_shape`` and ``dtype`` of the last batch's videos, ``device``.
-    """
+    A list file repeating ``paths`` feeds the loader of :func:`build_loader`, ``batch_size`` videos per batch
+    (``num_sample`` clips each). After ``warmup_batches`` (default 2 per worker, at least 2) it times batches
+    until ``seconds`` have passed and at least ``min_batches`` came. The row: ``pipeline``, ``workers``,
+    ``num_sample``, ``clips_per_s``, ``clips_per_s_per_worker`` (0 workers count as one), ``clips_per_cpu_s``
+    (at 0 workers: per CPU second of this process, which other load changes less), ``clips_per_all_cpu_s``
+    (per CPU second of this process and its workers), ``worker_rss_mb`` (each worker's, at the end), ``batches``,
+    ``clips``, ``seconds``, ``batch_shape`` and ``dtype`` of the last batch's videos, ``device``."""
     dev = torch.device(device)
     warmup = warmup_batches if warmup_batches is not None else 2 * max(1, num_workers)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
@@ -129,14 +130,17 @@ def measure_loader(paths: Sequence[str], num_workers: int, num_sample: int = 1, 
             for _ in range(warmup):
                 next(it)
             batches, start, cpu_start = 0, time.perf_counter(), time.process_time()
+            workers_cpu_start = children_cpu_s()
             for batch in it:  # a fast loader may reach the end of the list before `seconds`: time what came
                 videos = batch[0]
                 batches += 1
                 if time.perf_counter() - start >= seconds and batches >= min_batches:
                     break
             elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+            cpu_all = cpu + children_cpu_s() - workers_cpu_start
             if batches == 0:
                 raise RuntimeError(f"the loader gave no batch after its {warmup} warm-up batches")
+            rss = [round(mb, 1) for mb in worker_rss_mb()]
         finally:
             del it, loader  # stops the workers
     clips = batches * batch_size * num_sample
@@ -144,8 +148,10 @@ def measure_loader(paths: Sequence[str], num_workers: int, num_sample: int = 1, 
             "clips_per_s": clips / elapsed, "clips_per_s_per_worker": clips / elapsed / max(1, num_workers),
             # at 0 workers all the work is this process's: clips per CPU second ignores other processes' load
             "clips_per_cpu_s": clips / cpu if num_workers == 0 and cpu > 0 else None,
+            # with workers: clips per CPU second of the workers and this process together
+            "clips_per_all_cpu_s": clips / cpu_all if cpu_all > 0 else None,
             "batches": batches, "clips": clips, "seconds": elapsed, "batch_shape": list(videos.shape),
-            "dtype": str(videos.dtype).replace("torch.", ""), "device": device}
+            "dtype": str(videos.dtype).replace("torch.", ""), "device": device, "worker_rss_mb": rss}
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -277,6 +283,14 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="instead: 1080p sources (--codecs) against their prepare_videos.py copies (ours only)")
     p.add_argument("--codecs", nargs="+", choices=tuple(CODECS), default=list(CODECS),
                    help="--real_size: the sources' codecs")
+    p.add_argument("--data_path", default=None,
+                   help="instead of generated videos: the videos of this pre-training list file, with their "
+                        "decode-only limit measured in the same run")
+    p.add_argument("--data_root", default=None, help="--data_path's paths are relative to this folder")
+    p.add_argument("--leak_clips", type=int, default=0,
+                   help="instead: run the loader (first --workers, --num_sample) over this many clips and check "
+                        "that its workers' resident memory does not grow")
+    p.add_argument("--leak_mb", type=float, default=64.0, help="--leak_clips: growth (MB) counted as a leak")
     p.add_argument("--json", default=None, help="write the rows here")
     p.add_argument("--verbose", action="store_true", help="print each figure as it comes")
     return p
@@ -285,33 +299,3 @@ def get_args_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line's arguments (``argv`` as a list, e.g. ``[]`` for the defaults), for :func:`run`."""
     return get_args_parser().parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(argv)
-    try:
-        report(args)
-    except PatchesError as e:
-        if e.exit_status == 1:
-            raise SystemExit(f"error: {e}") from None
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        raise SystemExit(e.exit_status) from None  # a usage error: 2
-
-
-def report(args: argparse.Namespace) -> None:
-    """Measure what ``args`` asks for and print its table."""
-    if args.real_size:
-        rows = run_real_size(args)
-        print(f"Pre-training loader, {args.videos} video(s) of {args.seconds:g} s per codec at 1080p and prepared "
-              f"(scripts/prepare_videos.py defaults); batch {args.batch_size}, device {args.device}")
-        print(real_size_table(rows))
-        return
-    rows = run(args)
-    print(f"Data loader, {rows[0]['videos']}; {torch.get_num_threads()} torch threads, device {args.device}")
-    print(markdown_table(rows))
-    if args.json:
-        print(f"wrote {args.json}")
-
-
-if __name__ == "__main__":
-    main()

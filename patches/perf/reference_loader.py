@@ -69,3 +69,15 @@ class ReferencePretrainDataset(Dataset):
         if self.num_sample == 1:
             return (videos[0], enc[0], dec[0]), ()
         return (videos, enc, dec), ()
+
+
+# ---- the RGB-first path the YUV crops replaced ---------------------------------------------------------
+
+def rgb_first_clips(source: Any, picks: Sequence[np.ndarray], transform: Any,
+                    rng: np.random.Generator) -> list[torch.Tensor]:
+    """Pre-training clips as the loader made them before :mod:`patches.data.yuv_crops`: every needed frame
+    converted whole to RGB, then each clip cut, resized and flipped (``transform``, a ``PretrainTransform``).
+    :func:`patches.data.pretraining_clips.pretraining_clips` must give the same clips, within rounding."""
+    from patches.data.video_reader import decode_clips
+
+    return [transform(clip, rng) for clip in decode_clips(source, picks)]

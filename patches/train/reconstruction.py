@@ -8,6 +8,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+from patches.data.device_transforms import PaddedCrops
 from patches.data.masking import MaskGenerator
 from patches.data.samplers import StepPosition
 from patches.data.transforms import normalize_batch, pixel_mean_std
@@ -42,9 +43,12 @@ def prepare_batch(batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], device
     return (clips_to_device(videos, device), *mask_indices_to_device(enc_mask, dec_mask, device))
 
 
-def clips_to_device(videos: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Clips to the device, normalised there when they come as uint8 from the loader."""
+def clips_to_device(videos: torch.Tensor | PaddedCrops, device: torch.device) -> torch.Tensor:
+    """Clips to the device, normalised there when they come as uint8 from the loader (resized first when they
+    come as crops)."""
     videos = videos.to(device, non_blocking=device.type == "cuda")
+    if isinstance(videos, PaddedCrops):
+        return videos.to_model_input()
     return normalize_batch(videos) if videos.dtype == torch.uint8 else videos
 
 

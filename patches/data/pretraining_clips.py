@@ -1,0 +1,48 @@
+"""Pre-training clips of one video: decoded once for all its clips, each crop cut from the YUV frames before
+colour conversion (:mod:`patches.data.yuv_crops`), then resized. Same clips as decoding to RGB first and
+transforming each clip (:func:`video_reader.decode_clips` + :class:`transforms.PretrainTransform`): the same
+frames, and the same crop boxes and flips drawn in the same order from ``rng``."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from patches.data.transforms import PretrainTransform
+from patches.data.video_reader import FrameArray, FrameFolder, VideoFile, decode_clips
+from patches.data.yuv_crops import convertible, crop_clip_rgb
+
+
+def pretraining_clips(source: VideoFile | FrameFolder | FrameArray, picks: Sequence[np.ndarray],
+                      transform: PretrainTransform, rng: np.random.Generator, resize: bool = True
+                      ) -> list[torch.Tensor]:
+    """uint8 ``[C, T, H, W]`` clips of ``source``, one for each index array in ``picks``; with ``resize=False``
+    each clip's crop instead, uint8 ``THWC`` at the size it was cut, flipped where drawn (the step's device
+    resizes it: :mod:`patches.data.device_transforms`)."""
+    crops = clip_crops(source, picks, transform, rng)
+    return [transform.resize_crop(crop) for crop in crops] if resize else crops
+
+
+def clip_crops(source: VideoFile | FrameFolder | FrameArray, picks: Sequence[np.ndarray], transform: PretrainTransform,
+               rng: np.random.Generator) -> list[torch.Tensor]:
+    """Each clip's crop, uint8 ``THWC`` contiguous, mirrored where drawn; boxes and flips from ``transform.draw``.
+    PyAV's YUV 4:2:0 frames are cut before their conversion; other sources are converted whole, then cut."""
+    if isinstance(source, VideoFile):
+        needed = np.unique(np.concatenate(picks))
+        frames = source.decode(needed)
+        if frames is not None and convertible(frames):
+            crops = []
+            for pick in picks:
+                box, flip = transform.draw(frames[0].height, frames[0].width, rng)
+                chosen = [frames[i] for i in np.searchsorted(needed, pick).tolist()]
+                crops.append(crop_clip_rgb(chosen, box, flip, source.fast.to_rgb))
+            del frames  # the decoder's frame buffers go back before the file is closed
+            source.fast.close()
+            return crops
+    crops = []
+    for clip in decode_clips(source, picks):
+        (top, left, h, w), flip = transform.draw(clip.shape[1], clip.shape[2], rng)
+        crop = clip[:, top:top + h, left:left + w]
+        crops.append((crop.flip(2) if flip else crop).contiguous())
+    return crops

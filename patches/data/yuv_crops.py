@@ -1,0 +1,69 @@
+"""Crops cut from decoded YUV 4:2:0 frames before their colour conversion, so that only the kept pixels are
+converted.
+
+A decoder gives frames in YUV 4:2:0 (a full-size luma plane, two half-size chroma planes). Converting the
+whole frame to RGB and then cutting a crop converts pixels that are thrown away; here the crop box is known
+first, the crop is cut from the planes (widened to even rows and columns, so that each chroma sample keeps
+the 2 x 2 luma pixels it belongs to), converted by the same swscale routine as a whole frame would be, and
+the box's pixels are copied, mirrored when the clip is flipped, into one contiguous ``[T, H, W, 3]`` array.
+The RGB values are those of the whole-frame conversion.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+YUV420_FORMATS = ("yuv420p", "yuvj420p")
+
+
+def convertible(frames: Sequence[Any]) -> bool:
+    """Whether :func:`crop_clip_rgb` takes these PyAV frames: YUV 4:2:0, even width and height, all one size."""
+    if not frames:
+        return False
+    first = frames[0]
+    return all(f.format.name in YUV420_FORMATS and f.format.name == first.format.name
+               and f.width == first.width and f.height == first.height for f in frames) \
+        and first.width % 2 == 0 and first.height % 2 == 0
+
+
+def _plane(frame: Any, i: int) -> np.ndarray:
+    """Plane ``i`` of a PyAV frame as a numpy view ``[rows, columns]`` (its padding cut off)."""
+    plane = frame.planes[i]
+    return np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, :plane.width]
+
+
+def even_box(box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """The smallest box ``(top, left, height, width)`` holding ``box`` whose corners sit on even pixels."""
+    top, left, ch, cw = box
+    t0, l0 = top - top % 2, left - left % 2
+    bottom, right = top + ch + (top + ch) % 2, left + cw + (left + cw) % 2
+    return t0, l0, bottom - t0, right - l0
+
+
+def crop_clip_rgb(frames: Sequence[Any], box: tuple[int, int, int, int], flip: bool,
+                  reformatter: Any) -> torch.Tensor:
+    """``box`` of each PyAV YUV 4:2:0 frame (see :func:`convertible`) in RGB, uint8 ``[T, H, W, 3]``, contiguous;
+    mirrored left-right when ``flip``. ``reformatter`` is the caller's ``av.video.reformatter.VideoReformatter``."""
+    import av
+
+    top, left, ch, cw = box
+    t0, l0, hh, ww = even_box(box)
+    fmt = frames[0].format.name
+    buf = np.empty(hh * ww * 3 // 2, np.uint8)
+    luma, quarter = hh * ww, hh * ww // 4
+    y_out = buf[:luma].reshape(hh, ww)
+    u_out = buf[luma:luma + quarter].reshape(hh // 2, ww // 2)
+    v_out = buf[luma + quarter:].reshape(hh // 2, ww // 2)
+    rows, cols = slice(top - t0, top - t0 + ch), slice(left - l0, left - l0 + cw)
+    out = np.empty((len(frames), ch, cw, 3), np.uint8)
+    for t, frame in enumerate(frames):
+        y_out[:] = _plane(frame, 0)[t0:t0 + hh, l0:l0 + ww]
+        u_out[:] = _plane(frame, 1)[t0 // 2:(t0 + hh) // 2, l0 // 2:(l0 + ww) // 2]
+        v_out[:] = _plane(frame, 2)[t0 // 2:(t0 + hh) // 2, l0 // 2:(l0 + ww) // 2]
+        cut = av.VideoFrame.from_ndarray(buf.reshape(-1, ww), format=fmt)
+        cut.colorspace = frame.colorspace  # the conversion matrix the whole frame would get
+        rgb = reformatter.reformat(cut, format="rgb24", threads=1).to_ndarray()[rows, cols]
+        out[t] = rgb[:, ::-1] if flip else rgb
+    return torch.from_numpy(out)
