@@ -22,7 +22,6 @@ What each dataset's download looks like, and which split feeds which list, is in
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 from dataclasses import dataclass
@@ -31,7 +30,8 @@ from typing import Any, Callable
 
 from patches.data.encoding import EncodeConfig
 from patches.data.lists import LIST_FILES, ListFileError, hmdb51_records, ucf101_records
-from patches.data.prepare import CLASSES_NAME, VIDEO_SUFFIXES, find_inputs, plan_jobs, prepare, write_atomically
+from patches.data.prepare import (CLASSES_NAME, VIDEO_SUFFIXES, find_inputs, plan_jobs, prepare, write_atomically,
+                                  write_report_csv)
 from patches.errors import UsageError
 
 SOURCES_NAME = "dataset_sources.txt"  # the videos handed to prepare(), one path a line (kept for reruns)
@@ -256,18 +256,6 @@ def prepare_dataset(dataset: str, src: str, dst: str, config: EncodeConfig, spli
         write_atomically(os.path.join(dst, name), "".join(f"{line}\n" for line in lines))
         counts[name] = len(lines)
     write_atomically(os.path.join(dst, CLASSES_NAME), "".join(f"{i} {n}\n" for i, n in enumerate(layout.classes)))
-    _write_missing(os.path.join(dst, MISSING_NAME), layout.missing)
+    write_report_csv(os.path.join(dst, MISSING_NAME), ["split", "video"], layout.missing)
     return {**summary, "lists": counts, "missing": len(layout.missing), "classes": len(layout.classes)}
-
-
-def _write_missing(path: str, missing: list[tuple[str, str]]) -> None:
-    if not missing:
-        if os.path.exists(path):
-            os.remove(path)
-        return
-    text = io.StringIO()
-    writer = csv.writer(text)
-    writer.writerow(["split", "video"])
-    writer.writerows(missing)
-    write_atomically(path, text.getvalue())
 

@@ -281,16 +281,20 @@ def write_outputs(dst: str, results: list[dict[str, Any]], classes: list[str] | 
     write_atomically(os.path.join(dst, LIST_NAME), "".join(f"{line}\n" for line in lines))
     if classes is not None:
         write_atomically(os.path.join(dst, CLASSES_NAME), "".join(f"{i} {n}\n" for i, n in enumerate(classes)))
-    failures_path = os.path.join(dst, FAILURES_NAME)
-    if not failures:
-        if os.path.exists(failures_path):
-            os.remove(failures_path)
+    write_report_csv(os.path.join(dst, FAILURES_NAME), ["path", "reason", "size", "mtime_ns"], failures)
+
+
+def write_report_csv(path: str, header: list[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A CSV report of ``rows`` under ``header``, written atomically; none left behind when there are no rows."""
+    if not rows:
+        if os.path.exists(path):
+            os.remove(path)
         return
     text = io.StringIO()
     writer = csv.writer(text)
-    writer.writerow(["path", "reason", "size", "mtime_ns"])
-    writer.writerows(failures)
-    write_atomically(failures_path, text.getvalue())
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_atomically(path, text.getvalue())
 
 
 def summarize(results: list[dict[str, Any]], known: int, workers: int, elapsed: float) -> dict[str, Any]:
