@@ -201,7 +201,8 @@ def test_pretrain_dataset_decodes_the_sampled_frames(tiny_videos: Path) -> None:
                                  num_sample=3)
     rendered = render_clip(0, 0, num_frames=24, size=(64, 64)).astype(np.float32)
     clips = ds.load_clips(0, np.random.default_rng(3))
-    expected = [sample_clip_indices(24, 4, 3, rng) for rng in [np.random.default_rng(3)] for _ in range(3)]
+    expected = [sample_clip_indices(24, 4, 3, np.random.default_rng(3))] * 3  # one pick, augmented 3 times
+    assert len(clips) == 3
     for clip, indices in zip(clips, expected):
         assert clip.dtype == torch.uint8 and clip.shape == (4, 64, 64, 3)
         # Lossy codec: each decoded frame must be nearest to the rendered frame it claims to be.
@@ -279,6 +280,31 @@ def test_repeated_augmentation_and_collate(tiny_videos: Path) -> None:
     assert torch.equal(video[1], items[0][0][1]) and torch.equal(video[2], items[1][0][0])
     assert torch.equal(enc[:, 0], torch.tensor([1, 2, 3, 4]))
     assert collate_fn_for(2) is multiple_samples_collate
+
+
+def grey_levels_video(path: Path, num_frames: int = 60) -> Path:
+    """An mp4 whose frame i is a flat grey of level 4 * i: a clip's per-frame means say which frames it shows."""
+    levels = 4 * np.arange(num_frames, dtype=np.uint8)
+    write_mp4(path, np.broadcast_to(levels[:, None, None, None], (num_frames, 48, 64, 3)).copy())
+    return path
+
+
+@pytest.mark.parametrize("crops_to_device", [False, True])
+def test_num_sample_clips_are_one_temporal_pick_augmented_apart(tmp_path: Path, crops_to_device: bool) -> None:
+    """VideoMAE's repeated augmentation: the num_sample clips of an item show the same frames (flat greys, so
+    crops and flips keep each frame's level), not num_sample temporal picks."""
+    grey_levels_video(tmp_path / "grey.mp4")
+    _write(tmp_path / "list.csv", "grey.mp4 0\n")
+    ds = VideoMAEPretrainDataset(tmp_path / "list.csv", tmp_path, make_grid(4, 2, 32, 16), 3, CountingMasks(),
+                                 num_sample=3, flip=True)
+    ds.crops_to_device = crops_to_device
+    for seed in range(4):
+        torch.manual_seed(seed)
+        videos = ds[0][0]
+        levels = [v.float().mean(dim=(1, 2, 3) if crops_to_device else (0, 2, 3)) for v in videos]
+        assert len(levels) == 3 and (levels[0][1:] - levels[0][:-1] - 12).abs().max() <= 2  # 3 frames apart
+        for other in levels[1:]:
+            assert (other - levels[0]).abs().max() <= 1, (seed, levels)
 
 
 def test_loader_and_builder(demo_root: Path) -> None:

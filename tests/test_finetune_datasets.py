@@ -15,7 +15,7 @@ from patches.data.clip_sampling import segment_clip_indices
 from patches.data.datasets import (ClassificationDataConfig, VideoClsEvalDataset, VideoClsTrainDataset, build_dataset,
                                    collate_fn_for)
 from patches.data.demo import render_clip, write_mp4
-from patches.data.lists import VideoListsConfig
+from patches.data.lists import VideoListsConfig, VideoRecord
 from patches.data.transforms import RandomResizedCropTransform
 from patches.data.video_reader import FrameFolder
 from patches.grid import make_grid
@@ -74,11 +74,30 @@ def test_num_sample_gives_different_clips_that_collate_flat(demo_root: Path) -> 
     items = [ds[i] for i in range(3)]
     for videos, labels in items:
         assert len(videos) == len(labels) == 2 and labels[0] == labels[1]
+        # the same frames (see the grey-levels test below), cropped and flipped apart on the textured demo videos
         assert videos[0].shape == (3, 4, 32, 48) and not torch.equal(videos[0], videos[1])
     videos, labels = collate_fn_for(2)(items)
     assert videos.shape == (6, 3, 4, 32, 48) and labels.shape == (6,)
     assert torch.equal(videos[3], items[1][0][1])
     assert labels.tolist() == [lab for _, pair in items for lab in pair]
+
+
+@pytest.mark.parametrize("sampling", ["stride", "segment"])
+def test_num_sample_clips_are_one_temporal_pick_augmented_apart(tmp_path: Path, sampling: str) -> None:
+    """VideoMAE's repeated augmentation (kinetics.py, ssv2.py): one decoded clip, num_sample augmentations. Frame i
+    of the video is a flat grey of level 4 * i, so each clip frame's mean says which frame it is, whatever the
+    crop and flip; the textured demo test above shows the augmentations differ."""
+    levels = 4 * np.arange(60, dtype=np.uint8)
+    write_mp4(tmp_path / "grey.mp4", np.broadcast_to(levels[:, None, None, None], (60, 48, 64, 3)).copy())
+    ds = VideoClsTrainDataset([VideoRecord(str(tmp_path / "grey.mp4"), 3, "list", 1)], GRID, 3,
+                              RandomResizedCropTransform(GRID.input_size, flip=True), num_sample=3, sampling=sampling)
+    for seed in range(4):
+        torch.manual_seed(seed)
+        videos, labels = ds[0]
+        assert labels == [3, 3, 3]
+        means = [v[0].mean(dim=(1, 2)) for v in videos]  # channel 0, per frame (normalised: 1/255 is ~0.017)
+        for other in means[1:]:
+            assert (other - means[0]).abs().max() < 0.02, (seed, means)
 
 
 def test_train_items_are_reproducible_under_torch_seed(demo_root: Path) -> None:

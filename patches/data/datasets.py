@@ -41,9 +41,9 @@ class VideoMAEPretrainDataset(SkipsUnreadableVideos, Dataset):
     see ``video_transforms.normalize_batch``), and the two masks as returned by one
     call of ``mask_generator()`` (passed through untouched). Augmentation is VideoMAE's multi-scale crop,
     plus a horizontal flip only with ``flip``. With ``num_sample > 1`` each of
-    the three is a list of ``num_sample`` independently sampled and augmented clips of the
-    same video (repeated augmentation; the needed frames are decoded once); batch those
-    with :func:`multiple_samples_collate`.
+    the three is a list of ``num_sample`` clips of the same frames, each with its own crop, flip and masks
+    (VideoMAE V2's repeated augmentation: one temporal pick, decoded once, augmented ``num_sample`` times);
+    batch those with :func:`multiple_samples_collate`.
 
     Randomness comes from a per-item numpy Generator seeded from torch's RNG, so
     ``torch.manual_seed`` and DataLoader worker seeding make runs reproducible. With
@@ -82,12 +82,15 @@ class VideoMAEPretrainDataset(SkipsUnreadableVideos, Dataset):
         return torch_seeded_rng()
 
     def load_clips(self, index: int, rng: np.random.Generator) -> list[torch.Tensor]:
-        """``num_sample`` raw uint8 ``THWC`` clips of video ``index``, decoding each needed frame once."""
+        """``num_sample`` raw uint8 ``THWC`` clips of video ``index``: one temporal pick, its frames decoded once."""
         path, count = self.samples[index]
         video = open_video_file(path, self.decoder) if count is None else FrameFolder(path, count, self.fname_tmpl)
-        picks = [sample_clip_indices(len(video), self.grid.num_frames, self.sampling_rate, rng)
-                 for _ in range(self.num_sample)]
-        return decode_clips(video, picks)
+        return decode_clips(video, self._picks(len(video), rng))
+
+    def _picks(self, num_video_frames: int, rng: np.random.Generator) -> list[np.ndarray]:
+        # VideoMAE's repeated augmentation: one temporal pick, augmented num_sample times
+        pick = sample_clip_indices(num_video_frames, self.grid.num_frames, self.sampling_rate, rng)
+        return [pick] * self.num_sample
 
     def __getitem__(self, index: int):
         rng = self._rng(index)
@@ -96,9 +99,8 @@ class VideoMAEPretrainDataset(SkipsUnreadableVideos, Dataset):
     def _item(self, index: int, rng: np.random.Generator):
         path, count = self.samples[index]
         source = open_video_file(path, self.decoder) if count is None else FrameFolder(path, count, self.fname_tmpl)
-        picks = [sample_clip_indices(len(source), self.grid.num_frames, self.sampling_rate, rng)
-                 for _ in range(self.num_sample)]
-        videos = pretraining_clips(source, picks, self.transform, rng, resize=not self.crops_to_device)
+        videos = pretraining_clips(source, self._picks(len(source), rng), self.transform, rng,
+                                   resize=not self.crops_to_device)
         enc_masks, dec_masks = [], []
         for _ in videos:
             enc, dec = self.mask_generator()
@@ -135,9 +137,9 @@ def collate_fn_for(num_sample: int) -> Callable[[list], Any]:
 @dataclass(frozen=True)
 class PretrainingDataConfig:
     """The pre-training videos: the list file ``data_path`` (paths relative to ``data_root``, or to the list's
-    folder when None), ``sampling_rate`` frames between a clip's frames, ``num_sample`` clips per video,
-    ``flip``: random horizontal flips (VideoMAE has none), ``fname_tmpl``: the frames of frame folders, ``decoder``:
-    ``pyav`` or ``torchcodec`` (:mod:`patches.data.torchcodec_reader`)."""
+    folder when None), ``sampling_rate`` frames between a clip's frames, ``num_sample`` augmentations of one clip
+    per video, ``flip``: random horizontal flips (VideoMAE has none), ``fname_tmpl``: the frames of frame folders,
+    ``decoder``: ``pyav`` or ``torchcodec`` (:mod:`patches.data.torchcodec_reader`)."""
 
     data_path: str
     sampling_rate: int
@@ -171,8 +173,9 @@ class VideoClsTrainDataset(SkipsUnreadableVideos, Dataset):
 
     Each clip is sampled with :func:`sample_clip_indices` and augmented by ``transform``
     (a :class:`RandomResizedCropTransform`). With ``num_sample > 1`` the item is
-    ``([video] * num_sample, [label] * num_sample)``: independently sampled and augmented
-    clips of one video whose frames are decoded once; batch with :func:`multiple_samples_collate`.
+    ``([video] * num_sample, [label] * num_sample)``: VideoMAE's repeated augmentation, one temporal pick
+    decoded once and augmented ``num_sample`` times independently (crop, flip, RandAugment, erasing); batch with
+    :func:`multiple_samples_collate`.
     Randomness as in :class:`VideoMAEPretrainDataset` (torch-seeded, or fixed with ``seed``); an
     unreadable video is replaced by another, see :class:`SkipsUnreadableVideos`.
     """
@@ -197,7 +200,7 @@ class VideoClsTrainDataset(SkipsUnreadableVideos, Dataset):
     def _item(self, index: int, rng: np.random.Generator):
         record = self.records[index]
         source = record.open(self.fname_tmpl)
-        picks = [self.clip_indices(len(source), rng) for _ in range(self.num_sample)]
+        picks = [self.clip_indices(len(source), rng)] * self.num_sample  # one pick, num_sample augmentations
         videos = [self.transform(clip, rng) for clip in decode_clips(source, picks)]
         if self.num_sample == 1:
             return videos[0], record.label

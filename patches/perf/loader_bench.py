@@ -6,12 +6,12 @@ pinned memory on cuda only); clips/s counts ``num_sample`` clips per decoded vid
 
 * ``ours``: exactly the loader pre-training builds (``data_loaders.pretraining_loader``, at the
   pre-training flags' defaults: 16 frames, sampling rate 4, 224 px, patch 16, tube mask, here ratio 0.9).
-  It decodes only the frames a clip needs, once per video for all ``num_sample`` clips, and
+  It decodes only the frames a clip needs, once per video for its ``num_sample`` clips, and
   crops and resizes uint8 tensors (see datasets.py and video_transforms.py).
 * ``baseline``: mirrors VideoMAE's reference loader: decord reads every frame of the clip's span
   (16 x 4 = 64 consecutive frames), the clip's 16 frames become PIL images, each gets
   GroupMultiScaleCrop's crop and a bilinear resize to 224, then Stack, ToTorchFormatTensor and
-  GroupNormalize; ``num_sample`` clips mean ``num_sample`` separate decodes.
+  GroupNormalize; ``num_sample`` clips are ``num_sample`` augmentations of one decode (VideoMAE V2).
 
     python scripts/loader_bench.py --workers 0 1 2 --num_sample 1 2 --videos 8 --json loader.json
 

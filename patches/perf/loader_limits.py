@@ -26,13 +26,13 @@ def decode_only_limit(paths: Sequence[str], num_frames: int, sampling_rate: int,
                       seconds: float = 5.0, min_videos: int = 4, seed: int = 0) -> dict[str, Any]:
     """Clips per second one core decodes from ``paths``, as the pre-training loader draws them, doing nothing else.
 
-    Per video (in turn, from the start again when all were read): open it, draw ``num_sample`` clips of
-    ``num_frames`` frames ``sampling_rate`` apart as the loader does, and decode every frame they need once
-    (the loader's own reader: seek to the keyframe before each run of frames, decode the reference frames and
-    the frames asked for), with no colour conversion. Runs in this process, one thread, until ``seconds`` have
-    passed and ``min_videos`` were read. ``clips_per_s`` is per wall second, ``clips_per_cpu_s`` per CPU second
-    of this process (what a busy machine disturbs least; the limit uses it). Files PyAV cannot read are skipped;
-    a :class:`UsageError` when none is readable."""
+    Per video (in turn, from the start again when all were read): open it, draw one clip of ``num_frames`` frames
+    ``sampling_rate`` apart as the loader does (its ``num_sample`` clips are augmentations of that one), and decode
+    every frame it needs once (the loader's own reader: seek to the keyframe before each run of frames, decode the
+    reference frames and the frames asked for), with no colour conversion. Runs in this process, one thread, until
+    ``seconds`` have passed and ``min_videos`` were read. ``clips_per_s`` is per wall second, ``clips_per_cpu_s``
+    per CPU second of this process (what a busy machine disturbs least; the limit uses it). Files PyAV cannot read
+    are skipped; a :class:`UsageError` when none is readable."""
     rng = np.random.default_rng(seed)
     videos = clips = skipped = 0
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -41,8 +41,8 @@ def decode_only_limit(paths: Sequence[str], num_frames: int, sampling_rate: int,
             raise UsageError(f"PyAV cannot read any of the {len(paths)} videos, so there is no decode-only limit")
         path = paths[(videos + skipped) % len(paths)]
         video = VideoFile(path)
-        picks = [sample_clip_indices(len(video), num_frames, sampling_rate, rng) for _ in range(num_sample)]
-        if video.decode(np.unique(np.concatenate(picks))) is None:
+        pick = sample_clip_indices(len(video), num_frames, sampling_rate, rng)  # num_sample clips share it
+        if video.decode(np.unique(pick)) is None:
             skipped += 1
             continue
         videos, clips = videos + 1, clips + num_sample

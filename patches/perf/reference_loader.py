@@ -13,12 +13,12 @@ from torch.utils.data import Dataset
 class ReferencePretrainDataset(Dataset):
     """VideoMAE's reference pre-training loading, for comparison: items as :class:`datasets.VideoMAEPretrainDataset`.
 
-    Per clip (``num_sample`` clips are ``num_sample`` separate decodes, each with its own reader): decord
-    reads all ``num_frames * sampling_rate`` frames of a span starting uniformly in ``[0, len - span]``;
-    the clip's ``num_frames`` frames (every ``sampling_rate``-th) become PIL images (``.convert("RGB")`` as
-    in VideoMAE); GroupMultiScaleCrop cuts the same box (same scales and fixed positions as ours) from each
-    and resizes it to ``input_size`` with PIL bilinear; Stack, ToTorchFormatTensor (``/255``) and
-    GroupNormalize (one channel at a time) make ``[T*3, H, W]``, viewed as ``[3, T, H, W]``. No flip (the
+    Per video (one decode; ``num_sample`` clips are ``num_sample`` augmentations of it, as in VideoMAE V2's
+    pre-training dataset): decord reads all ``num_frames * sampling_rate`` frames of a span starting uniformly in
+    ``[0, len - span]``; the clip's ``num_frames`` frames (every ``sampling_rate``-th) become PIL images
+    (``.convert("RGB")`` as in VideoMAE). Per clip, GroupMultiScaleCrop cuts the same box (same scales and fixed
+    positions as ours) from each and resizes it to ``input_size`` with PIL bilinear; Stack, ToTorchFormatTensor
+    (``/255``) and GroupNormalize (one channel at a time) make ``[T*3, H, W]``, viewed as ``[3, T, H, W]``. No flip (the
     reference's pre-training has none). Items are ``(item, ())`` so that ``CollateWithBad`` batches them.
     """
 
@@ -32,19 +32,26 @@ class ReferencePretrainDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def clip(self, path: str, rng: np.random.Generator) -> torch.Tensor:
+    def frames(self, path: str, rng: np.random.Generator) -> list:
+        """One clip's ``num_frames`` frames as PIL RGB images: decord reads the whole span, every
+        ``sampling_rate``-th frame is kept."""
         import decord
+        from PIL import Image
+
+        reader = decord.VideoReader(path, num_threads=1)
+        span = self.grid.num_frames * self.sampling_rate
+        start = int(rng.integers(max(len(reader) - span, 0) + 1))
+        frames = reader.get_batch([(start + i) % len(reader) for i in range(span)]).asnumpy()
+        return [Image.fromarray(frames[i]).convert("RGB") for i in range(0, span, self.sampling_rate)]
+
+    def augment(self, images: list, rng: np.random.Generator) -> torch.Tensor:
+        """One augmentation of a clip's PIL frames: crop, resize, stack, scale and normalise, ``[3, T, H, W]``."""
         from PIL import Image
         from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
         from patches.data.transforms import multi_scale_crop_params
 
         t, (out_h, out_w) = self.grid.num_frames, self.grid.input_size
-        reader = decord.VideoReader(path, num_threads=1)
-        span = t * self.sampling_rate
-        start = int(rng.integers(max(len(reader) - span, 0) + 1))
-        frames = reader.get_batch([(start + i) % len(reader) for i in range(span)]).asnumpy()
-        images = [Image.fromarray(frames[i]).convert("RGB") for i in range(0, span, self.sampling_rate)]
         # GroupMultiScaleCrop: one box for the group, PIL crop + bilinear resize per frame
         top, left, ch, cw = multi_scale_crop_params(images[0].height, images[0].width, (out_h, out_w),
                                                     self.scales, rng=rng)
@@ -60,9 +67,10 @@ class ReferencePretrainDataset(Dataset):
         from patches.data.clip_sampling import torch_seeded_rng
 
         rng = torch_seeded_rng()
+        images = self.frames(self.paths[index], rng)
         videos, enc, dec = [], [], []
         for _ in range(self.num_sample):
-            videos.append(self.clip(self.paths[index], rng))
+            videos.append(self.augment(images, rng))
             e, d = self.mask_generator()
             enc.append(e)
             dec.append(d)
