@@ -178,15 +178,15 @@ def launcher_flags(name: str, stage: str, world: int, grid: str = "224/16", batc
     return _set(flags, "--patch_size", str(patch))
 
 
-REPEATED_SAMPLING_NOTE = ("departs from VideoMAE's published line: --num_sample {k} clips per decoded video, "
-                          "--batch_size / {k} videos per step and the LR scaled by clips (the same clips and LR per "
+REPEATED_SAMPLING_NOTE = ("departs from VideoMAE's published line: --num_sample {k} augmentations of each decoded "
+                          "clip, --batch_size / {k} videos per step and the LR scaled by clips (the same clips and LR per "
                           "update), for loader-bound nodes; an epoch makes {k}x the updates, so --epochs and "
                           "--warmup_epochs / {k} give the recipe's updates")
 
 
 def repeated_sampling_flags(flags: list[str], num_sample: int = 4) -> list[str]:
-    """The loader-bound variant of pre-training ``flags``: ``--num_sample num_sample`` clips of each decoded video
-    and ``--batch_size`` divided by ``num_sample``, so each update holds the same clips (see
+    """The loader-bound variant of pre-training ``flags``: ``--num_sample num_sample`` augmentations of each decoded
+    clip and ``--batch_size`` divided by ``num_sample``, so each update holds the same clips (see
     :data:`REPEATED_SAMPLING_NOTE`; an epoch then makes ``num_sample`` times the updates). Raises ValueError when
     ``num_sample`` does not divide the batch."""
     batch = int(_flag_value(flags, "--batch_size", "64"))
