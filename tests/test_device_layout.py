@@ -30,6 +30,9 @@ def fake_gpus(monkeypatch):
     calls: dict[str, list] = {"set_device": [], "init_process_group": []}
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls["set_device"].append(torch.device(d).index))
     monkeypatch.setattr(dist, "init_process_group", lambda *a, **kw: calls["init_process_group"].append(kw))
+    # the group's store: an in-memory one, so a simulated rank 3 of 16 waits for no rank 0
+    monkeypatch.setattr(dist, "rendezvous", lambda url, rank, world_size, **kw: iter([(dist.HashStore(), rank,
+                                                                                        world_size)]))
     monkeypatch.setattr(dist, "barrier", lambda *a, **kw: None)
 
     def see(count: int) -> dict[str, list]:
