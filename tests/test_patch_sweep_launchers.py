@@ -282,7 +282,8 @@ def test_the_report_gives_each_points_pretraining_flops_and_plots_accuracy_again
 def test_flags_that_cannot_work_together_are_refused_by_name(flags, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as ended:
         patch_sweep.main([*flags, "--dry_run", "--output_dir", str(tmp_path / "out")])
-    assert str(ended.value.code).startswith("error: ") and message in str(ended.value.code)
+    err = capsys.readouterr().err
+    assert ended.value.code == 2 and err.startswith("error: ") and message in err  # a usage error
 
 
 def test_grid_weights_need_one_positive_weight_per_grid(demo_root, tmp_path):

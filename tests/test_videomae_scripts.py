@@ -189,9 +189,9 @@ def test_every_videomae_flag_is_accepted_or_refused_with_one_line(script: str, t
         try:
             ENTRY[script].main(args)
             accepted.append(flag)
-        except SystemExit as stop:  # the entry point's one error line
-            message = str(stop.code)
-            assert message.startswith(f"error: {flag}") and "\n" not in message, (flag, message)
+        except SystemExit as stop:  # the entry point's one error line, and the usage error's status
+            message = capsys.readouterr().err.strip()
+            assert stop.code == 2 and message.startswith(f"error: {flag}") and "\n" not in message, (flag, message)
             refused.append(flag)
         capsys.readouterr()
     expected_refused = [f for f in flags if f in REFUSED]
