@@ -20,12 +20,12 @@ from patches.data.clip_sampling import (SAMPLINGS, eval_view_fraction, sample_cl
                                         segment_eval_indices, segment_train_indices, torch_seeded_rng)
 from patches.data.lists import VideoListsConfig, VideoRecord, numbered_pretraining_entries, read_records
 from patches.data.pretraining_clips import pretraining_clips
-from patches.data.torchcodec_reader import check_decoder, open_video_file
+from patches.data.torchcodec_reader import TorchCodecVideo, check_decoder, open_video_file
 from patches.data.transforms import PRETRAIN_SCALES, EvalTransform, PretrainTransform, RandomResizedCropTransform
 # (UnreadableDataError, CollateWithBad, ... are also named here, where VideoMAE's ``datasets`` finds them)
 from patches.data.unreadable import (MAX_REPLACEMENTS, CollateWithBad, SkipsUnreadableVideos,  # noqa: F401
                                      UnreadableDataError, UnreadableVideoWarning, other_index)
-from patches.data.video_reader import FrameFolder, decode_clips
+from patches.data.video_reader import FrameFolder, VideoFile, decode_clips
 from patches.grid import PatchGrid
 
 MaskGenerator = Callable[[], tuple[Any, Any]]
@@ -83,9 +83,13 @@ class VideoMAEPretrainDataset(SkipsUnreadableVideos, Dataset):
 
     def load_clips(self, index: int, rng: np.random.Generator) -> list[torch.Tensor]:
         """``num_sample`` raw uint8 ``THWC`` clips of video ``index``: one temporal pick, its frames decoded once."""
-        path, count = self.samples[index]
-        video = open_video_file(path, self.decoder) if count is None else FrameFolder(path, count, self.fname_tmpl)
+        video = self._source(index)
         return decode_clips(video, self._picks(len(video), rng))
+
+    def _source(self, index: int) -> VideoFile | TorchCodecVideo | FrameFolder:
+        """Video ``index``: a file, through the ``--decoder`` reader (PyAV or torchcodec), or a frame folder."""
+        path, count = self.samples[index]
+        return open_video_file(path, self.decoder) if count is None else FrameFolder(path, count, self.fname_tmpl)
 
     def _picks(self, num_video_frames: int, rng: np.random.Generator) -> list[np.ndarray]:
         # VideoMAE's repeated augmentation: one temporal pick, augmented num_sample times
@@ -97,8 +101,7 @@ class VideoMAEPretrainDataset(SkipsUnreadableVideos, Dataset):
         return self._robust_item(index, lambda i: self._item(i, rng), lambda i: other_index(rng, i, len(self)))
 
     def _item(self, index: int, rng: np.random.Generator):
-        path, count = self.samples[index]
-        source = open_video_file(path, self.decoder) if count is None else FrameFolder(path, count, self.fname_tmpl)
+        source = self._source(index)
         videos = pretraining_clips(source, self._picks(len(source), rng), self.transform, rng,
                                    resize=not self.crops_to_device)
         enc_masks, dec_masks = [], []
