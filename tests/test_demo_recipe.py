@@ -7,6 +7,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 from patches.cli import demo as run_demo
+from patches.config.demo_recipe import FINETUNE_EPOCHS, PRETRAIN_EPOCHS
 from patches.cli import finetune as run_class_finetuning
 from patches.cli import pretrain as run_mae_pretraining
 from patches.sweep import patch_sweep
@@ -20,7 +21,7 @@ def parsed(parser: argparse.ArgumentParser, flags: list[str]) -> dict:
 
 
 def test_the_demo_sweep_pretrains_with_run_demos_recipe_but_its_own_grids_and_masks() -> None:
-    demo = argparse.Namespace(pretrain_epochs=55, finetune_epochs=50, demo_root="data/demo", output_dir="out")
+    demo = argparse.Namespace(pretrain_epochs=PRETRAIN_EPOCHS, finetune_epochs=FINETUNE_EPOCHS, demo_root="data/demo", output_dir="out")
     sweep = patch_sweep.resolve(patch_sweep.get_args_parser().parse_args(["--demo"]))
     parser = run_mae_pretraining.get_args_parser()
     ours = parsed(parser, run_demo.pretrain_flags(demo))
@@ -31,7 +32,7 @@ def test_the_demo_sweep_pretrains_with_run_demos_recipe_but_its_own_grids_and_ma
 
 
 def test_the_demo_sweeps_fine_tuning_is_run_demos() -> None:
-    demo = argparse.Namespace(pretrain_epochs=55, finetune_epochs=50, demo_root="data/demo", output_dir="out")
+    demo = argparse.Namespace(pretrain_epochs=PRETRAIN_EPOCHS, finetune_epochs=FINETUNE_EPOCHS, demo_root="data/demo", output_dir="out")
     sweep = patch_sweep.resolve(patch_sweep.get_args_parser().parse_args(["--demo", "--eval", "finetune"]))
     parser = run_class_finetuning.get_args_parser()
     grid = next(g for g in sweep.grids if g.spec != "32/8")
