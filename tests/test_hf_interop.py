@@ -164,3 +164,18 @@ def test_bad_folders_and_unexportable_models_are_refused(tmp_path):
                                                                 num_heads=2), GRIDS[196], model="custom")
     with pytest.raises(SystemExit, match="pass --num_heads"):
         export_hf.main([str(plain), str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # nothing half-written
+
+
+def test_export_hf_exits_2_for_a_path_it_cannot_use_and_1_for_a_checkpoint_it_cannot_read(tmp_path, capsys):
+    (tmp_path / "a_file").write_text("x")
+    for argv in ([str(tmp_path / "missing.pth"), str(tmp_path / "out")],
+                 [str(tmp_path / "a_file"), str(tmp_path / "a_file")],
+                 [str(tmp_path / "a_file"), str(tmp_path / "out"), "--labels", str(tmp_path / "no_labels.txt")]):
+        with pytest.raises(SystemExit) as stop:
+            export_hf.main(argv)
+        assert stop.value.code == 2, argv
+    assert "missing.pth: no such checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        export_hf.main([str(tmp_path / "a_file"), str(tmp_path / "out")])
+    assert "is not a PyTorch checkpoint" in str(stop.value.code)  # status 1, with its message

@@ -32,6 +32,7 @@ import torch
 from patches.checkpoints.errors import CheckpointError, ExportError
 from patches.grid import GridError, PatchGrid, make_grid, recorded_grid
 from patches.models.registry import VIT_SIZES
+from patches.utils.files import write_atomically
 
 HF_CONFIG = "config.json"
 HF_WEIGHTS = "model.safetensors"
@@ -261,8 +262,9 @@ def export_to_hf(ckpt: dict[str, Any], out_dir: str | Path, num_heads: int | Non
     tensors = ours_to_hf(sd)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out / HF_WEIGHTS), metadata={"format": "pt"})
-    (out / HF_CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")
+    # each file whole or not at all; the config last, so a folder with a config has its weights
+    write_atomically(out / HF_WEIGHTS, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+    write_atomically(out / HF_CONFIG, lambda tmp: tmp.write_text(json.dumps(cfg, indent=2) + "\n"))
     return out
 
 

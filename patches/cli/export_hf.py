@@ -24,10 +24,15 @@ from patches.checkpoints.errors import CheckpointError, ExportError
 from patches.checkpoints.hf_videomae import export_to_hf
 from patches.checkpoints.reading import read_any_checkpoint
 from patches.checkpoints.source_grid import inferred_grid
+from patches.cli.exits import exits_on_error
+from patches.errors import UsageError
 from patches.grid import GridError, recorded_grid
 
 
+@exits_on_error
 def main(argv: list[str] | None = None) -> Path:
+    """Exit statuses as every tool's (:mod:`patches.cli.exits`): 2 for a path that cannot be used, 1 when the
+    checkpoint cannot be read or exported."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="our checkpoint (.pth, or .safetensors written with --save_safetensors), or VideoMAE's")
     p.add_argument("out_dir", help="folder to write config.json and model.safetensors into")
@@ -41,6 +46,7 @@ def main(argv: list[str] | None = None) -> Path:
                    help="text file with one class name per line, for a classifier's id2label")
     args = p.parse_args(argv)
     path = Path(args.checkpoint)
+    check_paths(path, args.labels, Path(args.out_dir))
     try:
         ckpt = read_any_checkpoint(path).contents
         if args.model_key != "model" and args.model_key in ckpt:
@@ -62,6 +68,16 @@ def main(argv: list[str] | None = None) -> Path:
         else "VideoMAEForVideoClassification"
     print(f"Wrote {out}/config.json and model.safetensors: load with transformers.{kind}.from_pretrained('{out}')")
     return out
+
+
+def check_paths(checkpoint: Path, labels: str | None, out_dir: Path) -> None:
+    """Refuse, before reading anything, a checkpoint or labels file that is not there and an output that is a file."""
+    if not checkpoint.exists():
+        raise UsageError(f"{checkpoint}: no such checkpoint file or folder")
+    if labels and not Path(labels).is_file():
+        raise UsageError(f"--labels {labels}: no such file")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"{out_dir}: the output must be a folder, and this is a file")
 
 
 if __name__ == "__main__":
