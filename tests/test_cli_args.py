@@ -26,7 +26,7 @@ def test_fine_tuning_flags_become_the_data_configs() -> None:
     assert cli_args.video_lists_config(args) == lists
     assert cli_args.classification_data_config(args) == ClassificationDataConfig(
         lists=lists, sampling_rate=4, num_sample=2, aa="rand-m7-n4-mstd0.5-inc1", train_crop_scale=(0.2, 0.9),
-        flip=False, train_interpolation="bilinear", reprob=0.25, remode="pixel", recount=1, short_side_size=None,
+        flip=False, train_interpolation="bicubic", reprob=0.25, remode="pixel", recount=1, short_side_size=None,
         test_num_segment=5, test_num_crop=3, fname_tmpl="img_{:05}.jpg")
     assert cli_args.loader_config(args) == LoaderConfig(batch_size=3, num_workers=10, pin_memory=False, seed=0,
                                                         max_bad_fraction=0.05)

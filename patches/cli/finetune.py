@@ -69,9 +69,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--train_crop_scale", default=[0.08, 1.0], type=float, nargs=2, metavar=("MIN", "MAX"),
                    help="area range of the training random resized crop, as a share of the frame")
     g.add_argument("--smoothing", default=0.1, type=float, help="label smoothing")
-    g.add_argument("--train_interpolation", default="bilinear", type=str,
-                   help="RandAugment's interpolation for rotations and shears: bilinear, bicubic (VideoMAE's "
-                        "default), nearest, or random (bilinear or bicubic per clip, as VideoMAE's 'random')")
+    g.add_argument("--train_interpolation", default="bicubic", type=str,
+                   help="RandAugment's interpolation for rotations, shears and translations: bicubic (VideoMAE's; "
+                        "frame by frame through PIL), bilinear (one tensor call, cheaper), nearest, or random "
+                        "(bilinear or bicubic per op, as VideoMAE's 'random')")
     g.add_argument("--reprob", default=0.25, type=float, help="random erasing probability")
     g.add_argument("--remode", default="pixel", type=str, help="random erasing mode")
     g.add_argument("--recount", default=1, type=int, help="random erasing count")
