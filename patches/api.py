@@ -215,6 +215,8 @@ def create_model(name: str, grid: GridLike | None = None, **kwargs: Any) -> torc
         size, patch = parse_grid_spec(grid)
         grid = make_grid(kwargs.pop("num_frames", DEFAULT_GRID["num_frames"]),
                          kwargs.pop("tubelet_size", DEFAULT_GRID["tubelet_size"]), size, patch)
+    elif grid is not None and not isinstance(grid, PatchGrid):
+        raise UsageError(f"grid={grid!r}: pass a PatchGrid or 'SIZE/PATCH' such as '224/16'")
     try:
         return create_video_model(name, grid=grid, **kwargs)
     except ValueError as e:

@@ -223,6 +223,8 @@ def test_create_model_builds_any_registered_model_at_any_grid():
         patches.create_model("vit_enormous_patch16_224")
     with pytest.raises((ValueError, PatchesError), match="not divisible"):
         patches.create_model("vit_micro_patch16_224", grid="50/16")
+    with pytest.raises(UsageError, match="pass a PatchGrid or 'SIZE/PATCH'"):
+        patches.create_model("vit_micro_patch16_224", grid={"input_size": 32})
 
 
 @pytest.mark.slow
