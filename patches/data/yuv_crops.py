@@ -7,9 +7,13 @@ first, the crop is cut from the planes (widened to even rows and columns, so tha
 the 2 x 2 luma pixels it belongs to), converted by the same swscale routine as a whole frame would be, and
 the box's pixels are copied, mirrored when the clip is flipped, into one contiguous ``[T, H, W, 3]`` array.
 The RGB values are those of the whole-frame conversion.
+
+For a CUDA run the crop is not converted here: :func:`crop_clip_yuv` hands over the cut planes themselves
+(:class:`YuvCrop`), and the step's device converts them (:mod:`patches.data.yuv_rgb`) with the resize.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -63,7 +67,53 @@ def crop_clip_rgb(frames: Sequence[Any], box: tuple[int, int, int, int], flip: b
         u_out[:] = _plane(frame, 1)[t0 // 2:(t0 + hh) // 2, l0 // 2:(l0 + ww) // 2]
         v_out[:] = _plane(frame, 2)[t0 // 2:(t0 + hh) // 2, l0 // 2:(l0 + ww) // 2]
         cut = av.VideoFrame.from_ndarray(buf.reshape(-1, ww), format=fmt)
-        cut.colorspace = frame.colorspace  # the conversion matrix the whole frame would get
+        cut.colorspace = frame.colorspace  # the conversion matrix and range the whole frame would get
+        cut.color_range = frame.color_range
         rgb = reformatter.reformat(cut, format="rgb24", threads=1).to_ndarray()[rows, cols]
         out[t] = rgb[:, ::-1] if flip else rgb
     return torch.from_numpy(out)
+
+
+@dataclass(frozen=True)
+class YuvCrop:
+    """One clip's crop still in YUV 4:2:0, as the workers of a CUDA run hand it over. ``planes`` uint8
+    ``[T, 3 * h // 2, w]`` is the crop's :func:`even_box` of each frame: rows ``:h`` its luma, rows ``h:`` its two
+    chroma planes side by side (U in columns ``:w // 2``, V after); ``box`` ``(top, left, height, width)`` is the
+    clip's crop inside that luma, ``flip`` whether the clip is mirrored, ``colour`` the frames' ``(colorspace,
+    full_range)`` (:func:`yuv_rgb.frame_colour`)."""
+
+    planes: torch.Tensor
+    box: tuple[int, int, int, int]
+    flip: bool
+    colour: tuple[int, bool]
+
+    def to_rgb(self) -> torch.Tensor:
+        """The clip's crop in RGB, uint8 ``[T, H, W, 3]``, mirrored where drawn: what :func:`crop_clip_rgb` gives."""
+        from patches.data.yuv_rgb import coefficients_tensor, yuv420_to_rgb
+
+        h, w = self.planes.shape[1] * 2 // 3, self.planes.shape[2]
+        luma, chroma = self.planes[None, :, :h], self.planes[None, :, h:]
+        rgb = yuv420_to_rgb(luma, chroma[..., :w // 2], chroma[..., w // 2:], coefficients_tensor([self.colour]))[0]
+        top, left, ch, cw = self.box
+        rgb = rgb[:, top:top + ch, left:left + cw]
+        return (rgb.flip(2) if self.flip else rgb).contiguous()
+
+
+def frame_planes(frames: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The Y, U and V planes of PyAV YUV 4:2:0 frames (see :func:`convertible`), each stacked over the frames:
+    uint8 ``[T, H, W]``, ``[T, H / 2, W / 2]`` twice; made once, shared by all the clips cut from these frames."""
+    return tuple(np.stack([_plane(frame, i) for frame in frames]) for i in range(3))  # type: ignore[return-value]
+
+
+def crop_clip_yuv(planes: tuple[np.ndarray, np.ndarray, np.ndarray], box: tuple[int, int, int, int], flip: bool,
+                  colour: tuple[int, bool]) -> YuvCrop:
+    """``box`` of every frame of :func:`frame_planes`, unconverted: a :class:`YuvCrop` (three slicing copies)."""
+    top, left, ch, cw = box
+    t0, l0, hh, ww = even_box(box)
+    luma, u, v = planes
+    out = np.empty((len(luma), hh + hh // 2, ww), np.uint8)
+    out[:, :hh] = luma[:, t0:t0 + hh, l0:l0 + ww]
+    chroma_rows, chroma_cols = slice(t0 // 2, (t0 + hh) // 2), slice(l0 // 2, (l0 + ww) // 2)
+    out[:, hh:, :ww // 2] = u[:, chroma_rows, chroma_cols]
+    out[:, hh:, ww // 2:] = v[:, chroma_rows, chroma_cols]
+    return YuvCrop(torch.from_numpy(out), (top - t0, left - l0, ch, cw), bool(flip), colour)
