@@ -72,7 +72,7 @@ def test_yuv_crops_at_odd_corners_convert_to_the_loaders_rgb_crops(tmp_path: Pat
         for flip in (False, True):
             expected = crop_clip_rgb(frames, box, flip, source.fast.to_rgb)
             got = crop_clip_yuv(planes, box, flip, colour)
-            assert got.planes.dtype == torch.uint8 and got.to_rgb().shape == expected.shape
+            assert got.luma[0].dtype == np.uint8 and got.to_rgb().shape == expected.shape
             assert (got.to_rgb().int() - expected.int()).abs().max() <= 2
     source.fast.close()
 

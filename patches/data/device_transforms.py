@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from torch.utils.data import default_collate
+from torch.utils.data import default_collate, get_worker_info
 
 from patches.data.transforms import normalize_batch
 from patches.data.yuv_crops import YuvCrop
@@ -25,6 +25,16 @@ from patches.data.yuv_rgb import coefficients_tensor, yuv420_to_rgb
 _CONVERT_ELEMENTS = 1 << 26
 
 
+def batch_buffer(shape: Sequence[int]) -> torch.Tensor:
+    """An uninitialised uint8 tensor for a batch; in a DataLoader worker in shared memory, as ``default_collate``
+    makes its batches, so that handing it to the main process copies nothing."""
+    if get_worker_info() is None:
+        return torch.empty(tuple(shape), dtype=torch.uint8)
+    numel = int(torch.Size(shape).numel())
+    storage = torch.empty(0, dtype=torch.uint8)._typed_storage()._new_shared(numel)
+    return torch.empty(0, dtype=torch.uint8).new(storage).view(tuple(shape))
+
+
 def pad_crops(crops: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 ``THWC`` crops of different sizes as one uint8 ``[B, T, H, W, C]`` batch, zero-padded at the bottom
     and right to the largest, and their ``[B, 2]`` int64 ``(height, width)``: what a loader hands over."""
@@ -32,7 +42,7 @@ def pad_crops(crops: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor
         raise ValueError("no crops to pad")
     t, c = crops[0].shape[0], crops[0].shape[3]
     height, width = max(x.shape[1] for x in crops), max(x.shape[2] for x in crops)
-    out = torch.zeros((len(crops), t, height, width, c), dtype=torch.uint8)
+    out = batch_buffer((len(crops), t, height, width, c)).zero_()
     for i, crop in enumerate(crops):
         out[i, :, :crop.shape[1], :crop.shape[2]] = crop
     return out, torch.tensor([[x.shape[1], x.shape[2]] for x in crops], dtype=torch.int64)
@@ -113,16 +123,14 @@ class YuvCrops(PaddedCrops):
     @classmethod
     def from_crops(cls, crops: Sequence[YuvCrop], out_hw: tuple[int, int]) -> "YuvCrops":
         """The batch of ``crops`` (the collate step, in the worker)."""
-        t = crops[0].planes.shape[0]
-        height = max(c.planes.shape[1] * 2 // 3 for c in crops)
-        width = max(c.planes.shape[2] for c in crops)
-        out = torch.zeros((len(crops), t, height * 3 // 2, width), dtype=torch.uint8)
+        t = crops[0].shape[0]
+        height, width = max(c.shape[1] for c in crops), max(c.shape[2] for c in crops)
+        # the padding is left as it comes: converted on the device like the rest, then never read
+        batch = batch_buffer((len(crops), t, height * 3 // 2, width))
+        out = batch.numpy()
         for i, crop in enumerate(crops):
-            h, w = crop.planes.shape[1] * 2 // 3, crop.planes.shape[2]
-            out[i, :, :h, :w] = crop.planes[:, :h]
-            out[i, :, height:height + h // 2, :w // 2] = crop.planes[:, h:, :w // 2]
-            out[i, :, height:height + h // 2, width // 2:width // 2 + w // 2] = crop.planes[:, h:, w // 2:]
-        return cls(out, torch.tensor([c.box for c in crops], dtype=torch.int64),
+            crop.copy_into(out[i])
+        return cls(batch, torch.tensor([c.box for c in crops], dtype=torch.int64),
                    torch.tensor([c.flip for c in crops]), coefficients_tensor([c.colour for c in crops]), out_hw)
 
     def pin_memory(self) -> "YuvCrops":

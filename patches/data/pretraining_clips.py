@@ -56,15 +56,15 @@ def clip_crops(source: VideoFile | FrameFolder | FrameArray, picks: Sequence[np.
 
 def _yuv_crops(source: VideoFile, frames: list, needed: np.ndarray, picks: Sequence[np.ndarray],
                transform: PretrainTransform, rng: np.random.Generator) -> list[YuvCrop]:
-    """:func:`clip_crops` with ``yuv``: the frames' planes stacked once, each clip's box sliced from them."""
+    """:func:`clip_crops` with ``yuv``: each clip's box as views of the frames' planes (copied once, by the collate
+    step)."""
     height, width, colour = frames[0].height, frames[0].width, frame_colour(frames[0])
-    planes = frame_planes(frames)
-    del frames  # the decoder's frame buffers go back before the file is closed
+    planes = frame_planes(frames)  # views: they keep the frames' buffers until the batch is collated
+    del frames
     source.fast.close()
     crops = []
     for pick in picks:
         box, flip = transform.draw(height, width, rng)
-        index = np.searchsorted(needed, pick)
-        chosen = planes if np.array_equal(index, np.arange(len(needed))) else tuple(p[index] for p in planes)
+        chosen = [planes[i] for i in np.searchsorted(needed, pick).tolist()]
         crops.append(crop_clip_yuv(chosen, box, flip, colour))
     return crops

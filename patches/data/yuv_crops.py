@@ -76,44 +76,57 @@ def crop_clip_rgb(frames: Sequence[Any], box: tuple[int, int, int, int], flip: b
 
 @dataclass(frozen=True)
 class YuvCrop:
-    """One clip's crop still in YUV 4:2:0, as the workers of a CUDA run hand it over. ``planes`` uint8
-    ``[T, 3 * h // 2, w]`` is the crop's :func:`even_box` of each frame: rows ``:h`` its luma, rows ``h:`` its two
-    chroma planes side by side (U in columns ``:w // 2``, V after); ``box`` ``(top, left, height, width)`` is the
-    clip's crop inside that luma, ``flip`` whether the clip is mirrored, ``colour`` the frames' ``(colorspace,
+    """One clip's crop still in YUV 4:2:0, as the workers of a CUDA run hand it to the collate step. ``luma``, ``u``
+    and ``v`` are, for each frame, views of the crop's :func:`even_box` in the frame's planes (``h x w`` and
+    ``h / 2 x w / 2``; nothing is copied until :meth:`copy_into`); ``box`` ``(top, left, height, width)`` is the
+    clip's crop inside that even box, ``flip`` whether the clip is mirrored, ``colour`` the frames' ``(colorspace,
     full_range)`` (:func:`yuv_rgb.frame_colour`)."""
 
-    planes: torch.Tensor
+    luma: Sequence[np.ndarray]
+    u: Sequence[np.ndarray]
+    v: Sequence[np.ndarray]
     box: tuple[int, int, int, int]
     flip: bool
     colour: tuple[int, bool]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(T, h, w)``: frames, and the even box's rows and columns."""
+        return (len(self.luma), *self.luma[0].shape)
+
+    def copy_into(self, out: np.ndarray) -> None:
+        """Copy the planes into ``out`` uint8 ``[T, rows, columns]`` (at least ``3 h / 2 x w``), as one crop of a
+        batch is laid out (:class:`device_transforms.YuvCrops`): luma at the top left, below it U, and V from the
+        middle column on (``columns // 2``)."""
+        h, w = self.luma[0].shape
+        height, half = out.shape[1] * 2 // 3, out.shape[2] // 2
+        for t, (luma, u, v) in enumerate(zip(self.luma, self.u, self.v)):
+            out[t, :h, :w] = luma
+            out[t, height:height + h // 2, :w // 2] = u
+            out[t, height:height + h // 2, half:half + w // 2] = v
 
     def to_rgb(self) -> torch.Tensor:
         """The clip's crop in RGB, uint8 ``[T, H, W, 3]``, mirrored where drawn: what :func:`crop_clip_rgb` gives."""
         from patches.data.yuv_rgb import coefficients_tensor, yuv420_to_rgb
 
-        h, w = self.planes.shape[1] * 2 // 3, self.planes.shape[2]
-        luma, chroma = self.planes[None, :, :h], self.planes[None, :, h:]
-        rgb = yuv420_to_rgb(luma, chroma[..., :w // 2], chroma[..., w // 2:], coefficients_tensor([self.colour]))[0]
+        planes = [torch.from_numpy(np.stack(p))[None] for p in (self.luma, self.u, self.v)]
+        rgb = yuv420_to_rgb(*planes, coefficients_tensor([self.colour]))[0]
         top, left, ch, cw = self.box
         rgb = rgb[:, top:top + ch, left:left + cw]
         return (rgb.flip(2) if self.flip else rgb).contiguous()
 
 
-def frame_planes(frames: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The Y, U and V planes of PyAV YUV 4:2:0 frames (see :func:`convertible`), each stacked over the frames:
-    uint8 ``[T, H, W]``, ``[T, H / 2, W / 2]`` twice; made once, shared by all the clips cut from these frames."""
-    return tuple(np.stack([_plane(frame, i) for frame in frames]) for i in range(3))  # type: ignore[return-value]
+def frame_planes(frames: Sequence[Any]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The Y, U and V planes of each PyAV YUV 4:2:0 frame (see :func:`convertible`) as numpy views, made once and
+    shared by all the clips cut from these frames (they keep the frames' buffers alive)."""
+    return [(_plane(frame, 0), _plane(frame, 1), _plane(frame, 2)) for frame in frames]
 
 
-def crop_clip_yuv(planes: tuple[np.ndarray, np.ndarray, np.ndarray], box: tuple[int, int, int, int], flip: bool,
-                  colour: tuple[int, bool]) -> YuvCrop:
-    """``box`` of every frame of :func:`frame_planes`, unconverted: a :class:`YuvCrop` (three slicing copies)."""
+def crop_clip_yuv(planes: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], box: tuple[int, int, int, int],
+                  flip: bool, colour: tuple[int, bool]) -> YuvCrop:
+    """``box`` of every frame of :func:`frame_planes`, unconverted and uncopied: a :class:`YuvCrop`."""
     top, left, ch, cw = box
     t0, l0, hh, ww = even_box(box)
-    luma, u, v = planes
-    out = np.empty((len(luma), hh + hh // 2, ww), np.uint8)
-    out[:, :hh] = luma[:, t0:t0 + hh, l0:l0 + ww]
-    chroma_rows, chroma_cols = slice(t0 // 2, (t0 + hh) // 2), slice(l0 // 2, (l0 + ww) // 2)
-    out[:, hh:, :ww // 2] = u[:, chroma_rows, chroma_cols]
-    out[:, hh:, ww // 2:] = v[:, chroma_rows, chroma_cols]
-    return YuvCrop(torch.from_numpy(out), (top - t0, left - l0, ch, cw), bool(flip), colour)
+    rows, cols = slice(t0 // 2, (t0 + hh) // 2), slice(l0 // 2, (l0 + ww) // 2)
+    return YuvCrop([y[t0:t0 + hh, l0:l0 + ww] for y, _, _ in planes], [u[rows, cols] for _, u, _ in planes],
+                   [v[rows, cols] for _, _, v in planes], (top - t0, left - l0, ch, cw), bool(flip), colour)
