@@ -76,9 +76,10 @@ def run_files(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def leak_check(args: argparse.Namespace) -> dict[str, Any]:
-    """``--leak_clips N``: the loader (``ours``, the first ``--workers`` and ``--num_sample``) over N clips of the
-    listed (or generated) videos, each worker's resident memory sampled after every batch. ``growth_mb`` is
-    :func:`loader_limits.rss_growth`; ``leak`` is True when it exceeds ``args.leak_mb``."""
+    """``--leak_clips N``: the loader (``device`` when ``--pipelines`` names it, else ``ours``; the first ``--workers``
+    and ``--num_sample``) over N clips of the listed (or generated) videos, each worker's resident memory sampled
+    after every batch. ``growth_mb`` is :func:`loader_limits.rss_growth`; ``leak`` is True when it exceeds
+    ``args.leak_mb``."""
     paths = list_paths(args) if args.data_path else make_videos(args.video_dir, args.videos, args.short_side,
                                                                   args.seconds, args.fps)
     workers, num_sample = args.workers[0], args.num_sample[0]
@@ -89,14 +90,15 @@ def leak_check(args: argparse.Namespace) -> dict[str, Any]:
         Path(list_file).write_text("".join(f"{os.path.abspath(paths[i % len(paths)])}\n"
                                            for i in range(args.batch_size * (batches + 1))))
         loader_flags, grid = loader_args(list_file, workers, num_sample, args.batch_size, args.extra_args)
-        loader = build_loader("ours", loader_flags, grid, torch.device(args.device))
+        pipeline = "device" if "device" in args.pipelines else "ours"
+        loader = build_loader(pipeline, loader_flags, grid, torch.device(args.device))
         samples, start = [], time.perf_counter()
         for i, _ in zip(range(batches), loader):
             samples.append([round(mb, 1) for mb in worker_rss_mb()] if workers else [_own_rss_mb()])
         elapsed = time.perf_counter() - start
         del loader
     growth = rss_growth(samples)
-    result = {"workers": workers, "num_sample": num_sample, "clips": len(samples) * per_batch,
+    result = {"pipeline": pipeline, "workers": workers, "num_sample": num_sample, "clips": len(samples) * per_batch,
               "clips_per_s": len(samples) * per_batch / elapsed, "rss_mb_first": samples[0],
               "rss_mb_last": samples[-1], "rss_mb_peak": max(max(s) for s in samples if s), "growth_mb": growth,
               "leak": growth > args.leak_mb, "rss_mb_samples": samples}
