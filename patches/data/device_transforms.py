@@ -111,14 +111,19 @@ class PaddedCrops:
 
 class YuvCrops(PaddedCrops):
     """A batch of :class:`yuv_crops.YuvCrop` as a loader hands it to the step: ``crops`` uint8 ``[B, T, 3 H / 2, W]``,
-    each clip's planes (luma rows, then U | V) zero-padded to the largest; ``boxes`` int64 ``[B, 4]`` (each clip's
-    crop inside its luma), ``flips`` bool ``[B]``, ``coefficients`` int32 ``[B, 6]``
-    (:func:`yuv_rgb.coefficients_tensor`). :meth:`to_model_input` converts, crops, resizes, flips and normalises."""
+    each clip's planes (luma rows, then U | V) padded to the largest; per clip its ``boxes`` (the crop inside its
+    luma), ``flips`` and ``colours`` (``(colorspace, full_range)``), kept as Python values so that a worker hands
+    over one shared tensor only. :meth:`to_model_input` converts, crops, resizes, flips and normalises."""
 
-    def __init__(self, crops: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, coefficients: torch.Tensor,
-                 out_hw: tuple[int, int]) -> None:
-        super().__init__(crops, boxes[:, 2:], out_hw)
-        self.boxes, self.flips, self.coefficients = boxes, flips, coefficients
+    def __init__(self, crops: torch.Tensor, boxes: Sequence[tuple[int, int, int, int]], flips: Sequence[bool],
+                 colours: Sequence[tuple[int, bool]], out_hw: tuple[int, int]) -> None:
+        self.crops, self.out_hw = crops, (int(out_hw[0]), int(out_hw[1]))
+        self.boxes, self.flips, self.colours = list(boxes), list(flips), list(colours)
+
+    @property
+    def sizes(self) -> torch.Tensor:
+        """int64 ``[B, 2]``: each clip's crop ``(height, width)``."""
+        return torch.tensor([box[2:] for box in self.boxes], dtype=torch.int64).reshape(-1, 2)
 
     @classmethod
     def from_crops(cls, crops: Sequence[YuvCrop], out_hw: tuple[int, int]) -> "YuvCrops":
@@ -130,14 +135,13 @@ class YuvCrops(PaddedCrops):
         out = batch.numpy()
         for i, crop in enumerate(crops):
             crop.copy_into(out[i])
-        return cls(batch, torch.tensor([c.box for c in crops], dtype=torch.int64),
-                   torch.tensor([c.flip for c in crops]), coefficients_tensor([c.colour for c in crops]), out_hw)
+        return cls(batch, [c.box for c in crops], [c.flip for c in crops], [c.colour for c in crops], out_hw)
 
     def pin_memory(self) -> "YuvCrops":
-        return YuvCrops(self.crops.pin_memory(), self.boxes, self.flips, self.coefficients, self.out_hw)
+        return YuvCrops(self.crops.pin_memory(), self.boxes, self.flips, self.colours, self.out_hw)
 
     def to(self, device: torch.device, non_blocking: bool = False) -> "YuvCrops":
-        return YuvCrops(self.crops.to(device, non_blocking=non_blocking), self.boxes, self.flips, self.coefficients,
+        return YuvCrops(self.crops.to(device, non_blocking=non_blocking), self.boxes, self.flips, self.colours,
                         self.out_hw)
 
     def rgb(self) -> torch.Tensor:
@@ -147,18 +151,20 @@ class YuvCrops(PaddedCrops):
         height = rows * 2 // 3
         out = torch.empty((b, t, height, width, 3), dtype=torch.uint8, device=self.crops.device)
         step = max(1, _CONVERT_ELEMENTS // (t * height * width))
+        coefficients = coefficients_tensor(self.colours).to(self.crops.device, non_blocking=True)
         for start in range(0, b, step):
             planes = self.crops[start:start + step]
             chroma = planes[:, :, height:]
             out[start:start + step] = yuv420_to_rgb(planes[:, :, :height], chroma[..., :width // 2],
-                                                    chroma[..., width // 2:], self.coefficients[start:start + step])
+                                                    chroma[..., width // 2:], coefficients[start:start + step])
         return out
 
     def to_model_input(self) -> torch.Tensor:
         """float32 ``[B, C, T, H, W]``, normalised, on the crops' device: :meth:`rgb`, then
         :func:`crops_to_model_input` of each clip's box, flipped where drawn."""
-        return crops_to_model_input(self.rgb(), self.boxes[:, 2:], self.out_hw, self.flips,
-                                    offsets=self.boxes[:, :2])
+        boxes = torch.tensor(self.boxes, dtype=torch.int64).reshape(-1, 4)
+        return crops_to_model_input(self.rgb(), boxes[:, 2:], self.out_hw, torch.tensor(self.flips, dtype=torch.bool),
+                                    offsets=boxes[:, :2])
 
 
 class CollateCrops:
