@@ -93,6 +93,26 @@ def test_files_mode_reports_the_decode_only_limit_the_share_and_worker_memory(vi
     assert "| ours | 1 | 2 |" in capsys.readouterr().out
 
 
+def test_device_pipeline_hands_over_yuv_crops_and_reports_per_cpu_second_ratios(videos: list[str], tmp_path: Path,
+                                                                               capsys: pytest.CaptureFixture) -> None:
+    """--pipelines device: the loader as a CUDA run builds it (YUV crop planes, converted later on the device)."""
+    (tmp_path / "list.csv").write_text("".join(f"{Path(v).name}\n" for v in videos))
+    out = tmp_path / "files.json"
+    loader_bench_cli.main(["--data_path", str(tmp_path / "list.csv"), "--data_root", str(Path(videos[0]).parent),
+                           "--workers", "1", "--num_sample", "1", "2", "--pipelines", "ours", "device", "--time", "0",
+                           "--batch_size", "2", "--json", str(out), "--extra_args", *SMALL])
+    rows = {(r["pipeline"], r["num_sample"]): r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {("ours", 1), ("ours", 2), ("device", 1), ("device", 2)}
+    assert rows[("ours", 2)]["batch_shape"][1:] == [3, 8, 32, 32]  # resized RGB clips
+    batch, frames, rows_yuv, width = rows[("device", 2)]["batch_shape"]
+    assert (batch, frames) == (4, 8) and rows_yuv % 3 == 0 and rows_yuv >= 48 and width >= 32  # YUV 4:2:0 crops
+    for r in rows.values():
+        assert r["best_clips_per_cpu_s"] == max(r["cpu_runs"]) > 0
+        expected = r["best_clips_per_cpu_s"] / rows[(r["pipeline"], 1)]["best_clips_per_cpu_s"]
+        assert r["vs_num_sample_1_cpu"] == pytest.approx(expected)
+    assert "| device | 1 | 2 |" in capsys.readouterr().out
+
+
 def test_leak_check_samples_each_workers_memory_over_the_run(videos: list[str], tmp_path: Path) -> None:
     out = tmp_path / "leak.json"
     loader_bench_cli.main(["--leak_clips", "12", "--workers", "1", "--num_sample", "2", "--batch_size", "2",
