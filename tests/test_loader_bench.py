@@ -40,9 +40,13 @@ def test_videos_are_h264_of_the_asked_size_and_cached(videos: list[str]) -> None
 def test_both_pipelines_deliver_clips(videos: list[str], pipeline: str, num_sample: int) -> None:
     row = loader_bench.measure_loader(videos, 0, num_sample, pipeline, batch_size=2, seconds=0, min_batches=2,
                                       warmup_batches=1, extra_args=SMALL)
-    # ours hands uint8 clips to the step, which normalises them on its device; the baseline normalises here
-    assert row["batch_shape"] == [2 * num_sample, 3, 8, 32, 32]
-    assert row["dtype"] == ("uint8" if pipeline == "ours" else "float32")
+    # ours hands uint8 clips to the step, which normalises them on its device; the baseline normalises here;
+    # device hands over the crops' YUV 4:2:0 planes, [B, T, 3 H / 2, W], converted and resized on the device
+    if pipeline == "device":
+        assert row["batch_shape"][:2] == [2 * num_sample, 8] and row["batch_shape"][2] % 3 == 0
+    else:
+        assert row["batch_shape"] == [2 * num_sample, 3, 8, 32, 32]
+    assert row["dtype"] == ("float32" if pipeline == "baseline" else "uint8")
     assert row["clips"] == 2 * 2 * num_sample and row["clips_per_s"] > 0 and row["clips_per_cpu_s"] > 0
 
 

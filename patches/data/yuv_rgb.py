@@ -10,7 +10,7 @@ term by term), the terms are summed and saturated to 0..255; each chroma sample 
 C path) values may differ by a step of rounding."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -43,7 +43,7 @@ def swscale_coefficients(colorspace: int, full_range: bool) -> tuple[int, int, i
             _round16(cgv * 8192), _round16(cbu * 8192))
 
 
-def frame_colour(frame) -> tuple[int, bool]:
+def frame_colour(frame: Any) -> tuple[int, bool]:
     """``(colorspace, full_range)`` of a PyAV frame as swscale reads them: full range for ``yuvj420p`` and for frames
     flagged JPEG (full) range."""
     return int(frame.colorspace), frame.format.name == "yuvj420p" or int(frame.color_range) == 2
