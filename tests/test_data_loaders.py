@@ -110,10 +110,11 @@ def test_pretraining_loader(demo_root: Path) -> None:
 
 
 def test_the_device_path_on_cpu_gives_the_loaders_clips_within_rounding(demo_root: Path) -> None:
-    """CUDA runs hand the step crops at their cut size, resized, flipped and normalised there in one batch
-    (patches.data.device_transforms): run on the CPU, that path gives the loader's own clips within 1/255."""
+    """CUDA runs hand the step YUV crops at their cut size, converted, resized, flipped and normalised there in one
+    batch (patches.data.device_transforms): run on the CPU, that path gives the loader's own clips within 2/255
+    (1 on x86, where the conversion is swscale's to the bit; the resize rounds in float)."""
     from patches.data.datasets import VideoMAEPretrainDataset
-    from patches.data.device_transforms import CollateCrops, PaddedCrops
+    from patches.data.device_transforms import CollateCrops, YuvCrops
     from patches.data.transforms import IMAGENET_DEFAULT_STD, normalize_batch
     from patches.train.reconstruction import clips_to_device
 
@@ -128,11 +129,11 @@ def test_the_device_path_on_cpu_gives_the_loaders_clips_within_rounding(demo_roo
     torch.manual_seed(0)
     batch = CollateCrops(grid.input_size)([device_path[i] for i in items])
     crops = batch[0]
-    assert isinstance(crops, PaddedCrops) and crops.dtype == torch.uint8 and crops.shape[:2] == (12, 4)
+    assert isinstance(crops, YuvCrops) and crops.dtype == torch.uint8 and crops.shape[:2] == (12, 4)
     assert len({tuple(s) for s in crops.sizes.tolist()}) > 1, "crops of several sizes in one batch"
     assert tuple(batch[1].shape) == (12, grid.num_tokens) and tuple(batch[2].shape) == (12, grid.num_tokens)
     got = clips_to_device(crops, CPU)
     want = normalize_batch(expected)
     assert got.shape == want.shape == (12, 3, 4, 32, 32) and got.dtype == torch.float32
     pixels = (got - want).abs() * torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1, 1) * 255
-    assert pixels.max() <= 1.001 and pixels.mean() < 0.5  # uint8 resizing rounds in fixed point
+    assert pixels.max() <= 2.001 and pixels.mean() < 0.5  # uint8 resizing rounds in fixed point

@@ -293,6 +293,8 @@ def grey_levels_video(path: Path, num_frames: int = 60) -> Path:
 def test_num_sample_clips_are_one_temporal_pick_augmented_apart(tmp_path: Path, crops_to_device: bool) -> None:
     """VideoMAE's repeated augmentation: the num_sample clips of an item show the same frames (flat greys, so
     crops and flips keep each frame's level), not num_sample temporal picks."""
+    from patches.data.yuv_crops import YuvCrop
+
     grey_levels_video(tmp_path / "grey.mp4")
     _write(tmp_path / "list.csv", "grey.mp4 0\n")
     ds = VideoMAEPretrainDataset(tmp_path / "list.csv", tmp_path, make_grid(4, 2, 32, 16), 3, CountingMasks(),
@@ -301,6 +303,9 @@ def test_num_sample_clips_are_one_temporal_pick_augmented_apart(tmp_path: Path, 
     for seed in range(4):
         torch.manual_seed(seed)
         videos = ds[0][0]
+        if crops_to_device:  # the crops travel as YUV planes (patches.data.yuv_crops.YuvCrop)
+            assert all(isinstance(v, YuvCrop) for v in videos)
+            videos = [v.to_rgb() for v in videos]
         levels = [v.float().mean(dim=(1, 2, 3) if crops_to_device else (0, 2, 3)) for v in videos]
         assert len(levels) == 3 and (levels[0][1:] - levels[0][:-1] - 12).abs().max() <= 2  # 3 frames apart
         for other in levels[1:]:

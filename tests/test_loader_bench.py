@@ -40,9 +40,13 @@ def test_videos_are_h264_of_the_asked_size_and_cached(videos: list[str]) -> None
 def test_both_pipelines_deliver_clips(videos: list[str], pipeline: str, num_sample: int) -> None:
     row = loader_bench.measure_loader(videos, 0, num_sample, pipeline, batch_size=2, seconds=0, min_batches=2,
                                       warmup_batches=1, extra_args=SMALL)
-    # ours hands uint8 clips to the step, which normalises them on its device; the baseline normalises here
-    assert row["batch_shape"] == [2 * num_sample, 3, 8, 32, 32]
-    assert row["dtype"] == ("uint8" if pipeline == "ours" else "float32")
+    # ours hands uint8 clips to the step, which normalises them on its device; the baseline normalises here;
+    # device hands over the crops' YUV 4:2:0 planes, [B, T, 3 H / 2, W], converted and resized on the device
+    if pipeline == "device":
+        assert row["batch_shape"][:2] == [2 * num_sample, 8] and row["batch_shape"][2] % 3 == 0
+    else:
+        assert row["batch_shape"] == [2 * num_sample, 3, 8, 32, 32]
+    assert row["dtype"] == ("float32" if pipeline == "baseline" else "uint8")
     assert row["clips"] == 2 * 2 * num_sample and row["clips_per_s"] > 0 and row["clips_per_cpu_s"] > 0
 
 
@@ -91,6 +95,26 @@ def test_files_mode_reports_the_decode_only_limit_the_share_and_worker_memory(vi
         assert r["vs_num_sample_1"] == pytest.approx(r["clips_per_s"] / rows[2 * (r["workers"])]["clips_per_s"])
     assert all(mb > 10 for mb in rows[2]["worker_rss_mb"])
     assert "| ours | 1 | 2 |" in capsys.readouterr().out
+
+
+def test_device_pipeline_hands_over_yuv_crops_and_reports_per_cpu_second_ratios(videos: list[str], tmp_path: Path,
+                                                                               capsys: pytest.CaptureFixture) -> None:
+    """--pipelines device: the loader as a CUDA run builds it (YUV crop planes, converted later on the device)."""
+    (tmp_path / "list.csv").write_text("".join(f"{Path(v).name}\n" for v in videos))
+    out = tmp_path / "files.json"
+    loader_bench_cli.main(["--data_path", str(tmp_path / "list.csv"), "--data_root", str(Path(videos[0]).parent),
+                           "--workers", "1", "--num_sample", "1", "2", "--pipelines", "ours", "device", "--time", "0",
+                           "--batch_size", "2", "--json", str(out), "--extra_args", *SMALL])
+    rows = {(r["pipeline"], r["num_sample"]): r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {("ours", 1), ("ours", 2), ("device", 1), ("device", 2)}
+    assert rows[("ours", 2)]["batch_shape"][1:] == [3, 8, 32, 32]  # resized RGB clips
+    batch, frames, rows_yuv, width = rows[("device", 2)]["batch_shape"]
+    assert (batch, frames) == (4, 8) and rows_yuv % 3 == 0 and rows_yuv >= 48 and width >= 32  # YUV 4:2:0 crops
+    for r in rows.values():
+        assert r["best_clips_per_cpu_s"] == max(r["cpu_runs"]) > 0
+        expected = r["best_clips_per_cpu_s"] / rows[(r["pipeline"], 1)]["best_clips_per_cpu_s"]
+        assert r["vs_num_sample_1_cpu"] == pytest.approx(expected)
+    assert "| device | 1 | 2 |" in capsys.readouterr().out
 
 
 def test_leak_check_samples_each_workers_memory_over_the_run(videos: list[str], tmp_path: Path) -> None:

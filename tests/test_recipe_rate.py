@@ -83,3 +83,14 @@ def test_keep_every_flag_checks(tmp_path: Path, capsys: pytest.CaptureFixture) -
             prepare_videos_main([str(tmp_path), str(tmp_path / "out"), *bad])
         assert stop.value.code == 2
     assert "--keep_every" in capsys.readouterr().err
+
+
+def test_recipe_rate_files_keep_the_keyframe_interval_in_source_frames(tmp_path: Path) -> None:
+    """--gop left out: a keyframe every 16 source frames, so 16 / K frames of a recipe-rate file; given: as given."""
+    from patches.cli.encode_flags import encode_config
+    from patches.cli.prepare_videos import get_args_parser
+
+    parser = get_args_parser()
+    for flags, gop in [([], 16), (["--keep_every", "2"], 8), (["--keep_every", "4"], 4), (["--keep_every", "3"], 5),
+                       (["--keep_every", "32"], 1), (["--keep_every", "2", "--gop", "16"], 16)]:
+        assert encode_config(parser, parser.parse_args([str(tmp_path), str(tmp_path / "out"), *flags])).gop == gop

@@ -14,7 +14,7 @@ from patches.perf import selfcheck
 # What the quick CPU run must pass; the fp16 checks need CUDA and must say so.
 MUST_PASS = ["environment", "decode", "loss_falls 16 bf16", "loss_falls 36 bf16", "compile 16 bf16",
              "finetune_multiview_test", "torchrun gloo", "resume_exact", "deepspeed_zero2 bf16", "timing 16 sdpa",
-             "timing 16 math", "loader_vs_step"]
+             "timing 16 math", "loader_vs_step", "device_path yuv crops"]
 SKIPPED_ON_CPU = ["gpu_settings", "host_syncs", "loss_falls 16 fp16", "loss_falls 36 fp16",
                   "deepspeed fp16 (ZeRO-2 refused, ZeRO-0 steps)"]
 
@@ -44,7 +44,9 @@ def test_quick_cpu_selfcheck_passes_and_writes_its_table_and_json(tmp_path):
     assert {r["attention"] for r in report["timing"]} == {"sdpa", "math"}
     md = (tmp_path / "tmp" / "selfcheck.md").read_text()
     assert md.startswith("# PATCHES self-check: PASS") and "| resume_exact | pass |" in md
-    assert "[17/18] loader_vs_step ..." in result.stdout
+    assert "[17/19] loader_vs_step ..." in result.stdout
+    device_path = checks["device_path yuv crops"]["figures"]
+    assert device_path["max_pixel_error"] <= 2 and device_path["worker_yuv_clips_per_s"] > 0
     assert not (tmp_path / "tmp" / "selfcheck_work").exists(), "a passing run leaves no work files"
 
 

@@ -7,6 +7,13 @@ import shutil
 
 from patches.data.encoding import EncodeConfig
 
+SOURCE_GOP = 16  # the default keyframe interval, in source frames (recipe-rate files keep its time span)
+
+
+def default_gop(keep_every: int) -> int:
+    """``--gop`` when not given: a keyframe every :data:`SOURCE_GOP` source frames, at least every frame."""
+    return max(1, SOURCE_GOP // max(1, keep_every))
+
 
 def add_encode_args(p: argparse.ArgumentParser) -> None:
     """The flags of how videos are re-encoded, and of the batch (shared with ``prepare_dataset.py``)."""
@@ -16,7 +23,9 @@ def add_encode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep_every", type=int, default=1,
                    help="recipe-rate files: keep source frames 0, K, 2K, ... at 1/K of the frame rate; read them "
                         "with the recipe's --sampling_rate divided by K (e.g. 4 -> 2 for K=2)")
-    p.add_argument("--gop", type=int, default=16, help="a keyframe every this many frames, exactly")
+    p.add_argument("--gop", type=int, default=None,
+                   help=f"a keyframe every this many frames, exactly (default: every {SOURCE_GOP} source frames, "
+                        f"i.e. {SOURCE_GOP} / --keep_every)")
     p.add_argument("--crf", type=int, default=23, help="libx264 quality (lower: better and larger)")
     p.add_argument("--preset", default="veryfast", help="libx264 preset (slower: smaller files)")
     p.add_argument("--workers", type=int, default=1, help="parallel processes (one video each)")
@@ -27,7 +36,8 @@ def add_encode_args(p: argparse.ArgumentParser) -> None:
 
 def encode_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> EncodeConfig:
     """The flags of :func:`add_encode_args` checked (``parser.error`` for bad values) as an :class:`EncodeConfig`."""
-    checks = [(args.short_side < 2, "--short_side must be >= 2"), (args.gop < 1, "--gop must be >= 1"),
+    gop = default_gop(args.keep_every) if args.gop is None else args.gop
+    checks = [(args.short_side < 2, "--short_side must be >= 2"), (gop < 1, "--gop must be >= 1"),
               (args.max_side is not None and args.max_side < 2, "--max_side must be >= 2"),
               (args.max_fps is not None and args.max_fps <= 0, "--max_fps must be > 0"),
               (args.keep_every < 1, "--keep_every must be >= 1"),
@@ -39,5 +49,5 @@ def encode_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     for bad, message in checks:
         if bad:
             parser.error(message)
-    return EncodeConfig(args.short_side, args.max_side, args.max_fps, args.gop, args.crf, args.preset, ffmpeg,
+    return EncodeConfig(args.short_side, args.max_side, args.max_fps, gop, args.crf, args.preset, ffmpeg,
                         keep_every=args.keep_every)

@@ -71,7 +71,7 @@ class VideoMAEPretrainDataset(SkipsUnreadableVideos, Dataset):
         self.num_sample = num_sample
         self.seed = seed
         self.transform = PretrainTransform(grid.input_size, scales, flip)
-        self.crops_to_device = False  # True: items hold crops at their cut size, resized on the step's device
+        self.crops_to_device = False  # True: items hold YUV crops (yuv_crops.YuvCrop), converted on the device
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -88,10 +88,11 @@ def evaluation_loader(dataset: Dataset, config: LoaderConfig, device: torch.devi
 
 
 def pretraining_loader(data: PretrainingDataConfig, config: LoaderConfig, grid: PatchGrid,
-                       mask_generator: MaskGenerator, device: torch.device, update_freq: int = 1
-                       ) -> tuple[VideoMAEPretrainDataset, BadVideoTracker]:
+                       mask_generator: MaskGenerator, device: torch.device, update_freq: int = 1,
+                       crops_to_device: bool | None = None) -> tuple[VideoMAEPretrainDataset, BadVideoTracker]:
     """The pre-training dataset of ``data`` and its training loader, in whole updates of ``update_freq`` batches.
-    On CUDA its batches' clips are :class:`device_transforms.PaddedCrops` (the step resizes them there).
+    On CUDA (or with ``crops_to_device``: the loader bench's ``device`` pipeline) its batches' clips are
+    :class:`device_transforms.YuvCrops` (the step converts and resizes them there).
 
     Raises :class:`BatchLargerThanData` when one global batch (``batch_size`` x processes) holds more than all
     the videos.
@@ -99,7 +100,7 @@ def pretraining_loader(data: PretrainingDataConfig, config: LoaderConfig, grid: 
     dataset = build_pretraining_dataset(data, grid, mask_generator)
     dataset.report_bad = True  # unreadable videos travel with the batches to the tracker below
     # on CUDA the workers only decode and cut: crops are resized and normalised batched on the device
-    dataset.crops_to_device = device.type == "cuda"
+    dataset.crops_to_device = device.type == "cuda" if crops_to_device is None else crops_to_device
     collate = CollateCrops(grid.input_size) if dataset.crops_to_device else collate_fn_for(data.num_sample)
     loader = train_loader(dataset, config, CollateWithBad(collate), device, batches_multiple=update_freq,
                           persistent_workers=True)

@@ -11,26 +11,32 @@ import torch
 
 from patches.data.transforms import PretrainTransform
 from patches.data.video_reader import FrameArray, FrameFolder, VideoFile, decode_clips
-from patches.data.yuv_crops import convertible, crop_clip_rgb
+from patches.data.yuv_crops import YuvCrop, convertible, crop_clip_rgb, crop_clip_yuv, frame_planes
+from patches.data.yuv_rgb import frame_colour
 
 
 def pretraining_clips(source: VideoFile | FrameFolder | FrameArray, picks: Sequence[np.ndarray],
                       transform: PretrainTransform, rng: np.random.Generator, resize: bool = True
-                      ) -> list[torch.Tensor]:
+                      ) -> list[torch.Tensor] | list[torch.Tensor | YuvCrop]:
     """uint8 ``[C, T, H, W]`` clips of ``source``, one for each index array in ``picks``; with ``resize=False``
-    each clip's crop instead, uint8 ``THWC`` at the size it was cut, flipped where drawn (the step's device
-    resizes it: :mod:`patches.data.device_transforms`)."""
-    crops = clip_crops(source, picks, transform, rng)
-    return [transform.resize_crop(crop) for crop in crops] if resize else crops
+    each clip's crop instead, unconverted where the decoder gives YUV 4:2:0 (a :class:`yuv_crops.YuvCrop`), else
+    uint8 ``THWC`` RGB at the size it was cut, flipped where drawn (the step's device converts, resizes and flips
+    them: :mod:`patches.data.device_transforms`)."""
+    if not resize:
+        return clip_crops(source, picks, transform, rng, yuv=True)
+    return [transform.resize_crop(crop) for crop in clip_crops(source, picks, transform, rng)]
 
 
 def clip_crops(source: VideoFile | FrameFolder | FrameArray, picks: Sequence[np.ndarray], transform: PretrainTransform,
-               rng: np.random.Generator) -> list[torch.Tensor]:
+               rng: np.random.Generator, yuv: bool = False) -> list:
     """Each clip's crop, uint8 ``THWC`` contiguous, mirrored where drawn; boxes and flips from ``transform.draw``.
-    PyAV's YUV 4:2:0 frames are cut before their conversion; other sources are converted whole, then cut."""
+    PyAV's YUV 4:2:0 frames are cut before their conversion (with ``yuv``, not converted at all: a
+    :class:`YuvCrop` each); other sources are converted whole, then cut."""
     if isinstance(source, VideoFile):
         needed = np.unique(np.concatenate(picks))
         frames = source.decode(needed)
+        if frames is not None and convertible(frames) and yuv:
+            return _yuv_crops(source, frames, needed, picks, transform, rng)
         if frames is not None and convertible(frames):
             crops = []
             for pick in picks:
@@ -45,4 +51,20 @@ def clip_crops(source: VideoFile | FrameFolder | FrameArray, picks: Sequence[np.
         (top, left, h, w), flip = transform.draw(clip.shape[1], clip.shape[2], rng)
         crop = clip[:, top:top + h, left:left + w]
         crops.append((crop.flip(2) if flip else crop).contiguous())
+    return crops
+
+
+def _yuv_crops(source: VideoFile, frames: list, needed: np.ndarray, picks: Sequence[np.ndarray],
+               transform: PretrainTransform, rng: np.random.Generator) -> list[YuvCrop]:
+    """:func:`clip_crops` with ``yuv``: each clip's box as views of the frames' planes (copied once, by the collate
+    step)."""
+    height, width, colour = frames[0].height, frames[0].width, frame_colour(frames[0])
+    planes = frame_planes(frames)  # views: they keep the frames' buffers until the batch is collated
+    del frames
+    source.fast.close()
+    crops = []
+    for pick in picks:
+        box, flip = transform.draw(height, width, rng)
+        chosen = [planes[i] for i in np.searchsorted(needed, pick).tolist()]
+        crops.append(crop_clip_yuv(chosen, box, flip, colour))
     return crops

@@ -46,7 +46,7 @@ from patches.perf.bench_videos import CODECS, make_videos, video_size
 from patches.perf.loader_limits import children_cpu_s, worker_rss_mb
 from patches.perf.reference_loader import ReferencePretrainDataset
 
-PIPELINES = ("baseline", "ours")
+PIPELINES = ("baseline", "ours", "device")
 
 
 # ---- measuring -------------------------------------------------------------------------------------
@@ -79,15 +79,17 @@ def loader_args(list_file: str, num_workers: int, num_sample: int, batch_size: i
 
 def build_loader(pipeline: str, args: argparse.Namespace, grid: Any, device: torch.device):
     """The DataLoader of ``pipeline``: ``ours`` is ``data_loaders.pretraining_loader`` itself, as pre-training
-    builds it; ``baseline`` the same DataLoader (``data_loaders.train_loader``, same collate, workers, pinning)
-    over :class:`ReferencePretrainDataset`."""
+    builds it for ``device``; ``device`` the same as a CUDA run builds it (workers hand over YUV crop planes, the
+    step's device does the rest), whatever ``device`` is; ``baseline`` the same DataLoader
+    (``data_loaders.train_loader``, same collate, workers, pinning) over :class:`ReferencePretrainDataset`."""
     from patches.config import library_configs as cli_args
     from patches.data import loaders as data_loaders
     from patches.data.masking import build_mask_generator
 
-    if pipeline == "ours":
+    if pipeline in ("ours", "device"):
         return data_loaders.pretraining_loader(cli_args.pretraining_data_config(args), cli_args.loader_config(args),
-                                               grid, build_mask_generator(args, grid), device)[1]
+                                               grid, build_mask_generator(args, grid), device,
+                                               crops_to_device=True if pipeline == "device" else None)[1]
     if pipeline != "baseline":
         raise ValueError(f"pipeline must be one of {PIPELINES}, got {pipeline!r}")
     from patches.data.datasets import CollateWithBad, collate_fn_for
@@ -265,7 +267,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("PATCHES data-loader benchmark", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="DataLoader worker counts")
     p.add_argument("--num_sample", type=int, nargs="+", default=[1, 2], help="clips per decoded video")
-    p.add_argument("--pipelines", nargs="+", choices=PIPELINES, default=list(PIPELINES))
+    p.add_argument("--pipelines", nargs="+", choices=PIPELINES, default=["baseline", "ours"],
+                   help="device: the loader as a CUDA run builds it (YUV crops; conversion and resize left to the "
+                        "step's device, not timed here)")
     p.add_argument("--videos", type=int, default=8, help="distinct mp4 files to generate (cached)")
     p.add_argument("--video_dir", default=str(ROOT / "data" / "loader_bench"), help="where the mp4 files are kept")
     p.add_argument("--short_side", type=int, default=320)

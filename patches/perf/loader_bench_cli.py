@@ -31,9 +31,9 @@ def report(args: argparse.Namespace) -> None:
     """Measure what ``args`` asks for and print its table."""
     if args.leak_clips:
         result = leak_check(args)
-        print(f"Loader memory over {result['clips']} clips, {result['workers']} workers, num_sample "
-              f"{result['num_sample']}: worker RSS (MB) first {result['rss_mb_first']}, last {result['rss_mb_last']}, "
-              f"peak {result['rss_mb_peak']:.0f}; growth {result['growth_mb']:.1f} MB: "
+        print(f"Loader ({result['pipeline']}) memory over {result['clips']} clips, {result['workers']} workers, "
+              f"num_sample {result['num_sample']}: worker RSS (MB) first {result['rss_mb_first']}, "
+              f"last {result['rss_mb_last']}, peak {result['rss_mb_peak']:.0f}; growth {result['growth_mb']:.1f} MB: "
               f"{'LEAK' if result['leak'] else 'no leak'} (limit {args.leak_mb:g} MB)")
         if result["leak"]:
             raise PatchesError(f"the loader's workers grew by {result['growth_mb']:.1f} MB over the run")

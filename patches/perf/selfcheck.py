@@ -12,7 +12,8 @@ torchrun (nccl on CUDA, gloo on CPU); save and exact resume against an uninterru
 bf16 and fp16. Then the step timings (scripts/benchmark.py, each in its own process: step time, clips/s, MFU
 against the device's spec peak, % of the bf16 matmul rate measured in the same process, peak memory) with SDPA
 and with the explicit attention path, and the data loader's clips/s with the cores one GPU gets (cores /
---gpus_per_node), on files of realistic length, against the step's (which bounds).
+--gpus_per_node), on files of realistic length, against the step's (which bounds); and a CUDA run's device
+path (YUV crops converted, resized and normalised on the device) against the CPU path's clips, with its speed.
 Writes ``selfcheck.json`` and ``selfcheck.md`` into ``--output_dir``; exits 1 if any check fails. The run
 scripts' logs of a failed run stay in ``selfcheck_work/`` there.
 """
@@ -32,6 +33,7 @@ import torch
 
 from patches.perf.selfcheck_context import FULL, QUICK, Context, Skip
 from patches.perf.selfcheck_decoders import check_decoders
+from patches.perf.selfcheck_device_path import check_device_path
 from patches.perf.selfcheck_report import Check, format_figures, markdown_report, write_reports
 from patches.perf.selfcheck_runs import (check_deepspeed, check_finetune, check_loader, check_resume, check_timing,
                                          check_torchrun)
@@ -67,6 +69,7 @@ def plan(ctx: Context) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
                            lambda s=spec, i=impl: check_timing(ctx, s, i)))
     checks.append(("loader_vs_step", lambda: check_loader(ctx)))
     checks.append(("decoders pyav vs torchcodec", lambda: check_decoders(ctx)))
+    checks.append(("device_path yuv crops", lambda: check_device_path(ctx)))
     return checks
 
 
