@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from patches.config.recipes import (RECIPES, effective_values, launcher_flags, repeated_sampling_flags,
-                                    repeated_sampling_rows, table)
+                                    repeated_sampling_gain, repeated_sampling_rows, table)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,6 +32,19 @@ def test_the_variant_is_opt_in_and_marked() -> None:
     assert "departs from VideoMAE" in extra[0]["note"]
     with pytest.raises(ValueError, match="must divide"):
         repeated_sampling_flags(RECIPES["ucf101_base_3200"].flags("pretrain"), 5)
+
+
+def test_the_variants_gpu_hours_credit_the_loaders_clips_per_decode() -> None:
+    base = table(["k400_base_800"], "224/16", 100.0)[0]
+    assert base["bound"] == "loader"  # 12 cores x 7 clips/s against a ViT-B step at 100 TFLOP/s
+    variant = repeated_sampling_rows(["k400_base_800"], [base], 4)[0]
+    clips = variant["clips_per_epoch"] / base["clips_per_epoch"]
+    assert clips == pytest.approx(4, rel=0.01)  # the steps of an epoch round apart
+    assert 3.5 < repeated_sampling_gain(4) < 3.7 and repeated_sampling_gain(1) == 1
+    assert variant["loader_clips_per_s"] == pytest.approx(base["loader_clips_per_s"] * repeated_sampling_gain(4))
+    # 4x the clips at 3.6x the loader's rate: a little more than the base, not 4x it
+    assert variant["gpu_hours"] == pytest.approx(base["gpu_hours"] * clips / repeated_sampling_gain(4), rel=1e-6)
+    assert variant["gpu_hours_step"] == pytest.approx(clips * base["gpu_hours_step"], rel=1e-6)
 
 
 @pytest.mark.slow

@@ -206,10 +206,24 @@ def repeated_sampling_rows(names: list[str], rows: list[dict], num_sample: int) 
         row.update(top1=base["top1"], grid=base["grid"], note=REPEATED_SAMPLING_NOTE.format(k=num_sample),
                    recipe=f"{name} (num_sample {num_sample})")
         if "gflop_per_clip" in base:
-            row["gflop_per_clip"] = base["gflop_per_clip"]
-            row["gpu_hours"] = base["gpu_hours"] * row["clips_per_epoch"] / base["clips_per_epoch"]
+            loader = base["loader_clips_per_s"] and base["loader_clips_per_s"] * repeated_sampling_gain(num_sample)
+            tflops = base["step_clips_per_s"] * base["gflop_per_clip"] / 1e3
+            row.update(gpu_hours(base["gflop_per_clip"] * 1e9, row["clips_per_epoch"] * row["epochs"], tflops, loader),
+                       gflop_per_clip=base["gflop_per_clip"], cores_per_gpu=base["cores_per_gpu"],
+                       loader_clips_per_s=loader)
         out.append(row)
     return out
+
+
+# A CUDA run's worker time per clip after decoding (slicing the YUV crop, one copy into the batch) over its
+# decoding time: about 1.5 ms against 40 (PERFORMANCE.md, "The loader on your own files", the device path).
+POST_DECODE_SHARE = 0.04
+
+
+def repeated_sampling_gain(num_sample: int, post_decode_share: float = POST_DECODE_SHARE) -> float:
+    """How many times the clips per core ``--num_sample num_sample`` gives over 1: one decode (D) feeds ``num_sample``
+    clips that each cost ``post_decode_share`` x D more, so K (1 + s) / (1 + K s); 3.6 for K = 4, as measured."""
+    return num_sample * (1 + post_decode_share) / (1 + num_sample * post_decode_share)
 
 
 def _set(flags: list[str], name: str, value: str) -> list[str]:
