@@ -28,3 +28,9 @@ class CheckpointSaveError(PatchesError, RuntimeError):
 
 class ExportError(CheckpointError):
     """A checkpoint that transformers' VideoMAE cannot represent."""
+
+
+class ExportNeedsFlag(ExportError):
+    """An export that needs a flag the checkpoint cannot stand in for (e.g. ``--num_heads``): a usage error."""
+
+    exit_status = 2

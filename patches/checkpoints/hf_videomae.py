@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from patches.checkpoints.errors import CheckpointError, ExportError
+from patches.checkpoints.errors import CheckpointError, ExportError, ExportNeedsFlag
 from patches.grid import GridError, PatchGrid, make_grid, recorded_grid
 from patches.models.registry import VIT_SIZES
 from patches.utils.files import write_atomically
@@ -196,7 +196,7 @@ def hf_config(sd: dict[str, torch.Tensor], grid: PatchGrid, args: dict[str, Any]
     width = int(sd[f"{trunk}patch_embed.proj.weight"].shape[0])
     heads = num_heads or _heads_from_name(args, width, decoder=False)
     if not heads:
-        raise ExportError(f"cannot tell the attention heads of a width-{width} encoder from the checkpoint "
+        raise ExportNeedsFlag(f"cannot tell the attention heads of a width-{width} encoder from the checkpoint "
                           f"(its args name no known model size): pass --num_heads")
     h, w = grid.input_size
     cfg: dict[str, Any] = dict(
@@ -213,7 +213,7 @@ def hf_config(sd: dict[str, torch.Tensor], grid: PatchGrid, args: dict[str, Any]
         dec_width = int(sd["encoder_to_decoder.weight"].shape[0])
         dec_heads = decoder_num_heads or _heads_from_name(args, dec_width, decoder=True)
         if not dec_heads:
-            raise ExportError(f"cannot tell the attention heads of a width-{dec_width} decoder from the checkpoint: "
+            raise ExportNeedsFlag(f"cannot tell the attention heads of a width-{dec_width} decoder from the checkpoint: "
                               f"pass --decoder_num_heads")
         cfg.update(use_mean_pooling=False,  # so that videomae.layernorm exists to hold the encoder's final norm
                    decoder_hidden_size=dec_width, decoder_num_hidden_layers=len(_block_indices(sd, "decoder.blocks")),

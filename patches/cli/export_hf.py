@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> Path:
             labels = [line.strip() for line in Path(args.labels).read_text().splitlines() if line.strip()]
         out = export_to_hf(ckpt, args.out_dir, args.num_heads, args.decoder_num_heads, labels)
     except (CheckpointError, ExportError, GridError, OSError, ValueError) as e:
+        if getattr(e, "exit_status", 1) == 2:
+            raise UsageError(f"{path}: {e}") from None
         raise SystemExit(f"error: {path}: {e}")
     kind = "VideoMAEForPreTraining" if any(k.startswith("encoder.") for k in ckpt["model"]) \
         else "VideoMAEForVideoClassification"
