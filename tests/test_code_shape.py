@@ -14,6 +14,7 @@ import re
 import runpy
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from importlib import import_module
 from pathlib import Path
 
@@ -197,12 +198,16 @@ def test_each_console_script_names_a_function_of_the_package():
 @pytest.mark.slow
 def test_each_console_script_shows_its_help_as_pip_runs_it():
     """pip's wrapper is ``sys.exit(function())``: ``--help`` exits 0, with cpu_memory imported before torch."""
-    scripts = console_scripts()
-    for command, target in scripts.items():
+    def show_help(command: str, target: str) -> subprocess.CompletedProcess:
         module, _, function = target.partition(":")
         code = (f"import sys; sys.argv = [{command!r}, '--help']; from {module} import {function}; "
                 f"sys.exit({function}())")
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+    scripts = console_scripts()
+    with ThreadPoolExecutor(4) as pool:  # a fresh interpreter each, 4 at a time: mostly the imports' time
+        shown = dict(zip(scripts, pool.map(show_help, scripts, scripts.values())))
+    for command, done in shown.items():
         assert done.returncode == 0 and "usage:" in done.stdout, f"{command}: {done.stderr[-2000:]}"
         assert "imported after torch" not in done.stderr, f"{command}: {done.stderr[-2000:]}"
 

@@ -184,7 +184,7 @@ def test_launchers_give_the_entry_scripts_valid_flags_for_every_dataset_and_grid
             variables = dict(env(), DRY_RUN="1", DATASET=dataset, GRID=grid, DATA_ROOT=str(tmp_path),
                              SLURM_SUBMIT_DIR=str(ROOT))
             result = subprocess.run(["bash", str(ROOT / "scripts" / "launch" / launcher), stage, "--seed", "3"],
-                                    env=variables, capture_output=True, text=True, timeout=60)
+                                    env=variables, capture_output=True, text=True, timeout=300)
             assert result.returncode == 0, result.stderr
             words = shlex.split(result.stdout.splitlines()[-1])
             assert words[0] == ("torchrun" if launcher == "torchrun.sh" else "srun")

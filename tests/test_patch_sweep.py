@@ -68,7 +68,7 @@ def test_flexible_sweep_pretrains_once_evaluates_every_grid_and_resumes(demo_roo
 @pytest.mark.slow
 def test_a_bad_grid_is_refused_by_name_before_any_work(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "patch_sweep.py"), "--grids", "32/8", "40/16",
-                             "--output_dir", str(tmp_path / "x")], capture_output=True, text=True, cwd=ROOT, timeout=60)
+                             "--output_dir", str(tmp_path / "x")], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result.returncode != 0
     assert "--grids: grid 40/16: the frame side 40 is not divisible by the patch 16" in result.stderr
     assert not (tmp_path / "x").exists()

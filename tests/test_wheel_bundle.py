@@ -92,6 +92,9 @@ def copy_checkout(dst: Path) -> Path:
 
 
 def test_the_bundle_installs_offline_next_to_torch_alone_and_the_quick_selfcheck_passes(tmp_path):
+    # The venv's deepspeed builds its C++ ops (shm comm) into a folder of its own: in the shared
+    # ~/.cache/torch_extensions its build would replace the one this Python's deepspeed tests use, which would
+    # then build again (waiting on each other's lock when pytest -n 2 runs them side by side).
     checkout = copy_checkout(tmp_path / "checkout")
     wheels = Path(os.environ["PATCHES_WHEELS"]) if os.environ.get("PATCHES_WHEELS") else tmp_path / "wheels"
     if not os.environ.get("PATCHES_WHEELS"):
@@ -126,7 +129,7 @@ def test_the_bundle_installs_offline_next_to_torch_alone_and_the_quick_selfcheck
 
     check = subprocess.run([python, str(checkout / "scripts" / "selfcheck.py"), "--quick", "--device", "cpu",
                             "--output_dir", "report"], capture_output=True, text=True, cwd=tmp_path, timeout=1800,
-                           env=clean_env())
+                           env=clean_env(TORCH_EXTENSIONS_DIR=str(tmp_path / "torch_extensions")))
     report_file = tmp_path / "report" / "selfcheck.json"
     assert report_file.exists(), check.stdout[-4000:] + check.stderr[-4000:]
     report = json.loads(report_file.read_text())
