@@ -77,14 +77,19 @@ def test_run_writes_json_and_table(videos: list[str], tmp_path: Path, capsys: py
     assert table.count("| ours |") == 2 and "wrote" in table
 
 
-def test_files_mode_reports_the_decode_only_limit_the_share_and_worker_memory(videos: list[str], tmp_path: Path,
-                                                                             capsys: pytest.CaptureFixture) -> None:
+def files_bench(videos: list[str], tmp_path: Path, workers: list[str], pipelines: list[str]) -> dict:
+    """``loader_bench.py --data_path`` on ``videos`` (num_sample 1 and 2, tiny clips): the JSON it writes."""
     (tmp_path / "list.csv").write_text("".join(f"{Path(v).name}\n" for v in videos))
     out = tmp_path / "files.json"
     loader_bench_cli.main(["--data_path", str(tmp_path / "list.csv"), "--data_root", str(Path(videos[0]).parent),
-                           "--workers", "0", "1", "--num_sample", "1", "2", "--pipelines", "ours", "--time", "0",
+                           "--workers", *workers, "--num_sample", "1", "2", "--pipelines", *pipelines, "--time", "0",
                            "--batch_size", "2", "--json", str(out), "--extra_args", *SMALL])
-    result = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+def test_files_mode_reports_the_decode_only_limit_the_share_and_worker_memory(videos: list[str], tmp_path: Path,
+                                                                             capsys: pytest.CaptureFixture) -> None:
+    result = files_bench(videos, tmp_path, ["0", "1"], ["ours"])
     rows, limits = result["rows"], {d["num_sample"]: d for d in result["decode_only"]}
     assert [(r["workers"], r["num_sample"]) for r in rows] == [(0, 1), (0, 2), (1, 1), (1, 2)]
     assert set(limits) == {1, 2} and all(d["clips_per_cpu_s"] > 0 and d["clips"] >= 4 for d in limits.values())
@@ -100,12 +105,8 @@ def test_files_mode_reports_the_decode_only_limit_the_share_and_worker_memory(vi
 def test_device_pipeline_hands_over_yuv_crops_and_reports_per_cpu_second_ratios(videos: list[str], tmp_path: Path,
                                                                                capsys: pytest.CaptureFixture) -> None:
     """--pipelines device: the loader as a CUDA run builds it (YUV crop planes, converted later on the device)."""
-    (tmp_path / "list.csv").write_text("".join(f"{Path(v).name}\n" for v in videos))
-    out = tmp_path / "files.json"
-    loader_bench_cli.main(["--data_path", str(tmp_path / "list.csv"), "--data_root", str(Path(videos[0]).parent),
-                           "--workers", "1", "--num_sample", "1", "2", "--pipelines", "ours", "device", "--time", "0",
-                           "--batch_size", "2", "--json", str(out), "--extra_args", *SMALL])
-    rows = {(r["pipeline"], r["num_sample"]): r for r in json.loads(out.read_text())["rows"]}
+    result = files_bench(videos, tmp_path, ["1"], ["ours", "device"])
+    rows = {(r["pipeline"], r["num_sample"]): r for r in result["rows"]}
     assert set(rows) == {("ours", 1), ("ours", 2), ("device", 1), ("device", 2)}
     assert rows[("ours", 2)]["batch_shape"][1:] == [3, 8, 32, 32]  # resized RGB clips
     batch, frames, rows_yuv, width = rows[("device", 2)]["batch_shape"]
