@@ -55,11 +55,11 @@ def resize_crops(crops: torch.Tensor, sizes: torch.Tensor, out_hw: tuple[int, in
     loader does), mirrored where ``flips[b]``. Crops of one size and offset are resized in one call."""
     b, t, _, _, c = crops.shape
     out = torch.empty((b, c, t, *out_hw), dtype=torch.float32, device=crops.device)
-    # one small host copy of B x 4 numbers
-    hw = [tuple(s) for s in (sizes if offsets is None else torch.cat([offsets, sizes], 1)).tolist()]
-    for key in sorted(set(hw)):
-        (top, left), size = (key[:2], key[2:]) if offsets is not None else ((0, 0), key)
-        group = [i for i, s in enumerate(hw) if s == key]
+    offsets = torch.zeros_like(sizes) if offsets is None else offsets
+    regions = [tuple(r) for r in torch.cat([offsets, sizes], 1).tolist()]  # one small host copy of B x 4 numbers
+    for key in sorted(set(regions)):
+        top, left, size = key[0], key[1], key[2:]
+        group = [i for i, r in enumerate(regions) if r == key]
         index = torch.tensor(group, device=crops.device)
         region = crops.index_select(0, index)[:, :, top:top + size[0], left:left + size[1]]  # [G, T, h, w, C]
         region = region.reshape(len(group) * t, *size, c).permute(0, 3, 1, 2).float()

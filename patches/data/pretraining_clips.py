@@ -35,22 +35,26 @@ def clip_crops(source: VideoFile | FrameFolder | FrameArray, picks: Sequence[np.
     if isinstance(source, VideoFile):
         needed = np.unique(np.concatenate(picks))
         frames = source.decode(needed)
-        if frames is not None and convertible(frames) and yuv:
-            return _yuv_crops(source, frames, needed, picks, transform, rng)
         if frames is not None and convertible(frames):
-            crops = []
-            for pick in picks:
-                box, flip = transform.draw(frames[0].height, frames[0].width, rng)
-                chosen = [frames[i] for i in np.searchsorted(needed, pick).tolist()]
-                crops.append(crop_clip_rgb(chosen, box, flip, source.fast.to_rgb))
-            del frames  # the decoder's frame buffers go back before the file is closed
-            source.fast.close()
-            return crops
+            return (_yuv_crops if yuv else _rgb_crops)(source, frames, needed, picks, transform, rng)
     crops = []
     for clip in decode_clips(source, picks):
         (top, left, h, w), flip = transform.draw(clip.shape[1], clip.shape[2], rng)
         crop = clip[:, top:top + h, left:left + w]
         crops.append((crop.flip(2) if flip else crop).contiguous())
+    return crops
+
+
+def _rgb_crops(source: VideoFile, frames: list, needed: np.ndarray, picks: Sequence[np.ndarray],
+               transform: PretrainTransform, rng: np.random.Generator) -> list[torch.Tensor]:
+    """:func:`clip_crops` of convertible frames: each clip's box cut from the planes, then converted by swscale."""
+    crops = []
+    for pick in picks:
+        box, flip = transform.draw(frames[0].height, frames[0].width, rng)
+        chosen = [frames[i] for i in np.searchsorted(needed, pick).tolist()]
+        crops.append(crop_clip_rgb(chosen, box, flip, source.fast.to_rgb))
+    del frames  # the decoder's frame buffers go back before the file is closed
+    source.fast.close()
     return crops
 
 
