@@ -75,8 +75,14 @@ def _source_frames(container: Any, stream: Any, max_fps: Fraction | None, keep_e
 
 
 def _x264_options(config: EncodeConfig) -> dict[str, str]:
-    return {"crf": str(config.crf), "preset": config.preset, "threads": "1",
-            "x264-params": f"keyint={config.gop}:min-keyint={config.gop}:scenecut=0"}
+    params = f"keyint={config.gop}:min-keyint={config.gop}:scenecut=0"
+    if config.keep_every > 1:
+        # x264's CRF gives a frame more bits the longer it is shown (its complexity is divided by the frame's
+        # duration), so a file at 1/K of the rate came out as large as the full-rate one, at higher quality.
+        # Rate control at the source's frame rate (force-cfr: fps only, not timestamps) keeps the full-rate
+        # file's quality per frame; the timestamps still carry each frame's real moment.
+        params += ":force-cfr=1"
+    return {"crf": str(config.crf), "preset": config.preset, "threads": "1", "x264-params": params}
 
 
 def transcode_pyav(src: str, dst: str, config: EncodeConfig) -> tuple[int, float]:
@@ -92,8 +98,9 @@ def transcode_pyav(src: str, dst: str, config: EncodeConfig) -> tuple[int, float
         out_rate = Fraction(rate).limit_denominator(1001)
         if config.max_fps is not None and out_rate > config.max_fps:
             out_rate = Fraction(config.max_fps).limit_denominator(1001)
-        if config.keep_every > 1:  # output frame j is source frame j * K, shown at the same moment
-            out_rate = Fraction(rate) / config.keep_every
+        step = config.keep_every  # output frame j is source frame j * K, shown at the same moment
+        if step > 1:
+            out_rate = Fraction(rate).limit_denominator(1001) / step
         with av.open(dst, "w", format="mp4") as out:
             video, count = None, 0
             for frame in _source_frames(inp, stream, out_rate if out_rate != rate and config.keep_every == 1
@@ -104,17 +111,23 @@ def transcode_pyav(src: str, dst: str, config: EncodeConfig) -> tuple[int, float
                         np.rot90(frame.to_ndarray(format="rgb24"), turns)), format="rgb24")
                 if video is None:
                     h, w = output_size(frame.height, frame.width, config)
-                    video = out.add_stream("libx264", rate=out_rate)
+                    video = out.add_stream("libx264", rate=out_rate * step)
                     video.width, video.height, video.pix_fmt = w, h, "yuv420p"
                     video.options = _x264_options(config)
                 small = frame.reformat(width=w, height=h, format="yuv420p", interpolation="AREA")
-                small.pts, small.time_base = count, 1 / out_rate
-                for packet in video.encode(small):
-                    out.mux(packet)
+                small.pts, small.time_base = count * step, 1 / (out_rate * step)
+                _mux(out, video.encode(small), step)
                 count += 1
-            for packet in video.encode(None):
-                out.mux(packet)
+            _mux(out, video.encode(None), step)
     return count, float(count / out_rate)
+
+
+def _mux(container: Any, packets: list[Any], duration: int) -> None:
+    """Mux ``packets``, each lasting ``duration`` ticks of the encoder's time base (a recipe-rate file's K: the
+    container's frame rate is then the kept frames', its last frame included)."""
+    for packet in packets:
+        packet.duration = duration
+        container.mux(packet)
 
 
 def transcode_ffmpeg(src: str, dst: str, config: EncodeConfig) -> tuple[int, float]:
