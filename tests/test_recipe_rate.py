@@ -1,5 +1,6 @@
-"""prepare_videos.py --keep_every K: recipe-rate files whose clips, read at --sampling_rate R/K, show the moments
-that the recipe's R picks on the full-rate file (real encodes through PyAV, real timestamps)."""
+"""prepare_videos.py --keep_every K: recipe-rate files whose clips, read with the recipe's own --sampling_rate R
+(R/K frames apart in the file, as its tag says), show the moments that R picks on the full-rate file (real
+encodes through PyAV, real timestamps)."""
 from __future__ import annotations
 
 from fractions import Fraction
@@ -12,8 +13,12 @@ import pytest
 from patches.cli.prepare_videos import main as prepare_videos_main
 from patches.data.clip_sampling import sample_clip_indices
 from patches.data.encoding import EncodeConfig, transcode_pyav
-from patches.data.prepare import recipe_rate_sampling
-from patches.data.video_reader import PyAVVideo
+from patches.data.datasets import VideoClsEvalDataset, VideoClsTrainDataset, VideoMAEPretrainDataset
+from patches.data.lists import VideoRecord
+from patches.data.recipe_rate import file_sampling_rate
+from patches.data.transforms import RandomResizedCropTransform
+from patches.data.video_reader import PyAVVideo, VideoFile
+from patches.grid import make_grid
 from patches.errors import UsageError
 from patches.perf.bench_videos import render_video, write_video
 
@@ -56,26 +61,44 @@ def test_recipe_rate_clips_show_the_recipes_moments_in_time(full_and_recipe_rate
     assert len(full_times) == FRAMES and len(half_times) == FRAMES // 2
     # frame j of the recipe-rate file is source frame 2j, shown at the same moment
     assert half_times == [Fraction(2 * j, FPS) for j in range(FRAMES // 2)] == full_times[::2]
-    rate = recipe_rate_sampling(4, 2)
-    assert rate == 2
-    rng = np.random.default_rng(0)
-    picks = sample_clip_indices(len(half_times), 8, rate, rng)
+    # the file says it keeps every 2nd frame, so the recipe's --sampling_rate 4 reads it 2 frames apart
+    video = VideoFile(str(half))
+    assert video.keep_every == 2 and VideoFile(str(full)).keep_every == 1
+    assert file_sampling_rate(4, video) == 2
+    picks = sample_clip_indices(len(half_times), 8, 2, np.random.default_rng(0))
     moments = [half_times[i] for i in picks]
     start = int(picks[0]) * 2  # the full-rate clip with VideoMAE's rate 4 that starts at the same moment
     assert moments == [full_times[start + 4 * i] for i in range(8)]
-    assert moments == [Fraction(start + 4 * i, FPS) for i in range(8)]
     assert [float(m) for m in moments] == pytest.approx([0.8 + 4 * i / 30 for i in range(8)])  # seed 0: frame 24
-    # and the pictures are those source frames (lossless encode of flat greys)
-    video = PyAVVideo.open(str(half))
-    grey = video.read(np.unique(picks))[:, 16, 24, 0].astype(int)
-    video.close()
-    assert np.abs(grey - 4 * (start + 4 * np.arange(8))).max() <= 2
 
 
-def test_keep_every_must_divide_the_recipes_sampling_rate() -> None:
-    assert recipe_rate_sampling(4, 4) == 1 and recipe_rate_sampling(6, 3) == 2 and recipe_rate_sampling(4, 1) == 4
-    with pytest.raises(UsageError, match="must divide"):
-        recipe_rate_sampling(4, 3)
+def test_the_datasets_read_a_recipe_rate_file_at_the_recipes_moments(full_and_recipe_rate: tuple[Path, Path]) -> None:
+    """The recipe's --sampling_rate 4 on the --keep_every 2 file and on the full-rate one: pre-training, fine-tuning
+    and test clips take frames 4 source frames apart (greys 4 levels a source frame apart, so steps of 16)."""
+    full, half = full_and_recipe_rate
+    list_file = full.parent / "list.csv"
+    list_file.write_text(f"{half.name}\n{full.name}\n")
+    grid = make_grid(8, 2, 32, 16)
+    pretraining = VideoMAEPretrainDataset(str(list_file), None, grid, 4, lambda: (None, None))
+    records = [VideoRecord(str(path), 0, str(list_file), 1) for path in (half, full)]
+    train = VideoClsTrainDataset(records, grid, 4, RandomResizedCropTransform(grid.input_size))
+    test = VideoClsEvalDataset(records, grid, 4, num_segments=2)
+    for path in (half, full):
+        source = VideoFile(str(path))
+        for pick in (pretraining._picks(source, np.random.default_rng(1))[0],
+                     train.clip_indices(source, np.random.default_rng(1)), test.clip_indices(source, 1)):
+            grey = source.read(np.unique(pick))[:, 16, 24, 0].int()
+            assert len(grey) == 8 and (grey.diff() - 16).abs().max() <= 2, (path.name, pick, grey)
+
+
+def test_keep_every_must_divide_the_recipes_sampling_rate(tmp_path: Path) -> None:
+    _grey_video(tmp_path / "src.mp4")
+    transcode_pyav(str(tmp_path / "src.mp4"), str(tmp_path / "third.mp4"), EncodeConfig(crf=0, gop=8, keep_every=3))
+    video = VideoFile(str(tmp_path / "third.mp4"))
+    assert video.keep_every == 3 and file_sampling_rate(6, video) == 2 and file_sampling_rate(3, video) == 1
+    with pytest.raises(UsageError, match=r"third\.mp4: prepared with --keep_every 3, which does not divide "
+                                         r"--sampling_rate 4"):
+        file_sampling_rate(4, video)
 
 
 def test_keep_every_flag_checks(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -21,8 +21,9 @@ def add_encode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max_side", type=int, default=None, help="instead, scale the long side down to at most this")
     p.add_argument("--max_fps", type=float, default=None, help="cap the frame rate (frames dropped by timestamp)")
     p.add_argument("--keep_every", type=int, default=1,
-                   help="recipe-rate files: keep source frames 0, K, 2K, ... at 1/K of the frame rate; read them "
-                        "with the recipe's --sampling_rate divided by K (e.g. 4 -> 2 for K=2)")
+                   help="recipe-rate files: keep source frames 0, K, 2K, ... at 1/K of the frame rate, tagged with K; "
+                        "train with the recipe's own --sampling_rate (a multiple of K): the loaders read it as "
+                        "rate / K frames apart in these files")
     p.add_argument("--gop", type=int, default=None,
                    help=f"a keyframe every this many frames, exactly (default: every {SOURCE_GOP} source frames, "
                         f"i.e. {SOURCE_GOP} / --keep_every)")

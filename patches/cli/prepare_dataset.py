@@ -52,7 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"wrote {lists} and classes.txt ({summary['classes']} classes) in {args.dst}"
           + (f"; {summary['failed']} failed, see {FAILURES_NAME}" if summary["failed"] else ""))
     if args.keep_every > 1:
-        print(f"recipe-rate files: train with the recipe's --sampling_rate divided by {args.keep_every}")
+        print(f"recipe-rate files: train with the recipe's own --sampling_rate (a multiple of {args.keep_every}); "
+              f"the loaders read it as that rate / {args.keep_every} in these files")
     return 1 if summary["failed"] else 0
 
 

@@ -53,8 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"wrote {os.path.join(args.dst, LIST_NAME)}" + (f" and {FAILURES_NAME} ({summary['failed']} failed)"
                                                           if summary["failed"] else ""))
     if args.keep_every > 1:
-        print(f"recipe-rate files (source frames 0, {args.keep_every}, {2 * args.keep_every}, ...): read them with "
-              f"--sampling_rate R/{args.keep_every} for a recipe's --sampling_rate R")
+        print(f"recipe-rate files (source frames 0, {args.keep_every}, {2 * args.keep_every}, ...), tagged with K: "
+              f"train with the recipe's own --sampling_rate R (a multiple of {args.keep_every}), which the loaders "
+              f"read as R/{args.keep_every} frames apart in these files")
     return 1 if summary["failed"] else 0
 
 

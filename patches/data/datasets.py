@@ -20,6 +20,7 @@ from patches.data.clip_sampling import (SAMPLINGS, eval_view_fraction, sample_cl
                                         segment_eval_indices, segment_train_indices, torch_seeded_rng)
 from patches.data.lists import VideoListsConfig, VideoRecord, numbered_pretraining_entries, read_records
 from patches.data.pretraining_clips import pretraining_clips
+from patches.data.recipe_rate import file_sampling_rate
 from patches.data.torchcodec_reader import TorchCodecVideo, check_decoder, open_video_file
 from patches.data.transforms import PRETRAIN_SCALES, EvalTransform, PretrainTransform, RandomResizedCropTransform
 # (UnreadableDataError, CollateWithBad, ... are also named here, where VideoMAE's ``datasets`` finds them)
@@ -84,16 +85,17 @@ class VideoMAEPretrainDataset(SkipsUnreadableVideos, Dataset):
     def load_clips(self, index: int, rng: np.random.Generator) -> list[torch.Tensor]:
         """``num_sample`` raw uint8 ``THWC`` clips of video ``index``: one temporal pick, its frames decoded once."""
         video = self._source(index)
-        return decode_clips(video, self._picks(len(video), rng))
+        return decode_clips(video, self._picks(video, rng))
 
     def _source(self, index: int) -> VideoFile | TorchCodecVideo | FrameFolder:
         """Video ``index``: a file, through the ``--decoder`` reader (PyAV or torchcodec), or a frame folder."""
         path, count = self.samples[index]
         return open_video_file(path, self.decoder) if count is None else FrameFolder(path, count, self.fname_tmpl)
 
-    def _picks(self, num_video_frames: int, rng: np.random.Generator) -> list[np.ndarray]:
+    def _picks(self, source: Any, rng: np.random.Generator) -> list[np.ndarray]:
         # VideoMAE's repeated augmentation: one temporal pick, augmented num_sample times
-        pick = sample_clip_indices(num_video_frames, self.grid.num_frames, self.sampling_rate, rng)
+        pick = sample_clip_indices(len(source), self.grid.num_frames, file_sampling_rate(self.sampling_rate, source),
+                                   rng)
         return [pick] * self.num_sample
 
     def __getitem__(self, index: int):
@@ -102,7 +104,7 @@ class VideoMAEPretrainDataset(SkipsUnreadableVideos, Dataset):
 
     def _item(self, index: int, rng: np.random.Generator):
         source = self._source(index)
-        videos = pretraining_clips(source, self._picks(len(source), rng), self.transform, rng,
+        videos = pretraining_clips(source, self._picks(source, rng), self.transform, rng,
                                    resize=not self.crops_to_device)
         enc_masks, dec_masks = [], []
         for _ in videos:
@@ -203,17 +205,19 @@ class VideoClsTrainDataset(SkipsUnreadableVideos, Dataset):
     def _item(self, index: int, rng: np.random.Generator):
         record = self.records[index]
         source = record.open(self.fname_tmpl)
-        picks = [self.clip_indices(len(source), rng)] * self.num_sample  # one pick, num_sample augmentations
+        picks = [self.clip_indices(source, rng)] * self.num_sample  # one pick, num_sample augmentations
         videos = [self.transform(clip, rng) for clip in decode_clips(source, picks)]
         if self.num_sample == 1:
             return videos[0], record.label
         return videos, [record.label] * self.num_sample
 
-    def clip_indices(self, num_video_frames: int, rng: np.random.Generator) -> np.ndarray:
-        """One training clip's frame indices, by stride (:func:`sample_clip_indices`) or segments."""
+    def clip_indices(self, source: Any, rng: np.random.Generator) -> np.ndarray:
+        """One training clip's frame indices in ``source`` (a video reader), by stride (:func:`sample_clip_indices`,
+        the rate mapped onto a recipe-rate file) or segments."""
         if self.sampling == "segment":
-            return segment_train_indices(num_video_frames, self.grid.num_frames, rng)
-        return sample_clip_indices(num_video_frames, self.grid.num_frames, self.sampling_rate, rng)
+            return segment_train_indices(len(source), self.grid.num_frames, rng)
+        return sample_clip_indices(len(source), self.grid.num_frames, file_sampling_rate(self.sampling_rate, source),
+                                   rng)
 
     def __repr__(self) -> str:
         return (f"VideoClsTrainDataset({len(self)} videos, {self.grid.describe()}, {self.sampling} sampling, "
@@ -270,18 +274,18 @@ class VideoClsEvalDataset(SkipsUnreadableVideos, Dataset):
         segment, crop = divmod(view, self.num_crops)
         record = self.records[video_index]
         source = record.open(self.fname_tmpl)
-        indices = self.clip_indices(len(source), segment)
+        indices = self.clip_indices(source, segment)
         video = self.transform.view(decode_clips(source, [indices])[0], crop)
         if self.with_view:
             return video, record.label, video_index, view
         return video, record.label, video_index
 
-    def clip_indices(self, num_video_frames: int, segment: int) -> np.ndarray:
-        """Frame indices of temporal view ``segment``: evenly placed stride clips, or one frame per segment."""
+    def clip_indices(self, source: Any, segment: int) -> np.ndarray:
+        """Frame indices in ``source`` (a video reader) of temporal view ``segment``: evenly placed stride clips
+        (the rate mapped onto a recipe-rate file), or one frame per segment."""
         if self.sampling == "segment":
-            return segment_eval_indices(num_video_frames, self.grid.num_frames,
-                                        eval_view_fraction(segment, self.num_segments))
-        return segment_clip_indices(num_video_frames, self.grid.num_frames, self.sampling_rate,
+            return segment_eval_indices(len(source), self.grid.num_frames, eval_view_fraction(segment, self.num_segments))
+        return segment_clip_indices(len(source), self.grid.num_frames, file_sampling_rate(self.sampling_rate, source),
                                     self.num_segments)[segment]
 
     def __repr__(self) -> str:

@@ -10,6 +10,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from patches.data.recipe_rate import keep_every_tag
+
 
 @dataclass(frozen=True)
 class EncodeConfig:
@@ -102,6 +104,7 @@ def transcode_pyav(src: str, dst: str, config: EncodeConfig) -> tuple[int, float
         if step > 1:
             out_rate = Fraction(rate).limit_denominator(1001) / step
         with av.open(dst, "w", format="mp4") as out:
+            out.metadata.update(keep_every_tag(step))
             video, count = None, 0
             for frame in _source_frames(inp, stream, out_rate if out_rate != rate and config.keep_every == 1
                                         else None, config.keep_every):

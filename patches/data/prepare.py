@@ -12,9 +12,10 @@ SRC is a folder tree of videos (any container PyAV opens: mp4, webm, mkv, avi, .
 * ``list.csv``: ``path label`` lines (paths relative to DST; labels from the list file, from ``--label_csv``,
   or from the first folder level, numbered in sorted order and named in ``classes.txt``), or ``path`` lines;
 * with ``--keep_every K``, recipe-rate files: only source frames 0, K, 2K, ... at 1/K of the source's frame
-  rate, each at its source timestamp. A recipe's ``--sampling_rate R`` then reads them with
-  ``--sampling_rate R/K`` (:func:`recipe_rate_sampling`): the same moments in time, a clip decodes about 1/K
-  of the frames, and a clip's start moves in steps of K source frames (temporal jitter at a coarser step);
+  rate, each at its source timestamp, tagged with K (:mod:`patches.data.recipe_rate`). The loaders read them
+  with the recipe's own ``--sampling_rate R`` as R/K frames apart: the same moments in time, a clip decodes
+  about 1/K of the frames, and a clip's start moves in steps of K source frames (temporal jitter at a coarser
+  step);
 * ``failures.csv``: every input that could not be prepared, with the reason (one bad file never stops the batch);
 * ``prepare_summary.json``: files, hours of video, bytes in and out, time, throughput.
 
@@ -55,15 +56,6 @@ class Job:
     src: str
     dst: str
     label: int | None
-
-
-def recipe_rate_sampling(sampling_rate: int, keep_every: int) -> int:
-    """The ``--sampling_rate`` that reads files prepared with ``--keep_every keep_every`` at the moments a recipe's
-    ``sampling_rate`` picks on the full-rate files; raises :class:`UsageError` unless ``keep_every`` divides it."""
-    if keep_every < 1 or sampling_rate < 1 or sampling_rate % keep_every:
-        raise UsageError(f"--keep_every {keep_every} must divide the recipe's --sampling_rate {sampling_rate} "
-                         f"(frames the recipe samples must be frames the file keeps)")
-    return sampling_rate // keep_every
 
 
 def _temp_path(dst: str) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from patches.data.recipe_rate import read_keep_every
 from patches.data.video_reader import VideoDecodeError
 from patches.errors import PatchesError, UsageError
 
@@ -67,6 +68,11 @@ class TorchCodecVideo:
 
     def __len__(self) -> int:
         return self.num_frames
+
+    @property
+    def keep_every(self) -> int:
+        """A recipe-rate file's K (``prepare_videos.py --keep_every``); 1 for a full-rate file."""
+        return read_keep_every(self.path)
 
     def read(self, indices: np.ndarray) -> torch.Tensor:
         """Frames ``indices`` (sorted, unique, 0-based) as uint8 ``[N, H, W, 3]`` on the reader's device."""

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from patches.data.recipe_rate import keep_every_of, read_keep_every
 from patches.data.quiet_decoders import decoder_stderr_silenced, quiet_pyav
 from patches.errors import PatchesError
 
@@ -97,6 +98,7 @@ class PyAVVideo:
     """
 
     def __init__(self, container: Any, stream: Any, pts: np.ndarray, seek_to: np.ndarray) -> None:
+        self.keep_every = keep_every_of(container.metadata)  # a recipe-rate file's K (1: full rate)
         from av.video.reformatter import VideoReformatter
         self.container, self.stream, self.pts, self.seek_to = container, stream, pts, seek_to
         # frame.to_ndarray(format="rgb24") sets up a new swscale context, with a thread pool, for every frame:
@@ -252,6 +254,11 @@ class VideoFile:
 
     def __len__(self) -> int:
         return len(self.fast) if self.fast is not None else len(self.reader)
+
+    @property
+    def keep_every(self) -> int:
+        """A recipe-rate file's K (``prepare_videos.py --keep_every``); 1 for a full-rate file."""
+        return self.fast.keep_every if self.fast is not None else read_keep_every(self.path)
 
     def decode(self, indices: np.ndarray) -> list[Any] | None:
         """Frames ``indices`` (sorted, unique, 0-based) as PyAV frames in the decoder's pixel format (for

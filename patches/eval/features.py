@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 
 from patches.checkpoints.reading import checkpoint_fingerprint
 from patches.data.clip_sampling import segment_clip_indices
+from patches.data.recipe_rate import file_sampling_rate
 from patches.data.transforms import EvalTransform
 from patches.data.video_reader import FrameFolder, VideoDecodeError, VideoFile, decode_clips
 from patches.grid import PatchGrid
@@ -109,7 +110,8 @@ class VideoViews(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor | None, int, str]:
         try:
             source = self.videos[index].open(self.fname_tmpl)
-            picks = segment_clip_indices(len(source), self.grid.num_frames, self.sampling_rate, self.num_segments)
+            picks = segment_clip_indices(len(source), self.grid.num_frames,
+                                         file_sampling_rate(self.sampling_rate, source), self.num_segments)
             clips = decode_clips(source, list(picks))
         except (VideoDecodeError, OSError, ValueError) as e:
             return None, index, str(e)

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from patches.data.clip_sampling import sample_clip_indices
+from patches.data.recipe_rate import file_sampling_rate
 from patches.data.video_reader import VideoFile
 from patches.errors import UsageError
 
@@ -41,7 +42,7 @@ def decode_only_limit(paths: Sequence[str], num_frames: int, sampling_rate: int,
             raise UsageError(f"PyAV cannot read any of the {len(paths)} videos, so there is no decode-only limit")
         path = paths[(videos + skipped) % len(paths)]
         video = VideoFile(path)
-        pick = sample_clip_indices(len(video), num_frames, sampling_rate, rng)  # num_sample clips share it
+        pick = sample_clip_indices(len(video), num_frames, file_sampling_rate(sampling_rate, video), rng)  # shared
         if video.decode(np.unique(pick)) is None:
             skipped += 1
             continue
