@@ -37,10 +37,8 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # each of its parameters.
 SLOWEST_S = {
     "test_wheel_bundle.py::test_the_bundle_installs_offline_next_to_torch_alone_and_the_quick_selfcheck_passes": 340,
-    "test_patch_sweep_launchers.py::test_the_rehearsal_through_torchrun_resumes_after_a_kill_to_the_same_json": 270,
-    "test_patch_sweep_launchers.py::test_the_rehearsal_through_torchrun_in_fixed_mode": 160,
+    "test_patch_sweep_launchers.py::test_the_rehearsal_through_torchrun_resumes_after_a_kill_to_the_same_json": 200,
     "test_speed.py::test_benchmark_writes_pretraining_and_finetuning_rows": 150,
-    "test_selfcheck.py::test_quick_cpu_selfcheck_passes_and_writes_its_table_and_json": 135,
     "test_patch_sweep_launchers.py::test_the_rehearsal_as_slurm_jobs_chains_them_and_requeues_a_stopped_one": 110,
     "test_distributed.py::test_deepspeed_zero_pretrains_on_cpu_and_resumes_from_its_own_checkpoint": 85,
     "test_code_shape.py::test_each_console_script_shows_its_help_as_pip_runs_it": 80,

@@ -1,7 +1,8 @@
 """The patch sweep with one of VideoMAE's recipes (scripts/patch_sweep.py --recipe): the dry run's commands and
-GPU-hours, the FLOPs budget, and the CPU rehearsal of the cluster path: through scripts/launch/torchrun.sh with 2
-gloo processes (killed once mid-stage and resumed to the same sweep.json), and as sbatch jobs of
-scripts/launch/slurm.sbatch with stand-in sbatch/srun/scontrol/squeue that run the jobs here."""
+GPU-hours, the FLOPs budget, and the CPU rehearsal of the cluster path: in fixed mode through
+scripts/launch/torchrun.sh with 2 gloo processes (killed once mid-stage and resumed to the same sweep.json), and
+in flexible mode as sbatch jobs of scripts/launch/slurm.sbatch with stand-in sbatch/srun/scontrol/squeue that run
+the jobs here."""
 from __future__ import annotations
 
 import json
@@ -146,38 +147,31 @@ def check_rows(out: Path, mode: str, epochs: int) -> list[dict]:
 
 @pytest.mark.slow
 def test_the_rehearsal_through_torchrun_resumes_after_a_kill_to_the_same_json(demo_root, tmp_path):
+    """Fixed mode (a pre-training per grid) through torchrun; flexible mode runs as Slurm jobs below."""
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    flexible = ["--launcher", "torchrun", "--gpus_per_node", "2"]
-    run_tiny(tiny(demo_root, whole, "flexible", 2, *flexible))
-    rows = check_rows(whole, "flexible", 2)
-    assert rows[0]["pretrain_flops"] == rows[1]["pretrain_flops"] > rows[1]["pretrain_flops_at_grid"]
+    fixed = ["--launcher", "torchrun", "--gpus_per_node", "2"]
+    result = run_tiny(tiny(demo_root, whole, "fixed", 1, *fixed))
+    rows = check_rows(whole, "fixed", 1)
+    assert rows[1]["pretrain_flops"] > rows[0]["pretrain_flops"]  # 4x the tokens, the same epochs
+    assert result.stdout.count("bash scripts/launch/torchrun.sh pretrain") == 2
     shutil.copytree(whole / "bench", killed / "bench")  # the benchmark's cache: only training is compared
 
-    sweep = subprocess.Popen(tiny(demo_root, killed, "flexible", 2, *flexible), cwd=ROOT, env=sweep_env(),
+    sweep = subprocess.Popen(tiny(demo_root, killed, "fixed", 1, *fixed), cwd=ROOT, env=sweep_env(),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    latest = killed / "flexible" / "seed0" / "pretrain" / "checkpoint-latest.pth"
+    latest = killed / "fixed" / "seed0" / "grid_32_16" / "pretrain" / "checkpoint-latest.pth"
     deadline = time.time() + 400
     while not latest.exists() and sweep.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     os.killpg(sweep.pid, signal.SIGKILL)  # the sweep, the launcher, torchrun and both ranks
     sweep.wait()
     stages = json.loads((killed / "stages.json").read_text())
-    assert latest.exists() and stages["flexible/seed0/pretrain"]["status"] == "running"  # killed mid-stage
+    assert latest.exists() and stages["fixed/seed0/grid_32_16/pretrain"]["status"] == "running"  # killed mid-stage
 
-    again = run_tiny(tiny(demo_root, killed, "flexible", 2, *flexible))
+    again = run_tiny(tiny(demo_root, killed, "fixed", 1, *fixed))
     assert "Resum" in again.stdout + again.stderr
     assert without_timings(killed) == without_timings(whole)
-    report = run_tiny(tiny(demo_root, killed, "flexible", 2, *flexible))  # every stage done: only the report
-    assert report.stdout.count("done earlier") == 3 and "torchrun.sh" not in report.stdout
-
-
-@pytest.mark.slow
-def test_the_rehearsal_through_torchrun_in_fixed_mode(demo_root, tmp_path):
-    out = tmp_path / "fixed"
-    result = run_tiny(tiny(demo_root, out, "fixed", 1, "--launcher", "torchrun", "--gpus_per_node", "2"))
-    rows = check_rows(out, "fixed", 1)
-    assert rows[1]["pretrain_flops"] > rows[0]["pretrain_flops"]  # 4x the tokens, the same epochs
-    assert result.stdout.count("bash scripts/launch/torchrun.sh pretrain") == 2
+    report = run_tiny(tiny(demo_root, killed, "fixed", 1, *fixed))  # every stage done: only the report
+    assert report.stdout.count("done earlier") == 4 and "torchrun.sh" not in report.stdout
 
 
 STAND_INS = {
@@ -256,6 +250,8 @@ def test_the_rehearsal_as_slurm_jobs_chains_them_and_requeues_a_stopped_one(demo
     assert {s["status"] for s in stages.values()} == {"done"}
     rows = json.loads((out / "sweep.json").read_text())
     assert [r["seeds"] for r in rows] == [[0], [0]] and all(r["pretrain_epochs"] == 2 for r in rows)
+    # one pre-training for both grids: each point is charged all of it, and its own grid's share is less
+    assert rows[0]["pretrain_flops"] == rows[1]["pretrain_flops"] > rows[1]["pretrain_flops_at_grid"]
 
 
 def test_the_report_gives_each_points_pretraining_flops_and_plots_accuracy_against_them(tmp_path):

@@ -1,5 +1,6 @@
 """scripts/make_wheel_bundle.sh for real: the bundle, built from PyPI for this Python, installs offline into a fresh
-venv that holds only torch (and what torch itself needs), and the quick CPU self-check passes there.
+venv that holds only torch (and what torch itself needs), and the quick CPU self-check passes there with every
+row it must have (selfcheck_expectations.py; the suite's one run of it).
 
 Slow and networked: it downloads the bundle (about 90 MiB) and builds deepspeed's wheel. PATCHES_WHEELS=folder
 uses a bundle built before instead (the script's OUT)."""
@@ -19,6 +20,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from launch_helpers import ROOT
+from selfcheck_expectations import check_quick_cpu_report
 
 pytestmark = pytest.mark.slow
 
@@ -136,3 +138,4 @@ def test_the_bundle_installs_offline_next_to_torch_alone_and_the_quick_selfcheck
     failed = [c for c in report["checks"] if c["status"] == "fail"]
     assert check.returncode == 0 and report["passed"] and not failed, (failed, check.stdout[-4000:])
     print((tmp_path / "report" / "selfcheck.md").read_text())
+    check_quick_cpu_report(tmp_path / "report", check.stdout)
