@@ -38,6 +38,10 @@ grid = make_grid(num_frames=4, tubelet_size=2, input_size=32, patch_size=16)
 masks = lambda: (torch.zeros(1), torch.zeros(1))
 clips = [VideoMAEPretrainDataset(listing, None, grid, 2, masks, seed=5, decoder=d)[0][0] for d in ("pyav", "torchcodec")]
 assert clips[0].shape == (3, 4, 32, 32) and (clips[0].int() - clips[1].int()).abs().max().item() <= 1
+from patches.data.encoding import EncodeConfig, transcode_pyav
+half = path.replace(".mp4", "_k2.mp4")  # a recipe-rate file: torchcodec's reader reports its K as PyAV's does
+transcode_pyav(path, half, EncodeConfig(keep_every=2, gop=4))
+assert TorchCodecVideo(half).keep_every == VideoFile(half).keep_every == 2 and TorchCodecVideo(path).keep_every == 1
 print("same frames")
 import pathlib, tempfile
 from patches.perf.selfcheck_context import QUICK, Context
