@@ -106,8 +106,7 @@ def transcode_pyav(src: str, dst: str, config: EncodeConfig) -> tuple[int, float
         with av.open(dst, "w", format="mp4") as out:
             out.metadata.update(keep_every_tag(step))
             video, count = None, 0
-            for frame in _source_frames(inp, stream, out_rate if out_rate != rate and config.keep_every == 1
-                                        else None, config.keep_every):
+            for frame in _source_frames(inp, stream, out_rate if out_rate != rate and step == 1 else None, step):
                 turns = _rotation(frame)
                 if turns:
                     frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(

@@ -42,7 +42,8 @@ def decode_only_limit(paths: Sequence[str], num_frames: int, sampling_rate: int,
             raise UsageError(f"PyAV cannot read any of the {len(paths)} videos, so there is no decode-only limit")
         path = paths[(videos + skipped) % len(paths)]
         video = VideoFile(path)
-        pick = sample_clip_indices(len(video), num_frames, file_sampling_rate(sampling_rate, video), rng)  # shared
+        # one pick: the num_sample clips of a video share it
+        pick = sample_clip_indices(len(video), num_frames, file_sampling_rate(sampling_rate, video), rng)
         if video.decode(np.unique(pick)) is None:
             skipped += 1
             continue

@@ -12,15 +12,16 @@ import torch
 from patches.perf.selfcheck_context import Context, Skip
 
 
-def _video(ctx: Context, frames: int) -> str:
-    """A generated video prepared as ``prepare_videos.py`` writes them (H.264, GOP 16, 568x320 or smaller)."""
+def prepared_video(ctx: Context) -> str:
+    """A generated video prepared as ``prepare_videos.py`` writes them (H.264, GOP 16, 568x320 or smaller), made
+    once per self-check run and read by the rows that time the loader's side (decoders, device path)."""
     from patches.data.encoding import EncodeConfig, transcode_pyav
     from patches.perf.bench_videos import render_video, write_video
 
     quick = ctx.profile.size == "micro"
     raw, prepared = ctx.work / "decoders_raw.mp4", ctx.work / "decoders.mp4"
     if not prepared.is_file():
-        write_video(raw, render_video(0, (180, 320) if quick else (360, 640), frames), 30)
+        write_video(raw, render_video(0, (180, 320) if quick else (360, 640), 96 if quick else 192), 30)
         transcode_pyav(str(raw), str(prepared), EncodeConfig(short_side=160 if quick else 320, gop=16))
     return str(prepared)
 
@@ -53,7 +54,7 @@ def check_decoders(ctx: Context) -> dict[str, Any]:
     problem = torchcodec_problem()
     if problem is not None:
         raise Skip(f"PyAV only: {problem}")
-    path = _video(ctx, 96 if ctx.profile.size == "micro" else 192)
+    path = prepared_video(ctx)
     clips = 8 if ctx.profile.size == "micro" else 40
     nothing = lambda: None  # noqa: E731
     figures = {"pyav_clips_per_s": _clips_per_s(lambda: VideoFile(path), clips, nothing),

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from patches.perf.selfcheck_context import Context
-from patches.perf.selfcheck_decoders import _video
+from patches.perf.selfcheck_decoders import prepared_video
 
 MAX_PIXEL_ERROR = 2.0  # of 255: swscale's integer conversion is repeated exactly; resizing rounds differently
 
@@ -25,7 +25,7 @@ def _batches(ctx: Context, crops_to_device: bool, items: int) -> tuple[list[Any]
 
     quick = ctx.profile.size == "micro"
     grid = make_grid(4 if quick else 16, 2, 32 if quick else 224, 8 if quick else 16)
-    path = _video(ctx, 96 if quick else 192)
+    path = prepared_video(ctx)
     (ctx.work / "device_path.csv").write_text(f"{path}\n" * items)
     dataset = VideoMAEPretrainDataset(ctx.work / "device_path.csv", None, grid, 2 if quick else 4,
                                       lambda: (torch.zeros(1), torch.zeros(1)), num_sample=2, flip=True)
